@@ -1,0 +1,22 @@
+"""sparsecodes: sparse, interpretable codes for neural-network activations.
+
+The dictionary and the inference procedure are separate, swappable parts: train with any encoder,
+infer with any other on the same dictionary, and measure the gap.
+"""
+
+from sparsecodes import encoders, metrics, synthetic
+from sparsecodes.codes import SparseCodes
+from sparsecodes.dictionary import Dictionary
+from sparsecodes.sparse_coder import SparseCoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dictionary",
+    "SparseCoder",
+    "SparseCodes",
+    "__version__",
+    "encoders",
+    "metrics",
+    "synthetic",
+]

@@ -1,0 +1,61 @@
+"""Command-line interface: ``sparsecodes <command>``. Thin: parse, call the API, print.
+
+Each command lives in its own module and is imported only when invoked, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> "module:function" (a click.Command)
+COMMANDS: dict[str, str] = {
+    "demo": "sparsecodes.cli.demo:demo",
+    "synth": "sparsecodes.cli.synth:synth",
+    "models": "sparsecodes.cli.models:models",
+    "cache": "sparsecodes.cli.cache:cache",
+    "train": "sparsecodes.cli.train:train",
+    "encoders": "sparsecodes.cli.encoders:encoders",
+}
+
+HELP = {
+    "demo": "Run the main job end to end on an embedded default.",
+    "synth": "The compute-optimal-inference paper's synthetic settings: MCC vs FLOPs.",
+    "models": "List the models available offline and their hook points.",
+    "cache": "Cache a model's activations at hook points to a sharded on-disk store.",
+    "train": "Train sparse coders on cached or streamed activations.",
+    "encoders": "List the registered encoders and their parameters.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                return None
+            raise
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sparsecodes")
+def main() -> None:
+    """sparsecodes: sparse, interpretable codes for neural-network activations."""
+
+
+if __name__ == "__main__":
+    main()

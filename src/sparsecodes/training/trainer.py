@@ -1,0 +1,216 @@
+"""The training loop: one :class:`Trainer` for every encoder and every activation source.
+
+Per step: the encoder's ``train_step`` gives the loss; backward; the gradient component parallel
+to each atom is removed; Adam steps; atoms are projected back to unit norm; the encoder's
+``after_step`` runs. Dead latents (no activation for ``dead_after_tokens`` tokens) are tracked
+and handed to the encoder (TopK uses them for AuxK). The Trainer holds no global state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from sparsecodes.codes import SparseCodes
+from sparsecodes.encoders.base import TrainStepInput
+
+if TYPE_CHECKING:
+    from sparsecodes.activations.source import ActivationSource
+    from sparsecodes.sparse_coder import SparseCoder
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a training run.
+
+    ``decay_fraction``: the lr decays linearly to 0 over this final fraction of the steps.
+    ``dead_after_tokens``: a latent is dead once it has not fired for this many tokens.
+    """
+
+    steps: int = 1000
+    lr: float = 1e-3
+    batch_size: int = 256
+    warmup_steps: int = 0
+    decay_fraction: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    dead_after_tokens: int = 100_000
+    seed: int = 0
+    log_every: int = 50
+    progress: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at ``step``: linear warm-up, constant, linear decay to 0."""
+    f = 1.0
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        f = (step + 1) / cfg.warmup_steps
+    decay_start = int(cfg.steps * (1 - cfg.decay_fraction))
+    if cfg.decay_fraction > 0 and step >= decay_start:
+        f *= max(0.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
+    return f
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Fits a :class:`~sparsecodes.sparse_coder.SparseCoder` on an activation source.
+
+    Args:
+        coder: the model to train (its dictionary is trained unless ``freeze_dictionary``).
+        config: run hyperparameters.
+        freeze_dictionary: keep the dictionary fixed (known-dictionary setting).
+    """
+
+    def __init__(self, coder: SparseCoder, config: TrainConfig, *, freeze_dictionary: bool = False):
+        config.validate()
+        self.coder = coder
+        self.config = config
+        self.freeze_dictionary = freeze_dictionary
+        for p in coder.dictionary.parameters():
+            p.requires_grad_(not freeze_dictionary)
+        params = [p for p in coder.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"nothing to train: encoder {coder.encoder.name!r} has no parameters and the "
+                "dictionary is frozen; use encode() directly for inference on a fixed dictionary"
+            )
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config)
+        )
+        n = coder.n_latents
+        self.tokens_since_fired = torch.zeros(n, dtype=torch.long)
+        self.state = TrainState()
+
+    def dead_mask(self) -> Tensor:
+        return self.tokens_since_fired >= self.config.dead_after_tokens
+
+    def _update_firing(self, codes: Any, batch: int) -> Tensor:
+        if isinstance(codes, SparseCodes):
+            fired = torch.zeros(self.coder.n_latents, dtype=torch.bool)
+            fired[codes.indices[codes.values != 0].cpu()] = True
+            l0 = (codes.values != 0).sum(dim=1).float().mean()
+        else:
+            nz = codes != 0
+            fired = nz.any(dim=0).cpu()
+            l0 = nz.sum(dim=1).float().mean()
+        self.tokens_since_fired += batch
+        self.tokens_since_fired[fired] = 0
+        return l0
+
+    def fit(
+        self,
+        source: ActivationSource,
+        *,
+        callback: Callable[[int, SparseCoder], dict[str, float] | None] | None = None,
+        callback_every: int | None = None,
+    ) -> list[dict[str, float]]:
+        """Run ``config.steps`` steps; returns the logged history (one dict per log point).
+
+        ``callback(step, coder)`` runs every ``callback_every`` steps (and after the last); a dict
+        it returns is merged into that history row.
+        """
+        cfg = self.config
+        coder = self.coder
+        device = coder.dictionary.W_dec.device
+        coder.train()
+        every = callback_every or cfg.log_every
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.state.step, unit="step", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        tokens0 = self.state.tokens
+        batches = source.batches(cfg.batch_size)
+        while self.state.step < cfg.steps:
+            x, target = next(batches)
+            x = coder.normaliser(x.to(device, non_blocking=True).float())
+            if target is not None:
+                target = target.to(device).float() * coder.normaliser.scale
+            step = self.state.step
+            out = coder.encoder.train_step(
+                TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
+            )
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(
+                    f"loss became {out.loss.item()} at step {step} (parts: "
+                    f"{ {k: float(v) for k, v in out.losses.items()} }); lower lr (now {cfg.lr}) "
+                    "or check the inputs for extreme values"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if not self.freeze_dictionary:
+                coder.dictionary.remove_parallel_grad_()
+            self.optimizer.step()
+            self.scheduler.step()
+            if not self.freeze_dictionary:
+                coder.dictionary.project_()
+            coder.encoder.after_step()
+            l0 = self._update_firing(
+                out.codes.detach() if hasattr(out.codes, "detach") else out.codes, x.shape[0]
+            )
+            self.state.step += 1
+            self.state.tokens += x.shape[0]
+            last = self.state.step == cfg.steps
+            if (
+                self.state.step % cfg.log_every == 0
+                or last
+                or (callback and self.state.step % every == 0)
+            ):
+                row = {
+                    "step": float(self.state.step),
+                    "tokens": float(self.state.tokens),
+                    "loss": float(out.loss.detach()),
+                    "l0": float(l0),
+                    "dead_frac": float(self.dead_mask().float().mean()),
+                    "lr": float(self.scheduler.get_last_lr()[0]),
+                    **{k: float(v) for k, v in out.losses.items()},
+                }
+                if callback is not None and (self.state.step % every == 0 or last):
+                    coder.eval()
+                    extra = callback(self.state.step, coder)
+                    coder.train()
+                    if extra:
+                        row.update(extra)
+                self.state.history.append(row)
+                if bar is not None:
+                    rate = (self.state.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(
+                        loss=f"{row['loss']:.4g}",
+                        l0=f"{row['l0']:.1f}",
+                        dead=f"{100 * row['dead_frac']:.1f}%",
+                        tok_s=f"{rate:,.0f}",
+                    )
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        coder.eval()
+        return self.state.history
+
+    def config_dict(self) -> dict[str, Any]:
+        return {**asdict(self.config), "freeze_dictionary": self.freeze_dictionary}
