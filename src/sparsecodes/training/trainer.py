@@ -9,9 +9,11 @@ and handed to the encoder (TopK uses them for AuxK). The Trainer holds no global
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -121,22 +123,71 @@ class Trainer:
         self.tokens_since_fired[fired] = 0
         return l0
 
+    def step(self, x: Tensor, target: Tensor | None = None) -> dict[str, float]:
+        """One optimisation step on ``x`` ``[batch, d_in]`` (raw scale); returns its scalars.
+
+        ``target``: ``[batch, n_latents]`` true codes for the known-codes setting, or None.
+        """
+        cfg = self.config
+        coder = self.coder
+        device = coder.dictionary.W_dec.device
+        coder.train()
+        x = coder.normaliser(x.to(device, non_blocking=True).float())
+        if target is not None:
+            target = target.to(device).float() * coder.normaliser.scale
+        step = self.state.step
+        out = coder.encoder.train_step(
+            TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
+        )
+        if not torch.isfinite(out.loss):
+            parts = {k: float(v.detach()) for k, v in out.losses.items()}
+            raise FloatingPointError(
+                f"loss became {out.loss.item()} at step {step} (parts: {parts}); lower lr "
+                f"(now {cfg.lr}) or check the inputs for extreme values"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if not self.freeze_dictionary:
+            coder.dictionary.remove_parallel_grad_()
+        self.optimizer.step()
+        self.scheduler.step()
+        if not self.freeze_dictionary:
+            coder.dictionary.project_()
+        coder.encoder.after_step()
+        codes = out.codes.detach()
+        l0 = self._update_firing(codes, x.shape[0])
+        self.state.step += 1
+        self.state.tokens += x.shape[0]
+        return {
+            "step": float(self.state.step),
+            "tokens": float(self.state.tokens),
+            "loss": float(out.loss.detach()),
+            "l0": float(l0),
+            "dead_frac": float(self.dead_mask().float().mean()),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            **{k: float(v.detach()) for k, v in out.losses.items()},
+        }
+
     def fit(
         self,
         source: ActivationSource,
         *,
         callback: Callable[[int, SparseCoder], dict[str, float] | None] | None = None,
         callback_every: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
+        logger: Callable[[dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
-        """Run ``config.steps`` steps; returns the logged history (one dict per log point).
+        """Run until ``config.steps``; returns the logged history (one dict per log point).
 
         ``callback(step, coder)`` runs every ``callback_every`` steps (and after the last); a dict
-        it returns is merged into that history row.
+        it returns is merged into that history row. With ``checkpoint_dir`` and
+        ``checkpoint_every > 0`` a resumable checkpoint (model, optimiser, schedule, dead-latent
+        counters, the source's position) is written atomically every that many steps and at the
+        end; :meth:`load_checkpoint` continues exactly where it stopped. ``logger`` receives
+        every logged row (e.g. a CSV writer).
         """
         cfg = self.config
-        coder = self.coder
-        device = coder.dictionary.W_dec.device
-        coder.train()
         every = callback_every or cfg.log_every
         bar = None
         if cfg.progress:
@@ -148,69 +199,105 @@ class Trainer:
         batches = source.batches(cfg.batch_size)
         while self.state.step < cfg.steps:
             x, target = next(batches)
-            x = coder.normaliser(x.to(device, non_blocking=True).float())
-            if target is not None:
-                target = target.to(device).float() * coder.normaliser.scale
-            step = self.state.step
-            out = coder.encoder.train_step(
-                TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
-            )
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(
-                    f"loss became {out.loss.item()} at step {step} (parts: "
-                    f"{ {k: float(v) for k, v in out.losses.items()} }); lower lr (now {cfg.lr}) "
-                    "or check the inputs for extreme values"
+            row = self.step(x, target)
+            n = self.state.step
+            last = n == cfg.steps
+            want_cb = callback is not None and (n % every == 0 or last)
+            if n % cfg.log_every == 0 or last or want_cb:
+                row["tokens_per_s"] = (self.state.tokens - tokens0) / max(
+                    time.perf_counter() - t0, 1e-9
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if not self.freeze_dictionary:
-                coder.dictionary.remove_parallel_grad_()
-            self.optimizer.step()
-            self.scheduler.step()
-            if not self.freeze_dictionary:
-                coder.dictionary.project_()
-            coder.encoder.after_step()
-            l0 = self._update_firing(
-                out.codes.detach() if hasattr(out.codes, "detach") else out.codes, x.shape[0]
-            )
-            self.state.step += 1
-            self.state.tokens += x.shape[0]
-            last = self.state.step == cfg.steps
-            if (
-                self.state.step % cfg.log_every == 0
-                or last
-                or (callback and self.state.step % every == 0)
-            ):
-                row = {
-                    "step": float(self.state.step),
-                    "tokens": float(self.state.tokens),
-                    "loss": float(out.loss.detach()),
-                    "l0": float(l0),
-                    "dead_frac": float(self.dead_mask().float().mean()),
-                    "lr": float(self.scheduler.get_last_lr()[0]),
-                    **{k: float(v) for k, v in out.losses.items()},
-                }
-                if callback is not None and (self.state.step % every == 0 or last):
-                    coder.eval()
-                    extra = callback(self.state.step, coder)
-                    coder.train()
+                if want_cb:
+                    self.coder.eval()
+                    extra = callback(n, self.coder)  # type: ignore[misc]
                     if extra:
                         row.update(extra)
                 self.state.history.append(row)
+                if logger is not None:
+                    logger(row)
                 if bar is not None:
-                    rate = (self.state.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(
                         loss=f"{row['loss']:.4g}",
                         l0=f"{row['l0']:.1f}",
                         dead=f"{100 * row['dead_frac']:.1f}%",
-                        tok_s=f"{rate:,.0f}",
+                        tok_s=f"{row['tokens_per_s']:,.0f}",
                     )
+            if (
+                checkpoint_dir is not None
+                and checkpoint_every > 0
+                and (n % checkpoint_every == 0 or last)
+            ):
+                self.save_checkpoint(checkpoint_dir, source)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        coder.eval()
+        self.coder.eval()
         return self.state.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str | Path, source: ActivationSource | None = None) -> Path:
+        """Write a resumable checkpoint to directory ``path`` atomically (old one kept until done).
+
+        Layout: ``path/model`` (SparseCoder.save) and ``path/trainer.pt`` (optimiser, schedule,
+        counters, history, the source's state).
+        """
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
+        self.coder.save(tmp / "model")
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "tokens_since_fired": self.tokens_since_fired,
+                "state": asdict(self.state),
+                "source": source.state_dict() if source is not None else None,
+                "config": self.config_dict(),
+            },
+            tmp / "trainer.pt",
+        )
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
+        return path
+
+    def load_checkpoint(self, path: str | Path, source: ActivationSource | None = None) -> None:
+        """Restore model, optimiser, schedule, counters and (if given) the source's position."""
+        from sparsecodes.sparse_coder import SparseCoder
+
+        path = Path(path)
+        if not (path / "trainer.pt").is_file():
+            old = path.with_name(f".{path.name}.old")  # killed between the two renames
+            if (old / "trainer.pt").is_file():
+                path = old
+            else:
+                raise FileNotFoundError(f"no checkpoint at {path} (expected {path}/trainer.pt)")
+        saved = SparseCoder.load(path / "model", device=str(self.coder.device))
+        mine, theirs = self.coder.config(), saved.config()
+        for key in ("d_in", "n_latents", "encoder", "encoder_config", "normalize"):
+            if mine[key] != theirs[key]:
+                raise ValueError(
+                    f"checkpoint {path} was made with {key}={theirs[key]!r} but this run has "
+                    f"{key}={mine[key]!r}; resume with the same settings or use a new run dir"
+                )
+        self.coder.load_state_dict(saved.state_dict())
+        self.coder._fitted = True
+        blob = torch.load(path / "trainer.pt", weights_only=False)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        self.tokens_since_fired = blob["tokens_since_fired"]
+        self.state = TrainState(**blob["state"])
+        if source is not None and blob["source"] is not None:
+            source.load_state_dict(blob["source"])
 
     def config_dict(self) -> dict[str, Any]:
         return {**asdict(self.config), "freeze_dictionary": self.freeze_dictionary}

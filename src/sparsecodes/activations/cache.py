@@ -1,0 +1,280 @@
+"""Cache a model's activations at hook points into on-disk stores, resumably.
+
+:func:`cache_activations` tokenises texts into fixed windows, runs the model once per batch of
+windows for all requested hooks (the adapter stops after the deepest one), drops the positions
+whose keep-mask is False (BOS / special tokens) and appends the remaining rows, in order, to one
+:class:`~sparsecodes.activations.store.StoreWriter` per hook.
+
+Exact resume: batch ``b`` is always windows ``[b * batch_size, (b + 1) * batch_size)`` of the
+deterministic window stream, and rows are addressed by their global index. A restarted job
+re-tokenises (cheap), skips without running the model every batch whose rows are all on disk
+already, recomputes the batch that straddles the durable end (same windows, same batch shape, so
+the same numbers) and lets each writer drop the rows it already holds. A job killed at any moment
+and restarted with the same arguments therefore writes byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecodes.activations.store import DEFAULT_SHARD_ROWS, StoreWriter
+
+
+@dataclass
+class CacheResult:
+    """What a :func:`cache_activations` call did.
+
+    ``rows`` is the number of rows (kept tokens) in each store afterwards, ``new_rows`` how many
+    this call computed; ``seconds_model`` is time inside the model's forward, ``seconds_store``
+    the time spent after it (gather of kept rows, device->CPU copy, dtype conversion, writes,
+    fsyncs, checksums).
+    """
+
+    stores: dict[str, Path]
+    rows: int
+    new_rows: int = 0
+    batches_run: int = 0
+    batches_skipped: int = 0
+    complete: bool = False
+    corpus_exhausted: bool = False
+    seconds_model: float = 0.0
+    seconds_store: float = 0.0
+    seconds_total: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store_overhead(self) -> float:
+        """Store time as a fraction of model forward time (goal: < 0.1)."""
+        return self.seconds_store / self.seconds_model if self.seconds_model > 0 else 0.0
+
+
+def fingerprint_texts(texts: Iterable[str]) -> str:
+    """sha256 (hex) of a sequence of texts (each length-prefixed, so boundaries count)."""
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def model_slug(name: str) -> str:
+    """A directory-safe name for a model name or path."""
+    base = Path(name).name if ("/" in name or "\\" in name) else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base) or "model"
+
+
+def store_path(out_dir: str | Path, model: str, hook: str) -> Path:
+    """Where :func:`cache_activations` puts the store of ``hook``: ``out_dir/<model>/<hook>``."""
+    return Path(out_dir) / model_slug(model) / hook
+
+
+def _window_parts(w: Any) -> tuple[Tensor, Tensor]:
+    """``(input_ids [T] int64, keep [T] bool)`` from a ``sparsecodes.data.Window`` (or a pair)."""
+    if isinstance(w, tuple):
+        ids, keep = w
+    else:
+        ids = w.input_ids
+        keep = getattr(w, "keep", None)
+        if keep is None:
+            keep = w.keep_mask
+    return torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(keep, dtype=torch.bool)
+
+
+def _collate(
+    windows: Sequence[tuple[Tensor, Tensor]], pad_id: int
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Stack windows into ``ids [B, T]``, ``attention_mask [B, T] | None`` and ``keep [B, T]``.
+
+    Windows shorter than the longest are right-padded (mask 0, keep False).
+    """
+    lengths = [ids.shape[0] for ids, _ in windows]
+    t = max(lengths)
+    if all(n == t for n in lengths):
+        return (
+            torch.stack([ids for ids, _ in windows]),
+            None,
+            torch.stack([k for _, k in windows]),
+        )
+    b = len(windows)
+    ids = torch.full((b, t), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, t), dtype=torch.long)
+    keep = torch.zeros((b, t), dtype=torch.bool)
+    for i, (w_ids, w_keep) in enumerate(windows):
+        n = w_ids.shape[0]
+        ids[i, :n], attn[i, :n], keep[i, :n] = w_ids, 1, w_keep
+    return ids, attn, keep
+
+
+def _chunks(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def cache_activations(
+    model_adapter: Any,
+    texts: Iterable[str],
+    hooks: Sequence[str],
+    out_dir: str | Path,
+    *,
+    context_size: int = 128,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+    dtype: str = "float16",
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    corpus_fingerprint: str | None = None,
+    model_name: str | None = None,
+    corpus_spec: str | None = None,
+    windows: Iterable[Any] | None = None,
+    verify: bool = False,
+    progress: bool = True,
+) -> CacheResult:
+    """Cache activations at ``hooks`` for the token windows of ``texts`` into ``out_dir``.
+
+    One store per hook at :func:`store_path` ``(out_dir, model_name, hook)``; rows are the kept
+    positions of each window (``[rows, *adapter.hook_shape(hook)]``) in window order. Re-running
+    with the same arguments resumes (see module docstring); a store made by a different model,
+    hook, corpus, dtype, context size or shard size is refused (``StoreMismatchError``).
+
+    Args:
+        model_adapter: a ``sparsecodes.models.ModelAdapter`` (``.name``, ``.tokenizer``,
+            ``.hook_shape(hook)``, ``.run(ids, attention_mask=, hooks=)``).
+        texts: the corpus (e.g. ``sparsecodes.data.load_texts(spec)``).
+        hooks: hook names, e.g. ``["blocks.12.resid_post"]``.
+        out_dir: root directory of the stores.
+        context_size: tokens per window.
+        batch_size: windows per forward pass. Keep it fixed across a resume for
+            byte-identical results (it is recorded in the manifest's ``info``).
+        max_tokens: stop after this many rows (kept tokens) per store; None = whole corpus.
+        dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
+        shard_rows: rows per shard file.
+        corpus_fingerprint: identifies the corpus; None hashes ``texts`` (materialising them
+            as a list; pass a fingerprint for a very large stream).
+        model_name: name recorded in the manifest (default ``model_adapter.name``).
+        corpus_spec: how the corpus was specified (recorded for information).
+        windows: precomputed windows to use instead of tokenising ``texts`` (tests, custom
+            windowing); each has ``input_ids`` [T] and ``keep`` [T] or is an ``(ids, keep)`` pair.
+        verify: checksum existing shards when reopening a store.
+        progress: show a tqdm progress bar (tokens/s and the store's share of time).
+    """
+    if not hooks:
+        raise ValueError("hooks is empty; give at least one hook, e.g. blocks.12.resid_post")
+    hooks = list(dict.fromkeys(hooks))
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be >= 1 (or None for the whole corpus)")
+    known = getattr(model_adapter, "hook_points", None)
+    if callable(known):
+        valid = set(known())
+        bad = [h for h in hooks if h not in valid]
+        if bad:
+            raise ValueError(
+                f"unknown hook(s) {bad} for {getattr(model_adapter, 'name', 'this model')}; "
+                "list them with `sparsecodes models`"
+            )
+    name = model_name or getattr(model_adapter, "name", None) or "model"
+    if corpus_fingerprint is None:
+        texts = list(texts)
+        corpus_fingerprint = fingerprint_texts(texts)
+    t_start = time.perf_counter()
+    info = {"batch_size": batch_size, "max_tokens": max_tokens, "corpus": corpus_spec}
+    writers = {
+        h: StoreWriter(
+            store_path(out_dir, name, h),
+            model=name,
+            hook=h,
+            shape=tuple(model_adapter.hook_shape(h)),
+            dtype=dtype,
+            corpus_fingerprint=corpus_fingerprint,
+            context_size=context_size,
+            shard_rows=shard_rows,
+            info=info,
+            verify=verify,
+        )
+        for h in hooks
+    }
+    stores = {h: w.path for h, w in writers.items()}
+    resume_row = min(w.rows for w in writers.values())
+    result = CacheResult(stores=stores, rows=resume_row)
+    done_before = all(w.complete for w in writers.values()) and (
+        all(w.manifest.corpus_exhausted for w in writers.values())
+        or (max_tokens is not None and resume_row >= max_tokens)
+    )
+    if done_before or (max_tokens is not None and resume_row >= max_tokens):
+        for w in writers.values():
+            if not w.complete:
+                w.close(complete=True)
+        result.complete = True
+        result.corpus_exhausted = all(w.manifest.corpus_exhausted for w in writers.values())
+        result.seconds_total = time.perf_counter() - t_start
+        return result
+
+    if windows is None:
+        from sparsecodes.data import token_windows
+
+        windows = token_windows(texts, model_adapter.tokenizer, context_size)
+    tokenizer = getattr(model_adapter, "tokenizer", None)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    device = torch.device(getattr(model_adapter, "device", None) or "cpu")
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=max_tokens,
+        initial=resume_row,
+        unit="tok",
+        unit_scale=True,
+        desc=f"cache {name}",
+        disable=not progress,
+    )
+    row = 0
+    exhausted = True
+    try:
+        for batch in _chunks(iter(windows), batch_size):
+            parts = [_window_parts(w) for w in batch]
+            n_keep = sum(int(k.sum()) for _, k in parts)
+            if row + n_keep <= resume_row:
+                row += n_keep
+                result.batches_skipped += 1
+                continue
+            ids, attn, keep = _collate(parts, pad_id)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                acts = model_adapter.run(ids.to(device), attention_mask=attn, hooks=hooks)
+            t1 = time.perf_counter()
+            limit = n_keep if max_tokens is None else min(n_keep, max_tokens - row)
+            keep_dev = keep.to(device)
+            for h, w in writers.items():
+                a = acts[h][keep_dev][:limit]
+                w.append(a.cpu(), start_row=row)
+            t2 = time.perf_counter()
+            result.seconds_model += t1 - t0
+            result.seconds_store += t2 - t1
+            result.batches_run += 1
+            new = max(0, row + limit - max(row, resume_row))
+            result.new_rows += new
+            bar.update(new)
+            bar.set_postfix(store=f"{result.store_overhead:.1%}", refresh=False)
+            row += limit
+            if max_tokens is not None and row >= max_tokens:
+                exhausted = False
+                break
+    finally:
+        bar.close()
+    manifests = [w.close(complete=True, corpus_exhausted=exhausted) for w in writers.values()]
+    result.rows = min(m.rows for m in manifests)
+    result.complete = True
+    result.corpus_exhausted = exhausted
+    result.seconds_total = time.perf_counter() - t_start
+    return result

@@ -1,0 +1,259 @@
+"""ISTA and FISTA: proximal-gradient sparse inference on a fixed dictionary.
+
+Per row of ``x`` ``[batch, d_in]``, with ``r = x - b_dec`` and ``D = W_dec`` ``[n_latents, d_in]``,
+both solve the lasso
+
+    F(z) = 0.5 * ||r - z D||_2^2 + l1 * ||z||_1        (subject to z >= 0 when nonneg=True)
+
+(no ``1/d_in`` or ``1/batch`` scaling: scikit-learn's ``lasso_cd`` minimises ``F / d_in`` with
+``alpha = transform_alpha / d_in``, so ``SparseCoder(transform_alpha=l1)`` solves the same problem).
+
+One iteration is a gradient step of size ``1/L`` on the smooth part, with
+``L = ||D||_2^2`` (largest singular value squared, computed once per call), followed by the
+proximal map of the L1 term: soft-thresholding by ``l1/L`` (and clamping at 0 when non-negative),
+which produces *exact* zeros. All rows are iterated together as two ``[batch, n] x [n, d]``
+matrix products per iteration.
+
+- ``ista``: plain proximal gradient. With step ``1/L`` every row's objective is non-increasing.
+- ``fista``: Nesterov momentum (Beck & Teboulle 2009) with per-row adaptive restart
+  (O'Donoghue & Candès 2015, function-value scheme): when a step would raise a row's objective,
+  that row's momentum is reset and the step is discarded (as in Beck & Teboulle's monotone FISTA),
+  so every row's objective is non-increasing here too. ``restart=False`` gives plain FISTA.
+
+Stopping: after ``iters`` iterations, or earlier once ``max_rows ||z' - z||_2 / ||z'||_2 < tol``
+for the proposed step ``z -> z'`` (``tol=0`` disables early stopping). ``last_n_iter`` records how
+many iterations the last call ran. ``init`` (dense ``[batch, n_latents]`` or
+:class:`~sparsecodes.codes.SparseCodes`) is the starting point (projected onto ``z >= 0`` when
+non-negative); without it the start is ``z = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from sparsecodes import flops
+from sparsecodes.codes import Codes, to_dense
+from sparsecodes.dictionary import Dictionary
+from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
+from sparsecodes.encoders.registry import register
+from sparsecodes.validation import check_positive
+
+#: dictionaries with min(n_latents, d_in) up to this get an exact spectral norm (SVD values)
+_EXACT_NORM_MAX = 1024
+#: power iterations otherwise (the estimate is then inflated by ``_POWER_SAFETY``)
+_POWER_ITERS = 50
+_POWER_SAFETY = 1.02
+
+
+def lipschitz_constant(W: Tensor) -> float:
+    """``L = ||W||_2^2``, the Lipschitz constant of ``z -> (z W - r) W^T`` for ``W`` ``[n, d]``.
+
+    Exact (``torch.linalg.matrix_norm(ord=2)``) when ``min(n, d) <= 1024``; otherwise
+    ``_POWER_ITERS`` power iterations on the smaller Gram side from a fixed seed, times 1.02.
+    A proximal-gradient step ``1/L'`` with ``L' > L/2`` still decreases the objective, so a power
+    estimate slightly below ``L`` is safe for descent.
+    """
+    W = W.detach()
+    n, d = W.shape
+    if min(n, d) <= _EXACT_NORM_MAX:
+        return (
+            float(torch.linalg.matrix_norm(W.double() if W.device.type == "cpu" else W, ord=2)) ** 2
+        )
+    g = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.randn(min(n, d), generator=g, dtype=W.dtype).to(W.device)
+    small_first = d <= n  # iterate v -> W^T W v (d-dim) or v -> W W^T v (n-dim)
+    est = torch.zeros((), dtype=W.dtype, device=W.device)
+    for _ in range(_POWER_ITERS):
+        v = v / v.norm().clamp_min(1e-30)
+        w = (W.T @ (W @ v)) if small_first else (W @ (W.T @ v))
+        est = (w * v).sum()
+        v = w
+    return float(est) * _POWER_SAFETY
+
+
+def lipschitz_flops(n: int, d: int) -> int:
+    """FLOPs counted for :func:`lipschitz_constant`: ``4 n d min(n, d)`` (SVD values) when exact,
+    else ``_POWER_ITERS * 4 n d`` (two matrix-vector products per power iteration)."""
+    if min(n, d) <= _EXACT_NORM_MAX:
+        return 4 * n * d * min(n, d)
+    return _POWER_ITERS * 4 * n * d
+
+
+def _check_iters(iters: int) -> None:
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ValueError(f"iters must be a positive integer, got {iters!r}")
+
+
+@dataclass
+class ISTAConfig(EncoderConfig):
+    """``l1``: L1 weight in ``F``; ``iters``: maximum iterations; ``tol``: relative-change stop
+    (0 disables); ``nonneg``: constrain codes to ``z >= 0``."""
+
+    l1: float = 0.1
+    iters: int = 100
+    tol: float = 1e-6
+    nonneg: bool = True
+
+    def validate(self, d_in: int, n_latents: int) -> None:
+        check_positive("l1", self.l1, allow_zero=True)
+        _check_iters(self.iters)
+        check_positive("tol", self.tol, allow_zero=True)
+
+
+@dataclass
+class FISTAConfig(ISTAConfig):
+    """ISTA's fields plus ``restart``: per-row adaptive restart (keeps the objective monotone)."""
+
+    restart: bool = True
+
+
+@register
+class ISTAEncoder(IterativeEncoder):
+    """Iterative shrinkage-thresholding on the dictionary (see the module docstring)."""
+
+    name: ClassVar[str] = "ista"
+    config_cls = ISTAConfig
+    momentum: ClassVar[bool] = False
+
+    def __init__(self, config: EncoderConfig, d_in: int, n_latents: int, *, generator=None):
+        super().__init__(config, d_in, n_latents, generator=generator)
+        #: iterations run by the last :meth:`encode` call
+        self.last_n_iter: int = 0
+
+    # ------------------------------------------------------------------ pieces
+    def _prox(self, v: Tensor, thresh: float) -> Tensor:
+        """Proximal map of ``thresh * ||.||_1`` (+ the ``z >= 0`` indicator): exact zeros."""
+        if self.config.nonneg:  # type: ignore[attr-defined]
+            return (v - thresh).clamp_min(0.0)
+        return torch.sign(v) * (v.abs() - thresh).clamp_min(0.0)
+
+    def _objective_from(self, r: Tensor, zD: Tensor, z: Tensor) -> Tensor:
+        """``[batch]`` objective given ``zD = z @ W_dec`` already computed."""
+        return 0.5 * (r - zD).pow(2).sum(dim=1) + self.config.l1 * z.abs().sum(dim=1)  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def objective(self, x: Tensor, z: Codes, dictionary: Dictionary) -> Tensor:
+        """``[batch]`` values of ``F(z) = 0.5 ||x - b_dec - z W_dec||^2 + l1 ||z||_1``.
+
+        The constraint ``z >= 0`` is not checked here; codes from :meth:`encode` satisfy it.
+        """
+        W = dictionary.W_dec.detach()
+        r = x.to(W.dtype) - dictionary.b_dec.detach()
+        zd = to_dense(z).to(W.dtype)
+        return self._objective_from(r, zd @ W, zd)
+
+    def _start(self, init: Codes | None, r: Tensor) -> Tensor:
+        if init is None:
+            return r.new_zeros(r.shape[0], self.n_latents)
+        z = to_dense(init).detach().to(device=r.device, dtype=r.dtype)
+        if z.shape != (r.shape[0], self.n_latents):
+            raise ValueError(
+                f"init must have shape [batch, n_latents] = {(r.shape[0], self.n_latents)}, "
+                f"got {tuple(z.shape)}"
+            )
+        if self.config.nonneg:  # type: ignore[attr-defined]
+            z = z.clamp_min(0.0)
+        return z.clone()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def encode(self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None) -> Tensor:
+        """Dense codes ``[batch, n_latents]`` (exact zeros off the support) for ``x`` ``[batch, d_in]``.
+
+        Codes carry no gradient (the dictionary is read, not differentiated through).
+        """
+        cfg = self.config
+        W = dictionary.W_dec.detach()  # [n, d]
+        r = x.detach().to(W.dtype) - dictionary.b_dec.detach()  # [B, d]
+        inv_L = 1.0 / max(lipschitz_constant(W), 1e-30)
+        thresh = cfg.l1 * inv_L  # type: ignore[attr-defined]
+        tol = cfg.tol  # type: ignore[attr-defined]
+        restart = self.momentum and getattr(cfg, "restart", False)
+
+        z = self._start(init, r)
+        zD = z @ W
+        y, yD = z, zD
+        t = r.new_ones(r.shape[0], 1)
+        F_z = self._objective_from(r, zD, z) if restart else None
+        n_iter = 0
+        for n_iter in range(1, cfg.iters + 1):  # type: ignore[attr-defined]  # noqa: B007
+            grad = (yD - r) @ W.T  # [B, n]
+            z_new = self._prox(y - inv_L * grad, thresh)
+            z_newD = z_new @ W
+            if tol > 0:
+                change = (z_new - z).norm(dim=1) / z_new.norm(dim=1).clamp_min(1e-30)
+                done = bool((change < tol).all())
+            else:
+                done = False
+            if not self.momentum:
+                z, zD = z_new, z_newD
+                y, yD = z, zD
+            else:
+                t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+                beta = (t - 1.0) / t_new
+                if restart:
+                    assert F_z is not None
+                    F_new = self._objective_from(r, z_newD, z_new)
+                    bad = (F_new > F_z).unsqueeze(1)  # [B, 1]: discard step, reset momentum
+                    z_acc = torch.where(bad, z, z_new)
+                    zD_acc = torch.where(bad, zD, z_newD)
+                    F_z = torch.where(bad.squeeze(1), F_z, F_new)
+                    beta = torch.where(bad, 0.0, beta)
+                    t_new = torch.where(bad, 1.0, t_new)
+                else:
+                    z_acc, zD_acc = z_new, z_newD
+                y = z_acc + beta * (z_acc - z)
+                yD = zD_acc + beta * (zD_acc - zD)
+                z, zD, t = z_acc, zD_acc, t_new
+            if done:
+                break
+        self.last_n_iter = n_iter
+        return z
+
+    # ------------------------------------------------------------------ FLOPs
+    def _iter_flops(self, b: int) -> int:
+        """One iteration: ``grad = (yD - r) W^T`` and ``z' W`` (``2 * 2 B N d``), the gradient step
+        and prox (``~4 B N``), the ``yD - r`` subtraction (``B d``), the stopping norms (``4 B N``)."""
+        d, n = self.d_in, self.n_latents
+        return 2 * flops.matmul(b, n, d) + 4 * b * n + b * d + 4 * b * n
+
+    def inference_flops(self, batch: int = 1) -> int:
+        """At most ``iters * (4 B N d + 8 B N + B d) + B d + lipschitz_flops(N, d)`` for ISTA;
+        grows linearly with ``iters`` (early stopping can only lower it)."""
+        b, d, n = batch, self.d_in, self.n_latents
+        per_iter = self._iter_flops(b)
+        return self.config.iters * per_iter + b * d + lipschitz_flops(n, d)  # type: ignore[attr-defined]
+
+    def train_step_flops(self, batch: int = 1) -> int:
+        """Inference (no grad) + dense decode ``2 B N d + B d``, its backward w.r.t. the dictionary
+        (``backward_of``), and Adam over ``W_dec`` and ``b_dec`` (``N d + d`` parameters)."""
+        b, d, n = batch, self.d_in, self.n_latents
+        dec = flops.dense_decode(b, n, d)
+        return self.inference_flops(b) + dec + flops.backward_of(dec) + flops.adam(n * d + d)
+
+
+@register
+class FISTAEncoder(ISTAEncoder):
+    """ISTA with Nesterov momentum and per-row adaptive restart (see the module docstring)."""
+
+    name: ClassVar[str] = "fista"
+    config_cls = FISTAConfig
+    momentum: ClassVar[bool] = True
+
+    def _iter_flops(self, b: int) -> int:
+        """ISTA's iteration plus momentum (``~6 B N + 2 B d``) and, with restart, the objective of
+        the proposed step (``3 B d + 2 B N``) and the accept/reject selects (``2 B N + 2 B d``)."""
+        d, n = self.d_in, self.n_latents
+        extra = 6 * b * n + 2 * b * d
+        if self.config.restart:  # type: ignore[attr-defined]
+            extra += 3 * b * d + 2 * b * n + 2 * b * n + 2 * b * d
+        return super()._iter_flops(b) + extra
+
+    def inference_flops(self, batch: int = 1) -> int:
+        """At most ``iters * (4 B N d + 18 B N + 8 B d) + B d + lipschitz_flops(N, d)`` with restart
+        (``iters * (4 B N d + 14 B N + 3 B d) + ...`` without); linear in ``iters``."""
+        return super().inference_flops(batch)

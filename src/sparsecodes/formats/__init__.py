@@ -1,0 +1,10 @@
+"""Other tools' on-disk formats: SAELens (read and write) and EleutherAI sparsify (read).
+
+Neither package is needed to read or write these files; they only define the layouts.
+See ``docs/formats.md`` for the mapping of architectures and how input scaling is stored.
+"""
+
+from sparsecodes.formats.saelens import load_saelens, save_saelens
+from sparsecodes.formats.sparsify import load_sparsify
+
+__all__ = ["load_saelens", "load_sparsify", "save_saelens"]

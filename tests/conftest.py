@@ -1,0 +1,23 @@
+"""Shared fixtures: small synthetic sparse data made directly (independent of synthetic.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def sparse_problem(n: int = 16, m: int = 8, k: int = 3, s: int = 1024, seed: int = 0):
+    """Codes [s, n] with k active |N(0,1)| entries, unit-norm atoms [n, m], x = codes @ atoms."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = F.normalize(torch.randn(n, m, generator=g), dim=1)
+    idx = torch.rand(s, n, generator=g).argsort(dim=1)[:, :k]
+    codes = torch.zeros(s, n).scatter_(1, idx, torch.randn(s, k, generator=g).abs())
+    return codes @ atoms, codes, atoms
+
+
+@pytest.fixture
+def small_problem():
+    return sparse_problem()

@@ -1,0 +1,309 @@
+"""The sharded activation store and its reader: round trips, manifest, corruption, shuffling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparsecodes.activations.reader import StoreSource
+from sparsecodes.activations.store import (
+    FORMAT_VERSION,
+    CorruptShardError,
+    StoreMismatchError,
+    StoreWriter,
+    read_manifest,
+    to_float32,
+    verify_store,
+)
+
+IDENT = {
+    "model": "fake-model",
+    "hook": "blocks.0.resid_post",
+    "corpus_fingerprint": "abc123",
+    "context_size": 16,
+}
+
+
+def make_store(
+    path: Path,
+    x: np.ndarray,
+    *,
+    shard_rows: int = 8,
+    dtype: str = "float32",
+    chunks: tuple[int, ...] = (5, 11, 3),
+    **ident: object,
+) -> Path:
+    """Write rows ``x`` [n, *shape] in irregular chunks and close the store."""
+    kw = {**IDENT, **ident}
+    w = StoreWriter(path, shape=x.shape[1:], dtype=dtype, shard_rows=shard_rows, **kw)
+    pos, i = 0, 0
+    while pos < len(x):
+        n = chunks[i % len(chunks)]
+        w.append(x[pos : pos + n], start_row=pos)
+        pos += n
+        i += 1
+    w.close()
+    return path
+
+
+def id_rows(n: int, d: int = 4) -> np.ndarray:
+    """Rows whose first value is their index (exact in float32)."""
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    x[:, 0] = np.arange(n)
+    return x
+
+
+def read_all(path: Path) -> np.ndarray:
+    m = read_manifest(path)
+    parts = [np.load(path / s.file, mmap_mode="r") for s in m.shards]
+    return to_float32(np.concatenate(parts), m.dtype)
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_round_trip_rows_and_dtype(tmp_path: Path, dtype: str) -> None:
+    x = np.random.default_rng(1).standard_normal((45, 3, 2)).astype(np.float32) * 10
+    make_store(tmp_path / "s", x, dtype=dtype, shard_rows=8)
+    m = read_manifest(tmp_path / "s")
+    assert m.rows == 45 and m.shape == [3, 2] and m.dtype == dtype
+    assert [s.rows for s in m.shards] == [8, 8, 8, 8, 8, 5]
+    first = np.load(tmp_path / "s" / m.shards[0].file, mmap_mode="r")
+    assert isinstance(first, np.memmap)
+    assert first.dtype == {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[dtype]
+    got = read_all(tmp_path / "s")
+    want = {
+        "float16": x.astype(np.float16).astype(np.float32),
+        "bfloat16": torch.from_numpy(x).to(torch.bfloat16).float().numpy(),
+        "float32": x,
+    }[dtype]
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, x) or dtype == "float32"
+
+
+def test_bf16_torch_tensor_input_is_stored_bit_exactly(tmp_path: Path) -> None:
+    t = torch.randn(20, 4).to(torch.bfloat16)
+    w = StoreWriter(tmp_path / "s", shape=(4,), dtype="bfloat16", shard_rows=8, **IDENT)
+    w.append(t)
+    w.close()
+    np.testing.assert_array_equal(read_all(tmp_path / "s"), t.float().numpy())
+
+
+def test_float16_overflow_is_refused(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "s", shape=(2,), dtype="float16", shard_rows=4, **IDENT)
+    with pytest.raises(ValueError, match="overflow float16"):
+        w.append(np.array([[1.0, 1e6]], dtype=np.float32))
+
+
+def test_manifest_contents(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(20), shard_rows=8, dtype="float16", info={"batch_size": 4})
+    data = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert data["format_version"] == FORMAT_VERSION
+    for k, v in IDENT.items():
+        assert data[k] == v
+    assert data["shape"] == [4] and data["dtype"] == "float16" and data["shard_rows"] == 8
+    assert data["rows"] == 20 and data["complete"] is True
+    assert [s["rows"] for s in data["shards"]] == [8, 8, 4]
+    files = sorted(p.name for p in (tmp_path / "s").glob("*.npy"))
+    assert files == sorted(s["file"] for s in data["shards"])
+    import hashlib
+
+    for s in data["shards"]:
+        digest = hashlib.sha256((tmp_path / "s" / s["file"]).read_bytes()).hexdigest()
+        assert s["sha256"] == digest
+    assert {"time", "host", "numpy", "sparsecodes"} <= set(data["created"])
+    assert data["info"]["batch_size"] == 4
+
+
+def test_unfinished_store_holds_only_full_shards(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path / "s", shape=(4,), shard_rows=8, **IDENT)
+    w.append(id_rows(21))
+    m = read_manifest(tmp_path / "s")  # what a crash right now would leave
+    assert m.rows == 16 and not m.complete and all(s.rows == 8 for s in m.shards)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", "other-model"),
+        ("hook", "blocks.1.resid_post"),
+        ("corpus_fingerprint", "zzz"),
+        ("context_size", 32),
+        ("dtype", "bfloat16"),
+        ("shard_rows", 16),
+    ],
+)
+def test_mismatched_manifest_is_refused(tmp_path: Path, field: str, value: object) -> None:
+    make_store(tmp_path / "s", id_rows(10))
+    kw: dict = {**IDENT, "shape": (4,), "dtype": "float32", "shard_rows": 8, field: value}
+    with pytest.raises(StoreMismatchError) as e:
+        StoreWriter(tmp_path / "s", **kw)
+    assert field in str(e.value) and str(tmp_path / "s") in str(e.value)
+
+
+def test_leftover_tmp_and_unlisted_shards_removed_on_open(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(16))
+    (tmp_path / "s" / "shard-000002-8.npy.tmp").write_bytes(b"partial")
+    (tmp_path / "s" / "shard-000002-8.npy").write_bytes(b"never acknowledged")
+    w = StoreWriter(tmp_path / "s", shape=(4,), dtype="float32", shard_rows=8, **IDENT)
+    assert w.rows == 16
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "manifest.json",
+        "shard-000000-8.npy",
+        "shard-000001-8.npy",
+    ]
+
+
+def test_append_drops_rows_already_held_and_refuses_gaps(tmp_path: Path) -> None:
+    x = id_rows(30)
+    w = StoreWriter(tmp_path / "s", shape=(4,), dtype="float32", shard_rows=8, **IDENT)
+    w.append(x[:12], start_row=0)
+    assert w.append(x[5:20], start_row=5) == 8  # rows 5..11 already held
+    with pytest.raises(ValueError, match="gap"):
+        w.append(x[25:], start_row=25)
+    w.append(x[20:], start_row=20)
+    w.close()
+    np.testing.assert_array_equal(read_all(tmp_path / "s"), x)
+
+
+def test_extending_a_finished_store_matches_writing_it_at_once(tmp_path: Path) -> None:
+    x = id_rows(37)
+    make_store(tmp_path / "once", x)
+    make_store(tmp_path / "ext", x[:20])
+    w = StoreWriter(tmp_path / "ext", shape=(4,), dtype="float32", shard_rows=8, **IDENT)
+    assert w.rows == 20 and w.complete
+    w.append(x, start_row=0)
+    w.close()
+    a, b = read_manifest(tmp_path / "once"), read_manifest(tmp_path / "ext")
+    assert [(s.file, s.sha256) for s in a.shards] == [(s.file, s.sha256) for s in b.shards]
+    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == sorted(
+        p.name for p in (tmp_path / "once").iterdir()
+    )
+
+
+def corrupt(path: Path) -> None:
+    b = bytearray(path.read_bytes())
+    b[-3] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def test_corrupt_shard_detected_naming_the_file(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(40))
+    m = read_manifest(tmp_path / "s")
+    bad = tmp_path / "s" / m.shards[2].file
+    corrupt(bad)
+    with pytest.raises(CorruptShardError) as e:
+        verify_store(tmp_path / "s")
+    assert str(bad) in str(e.value) and "Delete" in str(e.value)
+    with pytest.raises(CorruptShardError, match=m.shards[2].file):
+        StoreSource(tmp_path / "s").verify()
+    src = StoreSource(tmp_path / "s", shuffle_buffer_shards=5)  # one group: all shards
+    with pytest.raises(CorruptShardError, match=m.shards[2].file):
+        next(src.batches(4))
+
+
+def test_deleting_a_corrupt_shard_and_rewriting_restores_the_store(tmp_path: Path) -> None:
+    x = id_rows(40)
+    make_store(tmp_path / "s", x)
+    before = read_manifest(tmp_path / "s")
+    corrupt(tmp_path / "s" / before.shards[2].file)
+    # opening with verify=True cuts back to the good prefix, as does deleting the file
+    w = StoreWriter(tmp_path / "s", shape=(4,), dtype="float32", shard_rows=8, verify=True, **IDENT)
+    assert w.rows == 16 and not w.complete
+    w.append(x, start_row=0)
+    w.close()
+    after = verify_store(tmp_path / "s")
+    assert [s.sha256 for s in after.shards] == [s.sha256 for s in before.shards]
+
+
+# ------------------------------------------------------------------------------------ reader
+
+
+def epochs_of(src: StoreSource, batch: int, n_epochs: int) -> tuple[list[np.ndarray], list[int]]:
+    n = len(src)
+    n_batches = -(-n * n_epochs // batch)
+    it = src.batches(batch)
+    xs = [next(it)[0] for _ in range(n_batches)]
+    sizes = [x.shape[0] for x in xs]
+    ids = torch.cat(xs)[:, 0].numpy()
+    return [ids[e * n : (e + 1) * n] for e in range(n_epochs)], sizes
+
+
+def test_reader_yields_every_row_once_per_epoch(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(53), shard_rows=8)
+    src = StoreSource(tmp_path / "s", seed=3, shuffle_buffer_shards=2)
+    assert src.d_in == 4 and len(src) == 53
+    x, extra = next(StoreSource(tmp_path / "s").batches(10))
+    assert x.dtype == torch.float32 and x.shape == (10, 4) and extra is None
+    epochs, sizes = epochs_of(src, batch=10, n_epochs=3)
+    # 53 rows, batch 10: the remainder of an epoch is completed from the next epoch
+    assert set(sizes) == {10}
+    for e in epochs:
+        assert sorted(e.tolist()) == list(range(53))
+    assert not np.array_equal(epochs[0], epochs[1])  # a fresh order every epoch
+    assert not np.array_equal(epochs[0], np.arange(53))
+
+
+def test_reader_is_deterministic_by_seed(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(60))
+
+    def first(seed: int) -> torch.Tensor:
+        it = StoreSource(tmp_path / "s", seed=seed).batches(16)
+        return torch.cat([next(it)[0] for _ in range(6)])
+
+    torch.testing.assert_close(first(7), first(7), rtol=0, atol=0)
+    assert not torch.equal(first(7), first(8))
+
+
+def test_reader_resumes_exactly_from_state_dict(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(61), shard_rows=8)
+    src = StoreSource(tmp_path / "s", seed=1, shuffle_buffer_shards=3)
+    it = src.batches(7)
+    for _ in range(11):  # crosses group and epoch boundaries
+        next(it)
+    state = json.loads(json.dumps(src.state_dict()))
+    want = [next(it)[0] for _ in range(15)]
+    resumed = StoreSource(tmp_path / "s", seed=999, shuffle_buffer_shards=3)
+    resumed.load_state_dict(state)
+    it2 = resumed.batches(7)
+    for a in want:
+        torch.testing.assert_close(next(it2)[0], a, rtol=0, atol=0)
+    other = StoreSource(tmp_path / "s", shuffle_buffer_shards=2)
+    with pytest.raises(ValueError, match="shuffle_buffer_shards"):
+        other.load_state_dict(state)
+
+
+def test_reader_memory_is_bounded_by_the_buffer(tmp_path: Path) -> None:
+    make_store(tmp_path / "s", id_rows(400), shard_rows=8)  # 50 shards
+    src = StoreSource(tmp_path / "s", seed=0, shuffle_buffer_shards=3)
+    epochs, _ = epochs_of(src, batch=32, n_epochs=2)
+    assert all(sorted(e.tolist()) == list(range(400)) for e in epochs)
+    assert src.max_buffer_rows == 24  # never more than 3 shards of rows
+    # ... yet a batch mixes rows from several shards far apart in the store
+    shard_of = np.asarray(epochs[0][:24]) // 8
+    assert len(set(shard_of.tolist())) == 3 and np.ptp(shard_of) > 3
+
+
+def test_reader_pools_several_stores_and_flattens_row_shape(tmp_path: Path) -> None:
+    a = id_rows(20, d=6).reshape(20, 2, 3)
+    b = id_rows(30, d=6).reshape(30, 2, 3)
+    b[:, 0, 0] += 100
+    make_store(tmp_path / "a", a, dtype="float32")
+    make_store(tmp_path / "b", b, dtype="float16")  # mixed dtypes -> float32 buffer
+    src = StoreSource([tmp_path / "a", tmp_path / "b"], shuffle_buffer_shards=2)
+    assert src.d_in == 6 and len(src) == 50
+    (e,), _ = epochs_of(src, batch=9, n_epochs=1)
+    assert sorted(e.tolist()) == list(range(20)) + list(range(100, 130))
+    make_store(tmp_path / "c", id_rows(10, d=5))
+    with pytest.raises(ValueError, match="different row shapes"):
+        StoreSource([tmp_path / "a", tmp_path / "c"])
+
+
+def test_missing_store_has_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not an activation store"):
+        StoreSource(tmp_path / "nope")

@@ -1,0 +1,210 @@
+"""TopK / BatchTopK encoders, AuxK, and the sparse-backward fast path (kernels/)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecodes import SparseCoder
+from sparsecodes.codes import SparseCodes
+from sparsecodes.dictionary import Dictionary
+from sparsecodes.encoders import TrainStepInput, make_encoder
+from sparsecodes.kernels import batch_topk_flat, pad_rows
+from sparsecodes.kernels.sparse_affine import preacts
+
+from conftest import sparse_problem
+
+D_IN, N_LAT, K = 24, 96, 6
+
+
+def _setup(name="topk", seed=0, fast=True, bias=True, **params):
+    g = torch.Generator().manual_seed(seed)
+    dic = Dictionary(D_IN, N_LAT, generator=g)
+    enc = make_encoder(
+        name, D_IN, N_LAT, generator=g, k=K, fast=fast, matmul_dtype="float32", **params
+    )
+    if bias:
+        with torch.no_grad():
+            dic.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
+            enc.b_enc.copy_(0.1 * torch.randn(N_LAT, generator=g))
+    x = torch.randn(64, D_IN, generator=g)
+    return enc, dic, x
+
+
+def _dense_pre(enc, dic, x):
+    return (x - dic.b_dec) @ enc.W_enc + enc.b_enc
+
+
+def test_topk_exactly_k_per_row_and_the_largest():
+    enc, dic, x = _setup()
+    codes = enc.encode(x, dic)
+    assert isinstance(codes, SparseCodes) and codes.indices.shape == (64, K)
+    dense = codes.to_dense()
+    assert ((dense != 0).sum(dim=1) == K).all()
+    pre = _dense_pre(enc, dic, x).detach()
+    ref_vals = pre.topk(K, dim=1).values
+    got_vals = codes.values.detach().sort(dim=1, descending=True).values
+    torch.testing.assert_close(got_vals, torch.relu(ref_vals))
+    torch.testing.assert_close(dense.detach(), torch.zeros_like(pre).scatter(1, pre.topk(K).indices, ref_vals))
+
+
+@pytest.mark.parametrize("name", ["topk", "batchtopk"])
+def test_k_larger_than_n_latents_is_refused(name):
+    with pytest.raises(ValueError, match=r"k=200"):
+        make_encoder(name, D_IN, N_LAT, k=200)
+    with pytest.raises(ValueError, match=r"aux_k=500"):
+        make_encoder(name, D_IN, N_LAT, k=4, aux_k=500)
+    with pytest.raises(ValueError, match="matmul_dtype"):
+        make_encoder(name, D_IN, N_LAT, k=4, matmul_dtype="fp8")
+    with pytest.raises(ValueError, match=r"k=200"):
+        SparseCoder(D_IN, N_LAT, encoder=name, k=200)
+
+
+def _grads(name, fast, dead_mask, x_grad=False):
+    enc, dic, x = _setup(name, fast=fast)
+    x = x.clone().requires_grad_(x_grad)
+    out = enc.train_step(TrainStepInput(x, dic, 0, dead_mask))
+    out.loss.backward()
+    grads = {
+        "W_enc": enc.W_enc.grad,
+        "b_enc": enc.b_enc.grad,
+        "b_dec": dic.b_dec.grad,
+        "W_dec": dic.W_dec.grad,
+    }
+    if x_grad:
+        grads["x"] = x.grad
+    return out, grads
+
+
+@pytest.mark.parametrize("name", ["topk", "batchtopk"])
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_fast_path_gradients_equal_eager(name, with_dead):
+    dead = None
+    if with_dead:
+        dead = torch.zeros(N_LAT, dtype=torch.bool)
+        dead[::3] = True
+    out_f, g_f = _grads(name, True, dead, x_grad=True)
+    out_e, g_e = _grads(name, False, dead, x_grad=True)
+    torch.testing.assert_close(out_f.loss, out_e.loss)
+    if with_dead:
+        assert float(out_f.losses["auxk"].detach()) > 0
+    for key in g_e:
+        assert g_e[key] is not None and g_f[key] is not None, key
+        assert g_e[key].abs().sum() > 0, key
+        torch.testing.assert_close(g_f[key], g_e[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_auxk_gives_dead_latents_a_gradient_and_is_zero_without_dead():
+    enc, dic, x = _setup()
+    live = enc.encode(x, dic)
+    fired = torch.zeros(N_LAT, dtype=torch.bool)
+    fired[live.indices.reshape(-1)] = True
+    dead = ~fired  # latents absent from every row's top-k on this batch
+    assert dead.sum() > 0
+    out = enc.train_step(TrainStepInput(x, dic, 0, dead))
+    assert float(out.losses["auxk"].detach()) > 0
+    out.loss.backward()
+    dead_cols = enc.W_enc.grad[:, dead].abs().sum(dim=0)
+    assert (dead_cols > 0).any()
+    # without AuxK the same dead latents get no encoder gradient at all
+    enc.zero_grad()
+    out0 = enc.train_step(TrainStepInput(x, dic, 0, torch.zeros(N_LAT, dtype=torch.bool)))
+    assert float(out0.losses["auxk"]) == 0.0
+    out0.loss.backward()
+    assert enc.W_enc.grad[:, dead].abs().sum() == 0
+    out_none = enc.train_step(TrainStepInput(x, dic, 0, None))
+    torch.testing.assert_close(out0.loss, out_none.loss)
+
+
+def test_batchtopk_keeps_batch_times_k_in_training_and_threshold_in_eval():
+    enc, dic, x = _setup("batchtopk", bias=False)
+    enc.train()
+    codes = enc.encode(x, dic)
+    dense = codes.to_dense().detach()
+    pre = _dense_pre(enc, dic, x).detach()
+    assert int((dense != 0).sum()) == 64 * K  # enough positive pre-activations here
+    counts = (dense != 0).sum(dim=1)
+    assert counts.max() > counts.min()  # rows differ: it is batch-wide, not per row
+    kth = pre.reshape(-1).topk(64 * K).values.min()
+    torch.testing.assert_close(dense, torch.where(pre >= kth, pre, 0.0))
+    assert int(enc.threshold_updates) == 1
+    torch.testing.assert_close(enc.threshold, dense[dense > 0].min())
+    # eval: the threshold, row by row
+    enc.eval()
+    thr = float(enc.threshold)
+    ev = enc.encode(x, dic).to_dense().detach()
+    torch.testing.assert_close(ev, torch.where(pre > thr, pre, 0.0))
+    one = enc.encode(x[5:6], dic).to_dense().detach()
+    torch.testing.assert_close(one, ev[5:6])
+    # EMA moves towards a new batch's smallest kept activation
+    enc.train()
+    enc.encode(2 * x, dic)
+    assert int(enc.threshold_updates) == 2 and float(enc.threshold) > thr
+
+
+def test_batch_topk_flat_exact_with_skewed_rows():
+    g = torch.Generator().manual_seed(1)
+    pre = torch.randn(32, 200, generator=g)
+    pre[3] += 10.0  # one row holds most of the global top-m: forces widening
+    m = 32 * 4
+    rows, cols = batch_topk_flat(pre, m, start_factor=1)
+    got = torch.zeros_like(pre, dtype=torch.bool)
+    got[rows, cols] = True
+    ref = torch.zeros(pre.numel(), dtype=torch.bool)
+    ref[pre.reshape(-1).topk(m).indices] = True
+    assert torch.equal(got.reshape(-1), ref)
+    idx, vals = pad_rows(rows, cols, pre[rows, cols], 32)
+    torch.testing.assert_close(
+        SparseCodes(idx, vals, 200).to_dense(), torch.where(got, pre, 0.0)
+    )
+
+
+def test_bf16_matmul_close_to_fp32():
+    enc, dic, x = _setup()
+    pre32 = preacts(x, enc.W_enc, enc.b_enc, dic.b_dec, torch.float32)
+    pre16 = preacts(x, enc.W_enc, enc.b_enc, dic.b_dec, torch.bfloat16)
+    assert pre16.dtype == torch.bfloat16
+    torch.testing.assert_close(pre16.float(), pre32, rtol=0.02, atol=0.02)
+
+
+def _fit(encoder="topk", seed=0, steps=150):
+    x, _codes, _atoms = sparse_problem(n=32, m=16, k=3, s=1024, seed=3)
+    model = SparseCoder(16, 32, encoder=encoder, seed=seed, k=3)
+    model.fit(x, steps=steps, lr=3e-3, batch_size=128, log_every=10, dead_after_tokens=2000)
+    return model, x
+
+
+@pytest.mark.parametrize("encoder", ["topk", "batchtopk"])
+def test_fit_lowers_loss_and_is_reproducible(encoder):
+    model, x = _fit(encoder)
+    first, last = model.history[0]["mse"], model.history[-1]["mse"]
+    assert last < 0.5 * first
+    x_hat = model.reconstruct(x)
+    fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert fvu < 0.5
+    again, _ = _fit(encoder)
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    timing = {"tokens_per_s", "elapsed_s", "time_s"}
+    strip = [{k: v for k, v in row.items() if k not in timing} for row in model.history]
+    assert strip == [{k: v for k, v in row.items() if k not in timing} for row in again.history]
+
+
+@pytest.mark.parametrize("encoder", ["topk", "batchtopk"])
+def test_save_load_round_trip_exact(encoder, tmp_path):
+    model, x = _fit(encoder, steps=30)
+    model.save(tmp_path / "m")
+    loaded = SparseCoder.load(tmp_path / "m")
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    if encoder == "batchtopk":
+        assert int(loaded.encoder.threshold_updates) == 30
+        assert float(loaded.encoder.threshold) == float(model.encoder.threshold) > 0
+    assert torch.equal(model.encode(x), loaded.encode(x))
+    assert torch.equal(model.reconstruct(x), loaded.reconstruct(x))
+
+
+def test_flops_are_stated():
+    enc, _dic, _x = _setup()
+    f = enc.flops(4096)
+    assert f["train_step"] > f["inference"] > 2 * 4096 * D_IN * N_LAT
