@@ -148,3 +148,12 @@ def test_inference_swap_needs_iterative():
     m = sc.SparseCoder(8, 16, "relu")
     with pytest.raises(ValueError, match="warm_start"):
         m.encode(torch.randn(4, 8), warm_start=True)
+
+
+def test_init_never_equals_data_drawn_with_same_seed():
+    from conftest import sparse_problem
+
+    _, _, atoms = sparse_problem(seed=0)
+    m = sc.SparseCoder(8, 16, "relu", seed=0)
+    cos = (m.dictionary.W_dec @ atoms.T).abs().max(dim=1).values
+    assert cos.mean() < 0.99, "initial atoms coincide with data drawn from the same seed"

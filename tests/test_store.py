@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import sparsecodes.activations.store as store_mod
 from sparsecodes.activations.reader import StoreSource
 from sparsecodes.activations.store import (
     FORMAT_VERSION,
@@ -19,6 +20,13 @@ from sparsecodes.activations.store import (
     to_float32,
     verify_store,
 )
+
+
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process writes skip fsync (slow on a busy disk); the SIGKILL children keep it."""
+    monkeypatch.setattr(store_mod, "DURABLE", False)
+
 
 IDENT = {
     "model": "fake-model",
@@ -75,7 +83,9 @@ def test_round_trip_rows_and_dtype(tmp_path: Path, dtype: str) -> None:
     assert [s.rows for s in m.shards] == [8, 8, 8, 8, 8, 5]
     first = np.load(tmp_path / "s" / m.shards[0].file, mmap_mode="r")
     assert isinstance(first, np.memmap)
-    assert first.dtype == {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[dtype]
+    assert (
+        first.dtype == {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[dtype]
+    )
     got = read_all(tmp_path / "s")
     want = {
         "float16": x.astype(np.float16).astype(np.float32),

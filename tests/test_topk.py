@@ -5,16 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import sparse_problem
 from sparsecodes import SparseCoder
 from sparsecodes.codes import SparseCodes
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import TrainStepInput, make_encoder
-from sparsecodes.kernels import batch_topk_flat, pad_rows
+from sparsecodes.kernels import SparseDecode, batch_topk_flat, pad_rows
 from sparsecodes.kernels.sparse_affine import preacts
 
-from conftest import sparse_problem
-
 D_IN, N_LAT, K = 24, 96, 6
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems: one thread avoids OpenMP barrier waits on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _setup(name="topk", seed=0, fast=True, bias=True, **params):
@@ -45,7 +53,9 @@ def test_topk_exactly_k_per_row_and_the_largest():
     ref_vals = pre.topk(K, dim=1).values
     got_vals = codes.values.detach().sort(dim=1, descending=True).values
     torch.testing.assert_close(got_vals, torch.relu(ref_vals))
-    torch.testing.assert_close(dense.detach(), torch.zeros_like(pre).scatter(1, pre.topk(K).indices, ref_vals))
+    torch.testing.assert_close(
+        dense.detach(), torch.zeros_like(pre).scatter(1, pre.topk(K).indices, ref_vals)
+    )
 
 
 @pytest.mark.parametrize("name", ["topk", "batchtopk"])
@@ -154,9 +164,7 @@ def test_batch_topk_flat_exact_with_skewed_rows():
     ref[pre.reshape(-1).topk(m).indices] = True
     assert torch.equal(got.reshape(-1), ref)
     idx, vals = pad_rows(rows, cols, pre[rows, cols], 32)
-    torch.testing.assert_close(
-        SparseCodes(idx, vals, 200).to_dense(), torch.where(got, pre, 0.0)
-    )
+    torch.testing.assert_close(SparseCodes(idx, vals, 200).to_dense(), torch.where(got, pre, 0.0))
 
 
 def test_bf16_matmul_close_to_fp32():
@@ -167,10 +175,10 @@ def test_bf16_matmul_close_to_fp32():
     torch.testing.assert_close(pre16.float(), pre32, rtol=0.02, atol=0.02)
 
 
-def _fit(encoder="topk", seed=0, steps=150):
+def _fit(encoder="topk", seed=0, steps=120):
     x, _codes, _atoms = sparse_problem(n=32, m=16, k=3, s=1024, seed=3)
     model = SparseCoder(16, 32, encoder=encoder, seed=seed, k=3)
-    model.fit(x, steps=steps, lr=3e-3, batch_size=128, log_every=10, dead_after_tokens=2000)
+    model.fit(x, steps=steps, lr=1e-2, batch_size=128, log_every=10, dead_after_tokens=2000)
     return model, x
 
 
@@ -178,12 +186,17 @@ def _fit(encoder="topk", seed=0, steps=150):
 def test_fit_lowers_loss_and_is_reproducible(encoder):
     model, x = _fit(encoder)
     first, last = model.history[0]["mse"], model.history[-1]["mse"]
-    assert last < 0.5 * first
-    x_hat = model.reconstruct(x)
-    fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-    assert fvu < 0.5
+    assert last < 0.6 * first
+
+    def fvu(m):
+        return float((x - m.reconstruct(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+    untrained = SparseCoder(16, 32, encoder=encoder, seed=0, k=3)
+    assert fvu(model) < 0.5 * fvu(untrained)
     again, _ = _fit(encoder)
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
         assert k1 == k2 and torch.equal(v1, v2), k1
     timing = {"tokens_per_s", "elapsed_s", "time_s"}
     strip = [{k: v for k, v in row.items() if k not in timing} for row in model.history]
@@ -195,7 +208,9 @@ def test_save_load_round_trip_exact(encoder, tmp_path):
     model, x = _fit(encoder, steps=30)
     model.save(tmp_path / "m")
     loaded = SparseCoder.load(tmp_path / "m")
-    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k1, v1), (k2, v2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert k1 == k2 and torch.equal(v1, v2), k1
     if encoder == "batchtopk":
         assert int(loaded.encoder.threshold_updates) == 30
@@ -208,3 +223,22 @@ def test_flops_are_stated():
     enc, _dic, _x = _setup()
     f = enc.flops(4096)
     assert f["train_step"] > f["inference"] > 2 * 4096 * D_IN * N_LAT
+
+
+def test_sparse_decode_matches_embedding_bag():
+    g = torch.Generator().manual_seed(2)
+    idx = torch.rand(64, N_LAT, generator=g).topk(K).indices
+    out_grad = torch.randn(64, D_IN, generator=g)
+    base = (torch.rand(64, K, generator=g), torch.randn(N_LAT, D_IN, generator=g))
+    b = torch.randn(D_IN, generator=g)
+    results = []
+    for fast in (True, False):
+        v, w, bb = (t.clone().requires_grad_() for t in (*base, b))
+        if fast:
+            y = SparseDecode.apply(idx, v, w, bb)
+        else:
+            y = torch.nn.functional.embedding_bag(idx, w, per_sample_weights=v, mode="sum") + bb
+        y.backward(out_grad)
+        results.append((y, v.grad, w.grad, bb.grad))
+    for a, c in zip(*results, strict=True):
+        torch.testing.assert_close(a, c)

@@ -75,7 +75,8 @@ class SparseCoder(nn.Module):
         self.d_in = d_in
         self.n_latents = n_latents
         self.seed = seed
-        g = torch.Generator().manual_seed(seed)
+        # a derived seed, so that the init never equals data drawn with the same user seed
+        g = torch.Generator().manual_seed(derive_seed(seed, "init"))
         self.normaliser = Normaliser(normalize)
         self.dictionary = Dictionary(d_in, n_latents, generator=g)
         self.encoder: Encoder = make_encoder(
@@ -327,6 +328,14 @@ class SparseCoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"encoder={self.encoder.name!r}, d_in={self.d_in}, n_latents={self.n_latents}"
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A stable 63-bit seed for ``purpose`` derived from the user's ``seed``."""
+    import hashlib
+
+    digest = hashlib.sha256(f"sparsecodes:{purpose}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -15,7 +15,6 @@ and restarted with the same arguments therefore writes byte-identical shards.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -56,16 +55,6 @@ class CacheResult:
     def store_overhead(self) -> float:
         """Store time as a fraction of model forward time (goal: < 0.1)."""
         return self.seconds_store / self.seconds_model if self.seconds_model > 0 else 0.0
-
-
-def fingerprint_texts(texts: Iterable[str]) -> str:
-    """sha256 (hex) of a sequence of texts (each length-prefixed, so boundaries count)."""
-    h = hashlib.sha256()
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    return h.hexdigest()
 
 
 def model_slug(name: str) -> str:
@@ -158,8 +147,9 @@ def cache_activations(
         max_tokens: stop after this many rows (kept tokens) per store; None = whole corpus.
         dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         shard_rows: rows per shard file.
-        corpus_fingerprint: identifies the corpus; None hashes ``texts`` (materialising them
-            as a list; pass a fingerprint for a very large stream).
+        corpus_fingerprint: identifies the corpus; None hashes ``corpus_spec`` and ``texts``
+            with ``sparsecodes.data.corpus_fingerprint`` (materialising the texts as a list;
+            pass a fingerprint for a very large stream).
         model_name: name recorded in the manifest (default ``model_adapter.name``).
         corpus_spec: how the corpus was specified (recorded for information).
         windows: precomputed windows to use instead of tokenising ``texts`` (tests, custom
@@ -185,8 +175,10 @@ def cache_activations(
             )
     name = model_name or getattr(model_adapter, "name", None) or "model"
     if corpus_fingerprint is None:
+        from sparsecodes.data import corpus_fingerprint as fingerprint
+
         texts = list(texts)
-        corpus_fingerprint = fingerprint_texts(texts)
+        corpus_fingerprint = fingerprint(corpus_spec, texts)
     t_start = time.perf_counter()
     info = {"batch_size": batch_size, "max_tokens": max_tokens, "corpus": corpus_spec}
     writers = {

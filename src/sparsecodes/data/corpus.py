@@ -3,7 +3,7 @@
 ``load_texts(spec)`` yields documents (``str``) in a deterministic order:
 
 - ``None`` or ``"embedded"``: about a million characters of English technical prose from the
-  running Python's own documentation: every ``pydoc_data`` topic (sorted by key), then, per
+  running Python's own documentation: every distinct ``pydoc_data`` topic (sorted by key), then, per
   standard-library module in sorted path order, its module, class and function docstrings
   (read with ``ast``, nothing is imported), until :data:`EMBEDDED_CHARS` is reached. Test
   suites, ``idlelib``, ``lib2to3``, ``encodings`` and ``site-packages`` are skipped. The text
@@ -51,10 +51,14 @@ _BLANK_LINES = re.compile(r"\n[ \t]*\n+")
 
 def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(
-        (p for p in root.rglob("*.py") if not _SKIP_DIRS.intersection(p.relative_to(root).parts)),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune before descending
+        for f in filenames:
+            if f.endswith(".py"):
+                p = Path(dirpath, f)
+                found.append((p.relative_to(root).as_posix(), p))
+    return [p for _, p in sorted(found)]
 
 
 def _module_docs(path: Path) -> str:
@@ -78,17 +82,18 @@ def _embedded(max_chars: int) -> tuple[str, ...]:
     from pydoc_data.topics import topics
 
     docs: list[str] = []
+    seen: set[str] = set()  # some topics repeat (e.g. "if" and "elif")
     total = 0
-    for key in sorted(topics):
-        text = topics[key].strip()
-        if text:
-            docs.append(text)
-            total += len(text)
-            if total >= max_chars:
-                return tuple(docs)
-    for path in _stdlib_files():
-        text = _module_docs(path)
-        if text:
+
+    def texts() -> Iterator[str]:
+        for key in sorted(topics):
+            yield topics[key].strip()
+        for path in _stdlib_files():
+            yield _module_docs(path)
+
+    for text in texts():
+        if text and text not in seen:
+            seen.add(text)
             docs.append(text)
             total += len(text)
             if total >= max_chars:
@@ -159,7 +164,9 @@ def _read_path(path: Path, text_field: str) -> Iterator[str]:
 
 def _read_dir(path: Path, text_field: str) -> Iterator[str]:
     files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".jsonl", ".parquet")
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in (".txt", ".jsonl", ".parquet")
     )
     if not files:
         raise ValueError(f"corpus directory {path} holds no .txt, .jsonl or .parquet files")
@@ -176,7 +183,9 @@ def _read_hf(name: str, split: str, text_field: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError as e:
-        raise ValueError(f"corpus {name!r} needs the `datasets` package: pip install datasets") from e
+        raise ValueError(
+            f"corpus {name!r} needs the `datasets` package: pip install datasets"
+        ) from e
     ds_name, _, config = name.partition(":")
     try:
         ds = datasets.load_dataset(ds_name, config or None, split=split, streaming=True)
@@ -260,7 +269,9 @@ def corpus_fingerprint(
             h.update(b"T" + len(b).to_bytes(8, "little") + b)
         else:
             tensors = (
-                [item.input_ids, item.keep] if hasattr(item, "input_ids") else [torch.as_tensor(item)]
+                [item.input_ids, item.keep]
+                if hasattr(item, "input_ids")
+                else [torch.as_tensor(item)]
             )
             for t in tensors:
                 b = t.detach().cpu().contiguous().numpy().tobytes()

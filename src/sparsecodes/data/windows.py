@@ -48,10 +48,10 @@ def separator_id(tokenizer: Any) -> int | None:
 
 
 def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # fast path, and no "sequence too long" warnings
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    # truncation=False overrides truncation saved in tokenizer.json (MiniLM's is 128 tokens);
+    # verbose=False silences the "longer than model_max_length" warning for long documents
+    out = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)
+    return [list(ids) for ids in out["input_ids"]]
 
 
 def token_stream(texts: Iterable[str], tokenizer: Any) -> Iterator[int]:
@@ -88,7 +88,9 @@ def token_windows(
         raise ValueError(f"context_size must be at least 2, got {context_size}")
     bos = bos_id(tokenizer) if prepend_bos else None
     body = context_size - (1 if bos is not None else 0)
-    special = torch.tensor(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
+    special = torch.tensor(
+        sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), dtype=torch.long
+    )
     buf: list[int] = []
     for tok in token_stream(texts, tokenizer):
         buf.append(tok)

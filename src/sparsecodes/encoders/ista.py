@@ -168,6 +168,7 @@ class ISTAEncoder(IterativeEncoder):
         """
         cfg = self.config
         W = dictionary.W_dec.detach()  # [n, d]
+        Wt = W.T.contiguous()  # [d, n]
         r = x.detach().to(W.dtype) - dictionary.b_dec.detach()  # [B, d]
         inv_L = 1.0 / max(lipschitz_constant(W), 1e-30)
         thresh = cfg.l1 * inv_L  # type: ignore[attr-defined]
@@ -181,7 +182,7 @@ class ISTAEncoder(IterativeEncoder):
         F_z = self._objective_from(r, zD, z) if restart else None
         n_iter = 0
         for n_iter in range(1, cfg.iters + 1):  # type: ignore[attr-defined]  # noqa: B007
-            grad = (yD - r) @ W.T  # [B, n]
+            grad = (yD - r) @ Wt  # [B, n]
             z_new = self._prox(y - inv_L * grad, thresh)
             z_newD = z_new @ W
             if tol > 0:

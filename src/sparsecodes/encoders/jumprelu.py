@@ -67,7 +67,7 @@ class _JumpReLUFn(torch.autograd.Function):
     def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(pre, theta)
         ctx.eps = eps
-        return pre * (pre > theta).to(pre.dtype)
+        return torch.where(pre > theta, pre, pre.new_zeros(()))  # +0.0, never -0.0
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:

@@ -24,7 +24,8 @@ Fast path (``fast=True``, default; CPU and CUDA): one dense matmul without autog
 for a sparse backward (see :mod:`sparsecodes.kernels.sparse_affine`). ``fast=False`` is plain
 autograd through the dense pre-activations; in fp32 both give the same gradients.
 ``matmul_dtype="auto"`` runs the encoder matmul in bf16 where the hardware does it natively
-(CUDA with bf16, CPUs with oneDNN bf16) and in fp32 elsewhere; parameters stay fp32. It applies to
+(CUDA with bf16, CPUs with oneDNN bf16) and the matmul is large (``batch * d_in * n_latents >=
+2**27``; below that the casts cost more than they save), in fp32 elsewhere; parameters stay fp32. It applies to
 training and inference alike; set ``matmul_dtype="float32"`` for exact fp32 codes.
 """
 
@@ -50,6 +51,11 @@ from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.relu import LinearEncoderParams
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_index, row_topk_with_aux
 from sparsecodes.kernels.sparse_affine import MATMUL_DTYPES, encode_select, resolve_matmul_dtype
+from sparsecodes.kernels.sparse_decode import (
+    SparseDecode,
+    sparse_decode,
+    sparse_decode_supported,
+)
 from sparsecodes.validation import check_k, check_positive
 
 
@@ -118,9 +124,10 @@ class TopKEncoder(LinearEncoderParams):
         self.aux_k = self.config.resolved_aux_k(d_in, n_latents)
 
     # ------------------------------------------------------------------ helpers
-    def matmul_dtype(self) -> torch.dtype:
-        """The dtype the encoder matmul runs in on this encoder's device."""
-        return resolve_matmul_dtype(self.config.matmul_dtype, self.W_enc.device)
+    def matmul_dtype(self, batch: int | None = None) -> torch.dtype:
+        """The dtype the encoder matmul runs in on this encoder's device for ``batch`` rows."""
+        work = None if batch is None else batch * self.d_in * self.n_latents
+        return resolve_matmul_dtype(self.config.matmul_dtype, self.W_enc.device, work)
 
     def _dead_idx(self, dead_mask: Tensor | None) -> Tensor | None:
         if dead_mask is None or self.config.aux_coef == 0:
@@ -137,7 +144,7 @@ class TopKEncoder(LinearEncoderParams):
             self.b_enc,
             dictionary.b_dec,
             select,
-            matmul_dtype=self.matmul_dtype(),
+            matmul_dtype=self.matmul_dtype(x.shape[0]),
             fast=self.config.fast,
         )
 
@@ -184,12 +191,16 @@ class TopKEncoder(LinearEncoderParams):
         if aux is None or n_dead == 0:
             return x_hat.new_zeros(())
         e = (x - x_hat).detach()  # [batch, d_in]
-        e_hat = F.embedding_bag(
-            aux.indices,
-            dictionary.W_dec,
-            per_sample_weights=aux.values.to(dictionary.W_dec.dtype),
-            mode="sum",
-        )
+        zero_bias = dictionary.b_dec.detach().new_zeros(())  # no bias in the AuxK reconstruction
+        if self.config.fast:
+            e_hat = sparse_decode(aux.indices, aux.values, dictionary.W_dec, zero_bias)
+        else:
+            e_hat = F.embedding_bag(
+                aux.indices,
+                dictionary.W_dec,
+                per_sample_weights=aux.values.to(dictionary.W_dec.dtype),
+                mode="sum",
+            )
         variance = (e - e.mean(dim=0)).pow(2).sum().clamp_min(torch.finfo(e.dtype).tiny)
         scale = min(n_dead / self.aux_k, 1.0)
         return self.config.aux_coef * scale * (e_hat - e).pow(2).sum() / variance
@@ -201,7 +212,7 @@ class TopKEncoder(LinearEncoderParams):
         dead_idx = self._dead_idx(inp.dead_mask)
         n_dead = 0 if dead_idx is None else int(dead_idx.numel())
         codes, aux = self._train_codes(inp.x, inp.dictionary, dead_idx)
-        x_hat = inp.dictionary.decode(codes)
+        x_hat = self._decode(codes, inp.dictionary)
         mse = mse_per_token(inp.x, x_hat)
         auxk = self.auxk_loss(inp.x, x_hat, aux, inp.dictionary, n_dead)
         return TrainStepOutput(mse + auxk, x_hat, codes, {"mse": mse, "auxk": auxk})
@@ -210,6 +221,19 @@ class TopKEncoder(LinearEncoderParams):
         self, x: Tensor, dictionary: Dictionary, dead_idx: Tensor | None
     ) -> tuple[SparseCodes, SparseCodes | None]:
         return self._row_topk(x, dictionary, dead_idx)
+
+    def _decode(self, codes: SparseCodes, dictionary: Dictionary) -> Tensor:
+        """Training decode: the sparse-backward kernel on CPU when the dictionary is a plain
+        :class:`Dictionary` (its ``decode`` not overridden), else ``dictionary.decode``."""
+        if (
+            self.config.fast
+            and type(dictionary).decode is Dictionary.decode
+            and sparse_decode_supported(dictionary.W_dec.device)
+        ):
+            return SparseDecode.apply(
+                codes.indices, codes.values, dictionary.W_dec, dictionary.b_dec
+            )
+        return dictionary.decode(codes)
 
     # ------------------------------------------------------------------ FLOPs
     def inference_flops(self, batch: int = 1) -> int:

@@ -31,9 +31,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_mcc_vs_flops(
-    rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
-) -> Path:
+def plot_mcc_vs_flops(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Code MCC (mean ± std over seeds) against total FLOPs (training + test inference), log x."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
@@ -42,7 +40,12 @@ def plot_mcc_vs_flops(
         mcc = np.array([r["code_mcc"] for r in rs])
         ax.scatter(flops, mcc, s=12, alpha=0.35)
         ax.errorbar(
-            [flops.mean()], [mcc.mean()], yerr=[mcc.std()], fmt="o", capsize=3, label=method,
+            [flops.mean()],
+            [mcc.mean()],
+            yerr=[mcc.std()],
+            fmt="o",
+            capsize=3,
+            label=method,
             color=ax.collections[-1].get_facecolor()[0][:3],
         )
     ax.set_xscale("log")
@@ -55,9 +58,7 @@ def plot_mcc_vs_flops(
     return _save(fig, Path(path))
 
 
-def plot_mcc_vs_steps(
-    rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
-) -> Path:
+def plot_mcc_vs_steps(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Test code MCC during training (mean over seeds, band = ± std) against training step.
 
     Methods without training (iterative inference on a known dictionary) are drawn as a
@@ -71,8 +72,14 @@ def plot_mcc_vs_steps(
         trained = any(p["step"] > 0 for c in curves for p in c)
         if not curves or not trained:
             mcc = float(np.mean([r["code_mcc"] for r in rs]))
-            ax.hlines(mcc, 0, max_step, linestyles="--", label=f"{method} (no training)",
-                      colors=f"C{len(ax.lines) + len(ax.collections)}")
+            ax.hlines(
+                mcc,
+                0,
+                max_step,
+                linestyles="--",
+                label=f"{method} (no training)",
+                colors=f"C{len(ax.lines) + len(ax.collections)}",
+            )
             continue
         n = min(len(c) for c in curves)
         steps = np.array([p["step"] for p in curves[0][:n]])

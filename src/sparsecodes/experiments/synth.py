@@ -107,10 +107,10 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "topk": {"k": "K"},
     "batchtopk": {"k": "K"},
     "lista": {"l1": 0.1, "iters": 5},
-    "fista": {"l1": 0.01, "iters": 200, "nonneg": True},
-    "ista": {"l1": 0.01, "iters": 200, "nonneg": True},
-    "omp": {"k": "K"},
-    "mp": {"k": "K"},
+    "fista": {"l1": 0.01, "iters": 100, "tol": 1e-4, "nonneg": True},
+    "ista": {"l1": 0.01, "iters": 100, "tol": 1e-4, "nonneg": True},
+    "omp": {"k": "K", "nonneg": True},
+    "mp": {"k": "K", "nonneg": True},
 }
 
 #: Training defaults (Adam); the paper used 10k full-batch-ish Adam steps, we use fewer.
@@ -146,6 +146,16 @@ def encoder_params(encoder: str, k: int, overrides: dict[str, Any] | None = None
             f"its parameters are: {', '.join(sorted(fields))}"
         )
     return {n: (k if v == "K" else v) for n, v in merged.items() if n in fields}
+
+
+def _params_for(
+    encoder: str, k: int, signed: bool, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """:func:`encoder_params`, with ``nonneg`` off for signed codes unless set explicitly."""
+    out = encoder_params(encoder, k, overrides)
+    if signed and "nonneg" in out and "nonneg" not in (overrides or {}):
+        out["nonneg"] = False
+    return out
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -209,8 +219,11 @@ def run_one(
         raise ValueError(f"method {method!r} cannot run: {why}")
     k = int(train.config.get("k", int((train.codes != 0).sum(dim=1).max())))
     params = params or {}
-    enc_params = encoder_params(spec.encoder, k, params.get(spec.encoder))
-    inf_params = encoder_params(spec.inference, k, params.get(spec.inference)) if spec.inference else {}
+    signed = bool(train.config.get("signed", False))
+    enc_params = _params_for(spec.encoder, k, signed, params.get(spec.encoder))
+    inf_params = (
+        _params_for(spec.inference, k, signed, params.get(spec.inference)) if spec.inference else {}
+    )
     n, d = train.n_latents, train.n_dims
     t0 = time.perf_counter()
     coder = SparseCoder(d, n, spec.encoder, seed=seed, **enc_params)
@@ -304,6 +317,7 @@ def run(
     data_kwargs: dict[str, Any] | None = None,
     out: str | Path | None = None,
     plots: bool = True,
+    threads: int | None = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every (setting, method, seed); optionally write ``results.json`` and PNGs to ``out``.
@@ -351,11 +365,72 @@ def run(
         "batch_size": batch_size,
         "params": params or {},
         "curve_points": curve_points,
+        "threads": threads,
         "data_kwargs": data_kwargs or {},
         "hyperparameters": "fixed defaults (DEFAULT_PARAMS), never selected on test MCC",
     }
     results: list[dict[str, Any]] = []
-    t_all = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None), got {threads!r}")
+        torch.set_num_threads(threads)
+    try:
+        t_all = time.perf_counter()
+        _run_grid(
+            results,
+            seed_list,
+            settings,
+            runnable,
+            say,
+            n_latents=n_latents,
+            n_dims=n_dims,
+            k=k,
+            n_train=n_train,
+            n_test=n_test,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            params=params,
+            curve_points=curve_points,
+            data_kwargs=data_kwargs or {},
+        )
+        total_seconds = time.perf_counter() - t_all
+        env = environment(total_seconds)
+    finally:
+        torch.set_num_threads(old_threads)
+    report: dict[str, Any] = {
+        "config": config,
+        "results": results,
+        "summary": summarise(results),
+        "skipped": skipped,
+        "environment": env,
+        "files": [],
+    }
+    if out is not None:
+        report["files"] = write_outputs(report, out, plots=plots)
+    return report
+
+
+def _run_grid(
+    results: list[dict[str, Any]],
+    seed_list: list[int],
+    settings: list[str],
+    runnable: list[str],
+    say: Callable[[str], None],
+    *,
+    n_latents: int,
+    n_dims: int,
+    k: int,
+    n_train: int,
+    n_test: int,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    params: dict[str, dict[str, Any]] | None,
+    curve_points: int,
+    data_kwargs: dict[str, Any],
+) -> None:
     for seed in seed_list:
         train, test = make_train_test(
             n_train,
@@ -364,7 +439,7 @@ def run(
             n_dims=n_dims,
             k=k,
             seed=seed,
-            **(data_kwargs or {}),
+            **data_kwargs,
         )
         for setting in settings:
             for m in runnable:
@@ -386,18 +461,6 @@ def run(
                     f"dict_mcc={row['dict_mcc']:.3f} fvu={row['fvu']:.3g} l0={row['l0']:.2f} "
                     f"({row['seconds']:.1f}s)"
                 )
-    total_seconds = time.perf_counter() - t_all
-    report: dict[str, Any] = {
-        "config": config,
-        "results": results,
-        "summary": summarise(results),
-        "skipped": skipped,
-        "environment": environment(total_seconds),
-        "files": [],
-    }
-    if out is not None:
-        report["files"] = write_outputs(report, out, plots=plots)
-    return report
 
 
 def environment(total_seconds: float) -> dict[str, Any]:
@@ -450,7 +513,7 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 def _fmt_flops(v: float) -> str:
     if v <= 0:
         return "0"
-    exp = int(math.floor(math.log10(v)))
+    exp = math.floor(math.log10(v))
     return f"{v / 10**exp:.1f}e{exp}"
 
 

@@ -24,8 +24,10 @@ from sparsecodes.sparse_coder import SparseCoder, resolve_device
 def require_files(path: Path, names: tuple[str, ...], layout: str) -> tuple[Path, ...]:
     """The files ``path/name`` for each name, or ``FileNotFoundError`` naming the first missing."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory; a {layout} model is a directory "
-                                f"holding {' and '.join(names)}")
+        raise FileNotFoundError(
+            f"{path} is not a directory; a {layout} model is a directory "
+            f"holding {' and '.join(names)}"
+        )
     files = tuple(path / n for n in names)
     for f in files:
         if not f.is_file():
@@ -56,7 +58,9 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} could not be read (corrupt or truncated safetensors?): {e}") from e
+        raise ValueError(
+            f"{path} could not be read (corrupt or truncated safetensors?): {e}"
+        ) from e
 
 
 def require_int(cfg: Mapping[str, Any], key: str, cfg_path: Path) -> int:
@@ -89,11 +93,15 @@ def check_tensors(
         if tuple(tensors[k].shape) != shape
     }
     if bad:
-        detail = ", ".join(f"{k} has shape {got}, expected {want}" for k, (got, want) in bad.items())
+        detail = ", ".join(
+            f"{k} has shape {got}, expected {want}" for k, (got, want) in bad.items()
+        )
         raise ValueError(f"{w_path} does not match the sizes in {cfg_path}: {detail}")
     for k in expected:
         if not tensors[k].is_floating_point():
-            raise ValueError(f"{w_path}: tensor {k!r} has dtype {tensors[k].dtype}, expected a float")
+            raise ValueError(
+                f"{w_path}: tensor {k!r} has dtype {tensors[k].dtype}, expected a float"
+            )
 
 
 def exact_float32_config(encoder: str) -> dict[str, Any]:
@@ -154,7 +162,9 @@ def build_coder(
             f"converted tensors (missing {missing}, unexpected {extra})"
         )
     new_state = {k: params[k].detach().to(state[k].dtype).contiguous() for k in wanted}
-    new_state["normaliser.scale"] = torch.tensor(float(scale), dtype=state["normaliser.scale"].dtype)
+    new_state["normaliser.scale"] = torch.tensor(
+        float(scale), dtype=state["normaliser.scale"].dtype
+    )
     model.load_state_dict(new_state)
     model.train_config = dict(train_config or {})
     model._fitted = True

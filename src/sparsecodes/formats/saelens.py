@@ -288,14 +288,6 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
         )
     if norm not in ("none", "expected_average_only_in"):
         raise ValueError(f"{cfg_path}: unknown normalize_activations={norm!r}")
-    if cfg.get("hook_head_index") is not None or (cfg.get("metadata") or {}).get(
-        "hook_head_index"
-    ) is not None:
-        warnings.warn(
-            f"{cfg_path}: this SAE reads one attention head (hook_head_index); the loaded model "
-            "expects that head's activations", stacklevel=2
-        )
-
     raw = read_safetensors(w_path)
     if "scaling_factor" in raw:  # pre-v6 'finetuning scaling factor'
         if torch.allclose(raw["scaling_factor"].float(), torch.ones(())):
@@ -308,7 +300,7 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
     check_tensors(raw, _arch_tensors(arch, d_in, d_sae), w_path, cfg_path)
     t = {k: v.detach().double() for k, v in raw.items()}  # convert in float64, cast once
 
-    meta = cfg.get("metadata") or {}
+    meta = cfg.get("metadata")
     ours = meta.get(METADATA_KEY) if isinstance(meta, Mapping) else None
     if norm == "expected_average_only_in" and not ours:
         warnings.warn(
@@ -338,7 +330,9 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
     if arch == "topk":
         k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
-            raise ValueError(f"{cfg_path}: topk needs an integer k in [1, d_sae={d_sae}], got {k!r}")
+            raise ValueError(
+                f"{cfg_path}: topk needs an integer k in [1, d_sae={d_sae}], got {k!r}"
+            )
         encoder_config["k"] = k
         # SAELens computes in float32; our topk would otherwise pick bf16 matmuls where the CPU
         # or GPU has them ("auto"), and near-tied latents could then differ

@@ -51,8 +51,7 @@ def load_sparsify(path: str | os.PathLike[str], *, device: str | None = None) ->
             "sparsify's 'topk' activation only"
         )
     for flag, why in (
-        ("transcode", "a transcoder predicts another module's output and skips the b_dec "
-         "centring"),
+        ("transcode", "a transcoder predicts another module's output and skips the b_dec centring"),
         ("skip_connection", "a skip connection adds x @ W_skip.T to the output"),
     ):
         if cfg.get(flag, False):

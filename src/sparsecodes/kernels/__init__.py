@@ -4,6 +4,8 @@
   The forward is one dense matmul (optionally in bf16, fp32 master weights); the backward builds
   the encoder gradients from the selected ``[batch, k]`` entries only (COO ``torch.sparse.mm``,
   ``index_add_``), so it costs ``O(batch * k * d_in)`` instead of two dense matmuls.
+- :mod:`~sparsecodes.kernels.sparse_decode`: decoding from ``[batch, k]`` codes whose backward uses
+  a sampled matmul and a COO ``torch.sparse.mm`` instead of ``embedding_bag``'s slow CPU backward.
 - :mod:`~sparsecodes.kernels.selection`: per-row top-k with an AuxK pass over dead latents, and an
   exact batch-wide top-k that avoids a slow flat ``topk`` over ``batch * n_latents`` entries.
 
@@ -18,9 +20,11 @@ from sparsecodes.kernels.sparse_affine import (
     preacts,
     resolve_matmul_dtype,
 )
+from sparsecodes.kernels.sparse_decode import SparseDecode, sparse_decode
 
 __all__ = [
     "GatherAffine",
+    "SparseDecode",
     "batch_topk_flat",
     "encode_select",
     "fast_path_supported",
@@ -28,4 +32,5 @@ __all__ = [
     "preacts",
     "resolve_matmul_dtype",
     "row_topk_with_aux",
+    "sparse_decode",
 ]

@@ -81,9 +81,7 @@ def batch_topk_flat(pre: Tensor, m: int, *, start_factor: int = 4) -> tuple[Tens
         groups = new_groups
 
 
-def pad_rows(
-    rows: Tensor, cols: Tensor, values: Tensor, batch: int
-) -> tuple[Tensor, Tensor]:
+def pad_rows(rows: Tensor, cols: Tensor, values: Tensor, batch: int) -> tuple[Tensor, Tensor]:
     """Ragged entries -> ``(indices [batch, width], values [batch, width])``, zero-padded.
 
     ``width`` = the largest per-row count (at least 1); padding uses index 0 with value 0, which

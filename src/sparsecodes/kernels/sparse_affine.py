@@ -45,15 +45,24 @@ def bf16_matmul_is_fast(device: torch.device) -> bool:
     return False
 
 
-def resolve_matmul_dtype(spec: str, device: torch.device | str) -> torch.dtype:
-    """``"float32"``/``"bfloat16"`` as given; ``"auto"`` -> bf16 where it is native, else fp32."""
+#: below this many multiply-adds ``"auto"`` keeps fp32 (casts and bf16 kernel set-up dominate).
+BF16_MIN_WORK = 1 << 27
+
+
+def resolve_matmul_dtype(
+    spec: str, device: torch.device | str, work: int | None = None
+) -> torch.dtype:
+    """``"float32"``/``"bfloat16"`` as given; ``"auto"`` -> bf16 where it is native and the matmul
+    is big enough to profit (``work`` = ``batch * d_in * n_latents`` multiply-adds, when known,
+    at least :data:`BF16_MIN_WORK`), else fp32."""
     device = torch.device(device)
     if spec == "float32":
         return torch.float32
     if spec == "bfloat16":
         return torch.bfloat16
     if spec == "auto":
-        return torch.bfloat16 if bf16_matmul_is_fast(device) else torch.float32
+        big = work is None or work >= BF16_MIN_WORK
+        return torch.bfloat16 if big and bf16_matmul_is_fast(device) else torch.float32
     raise ValueError(f"matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {spec!r}")
 
 
@@ -79,9 +88,7 @@ def preacts(
 
 
 def _coo(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values, size, check_invariants=False
-    )
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size, check_invariants=False)
 
 
 class GatherAffine(torch.autograd.Function):
@@ -147,9 +154,7 @@ def encode_select(
     devices :func:`fast_path_supported` rejects); ``fast=False`` is plain autograd through the
     dense pre-activations (the reference the fast path is tested against).
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, W_enc, b_enc, b_dec)
-    )
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, W_enc, b_enc, b_dec))
     fast = fast and fast_path_supported(x.device)
     if fast or not needs_grad:
         pre = preacts(x, W_enc, b_enc, b_dec, matmul_dtype)

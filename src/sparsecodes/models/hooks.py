@@ -27,7 +27,7 @@ HOOK_PATTERN = "blocks.{i}.{" + ",".join(HOOK_KINDS) + "}"
 _NAME_RE = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post|attn_out|mlp_out|attn\.heads)$")
 
 
-class StopForward(Exception):  # noqa: N818 - control flow, not an error
+class StopForward(Exception):
     """Raised from a hook after the deepest requested activation; caught by the adapter."""
 
 

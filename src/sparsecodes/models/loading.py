@@ -29,7 +29,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'") from e
+        raise ValueError(
+            f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'"
+        ) from e
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -78,6 +80,19 @@ def _load_hf(source: str, *, local: bool, dtype: torch.dtype | None) -> tuple[An
     return model, tok
 
 
+def _hub_resolves() -> bool:
+    """Whether the model hub's host name resolves (a fast check that skips minutes of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host or "huggingface.co", 443)
+    except OSError:
+        return False
+    return True
+
+
 def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device = "auto",
@@ -102,16 +117,22 @@ def load_model(
         except (OSError, ValueError) as e:
             raise _not_found(name, f"the local path could not be loaded ({e})") from e
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        if offline:
-            # the local hub cache may still hold it
-            try:
-                model, tok = _load_hf(name, local=True, dtype=dt)
-            except (OSError, ValueError) as e:
+        try:  # the local hub cache first: no network
+            model, tok = _load_hf(name, local=True, dtype=dt)
+        except (OSError, ValueError) as e:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            if offline:
                 raise _not_found(
-                    name, "it is neither an embedded name nor a local path, and HF_HUB_OFFLINE is set"
+                    name,
+                    "it is neither an embedded name, a local path nor in the local hub cache, "
+                    "and HF_HUB_OFFLINE is set",
                 ) from e
-        else:
+            if not _hub_resolves():
+                raise _not_found(
+                    name,
+                    "it is neither an embedded name, a local path nor in the local hub cache, "
+                    "and the model hub cannot be reached (no network)",
+                ) from e
             try:
                 model, tok = _load_hf(name, local=False, dtype=dt)
             except (OSError, ValueError) as e:

@@ -55,7 +55,9 @@ class WandbLogger:
         try:
             import wandb
         except ImportError as e:
-            raise RuntimeError("wandb logging asked for but wandb is not installed: pip install wandb") from e
+            raise RuntimeError(
+                "wandb logging asked for but wandb is not installed: pip install wandb"
+            ) from e
         self.run = wandb.init(project=project, config=config, name=name)
 
     def __call__(self, row: dict[str, float]) -> None:

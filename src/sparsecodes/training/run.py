@@ -1,14 +1,18 @@
-"""A resumable training run in a directory: checkpoints, CSV log, final model.
+"""Resumable training runs in directories: checkpoints, CSV logs, final models.
 
-Layout of ``run_dir``: ``checkpoint/`` (latest resumable state), ``metrics.csv``, ``final/``
-(the trained :class:`SparseCoder`), ``run.json`` (the full configuration). Starting the same run
-again continues from ``checkpoint/`` and ends with the same weights as an uninterrupted run.
+Layout of each run directory: ``checkpoint/`` (latest resumable state), ``metrics.csv``,
+``final/`` (the trained :class:`SparseCoder`), ``run.json`` (the full configuration). Starting the
+same runs again continues from their checkpoints and ends with the same weights as an
+uninterrupted run. :func:`train_runs` steps several coders in lockstep, so coders reading views of
+one :class:`~sparsecodes.activations.live.LiveModelSource` share every forward pass.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +24,97 @@ if TYPE_CHECKING:
     from sparsecodes.sparse_coder import SparseCoder
 
 
+@dataclass
+class RunJob:
+    """One coder to train: its data source, its directory and extra config to record."""
+
+    coder: SparseCoder
+    source: ActivationSource
+    run_dir: Path
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    loggers: list[Callable[[dict[str, float]], None]] = field(default_factory=list)
+
+
+def train_runs(
+    jobs: Sequence[RunJob],
+    config: TrainConfig,
+    *,
+    checkpoint_every: int = 100,
+    resume: bool = True,
+) -> list[SparseCoder]:
+    """Train every job for ``config.steps`` steps in lockstep, resuming from checkpoints.
+
+    A fresh coder's normaliser must already be fitted (``coder.normaliser.fit(sample)``).
+    Returns the trained coders (also saved to ``run_dir/final``).
+    """
+    trainers, batch_iters, csvs = [], [], []
+    for job in jobs:
+        job.run_dir = Path(job.run_dir)
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(job.coder, config)
+        ckpt = job.run_dir / "checkpoint"
+        resumed: int | None = None
+        if resume and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
+            trainer.load_checkpoint(ckpt, job.source)
+            resumed = trainer.state.step
+        info = {"train": trainer.config_dict(), "model": job.coder.config(), **job.extra_config}
+        (job.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        trainers.append(trainer)
+        csvs.append(CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed))
+        batch_iters.append(job.source.batches(config.batch_size))
+
+    bar = None
+    start = min(t.state.step for t in trainers)
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True)
+    t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
+    for step in range(start, config.steps):
+        rows: dict[int, dict[str, float]] = {}
+        for i, (trainer, batches) in enumerate(zip(trainers, batch_iters, strict=True)):
+            if trainer.state.step > step:  # this one had a later checkpoint
+                continue
+            x, target = next(batches)
+            rows[i] = trainer.step(x, target)
+        n = step + 1
+        if rows and (n % config.log_every == 0 or n == config.steps):
+            rate = (sum(t.state.tokens for t in trainers) - tokens0) / max(
+                time.perf_counter() - t0, 1e-9
+            )
+            for i, row in rows.items():
+                row["tokens_per_s"] = rate / len(trainers)
+                trainers[i].state.history.append(row)
+                csvs[i](row)
+                for lg in jobs[i].loggers:
+                    lg(row)
+            if bar is not None:
+                r = next(iter(rows.values()))
+                bar.set_postfix(
+                    loss=f"{r['loss']:.4g}",
+                    l0=f"{r['l0']:.1f}",
+                    dead=f"{100 * r['dead_frac']:.1f}%",
+                    tok_s=f"{rate:,.0f}",
+                )
+        if checkpoint_every > 0 and (n % checkpoint_every == 0 or n == config.steps):
+            for trainer, job in zip(trainers, jobs, strict=True):
+                trainer.save_checkpoint(job.run_dir / "checkpoint", job.source)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    out = []
+    for trainer, job in zip(trainers, jobs, strict=True):
+        coder = job.coder
+        coder.train_config = {**coder.train_config, **trainer.config_dict(), **job.extra_config}
+        coder.history = trainer.state.history
+        coder._fitted = True
+        coder.eval()
+        coder.save(job.run_dir / "final")
+        out.append(coder)
+    return out
+
+
 def train_run(
     coder: SparseCoder,
     source: ActivationSource,
@@ -29,31 +124,7 @@ def train_run(
     checkpoint_every: int = 100,
     resume: bool = True,
     extra_config: dict[str, Any] | None = None,
-    loggers: list[Callable[[dict[str, float]], None]] | None = None,
 ) -> SparseCoder:
-    """Train ``coder`` on ``source`` inside ``run_dir``, resuming from its checkpoint if present.
-
-    The normaliser must already be fitted (``coder.normaliser.fit(sample)``) on a fresh run.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(coder, config)
-    ckpt = run_dir / "checkpoint"
-    resumed_from: int | None = None
-    if resume and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
-        trainer.load_checkpoint(ckpt, source)
-        resumed_from = trainer.state.step
-    info = {"train": trainer.config_dict(), "model": coder.config(), **(extra_config or {})}
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
-    csv_log = CSVLogger(run_dir / "metrics.csv", resume_step=resumed_from)
-
-    def log(row: dict[str, float]) -> None:
-        csv_log(row)
-        for lg in loggers or []:
-            lg(row)
-
-    trainer.fit(source, checkpoint_dir=ckpt, checkpoint_every=checkpoint_every, logger=log)
-    coder.train_config = {**coder.train_config, **trainer.config_dict(), **(extra_config or {})}
-    coder._fitted = True
-    coder.save(run_dir / "final")
-    return coder
+    """:func:`train_runs` for a single coder."""
+    job = RunJob(coder, source, Path(run_dir), extra_config or {})
+    return train_runs([job], config, checkpoint_every=checkpoint_every, resume=resume)[0]

@@ -1,0 +1,279 @@
+"""Batched FISTA / OMP (sparsecodes) against scikit-learn's ``SparseCoder`` on the same problem.
+
+Synthetic sparse-coding problem (the compute-optimal inference paper's model, larger): ``N``
+unit-norm Gaussian atoms in ``R^M``, codes with exactly ``K`` active ``|N(0,1)|`` entries,
+``x = s D`` without noise. On the same machine, in the same run:
+
+- ``fista`` (ours, non-negative, adaptive restart) vs sklearn ``transform_algorithm="lasso_cd"``
+  with ``positive_code=True``. Both minimise ``0.5 ||x - z D||^2 + l1 ||z||_1`` per row: sklearn
+  divides ``transform_alpha`` by ``n_features`` and its Lasso divides the squared error by
+  ``2 n_features``, so ``transform_alpha = l1`` is the matched value (the JSON reports both mean
+  objectives to show it).
+- ``omp`` (ours, ``k = K``, signed) vs sklearn ``transform_algorithm="omp"`` with
+  ``transform_n_nonzero_coefs = K``.
+
+Reported per method: code MCC against the true codes (``sparsecodes.metrics.code_mcc`` when it
+exists, else the DESIGN.md definition computed here), wall time of each repeat, exact-support
+rate, mean nonzeros, FVU; and sklearn-time / our-time ratios. torch runs on ``--threads`` threads,
+sklearn with ``n_jobs=--threads``. The machine's load average is recorded before and after,
+because timings on a shared machine are noisy.
+
+    python benchmarks/bench_inference_sklearn.py                      # full size, writes JSON
+    python benchmarks/bench_inference_sklearn.py --samples 512 --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy
+import sklearn
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from sklearn.decomposition import SparseCoder as SkSparseCoder
+
+from sparsecodes.codes import to_dense
+from sparsecodes.dictionary import Dictionary
+from sparsecodes.encoders import make_encoder
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "inference_sklearn.json"
+
+
+def _code_mcc_local(true: np.ndarray, codes: np.ndarray) -> float:
+    """DESIGN.md code MCC: |Pearson| between latents over samples, zero-variance -> 0, optimal
+    one-to-one matching (``linear_sum_assignment``), mean over matched pairs."""
+    a = true - true.mean(0)
+    b = codes - codes.mean(0)
+    na, nb = np.linalg.norm(a, axis=0), np.linalg.norm(b, axis=0)
+    corr = np.abs(a.T @ b)
+    denom = np.outer(na, nb)
+    corr = np.divide(corr, denom, out=np.zeros_like(corr), where=denom > 0)
+    rows, cols = linear_sum_assignment(corr, maximize=True)
+    return float(corr[rows, cols].mean())
+
+
+def code_mcc(true: np.ndarray, codes: np.ndarray) -> tuple[float, str]:
+    try:
+        from sparsecodes.metrics import code_mcc as lib_mcc
+    except ImportError:
+        return _code_mcc_local(true, codes), "benchmark-local (DESIGN.md definition)"
+    return float(lib_mcc(torch.from_numpy(true), torch.from_numpy(codes))), "sparsecodes.metrics"
+
+
+def make_problem(n: int, m: int, k: int, samples: int, seed: int):
+    """``(x [S, M], codes [S, N], atoms [N, M])`` float32, exactly ``k`` active per row."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = F.normalize(torch.randn(n, m, generator=g), dim=1)
+    idx = torch.rand(samples, n, generator=g).argsort(dim=1)[:, :k]
+    vals = torch.randn(samples, k, generator=g).abs()
+    codes = torch.zeros(samples, n).scatter_(1, idx, vals)
+    return codes @ atoms, codes, atoms
+
+
+def timed(
+    fn: Callable[[], np.ndarray], repeats: int
+) -> tuple[np.ndarray, list[float], dict[str, int]]:
+    """Run ``fn`` ``repeats`` times; its output, wall times, and counts of warnings it raised
+    (sklearn's ConvergenceWarnings are recorded, not printed)."""
+    times, out, counts = [], None, {}
+    for _ in range(repeats):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        for w in caught:
+            counts[w.category.__name__] = counts.get(w.category.__name__, 0) + 1
+    assert out is not None
+    return out, times, counts
+
+
+def summarise(name, codes, times, true, x, atoms, extra=None) -> dict:
+    codes = np.asarray(codes, dtype=np.float64)
+    true64 = true.astype(np.float64)
+    mcc, mcc_src = code_mcc(true64, codes)
+    x64 = x.astype(np.float64)
+    x_hat = codes @ atoms.astype(np.float64)
+    fvu = float(((x64 - x_hat) ** 2).sum() / ((x64 - x64.mean(0)) ** 2).sum())
+    support_exact = float(((codes != 0) == (true != 0)).all(axis=1).mean())
+    out = {
+        "method": name,
+        "code_mcc": mcc,
+        "mcc_source": mcc_src,
+        "wall_s": times,
+        "wall_s_min": min(times),
+        "wall_s_median": statistics.median(times),
+        "exact_support_rate": support_exact,
+        "mean_nonzeros": float((codes != 0).sum(1).mean()),
+        "fvu": fvu,
+    }
+    out.update(extra or {})
+    return out
+
+
+def lasso_objective(x: np.ndarray, codes: np.ndarray, atoms: np.ndarray, l1: float) -> float:
+    """Mean over rows of ``0.5 ||x - z D||^2 + l1 ||z||_1`` (float64)."""
+    r = x.astype(np.float64) - codes.astype(np.float64) @ atoms.astype(np.float64)
+    return float((0.5 * (r**2).sum(1) + l1 * np.abs(codes).sum(1)).mean())
+
+
+def machine_info(threads: int) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "sklearn": sklearn.__version__,
+        "sklearn_n_jobs": threads,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n-latents", type=int, default=1024, help="N atoms")
+    p.add_argument("--d-in", type=int, default=256, help="M dimensions")
+    p.add_argument("--k", type=int, default=16, help="K active latents per sample")
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--l1", type=float, default=0.1, help="lasso weight (= sklearn transform_alpha)")
+    p.add_argument("--fista-iters", type=int, default=200)
+    p.add_argument("--fista-tol", type=float, default=1e-5)
+    p.add_argument("--sk-max-iter", type=int, default=1000, help="sklearn transform_max_iter")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats per method")
+    p.add_argument("--methods", default="fista,lasso_cd,omp,sk_omp")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    n, m, k = args.n_latents, args.d_in, args.k
+    x_t, codes_t, atoms_t = make_problem(n, m, k, args.samples, args.seed)
+    x, true, atoms = x_t.numpy(), codes_t.numpy(), atoms_t.numpy()
+    dictionary = Dictionary.from_atoms(atoms_t)
+    load_before = os.getloadavg()
+    results: dict[str, dict] = {}
+
+    if "fista" in methods:
+        enc = make_encoder(
+            "fista", m, n, l1=args.l1, iters=args.fista_iters, tol=args.fista_tol, nonneg=True
+        )
+        enc.encode(x_t[:64], dictionary)  # warm-up (first-call allocation), not timed
+        codes, times, warns = timed(lambda: enc.encode(x_t, dictionary).numpy(), args.repeats)
+        results["fista"] = summarise(
+            "sparsecodes fista (batched, restart, nonneg)",
+            codes,
+            times,
+            true,
+            x,
+            atoms,
+            {
+                "iterations_run": enc.last_n_iter,
+                "mean_objective": lasso_objective(x, codes, atoms, args.l1),
+                "warnings": warns,
+            },
+        )
+    if "lasso_cd" in methods:
+        sk = SkSparseCoder(
+            dictionary=atoms,
+            transform_algorithm="lasso_cd",
+            transform_alpha=args.l1,
+            transform_max_iter=args.sk_max_iter,
+            positive_code=True,
+            n_jobs=args.threads,
+        )
+        codes, times, warns = timed(lambda: sk.transform(x), args.repeats)
+        results["lasso_cd"] = summarise(
+            "sklearn SparseCoder lasso_cd (positive_code)",
+            codes,
+            times,
+            true,
+            x,
+            atoms,
+            {"mean_objective": lasso_objective(x, codes, atoms, args.l1), "warnings": warns},
+        )
+    if "omp" in methods:
+        enc = make_encoder("omp", m, n, k=k, nonneg=False)
+        enc.encode(x_t[:64], dictionary)
+        codes, times, warns = timed(
+            lambda: to_dense(enc.encode(x_t, dictionary)).numpy(), args.repeats
+        )
+        results["omp"] = summarise(
+            "sparsecodes omp (batched)", codes, times, true, x, atoms, {"warnings": warns}
+        )
+    if "sk_omp" in methods:
+        sk = SkSparseCoder(
+            dictionary=atoms,
+            transform_algorithm="omp",
+            transform_n_nonzero_coefs=k,
+            n_jobs=args.threads,
+        )
+        codes, times, warns = timed(lambda: sk.transform(x), args.repeats)
+        results["sk_omp"] = summarise(
+            "sklearn SparseCoder omp", codes, times, true, x, atoms, {"warnings": warns}
+        )
+
+    ratios = {}
+    for ours, theirs in (("fista", "lasso_cd"), ("omp", "sk_omp")):
+        if ours in results and theirs in results:
+            ratios[f"{theirs}/{ours}"] = {
+                "speedup_min": results[theirs]["wall_s_min"] / results[ours]["wall_s_min"],
+                "speedup_median": results[theirs]["wall_s_median"] / results[ours]["wall_s_median"],
+                "mcc_diff": results[ours]["code_mcc"] - results[theirs]["code_mcc"],
+            }
+    report = {
+        "benchmark": "inference_sklearn",
+        "command": " ".join(
+            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "config": {k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items()},
+        "problem": "unit-norm Gaussian atoms, exactly K active |N(0,1)| codes, x = s D, no noise",
+        "dtype": "float32 inputs for both libraries",
+        "results": results,
+        "speed_ratios": ratios,
+        "machine": machine_info(args.threads),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "note": "shared 2-core machine; other jobs ran concurrently, so timings are noisy",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for key, r in results.items():
+        print(
+            f"{key:9s} mcc={r['code_mcc']:.4f} wall_min={r['wall_s_min']:.2f}s "
+            f"support_exact={r['exact_support_rate']:.3f} nnz={r['mean_nonzeros']:.1f} "
+            f"fvu={r['fvu']:.2e}"
+            + (f" obj={r['mean_objective']:.4f}" if "mean_objective" in r else "")
+        )
+    for key, r in ratios.items():
+        print(f"{key}: speedup(min)={r['speedup_min']:.1f}x mcc_diff={r['mcc_diff']:+.4f}")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""One TopK SAE training step on CPU: sparsecodes vs sae-lens vs sparsify, side by side.
+
+Setting (defaults): d_in=576, n_latents=4608, k=32, batch 4096, fp32 master weights,
+``torch.set_num_threads(2)``. A step is what each tool's own training loop does per batch:
+
+- sparsecodes: ``Trainer.step`` (TopK encode with the sparse-backward fast path, embedding_bag
+  decode, backward, parallel-gradient removal, Adam, atom projection, dead-latent bookkeeping).
+  Variants: ``fast`` (default config: ``matmul_dtype="auto"`` -> bf16 encoder matmul on CPUs with
+  native bf16), ``fast-fp32`` and ``eager-fp32`` (plain autograd).
+- sae-lens 6: ``TopKTrainingSAE.training_forward_pass`` + backward + Adam.
+- sparsify: ``sparsify.SparseCoder.forward`` (fvu + auxk) + backward + parallel-gradient removal
+  + Adam + decoder renormalisation.
+
+Every tool gets the same batches, in the same order, with the same Adam lr; no latent is dead
+(fresh models), so AuxK costs nothing for anyone. Data: synthetic sparse data, x = s D with
+``n_true`` unit-norm Gaussian atoms in R^576 and exactly ``k_true`` active |N(0,1)| codes per row
+(so FVU is meaningful: a perfect SAE reaches 0). FVU (variance about the mean) is measured on
+held-out rows after every tool has trained on the same ``(warmup + steps) * batch`` tokens.
+
+The CPU may be shared: the JSON records the load average before and after. Re-run on a quiet
+machine for publishable numbers::
+
+    python benchmarks/bench_topk_training.py --warmup 3 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULT = Path(__file__).parent / "results" / "topk_training.json"
+
+
+def make_data(n_rows: int, d: int, n_true: int, k_true: int, seed: int) -> torch.Tensor:
+    """``[n_rows, d]`` rows of x = s D (k_true active |N(0,1)| codes on unit-norm atoms)."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = F.normalize(torch.randn(n_true, d, generator=g), dim=1)
+    out = torch.empty(n_rows, d)
+    for i in range(0, n_rows, 4096):
+        b = min(4096, n_rows - i)
+        idx = torch.rand(b, n_true, generator=g).topk(k_true, dim=1).indices
+        vals = torch.randn(b, k_true, generator=g).abs()
+        out[i : i + b] = F.embedding_bag(idx, atoms, per_sample_weights=vals, mode="sum")
+    return out
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    return float((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum())
+
+
+# ---------------------------------------------------------------------------- the tools
+def sparsecodes_tool(args, variant: str):
+    from sparsecodes import SparseCoder
+    from sparsecodes.training.trainer import TrainConfig, Trainer
+
+    params = {
+        "fast": {"fast": True, "matmul_dtype": "auto"},
+        "fast-fp32": {"fast": True, "matmul_dtype": "float32"},
+        "eager-fp32": {"fast": False, "matmul_dtype": "float32"},
+    }[variant]
+    model = SparseCoder(args.d_in, args.n_latents, "topk", seed=args.seed, k=args.k, **params)
+    trainer = Trainer(model, TrainConfig(steps=10**9, lr=args.lr, batch_size=args.batch))
+    mm = model.encoder.matmul_dtype(args.batch)
+
+    def step(x: torch.Tensor) -> None:
+        trainer.step(x)
+
+    @torch.no_grad()
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        return model.reconstruct(x)
+
+    return step, reconstruct, {"matmul_dtype": str(mm).replace("torch.", ""), **params}
+
+
+def saelens_tool(args):
+    import sae_lens
+    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    torch.manual_seed(args.seed)
+    cfg = TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.n_latents, k=args.k, device="cpu")
+    sae = TopKTrainingSAE(cfg)
+    sae.train()
+    opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
+    dead = torch.zeros(args.n_latents, dtype=torch.bool)
+    n = [0]
+
+    def step(x: torch.Tensor) -> None:
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                coefficients={},
+                dead_neuron_mask=dead,
+                n_training_steps=n[0],
+                is_logging_step=False,
+            )
+        )
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        n[0] += 1
+
+    @torch.no_grad()
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        sae.eval()
+        y = sae(x)
+        sae.train()
+        return y
+
+    return step, reconstruct, {"version": sae_lens.__version__, "class": "TopKTrainingSAE"}
+
+
+def sparsify_tool(args):
+    import importlib.metadata
+
+    from sparsify import SparseCoder as SparsifyCoder
+    from sparsify import SparseCoderConfig
+
+    torch.manual_seed(args.seed)
+    sae = SparsifyCoder(args.d_in, SparseCoderConfig(num_latents=args.n_latents, k=args.k))
+    opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
+    dead = torch.zeros(args.n_latents, dtype=torch.bool)
+
+    def step(x: torch.Tensor) -> None:
+        out = sae(x, dead_mask=dead)
+        loss = out.fvu + out.auxk_loss / 32
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        sae.set_decoder_norm_to_unit_norm()
+
+    @torch.no_grad()
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        return sae(x).sae_out
+
+    return step, reconstruct, {"version": importlib.metadata.version("eai-sparsify")}
+
+
+# ---------------------------------------------------------------------------- harness
+def run_tool(
+    name: str,
+    build: Callable,
+    batches: list[torch.Tensor],
+    x_eval: torch.Tensor,
+    warmup: int,
+) -> dict:
+    step, reconstruct, info = build()
+    times = []
+    for i, x in enumerate(batches):
+        t0 = time.perf_counter()
+        step(x)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+    batch = batches[0].shape[0]
+    med = statistics.median(times)
+    res = {
+        "tool": name,
+        **info,
+        "step_ms_median": 1e3 * med,
+        "step_ms_min": 1e3 * min(times),
+        "step_ms_mean": 1e3 * statistics.fmean(times),
+        "tokens_per_s": batch / med,
+        "tokens_per_s_best": batch / min(times),
+        "timed_steps": len(times),
+        "train_tokens": batch * len(batches),
+        "fvu_eval": fvu(x_eval, reconstruct(x_eval)),
+    }
+    print(
+        f"{name:26s} {res['step_ms_median']:8.1f} ms/step  {res['tokens_per_s']:9.0f} tok/s  "
+        f"FVU {res['fvu_eval']:.4f}",
+        flush=True,
+    )
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per tool")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (they train too)")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--d-in", type=int, default=576)
+    p.add_argument("--n-latents", type=int, default=4608)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--n-true", type=int, default=4608, help="true latents of the synthetic data")
+    p.add_argument("--k-true", type=int, default=32, help="active true latents per row")
+    p.add_argument("--eval-rows", type=int, default=8192)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--tools",
+        default="sparsecodes,sparsecodes-fast-fp32,sparsecodes-eager-fp32,sparsify,sae-lens",
+        help="comma-separated subset to run",
+    )
+    p.add_argument("--out", type=Path, default=RESULT)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    torch.set_num_threads(args.threads)
+
+    n_train = (args.warmup + args.steps) * args.batch
+    data = make_data(n_train + args.eval_rows, args.d_in, args.n_true, args.k_true, args.seed)
+    batches = list(data[:n_train].split(args.batch))
+    x_eval = data[n_train:]
+
+    builders = {
+        "sparsecodes": lambda: sparsecodes_tool(args, "fast"),
+        "sparsecodes-fast-fp32": lambda: sparsecodes_tool(args, "fast-fp32"),
+        "sparsecodes-eager-fp32": lambda: sparsecodes_tool(args, "eager-fp32"),
+        "sparsify": lambda: sparsify_tool(args),
+        "sae-lens": lambda: saelens_tool(args),
+    }
+    wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
+    unknown = sorted(set(wanted) - set(builders))
+    if unknown:
+        p.error(f"unknown tools {unknown}; choose from {sorted(builders)}")
+
+    load_before = os.getloadavg()
+    t_start = time.time()
+    results = [run_tool(t, builders[t], batches, x_eval, args.warmup) for t in wanted]
+    by = {r["tool"]: r for r in results}
+    ratios = {}
+    if "sparsecodes" in by:
+        for peer in ("sparsify", "sae-lens"):
+            if peer in by:
+                ratios[f"sparsecodes_vs_{peer}"] = (
+                    by["sparsecodes"]["tokens_per_s"] / by[peer]["tokens_per_s"]
+                )
+    report = {
+        "benchmark": "topk_training_step",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data": (
+            f"synthetic sparse: x = s D, {args.n_true} unit-norm Gaussian atoms in "
+            f"R^{args.d_in}, exactly {args.k_true} active |N(0,1)| codes per row, no noise; "
+            f"{n_train} training rows shared by all tools, {args.eval_rows} held-out rows for FVU"
+        ),
+        "step_definition": "forward + backward + Adam (+ each tool's own decoder-norm upkeep)",
+        "results": results,
+        "ratios_tokens_per_s": ratios,
+        "machine": {
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "platform": platform.platform(),
+            "load_avg_before": load_before,
+            "load_avg_after": os.getloadavg(),
+            "wall_s": time.time() - t_start,
+        },
+    }
+    for name, r in ratios.items():
+        print(f"{name}: {r:.2f}x")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Stream activations from a live model: one forward pass feeds every hook (and every SAE).
+
+:class:`LiveModelSource` runs the model over fixed-length windows of a corpus, keeps the
+non-special positions, shuffles each forward pass's tokens (seeded by the pass index) and cuts
+them into batches. It is deterministic and resumable: its state is the number of forward passes
+done and the position inside the current one, and a resumed source recomputes that pass.
+:meth:`LiveModelSource.hook_source` gives an :class:`~sparsecodes.activations.ActivationSource`
+view for one hook; views of one source share its forward passes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecodes.data import token_windows
+from sparsecodes.data.windows import batch_windows
+
+
+class LiveModelSource:
+    """Activations of ``hooks`` over ``texts``, computed on demand.
+
+    Args:
+        adapter: a :class:`~sparsecodes.models.ModelAdapter`.
+        texts: a re-iterable corpus (a list, or a callable returning a fresh iterator).
+        hooks: hook names; rows of a per-head hook ``[n_heads, d_head]`` are flattened.
+        context_size: tokens per window. windows_per_pass: windows per forward pass.
+        seed: seeds the shuffles. The corpus is cycled when exhausted (epochs).
+    """
+
+    def __init__(
+        self,
+        adapter: Any,
+        texts: Sequence[str] | Any,
+        hooks: Sequence[str],
+        *,
+        context_size: int = 128,
+        windows_per_pass: int = 32,
+        seed: int = 0,
+    ) -> None:
+        if not hooks:
+            raise ValueError("hooks is empty; name at least one hook point")
+        self.adapter = adapter
+        self._texts = texts
+        self.hooks = list(hooks)
+        self.context_size = context_size
+        self.windows_per_pass = windows_per_pass
+        self.seed = seed
+        self.d_in = {h: int(torch.tensor(adapter.hook_shape(h)).prod()) for h in self.hooks}
+        self._pass = 0  # index of the forward pass whose rows are being consumed
+        self._current: dict[str, Tensor] | None = None
+        self._windows: Iterator[tuple[Tensor, Tensor]] | None = None
+        self._next_window_pass = 0
+
+    def _texts_iter(self) -> Iterable[str]:
+        return self._texts() if callable(self._texts) else self._texts
+
+    def _window_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        while True:  # epochs over the corpus
+            it = batch_windows(
+                token_windows(self._texts_iter(), self.adapter.tokenizer, self.context_size),
+                self.windows_per_pass,
+            )
+            first = next(it, None)
+            if first is None:
+                raise ValueError(
+                    "the corpus gave no full window; give more text or a smaller context"
+                )
+            yield from itertools.chain([first], it)
+
+    def _compute_pass(self, index: int) -> dict[str, Tensor]:
+        """Rows of forward pass ``index`` for every hook, shuffled: ``{hook: [rows, d]}``."""
+        if self._windows is None or index < self._next_window_pass:
+            self._windows = self._window_batches()
+            self._next_window_pass = 0
+        while self._next_window_pass < index:  # skip passes already consumed (resume)
+            next(self._windows)
+            self._next_window_pass += 1
+        ids, keep = next(self._windows)
+        self._next_window_pass += 1
+        acts = self.adapter.run(ids.to(self.adapter.device), hooks=self.hooks)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        flat_keep = keep.reshape(-1)
+        perm = torch.randperm(int(flat_keep.sum()), generator=g)
+        out = {}
+        for h, a in acts.items():
+            rows = a.reshape(-1, self.d_in[h])[flat_keep.to(a.device)]
+            out[h] = rows[perm.to(rows.device)].float().cpu()
+        return out
+
+    def hook_source(self, hook: str) -> _HookView:
+        if hook not in self.hooks:
+            raise ValueError(f"hook {hook!r} is not streamed by this source; it has {self.hooks}")
+        return _HookView(self, hook)
+
+
+class _HookView:
+    """One hook's batches from a shared :class:`LiveModelSource` (an ActivationSource).
+
+    Views consuming at the same pace (same batch size, stepped in lockstep) share each forward
+    pass; a view that falls behind makes the parent recompute the pass it needs (correct, slower).
+    """
+
+    def __init__(self, parent: LiveModelSource, hook: str) -> None:
+        self.parent = parent
+        self.hook = hook
+        self.d_in = parent.d_in[hook]
+        self.pass_index = 0
+        self.pos = 0
+
+    def _rows_of(self, index: int) -> Tensor:
+        p = self.parent
+        if p._current is None or p._pass != index:
+            p._current = p._compute_pass(index)
+            p._pass = index
+        return p._current[self.hook]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+        while True:
+            parts, need = [], batch_size
+            while need > 0:
+                rows = self._rows_of(self.pass_index)
+                take = min(need, rows.shape[0] - self.pos)
+                parts.append(rows[self.pos : self.pos + take])
+                self.pos += take
+                need -= take
+                if self.pos >= rows.shape[0]:
+                    self.pass_index += 1
+                    self.pos = 0
+            yield torch.cat(parts), None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pass": self.pass_index, "pos": self.pos, "hook": self.hook}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("hook") != self.hook:
+            raise ValueError(f"state is for hook {state.get('hook')!r}, not {self.hook!r}")
+        self.pass_index, self.pos = int(state["pass"]), int(state["pos"])

@@ -1,0 +1,271 @@
+"""``sparsecodes synth``: the compute-optimal inference paper's synthetic settings.
+
+Thin wrapper around :func:`sparsecodes.experiments.synth.run`: parse, run, print the table, say
+where the JSON and PNGs went.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+SETTINGS = ("known_dictionary", "known_codes", "unknown")
+
+
+def _split_list(value: str, name: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter(f"{name} needs at least one comma-separated name")
+    return items
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``("relu.l1=0.05", "fista.iters=50")`` -> ``{"relu": {"l1": 0.05}, "fista": {"iters": 50}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        enc, dot, field = key.partition(".")
+        if not sep or not dot or not enc or not field:
+            raise click.BadParameter(
+                f"{item!r} is not ENCODER.FIELD=VALUE (e.g. relu.l1=0.05)", param_hint="--param"
+            )
+        out.setdefault(enc.strip(), {})[field.strip()] = _parse_value(value.strip())
+    return out
+
+
+@click.command(
+    help="""Run the compute-optimal inference paper's synthetic study and write results.
+
+Data: codes with exactly K of N latents active (|N(0,1)| values), N unit-norm Gaussian atoms in
+R^M, x = codes @ D; train and test rows share the dictionary; every metric is measured on the
+test rows.
+
+\b
+Settings:
+  known_dictionary  dictionary fixed to the truth; encoders learn, FISTA/OMP just infer
+  known_codes       encoder fitted to the true codes (supervised), dictionary to x given them
+  unknown           dictionary and encoder both learned (sparse coding for fista/omp)
+
+\b
+Methods: sae, mlp, topk, lista, fista (= sparse_coding), ista, omp, mp, sae+fista
+(SAE, then FISTA on its dictionary warm-started from its codes). Methods whose encoder is not
+registered are skipped with a note.
+
+Hyperparameters are fixed defaults, never selected on test MCC; override with --param.
+Writes DIR/results.json (every run with its config, the curves, a summary) and per setting
+DIR/<setting>_mcc_vs_flops.png and DIR/<setting>_mcc_vs_steps.png.
+
+\b
+Example (the paper's defaults, N=16, M=8, K=3, 5 seeds):
+  sparsecodes synth --out synth_results
+"""
+)
+@click.option(
+    "--setting",
+    "settings",
+    default=",".join(SETTINGS),
+    show_default=True,
+    help="Comma-separated settings to run.",
+)
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated methods [default: sae,mlp,topk,lista,fista,omp,sae+fista].",
+)
+@click.option(
+    "--seeds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Number of seeds (0..n-1); each draws new data and a new initialisation.",
+)
+@click.option(
+    "--n-latents",
+    "-N",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="N, true latents (and learned atoms).",
+)
+@click.option(
+    "--n-dims",
+    "-M",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="M, data dimension.",
+)
+@click.option(
+    "--k",
+    "-K",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="K, active latents per sample.",
+)
+@click.option("--n-train", default=1024, show_default=True, type=click.IntRange(min=1))
+@click.option("--n-test", default=1024, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Training steps per run [default: the study's default].",
+)
+@click.option("--lr", default=None, type=float, help="Adam learning rate [default: study's].")
+@click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Training batch size [default: the study's].",
+)
+@click.option(
+    "--noise",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Std of Gaussian noise added to x.",
+)
+@click.option(
+    "--zipf",
+    "zipf_exponent",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Zipf exponent of latent frequencies (default: uniform).",
+)
+@click.option("--signed", is_flag=True, help="Signed N(0,1) code values instead of |N(0,1)|.")
+@click.option(
+    "--correlation",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    help="Co-activation strength of latents in [0, 1).",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="ENCODER.FIELD=VALUE",
+    help="Override an encoder hyperparameter, e.g. --param relu.l1=0.05 (repeatable).",
+)
+@click.option(
+    "--curve-points",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Test-MCC evaluations during training per run (0: no curves).",
+)
+@click.option(
+    "--threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="torch CPU threads (1 is fastest for small N).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default="synth_results",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory.",
+)
+@click.option("--no-plots", is_flag=True, help="Write results.json only.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-run lines, only the table.")
+def synth(
+    settings: str,
+    methods: str | None,
+    seeds: int,
+    n_latents: int,
+    n_dims: int,
+    k: int,
+    n_train: int,
+    n_test: int,
+    steps: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    noise: float,
+    zipf_exponent: float | None,
+    signed: bool,
+    correlation: float,
+    params: tuple[str, ...],
+    curve_points: int,
+    threads: int,
+    out_dir: Path,
+    no_plots: bool,
+    quiet: bool,
+) -> None:
+    from sparsecodes.experiments import synth as study
+
+    setting_list = _split_list(settings, "--setting")
+    bad = [s for s in setting_list if s not in study.SETTINGS]
+    if bad:
+        raise click.BadParameter(
+            f"unknown setting(s) {', '.join(bad)}; choose from {', '.join(study.SETTINGS)}",
+            param_hint="--setting",
+        )
+    method_list = _split_list(methods, "--methods") if methods else list(study.DEFAULT_METHODS)
+    bad = [m for m in method_list if m not in study.METHODS]
+    if bad:
+        raise click.BadParameter(
+            f"unknown method(s) {', '.join(bad)}; choose from {', '.join(study.METHODS)}",
+            param_hint="--methods",
+        )
+    if k > n_latents:
+        raise click.BadParameter(
+            f"--k {k} is larger than --n-latents {n_latents}", param_hint="--k"
+        )
+    train_kwargs = {
+        name: value
+        for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size))
+        if value is not None
+    }
+    data_kwargs = {
+        "noise": noise,
+        "zipf_exponent": zipf_exponent,
+        "signed": signed,
+        "correlation": correlation,
+    }
+    try:
+        report = study.run(
+            setting_list,
+            method_list,
+            seeds,
+            n_latents=n_latents,
+            n_dims=n_dims,
+            k=k,
+            n_train=n_train,
+            n_test=n_test,
+            params=parse_params(params),
+            curve_points=curve_points,
+            data_kwargs=data_kwargs,
+            out=out_dir,
+            plots=not no_plots,
+            threads=threads,
+            log=None if quiet else click.echo,
+            **train_kwargs,
+        )
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo("")
+    click.echo(study.format_table(report["summary"]))
+    for s in report["skipped"]:
+        click.echo(f"skipped {s['method']}: {s['reason']}")
+    click.echo(f"\n{len(report['results'])} runs in {report['environment']['total_seconds']:.1f}s")
+    for f in report["files"]:
+        click.echo(f"wrote {f}")

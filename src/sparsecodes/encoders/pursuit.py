@@ -1,0 +1,285 @@
+"""Greedy pursuit on a fixed dictionary: matching pursuit (MP) and orthogonal matching pursuit (OMP).
+
+Per row, with ``r = x - b_dec`` and atoms ``d_j`` = rows of ``W_dec`` ``[n_latents, d_in]``:
+
+- **mp** runs ``k`` steps. Each picks the atom with the largest normalised correlation
+  ``<res, d_j> / ||d_j||`` with the residual (largest *positive* one when ``nonneg=True``, else
+  largest in magnitude), adds ``<res, d_j> / ||d_j||^2`` to its coefficient and subtracts that
+  multiple of ``d_j`` from the residual. An atom may be picked again.
+- **omp** picks atoms the same way (never one already in the support) and after each pick refits
+  all coefficients on the support by least squares, ``min_c ||r - c D_S||^2``: the ``[s, s]`` Gram
+  systems of every row are solved together with a batched Cholesky factorisation (pseudo-inverse
+  for the rare rows whose Gram is singular). With ``nonneg=True`` atoms whose refitted coefficient
+  is negative are dropped from the support and the rest refitted (repeated until none is negative).
+
+Both give at most ``k`` nonzeros per row, exact zeros elsewhere, returned as
+:class:`~sparsecodes.codes.SparseCodes` ``[batch, k]`` (unused slots hold value 0). A row stops
+early when its squared residual falls to ``tol * ||r||^2`` or below, when it is numerically zero
+(``(64 eps)^2 ||r||^2``, so exact fits do not pick noise atoms), or, with ``nonneg``, when no
+atom correlates positively. All rows run together: one ``[batch, d] x [d, n]`` product per step.
+
+Warm start: ``init`` (dense ``[batch, n_latents]`` or SparseCodes) gives each row's starting
+support and values: its ``k`` largest-magnitude nonzeros (negative ones dropped when
+``nonneg``). MP continues from those values (residual ``r - init D``); OMP refits them by least
+squares and continues selecting. The starting atoms count toward ``k``; once a row's MP support
+holds ``k`` atoms its further steps only re-pick atoms already in the support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparsecodes import flops
+from sparsecodes.codes import Codes, SparseCodes, to_dense, to_sparse
+from sparsecodes.dictionary import Dictionary
+from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
+from sparsecodes.encoders.registry import register
+from sparsecodes.validation import check_k, check_positive
+
+
+@dataclass
+class PursuitConfig(EncoderConfig):
+    """``k``: steps (and the most nonzeros per row); ``tol``: stop a row once its residual
+    ``||res||^2 <= tol * ||x - b_dec||^2`` (0: run all ``k`` steps); ``nonneg``: codes ``>= 0``."""
+
+    k: int = 8
+    tol: float = 0.0
+    nonneg: bool = False
+
+    def validate(self, d_in: int, n_latents: int) -> None:
+        check_k(self.k, n_latents, "k")
+        check_positive("tol", self.tol, allow_zero=True)
+
+
+def _zero_floor(dtype: torch.dtype) -> float:
+    return (64.0 * torch.finfo(dtype).eps) ** 2
+
+
+#: OMP precomputes the full ``[n, n]`` atom Gram when it has at most this many entries
+_FULL_GRAM_MAX = 2**26
+
+
+class _Problem(NamedTuple):
+    """One call's inputs: atoms ``W`` ``[n, d]`` and ``Wt`` ``[d, n]``, residual start ``r``
+    ``[B, d]``, atom norms ``[n]`` (``inv_norms`` None when all are 1), stop threshold ``[B]``."""
+
+    W: Tensor
+    Wt: Tensor
+    r: Tensor
+    norms: Tensor
+    inv_norms: Tensor | None
+    stop: Tensor
+
+
+class _Pursuit(IterativeEncoder):
+    """Shared setup of MP and OMP."""
+
+    config_cls = PursuitConfig
+
+    def _prepare(self, x: Tensor, dictionary: Dictionary) -> _Problem:
+        W = dictionary.W_dec.detach()
+        r = x.detach().to(W.dtype) - dictionary.b_dec.detach()
+        norms = W.norm(dim=1).clamp_min(1e-30)
+        unit = bool(((norms - 1.0).abs() < 1e-4).all())
+        stop = r.pow(2).sum(dim=1) * max(self.config.tol, _zero_floor(W.dtype))  # type: ignore[attr-defined]
+        return _Problem(W, W.T.contiguous(), r, norms, None if unit else 1.0 / norms, stop)
+
+    def _init_support(self, init: Codes, r: Tensor) -> tuple[Tensor, Tensor]:
+        """``(indices, values)`` ``[B, k]`` of init's k largest-magnitude entries (0 = unused)."""
+        k = self.config.k  # type: ignore[attr-defined]
+        z = to_dense(init).detach().to(device=r.device, dtype=r.dtype)
+        if z.shape != (r.shape[0], self.n_latents):
+            raise ValueError(
+                f"init must have shape [batch, n_latents] = {(r.shape[0], self.n_latents)}, "
+                f"got {tuple(z.shape)}"
+            )
+        if self.config.nonneg:  # type: ignore[attr-defined]
+            z = z.clamp_min(0.0)
+        sp = to_sparse(z, k)
+        return sp.indices, sp.values
+
+    def _pick(self, p: _Problem, res: Tensor, exclude: Tensor | None) -> tuple[Tensor, ...]:
+        """Best atom per row: ``(index [B], correlation <res, d_j> [B], usable [B] bool)``.
+
+        The score is ``<res, d_j> / ||d_j||`` (division skipped for unit-norm atoms); excluded
+        atoms score 0 and a row with no nonzero (positive, if ``nonneg``) score is not usable.
+        """
+        corr = res @ p.Wt  # [B, n]
+        score = corr if p.inv_norms is None else corr * p.inv_norms
+        if exclude is not None:
+            score = score.masked_fill_(exclude, 0.0)  # picked atoms are never excluded ones
+        hi, j = score.max(dim=1)
+        best = hi
+        if not self.config.nonneg:  # type: ignore[attr-defined]
+            lo, j_lo = score.min(dim=1)
+            neg = -lo > hi
+            j, best = torch.where(neg, j_lo, j), torch.where(neg, -lo, hi)
+        return j, corr.gather(1, j[:, None]).squeeze(1), best > 0
+
+    # ------------------------------------------------------------------ FLOPs
+    def train_step_flops(self, batch: int = 1) -> int:
+        """Inference (no grad) + sparse decode ``2 B k d + B d``, its backward w.r.t. the
+        dictionary (``backward_of``), and Adam over ``W_dec`` and ``b_dec`` (``N d + d``)."""
+        b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
+        dec = flops.sparse_decode(b, k, d)
+        return self.inference_flops(b) + dec + flops.backward_of(dec) + flops.adam(n * d + d)
+
+
+@register
+class MatchingPursuitEncoder(_Pursuit):
+    """Matching pursuit, ``k`` greedy steps (see the module docstring)."""
+
+    name: ClassVar[str] = "mp"
+
+    @torch.no_grad()
+    def encode(
+        self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None
+    ) -> SparseCodes:
+        """SparseCodes ``[batch, k]`` for ``x`` ``[batch, d_in]``; no gradient flows through."""
+        k = self.config.k  # type: ignore[attr-defined]
+        p = self._prepare(x, dictionary)
+        B = p.r.shape[0]
+        z = p.r.new_zeros(B, self.n_latents)
+        if init is not None:
+            idx0, val0 = self._init_support(init, p.r)
+            z.scatter_(1, idx0, val0)
+            res = p.r - z @ p.W
+        else:
+            res = p.r.clone()
+        rows = torch.arange(B, device=p.r.device)
+        for _ in range(k):
+            exclude = None
+            if init is not None:  # cold rows cannot fill k atoms within k steps
+                full = (z != 0).sum(dim=1, keepdim=True) >= k
+                exclude = full & (z == 0)  # a full row may only re-pick its own atoms
+            j, c, usable = self._pick(p, res, exclude)
+            live = usable & (res.pow(2).sum(dim=1) > p.stop)
+            if not bool(live.any()):
+                break
+            step = c if p.inv_norms is None else c * p.inv_norms[j].pow(2)
+            delta = torch.where(live, step, 0.0)  # [B]
+            z.index_put_((rows, j), delta, accumulate=True)
+            res -= delta[:, None] * p.W[j]
+        return to_sparse(z, k)
+
+    def inference_flops(self, batch: int = 1) -> int:
+        """``k * (2 B N d + 6 B N + 3 B d) + B d``: per step the correlations ``res W^T``, score,
+        masks and argmax (``~6 B N``), residual norm and update (``3 B d``); linear in ``k``."""
+        b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
+        return k * (flops.matmul(b, d, n) + 6 * b * n + 3 * b * d) + b * d
+
+
+@register
+class OMPEncoder(_Pursuit):
+    """Orthogonal matching pursuit with batched least-squares refits (see the module docstring)."""
+
+    name: ClassVar[str] = "omp"
+
+    def _refit(self, G: Tensor, rhs: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Least squares on each row's valid slots; returns ``(coef [B, k], valid [B, k])``.
+
+        ``G`` ``[B, k, k]`` is the Gram of the slots' atoms and ``rhs`` ``[B, k]`` their
+        correlations with ``r``. Unused slots are solved as identity rows with zero right-hand
+        side, so their coefficient is exactly 0.
+        """
+        k = valid.shape[1]
+        eye = torch.eye(k, dtype=G.dtype, device=G.device)
+        while True:
+            vm = valid.to(G.dtype)
+            Gm = G * vm[:, :, None] * vm[:, None, :] + eye * (1.0 - vm)[:, None, :]
+            b = (rhs * vm)[:, :, None]
+            L, info = torch.linalg.cholesky_ex(Gm)
+            coef = torch.cholesky_solve(b, L).squeeze(2)
+            bad = info != 0
+            if bool(bad.any()):  # singular support (collinear atoms): minimum-norm solution
+                coef[bad] = (torch.linalg.pinv(Gm[bad], hermitian=True) @ b[bad]).squeeze(2)
+            coef = coef * vm
+            if not self.config.nonneg:  # type: ignore[attr-defined]
+                return coef, valid
+            neg = valid & (coef < 0)
+            if not bool(neg.any()):
+                return coef.clamp_min(0.0), valid
+            valid = valid & ~neg
+
+    @staticmethod
+    def _decode(p: _Problem, idx: Tensor, coef: Tensor) -> Tensor:
+        """``[B, d]`` ``sum_s coef[:, s] * W[idx[:, s]]`` without materialising ``W[idx]``."""
+        return F.embedding_bag(idx, p.W, per_sample_weights=coef, mode="sum")
+
+    @torch.no_grad()
+    def encode(
+        self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None
+    ) -> SparseCodes:
+        """SparseCodes ``[batch, k]`` for ``x`` ``[batch, d_in]``; no gradient flows through."""
+        k = self.config.k  # type: ignore[attr-defined]
+        p = self._prepare(x, dictionary)
+        W, r = p.W, p.r
+        B, n = r.shape[0], self.n_latents
+        rows = torch.arange(B, device=r.device)
+        # Gram entries <d_a, d_b>: from the full [n, n] Gram when small, else from the atoms
+        full_gram = W @ p.Wt if n * n <= _FULL_GRAM_MAX else None
+
+        def gram(a: Tensor, b: Tensor) -> Tensor:  # a [B, s], b [B, t] atom ids -> [B, s, t]
+            if full_gram is not None:
+                return full_gram[a[:, :, None], b[:, None, :]]
+            return W[a] @ W[b].transpose(1, 2)
+
+        idx = torch.zeros(B, k, dtype=torch.long, device=r.device)
+        valid = torch.zeros(B, k, dtype=torch.bool, device=r.device)
+        G = r.new_zeros(B, k, k)
+        rhs = r.new_zeros(B, k)
+        coef = r.new_zeros(B, k)
+        res = r
+        if init is not None:
+            idx0, val0 = self._init_support(init, r)
+            idx, valid = idx0.clone(), val0 != 0
+            G = gram(idx, idx)
+            rhs = (W[idx] @ r[:, :, None]).squeeze(2)
+            if bool(valid.any()):
+                coef, valid = self._refit(G, rhs, valid)
+            res = r - self._decode(p, idx, coef)
+        in_support = torch.zeros(B, n, dtype=torch.bool, device=r.device)
+        in_support[rows[:, None].expand(B, k)[valid], idx[valid]] = True
+        for _ in range(k):
+            free = ~valid
+            j, _c, usable = self._pick(p, res, in_support)
+            live = free.any(dim=1) & usable & (res.pow(2).sum(dim=1) > p.stop)
+            if not bool(live.any()):
+                break
+            # first free slot per row (nonneg refits may free earlier ones); rows not live
+            # rewrite their current slot contents, a no-op
+            slot = free.to(torch.int8).argmax(dim=1)
+            idx[rows, slot] = torch.where(live, j, idx[rows, slot])
+            valid[rows, slot] |= live
+            in_support[rows, j] |= live
+            g = gram(idx, j[:, None]).squeeze(2)  # [B, k]: new atom against every slot
+            g = torch.where(live[:, None], g, G[rows, slot, :])
+            G[rows, slot, :] = g
+            G[rows, :, slot] = g
+            rj = (W[j] * r).sum(dim=1)
+            rhs[rows, slot] = torch.where(live, rj, rhs[rows, slot])
+            coef, valid = self._refit(G, rhs, valid)
+            res = r - self._decode(p, idx, coef)
+        return SparseCodes(idx, coef, n)
+
+    def inference_flops(self, batch: int = 1) -> int:
+        """``k * (2 B N d + 6 B N + 4 B k d + 3 B d + B k^3 / 3 + 4 B k^2) + 2 B k^2 d + 2 B k d
+        + B d``: per step the correlations ``res W^T`` and argmax, the new Gram row (``2 B k d``),
+        a batched Cholesky of the ``[k, k]`` systems (``k^3/3``) and its solve (``~4 k^2``), the
+        residual ``r - c A`` (``2 B k d + B d``); plus the initial Gram/right-hand side. Linear in
+        ``k`` for the dominant ``2 B N d`` term. Nonneg re-solves are not counted."""
+        b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
+        per = (
+            flops.matmul(b, d, n)
+            + 6 * b * n
+            + 4 * b * k * d
+            + 3 * b * d
+            + b * k**3 // 3
+            + 4 * b * k * k
+        )
+        return k * per + flops.matmul(b * k, d, k) + 2 * b * k * d + b * d

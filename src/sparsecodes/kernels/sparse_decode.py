@@ -1,0 +1,83 @@
+"""Decode from sparse codes with a sparse backward: ``x_hat = sum_j v_bj W_dec[i_bj] + b_dec``.
+
+``indices``/``values`` ``[batch, k]``, ``W_dec`` ``[n_latents, d_in]``, ``b_dec`` ``[d_in]``.
+The forward is ``embedding_bag`` (as :meth:`Dictionary.decode`). On CPU, ``embedding_bag``'s own
+backward (a dense per-row scatter plus a per-entry dot product) costs several times the forward, so
+:class:`SparseDecode` computes, from the output gradient ``g`` ``[batch, d_in]``:
+
+- ``dvalues[b, j] = <g_b, W_dec[i_bj]>`` as a sampled dense-dense matmul
+  (``torch.sparse.sampled_addmm`` on the CSR pattern of the codes; no ``[batch * k, d_in]`` copy);
+- ``dW_dec = V^T g`` with ``V`` the ``[batch, n_latents]`` COO matrix of the values
+  (``torch.sparse.mm``);
+- ``db_dec = sum_b g_b``.
+
+Used on CPU only (:func:`sparse_decode_supported`); elsewhere callers use ``embedding_bag``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def sparse_decode_supported(device: torch.device | str) -> bool:
+    """Where :class:`SparseDecode` is used (CPU; CUDA keeps ``embedding_bag``)."""
+    return torch.device(device).type == "cpu"
+
+
+class SparseDecode(torch.autograd.Function):
+    """``forward(indices [B, k], values [B, k], W_dec [N, d], b_dec [d]) -> [B, d]``."""
+
+    @staticmethod
+    def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:  # type: ignore[override]
+        indices = indices.contiguous()
+        values = values.contiguous().to(W_dec.dtype)
+        ctx.save_for_backward(indices, values, W_dec)
+        out = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+        return out + b_dec
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        indices, values, W_dec = ctx.saved_tensors
+        batch, k = indices.shape
+        n_latents = W_dec.shape[0]
+        g = g.contiguous()
+        gv = gw = gb = None
+        if ctx.needs_input_grad[1]:
+            crow = torch.arange(0, batch * k + 1, k, device=g.device)
+            with warnings.catch_warnings():  # "CSR support is in beta state"
+                warnings.simplefilter("ignore", UserWarning)
+                pattern = torch.sparse_csr_tensor(
+                    crow,
+                    indices.reshape(-1),
+                    values.new_zeros(batch * k),
+                    (batch, n_latents),
+                    check_invariants=False,
+                )
+            gv = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values()
+            gv = gv.view(batch, k)
+        if ctx.needs_input_grad[2]:
+            rows = torch.arange(batch, device=g.device).repeat_interleave(k)
+            v_t = torch.sparse_coo_tensor(
+                torch.stack([indices.reshape(-1), rows]),
+                values.reshape(-1),
+                (n_latents, batch),
+                check_invariants=False,
+            )
+            gw = torch.sparse.mm(v_t, g)  # [N, d]
+        if ctx.needs_input_grad[3]:
+            gb = g.sum(dim=0)
+        return None, gv, gw, gb
+
+
+def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+    """``[batch, d_in]`` reconstruction; :class:`SparseDecode` on CPU, ``embedding_bag`` elsewhere."""
+    if sparse_decode_supported(W_dec.device):
+        return SparseDecode.apply(indices, values, W_dec, b_dec)
+    out = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+    return out + b_dec

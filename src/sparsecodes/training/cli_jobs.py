@@ -1,0 +1,149 @@
+"""Build training jobs from command-line choices (stores or a live model) and run them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sparsecodes.sparse_coder import SparseCoder, resolve_device
+from sparsecodes.training.log import WandbLogger
+from sparsecodes.training.run import RunJob, train_runs
+from sparsecodes.training.trainer import TrainConfig
+
+NORMALISER_SAMPLE_ROWS = 16384
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _sample(source: Any, rows: int) -> Any:
+    import torch
+
+    parts, got = [], 0
+    for x, _ in source.batches(min(rows, 4096)):
+        parts.append(x)
+        got += x.shape[0]
+        if got >= rows:
+            break
+    return torch.cat(parts)[:rows]
+
+
+def build_and_train(
+    *,
+    stores: tuple[Path, ...],
+    model: str | None,
+    hooks: tuple[str, ...],
+    corpus: str | None,
+    context_size: int,
+    encoders: tuple[str, ...],
+    encoder_params: dict[str, Any],
+    n_latents: int | None,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    decay_fraction: float,
+    normalize: str,
+    seed: int,
+    checkpoint_every: int,
+    no_resume: bool,
+    device: str,
+    saelens: bool,
+    wandb_project: str | None,
+    out: Path,
+) -> list[Path]:
+    """Train one coder per (source, encoder); returns the run directories."""
+    if bool(stores) == bool(model):
+        raise click.UsageError("give either --store DIR(s) or --model NAME with --hook(s)")
+    sources: list[tuple[str, Any, Any, dict[str, Any]]] = []  # (label, source, sampler, meta)
+    if stores:
+        from sparsecodes.activations.reader import StoreSource
+        from sparsecodes.activations.store import read_manifest
+
+        for path in stores:
+            m = read_manifest(path)
+            meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
+            src = StoreSource(path, seed=seed)
+            sampler = StoreSource(path, seed=seed + 1, verify=False)
+            sources.append((slug(m.hook), src, sampler, meta))
+    else:
+        if not hooks:
+            raise click.UsageError("--model needs at least one --hook")
+        from sparsecodes.activations.live import LiveModelSource
+        from sparsecodes.data import load_texts
+        from sparsecodes.models import load_model
+
+        adapter = load_model(model, device=device)
+        texts = list(load_texts(corpus))
+        live = LiveModelSource(adapter, texts, hooks, context_size=context_size, seed=seed)
+        sampler_live = LiveModelSource(
+            adapter, texts, hooks, context_size=context_size, seed=seed + 1
+        )
+        for h in hooks:
+            meta = {
+                "model_name": adapter.name,
+                "hook_name": h,
+                "corpus": corpus or "embedded",
+                "context_size": context_size,
+            }
+            sources.append((slug(h), live.hook_source(h), sampler_live.hook_source(h), meta))
+
+    jobs = []
+    for label, src, sampler, meta in sources:
+        sample = _sample(sampler, NORMALISER_SAMPLE_ROWS)
+        d_in = src.d_in
+        for enc in encoders:
+            coder = SparseCoder(
+                d_in,
+                n_latents or 8 * d_in,
+                enc,
+                normalize=normalize,
+                seed=seed,
+                device=resolve_device(device),
+                **encoder_params,
+            )
+            coder.normaliser.fit(sample)
+            run_dir = out / label / enc if len(encoders) > 1 or len(sources) > 1 else out
+            loggers = []
+            if wandb_project:
+                loggers.append(
+                    WandbLogger(wandb_project, {**meta, **coder.config()}, f"{label}-{enc}")
+                )
+            jobs.append(RunJob(coder, src, run_dir, {"source": meta}, loggers))
+    cfg = TrainConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        decay_fraction=decay_fraction,
+        seed=seed,
+        progress=True,
+        log_every=max(1, min(50, steps // 20)),
+    )
+    coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
+    for job, coder in zip(jobs, coders, strict=True):
+        if saelens:
+            try:
+                from sparsecodes.formats.saelens import save_saelens
+
+                meta = job.extra_config["source"]
+                save_saelens(
+                    coder,
+                    job.run_dir / "final_saelens",
+                    model_name=meta.get("model_name"),
+                    hook_name=meta.get("hook_name"),
+                )
+            except (ImportError, ValueError) as e:
+                click.echo(f"note: no SAELens export for {job.run_dir}: {e}", err=True)
+        last = coder.history[-1] if coder.history else {}
+        click.echo(
+            f"{job.run_dir}: final/ written; last row: "
+            + ", ".join(
+                f"{k}={v:.4g}" for k, v in last.items() if k in ("step", "mse", "l0", "dead_frac")
+            )
+        )
+    return [j.run_dir for j in jobs]

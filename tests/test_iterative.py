@@ -1,0 +1,277 @@
+"""Iterative inference: ISTA/FISTA (lasso by proximal gradient), matching pursuit and OMP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import sparse_problem
+from sparsecodes.codes import SparseCodes, to_dense
+from sparsecodes.dictionary import Dictionary
+from sparsecodes.encoders import available_encoders, make_encoder
+from sparsecodes.encoders.base import TrainStepInput
+from sparsecodes.encoders.ista import lipschitz_constant
+
+
+def bounded_problem(n: int, m: int, k: int, s: int, seed: int):
+    """Like ``sparse_problem`` but code values in [0.5, 1.5] (no near-zero true entries)."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = F.normalize(torch.randn(n, m, generator=g), dim=1)
+    idx = torch.rand(s, n, generator=g).argsort(dim=1)[:, :k]
+    vals = 0.5 + torch.rand(s, k, generator=g)
+    codes = torch.zeros(s, n).scatter_(1, idx, vals)
+    return codes @ atoms, codes, atoms
+
+
+def objectives_by_iteration(name: str, x, D, T: int, **kw) -> torch.Tensor:
+    """``[T, batch]`` objective after 1..T iterations (tol=0, so exactly t iterations run)."""
+    rows = []
+    for t in range(1, T + 1):
+        enc = make_encoder(name, D.d_in, D.n_latents, iters=t, tol=0.0, **kw)
+        rows.append(enc.objective(x, enc.encode(x, D), D))
+    return torch.stack(rows)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny; a second thread only adds contention on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def problem():
+    x, codes, atoms = sparse_problem(16, 8, 3, 64, seed=0)
+    return x, codes, Dictionary.from_atoms(atoms)
+
+
+def test_registered_as_iterative():
+    assert {"ista", "fista", "mp", "omp"} <= set(available_encoders("iterative"))
+
+
+def test_lipschitz_is_largest_singular_value_squared():
+    W = torch.randn(20, 7, generator=torch.Generator().manual_seed(3))
+    expected = torch.linalg.svdvals(W.double())[0].item() ** 2
+    assert lipschitz_constant(W) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ista_objective_never_increases(problem):
+    x, _, D = problem
+    Fs = objectives_by_iteration("ista", x, D, 30, l1=0.05)
+    rise = Fs[1:] - Fs[:-1]
+    assert (rise <= 1e-6 * Fs[:-1].abs().clamp_min(1.0)).all()  # float32 roundoff only
+    assert (Fs[-1] < 0.5 * Fs[0]).float().mean() > 0.5  # and it actually descends
+
+
+def test_fista_restart_is_monotone_and_beats_ista(problem):
+    x, _, D = problem
+    T = 30
+    fista = objectives_by_iteration("fista", x, D, T, l1=0.05)
+    # our restart discards a step that would raise a row's objective: exactly monotone
+    assert (fista[1:] <= fista[:-1]).all()
+    ista = objectives_by_iteration("ista", x, D, T, l1=0.05)
+    # empirical (not a theorem per row): momentum reaches a lower total objective
+    assert fista[-1].sum() < ista[-1].sum()
+    # without restart, plain FISTA does rise on this problem: the restart logic is what prevents it
+    plain = objectives_by_iteration("fista", x, D, T, l1=0.05, restart=False)
+    assert ((plain[1:] - plain[:-1]) > 1e-5).any()
+
+
+def test_signed_ista_matches_nonneg_on_nonneg_data(problem):
+    x, _, D = problem
+    a = make_encoder("fista", 8, 16, l1=0.05, iters=300, tol=0.0, nonneg=False)
+    b = make_encoder("fista", 8, 16, l1=0.05, iters=300, tol=0.0, nonneg=True)
+    za, zb = a.encode(x, D), b.encode(x, D)
+    assert (zb >= 0).all()
+    # both are lasso minimisers; the signed one can only be lower
+    assert (a.objective(x, za, D) <= b.objective(x, zb, D) + 1e-5).all()
+
+
+def test_fista_recovers_true_codes_in_easy_regime():
+    n, m, k = 16, 12, 2
+    x, codes, atoms = bounded_problem(n, m, k, 256, seed=1)
+    D = Dictionary.from_atoms(atoms)
+    enc = make_encoder("fista", m, n, l1=1e-3, iters=1000, tol=1e-7)
+    z = enc.encode(x, D)
+    # rows whose support meets Tropp's exact recovery condition with a margin (a property of the
+    # dictionary and the true support only): max_{j not in S} ||(D_S D_S^T)^-1 D_S d_j||_1 < 0.9
+    idx = (codes != 0).float().topk(k, dim=1).indices  # [s, k]
+    DS = atoms[idx]  # [s, k, m]
+    coef = torch.linalg.solve(DS @ DS.transpose(1, 2), DS @ atoms.T)  # [s, k, n]
+    erc = coef.abs().sum(dim=1).masked_fill(codes != 0, 0).amax(dim=1) < 0.9
+    assert erc.sum() >= 50  # the check below covers many rows
+    assert torch.equal(z[erc] != 0, codes[erc] != 0)  # support exact; exact zeros elsewhere
+    assert torch.allclose(z[erc], codes[erc], atol=2e-2)
+    assert (z[codes == 0] == 0).float().mean() > 0.95  # off-support entries are exact zeros
+
+
+@pytest.mark.parametrize("name", ["ista", "fista"])
+def test_proximal_warm_start_is_used(name, problem):
+    x, _, D = problem
+    best = make_encoder(name, 8, 16, l1=0.05, iters=2000, tol=0.0).encode(x, D)
+    one = make_encoder(name, 8, 16, l1=0.05, iters=1, tol=0.0)
+    warm, cold = one.encode(x, D, init=best), one.encode(x, D)
+    assert (warm - best).abs().max() < 1e-4
+    assert (cold - best).abs().max() > 1e-1
+    # sparse init works too, and with tol the warm start stops almost at once
+    stopper = make_encoder(name, 8, 16, l1=0.05, iters=500, tol=1e-4)
+    stopper.encode(x, D, init=SparseCodes(*_topk(best, 16), n_latents=16))
+    assert stopper.last_n_iter <= 3
+
+
+def _topk(z: torch.Tensor, k: int):
+    idx = z.abs().topk(k, dim=1).indices
+    return idx, z.gather(1, idx)
+
+
+@pytest.mark.parametrize("name", ["mp", "omp"])
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_pursuit_at_most_k_nonzeros(name, nonneg):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 10, generator=g)
+    D = Dictionary(10, 40, generator=g)
+    out = make_encoder(name, 10, 40, k=5, nonneg=nonneg).encode(x, D)
+    assert isinstance(out, SparseCodes) and out.indices.shape == (50, 5)
+    z = to_dense(out)
+    assert ((z != 0).sum(dim=1) <= 5).all()
+    assert ((z != 0).sum(dim=1) >= 1).all()
+    if nonneg:
+        assert (z >= 0).all()
+
+
+def test_omp_recovers_codes_exactly():
+    n, m, k = 32, 24, 3
+    x, codes, atoms = sparse_problem(n, m, k, 512, seed=1)
+    D = Dictionary.from_atoms(atoms)
+    z = to_dense(make_encoder("omp", m, n, k=k).encode(x, D))
+    res = (x - D.decode(z)).pow(2).sum(dim=1) / x.pow(2).sum(dim=1)
+    fit = res < 1e-10
+    # a K-sparse exact fit on a dictionary whose every 2K atoms are independent is unique,
+    # so wherever OMP's residual vanishes it must have found the true codes
+    assert fit.float().mean() > 0.9
+    assert torch.equal(z[fit] != 0, codes[fit] != 0)
+    assert torch.allclose(z[fit], codes[fit], atol=1e-5)
+    assert ((z != 0).sum(dim=1) <= k).all()
+
+
+def test_omp_stops_on_exact_fit_and_tol():
+    x, _, atoms = sparse_problem(32, 24, 3, 256, seed=2)
+    D = Dictionary.from_atoms(atoms)
+    z = to_dense(make_encoder("omp", 24, 32, k=8).encode(x, D))
+    # k=8 allowed, but rows already fitted exactly do not pick noise atoms
+    assert (z != 0).sum(dim=1).float().mean() < 3.5
+    loose = to_dense(make_encoder("omp", 24, 32, k=8, tol=0.5).encode(x, D))
+    assert (loose != 0).sum(dim=1).float().mean() < (z != 0).sum(dim=1).float().mean()
+
+
+def test_mp_reduces_residual_and_omp_is_tighter():
+    x, _, atoms = sparse_problem(32, 24, 3, 256, seed=3)
+    D = Dictionary.from_atoms(atoms)
+    errs = {}
+    for name in ["mp", "omp"]:
+        z = make_encoder(name, 24, 32, k=3).encode(x, D)
+        errs[name] = (x - D.decode(z)).pow(2).sum(dim=1)
+    assert (errs["mp"] < x.pow(2).sum(dim=1)).all()
+    assert (errs["omp"] <= errs["mp"] + 1e-5).all()  # OMP's refit is optimal on its support...
+
+
+@pytest.mark.parametrize("name", ["mp", "omp"])
+def test_pursuit_warm_start_is_used(name):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(20, 10, generator=g)
+    D = Dictionary(10, 30, generator=g)
+    r = x @ D.W_dec.detach().T
+    best = r.abs().argmax(dim=1)
+    j = (best + 1) % 30  # an atom the greedy choice would not take first
+    init = torch.zeros(20, 30)
+    init[torch.arange(20), j] = 0.25
+    z = to_dense(make_encoder(name, 10, 30, k=1).encode(x, D, init=init))
+    assert torch.equal((z != 0).nonzero()[:, 1], j)
+    corr = r.gather(1, j[:, None]).squeeze(1)
+    # OMP refits (<x, d_j>); MP adds <x - 0.25 d_j, d_j> to 0.25: the same for unit atoms
+    assert torch.allclose(z[torch.arange(20), j], corr, atol=1e-5)
+    cold = to_dense(make_encoder(name, 10, 30, k=1).encode(x, D))
+    assert torch.equal((cold != 0).nonzero()[:, 1], best)
+
+
+def test_omp_warm_start_from_true_codes():
+    x, codes, atoms = sparse_problem(32, 24, 3, 128, seed=5)
+    D = Dictionary.from_atoms(atoms)
+    z = to_dense(make_encoder("omp", 24, 32, k=3).encode(x, D, init=codes))
+    assert torch.allclose(z, codes, atol=1e-5)
+    assert torch.equal(z != 0, codes != 0)
+
+
+def test_bias_is_subtracted():
+    x, _, atoms = sparse_problem(16, 8, 3, 32, seed=6)
+    D0 = Dictionary.from_atoms(atoms)
+    b = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    Db = Dictionary.from_atoms(atoms, bias=b)
+    for name, kw in [("fista", {"iters": 50}), ("omp", {"k": 3}), ("mp", {"k": 3})]:
+        enc = make_encoder(name, 8, 16, **kw)
+        assert torch.allclose(
+            to_dense(enc.encode(x, D0)), to_dense(enc.encode(x + b, Db)), atol=1e-3
+        )
+
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match="k"):
+        make_encoder("omp", 8, 16, k=17)
+    with pytest.raises(ValueError, match="k"):
+        make_encoder("mp", 8, 16, k=0)
+    with pytest.raises(ValueError, match="iters"):
+        make_encoder("fista", 8, 16, iters=0)
+    with pytest.raises(ValueError, match="l1"):
+        make_encoder("ista", 8, 16, l1=-1.0)
+    with pytest.raises(ValueError, match="tol"):
+        make_encoder("omp", 8, 16, tol=-0.1)
+    D = Dictionary(8, 16)
+    with pytest.raises(ValueError, match="init"):
+        make_encoder("fista", 8, 16).encode(torch.randn(4, 8), D, init=torch.zeros(4, 15))
+    with pytest.raises(ValueError, match="init"):
+        make_encoder("omp", 8, 16).encode(torch.randn(4, 8), D, init=torch.zeros(3, 16))
+
+
+@pytest.mark.parametrize(
+    ("name", "field"), [("ista", "iters"), ("fista", "iters"), ("mp", "k"), ("omp", "k")]
+)
+def test_flops_grow_linearly_with_work(name, field):
+    f = [make_encoder(name, 64, 256, **{field: v}).inference_flops(32) for v in (4, 8, 12)]
+    assert 0 < f[0] < f[1] < f[2]
+    step1, step2 = f[1] - f[0], f[2] - f[1]
+    if name == "omp":  # the [k, k] refits add k^2, k^3 terms: at least linear
+        assert step2 >= step1
+    else:
+        assert step2 == step1
+    enc = make_encoder(name, 64, 256)
+    assert enc.train_step_flops(32) > enc.inference_flops(32)
+
+
+@pytest.mark.parametrize("name", ["fista", "omp"])
+def test_train_step_trains_dictionary(name):
+    x, _, _ = sparse_problem(16, 8, 3, 64, seed=7)
+    D = Dictionary(8, 16, generator=torch.Generator().manual_seed(0))
+    enc = make_encoder(name, 8, 16)
+    out = enc.train_step(TrainStepInput(x=x, dictionary=D))
+    out.loss.backward()
+    assert D.W_dec.grad is not None and D.W_dec.grad.abs().sum() > 0
+    assert torch.isfinite(out.loss)
+
+
+def test_sparse_coder_runs_iterative_inference_with_warm_start():
+    from sparsecodes.sparse_coder import SparseCoder
+
+    x, _, atoms = sparse_problem(16, 8, 3, 64, seed=8)
+    coder = SparseCoder(8, 16, "relu", seed=0)
+    coder.set_dictionary(atoms)
+    plain = coder.encode(x, inference="fista", iters=1, tol=0.0)
+    warm = coder.encode(x, inference="fista", warm_start=True, iters=1, tol=0.0)
+    init = coder.encoder.encode(x, coder.dictionary)
+    one = make_encoder("fista", 8, 16, iters=1, tol=0.0)
+    assert torch.equal(warm, one.encode(x, coder.dictionary, init=init))
+    assert not torch.equal(warm, plain)
+    omp = coder.encode(x, inference="omp", k=3, sparse=True)
+    assert isinstance(omp, SparseCodes) and omp.indices.shape == (64, 3)
