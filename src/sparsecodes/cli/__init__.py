@@ -45,6 +45,15 @@ class LazyGroup(click.Group):
                 return None
             raise
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Turn the library's validation errors into one clear line instead of a traceback."""
+        try:
+            return super().invoke(ctx)
+        except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+            if isinstance(e, click.ClickException):
+                raise
+            raise click.ClickException(f"{type(e).__name__}: {e}") from e
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, HELP.get(name, "")) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):

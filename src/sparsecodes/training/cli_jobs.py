@@ -92,6 +92,23 @@ def build_and_train(
             }
             sources.append((slug(h), live.hook_source(h), sampler_live.hook_source(h), meta))
 
+    import dataclasses
+
+    from sparsecodes.encoders import get_encoder_class
+
+    per_encoder: dict[str, dict[str, Any]] = {}
+    used: set[str] = set()
+    for enc in encoders:
+        fields = {f.name for f in dataclasses.fields(get_encoder_class(enc).config_cls)}
+        per_encoder[enc] = {k: v for k, v in encoder_params.items() if k in fields}
+        used |= set(per_encoder[enc])
+    unused = sorted(set(encoder_params) - used)
+    if unused:
+        raise click.UsageError(
+            f"--param {', '.join(unused)} fits none of the encoders {list(encoders)}; "
+            "see `sparsecodes encoders` for their parameters"
+        )
+
     jobs = []
     for label, src, sampler, meta in sources:
         sample = _sample(sampler, NORMALISER_SAMPLE_ROWS)
@@ -104,7 +121,7 @@ def build_and_train(
                 normalize=normalize,
                 seed=seed,
                 device=resolve_device(device),
-                **encoder_params,
+                **per_encoder[enc],
             )
             coder.normaliser.fit(sample)
             run_dir = out / label / enc if len(encoders) > 1 or len(sources) > 1 else out
