@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    # sklearn's worker processes (joblib/loky) print one ConvergenceWarning per row; silence them
+    # there (the parent's own warnings are still counted in the JSON)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     n, m, k = args.n_latents, args.d_in, args.k
     x_t, codes_t, atoms_t = make_problem(n, m, k, args.samples, args.seed)

@@ -41,7 +41,7 @@ def test_tiny_run_writes_json_and_pngs(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert set(data) >= {"config", "results", "summary", "skipped", "environment", "files"}
     for row in data["results"]:
-        assert ROW_KEYS <= set(row)
+        assert set(row) >= ROW_KEYS
         assert 0.0 <= row["code_mcc"] <= 1.0 + 1e-9
         assert 0.0 <= row["dict_mcc"] <= 1.0 + 1e-9
         assert row["config"]["data"]["n_latents"] == 8

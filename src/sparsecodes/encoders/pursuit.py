@@ -15,8 +15,9 @@ Per row, with ``r = x - b_dec`` and atoms ``d_j`` = rows of ``W_dec`` ``[n_laten
 Both give at most ``k`` nonzeros per row, exact zeros elsewhere, returned as
 :class:`~sparsecodes.codes.SparseCodes` ``[batch, k]`` (unused slots hold value 0). A row stops
 early when its squared residual falls to ``tol * ||r||^2`` or below, when it is numerically zero
-(``(64 eps)^2 ||r||^2``, so exact fits do not pick noise atoms), or, with ``nonneg``, when no
-atom correlates positively. All rows run together: one ``[batch, d] x [d, n]`` product per step.
+(``(64 eps)^2 ||r||^2``, so exact fits do not pick noise atoms), with ``nonneg`` when no atom
+correlates positively, and in signed OMP when the best atom is already in the support (the
+residual is then numerically orthogonal to every atom, as in scikit-learn's OMP). All rows run together: one ``[batch, d] x [d, n]`` product per step.
 
 Warm start: ``init`` (dense ``[batch, n_latents]`` or SparseCodes) gives each row's starting
 support and values: its ``k`` largest-magnitude nonzeros (negative ones dropped when
@@ -245,10 +246,16 @@ class OMPEncoder(_Pursuit):
             res = r - self._decode(p, idx, coef)
         in_support = torch.zeros(B, n, dtype=torch.bool, device=r.device)
         in_support[rows[:, None].expand(B, k)[valid], idx[valid]] = True
+        nonneg = self.config.nonneg  # type: ignore[attr-defined]
         for _ in range(k):
             free = ~valid
-            j, _c, usable = self._pick(p, res, in_support)
+            # the residual is orthogonal to the support, so signed OMP needs no mask: if its best
+            # atom is already selected, the row is numerically done. Nonneg refits can leave a
+            # dropped atom correlated, so there the support is masked out.
+            j, _c, usable = self._pick(p, res, in_support if nonneg else None)
             live = free.any(dim=1) & usable & (res.pow(2).sum(dim=1) > p.stop)
+            if not nonneg:
+                live &= ~in_support[rows, j]
             if not bool(live.any()):
                 break
             # first free slot per row (nonneg refits may free earlier ones); rows not live
@@ -268,18 +275,26 @@ class OMPEncoder(_Pursuit):
         return SparseCodes(idx, coef, n)
 
     def inference_flops(self, batch: int = 1) -> int:
-        """``k * (2 B N d + 6 B N + 4 B k d + 3 B d + B k^3 / 3 + 4 B k^2) + 2 B k^2 d + 2 B k d
-        + B d``: per step the correlations ``res W^T`` and argmax, the new Gram row (``2 B k d``),
-        a batched Cholesky of the ``[k, k]`` systems (``k^3/3``) and its solve (``~4 k^2``), the
-        residual ``r - c A`` (``2 B k d + B d``); plus the initial Gram/right-hand side. Linear in
-        ``k`` for the dominant ``2 B N d`` term. Nonneg re-solves are not counted."""
+        """``k * (2 B N d + 4 B N + 2 B k d + 4 B d + B k^3 / 3 + 7 B k^2 [+ 2 B k d]) + B d
+        [+ 2 N^2 d]``.
+
+        Per step: the correlations ``res W^T`` (``2 B N d``) and the max/min/gather over them
+        (``~4 B N``), the right-hand side entry (``2 B d``), a batched Cholesky of the ``[k, k]``
+        systems (``B k^3 / 3``) with its solve and masking (``~7 B k^2``), the residual
+        ``r - coef W[idx]`` (``2 B k d + B d``) and its norm (``B d``). The new Gram entries come
+        from the full ``[N, N]`` Gram computed once (``2 N^2 d``) when ``N^2 <= 2^26``, else from
+        the atoms at ``2 B k d`` per step. Linear in ``k`` apart from the small ``k^2``/``k^3``
+        terms; a warm start's initial refit and nonneg re-solves are not counted.
+        """
         b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
+        full = n * n <= _FULL_GRAM_MAX
         per = (
             flops.matmul(b, d, n)
-            + 6 * b * n
-            + 4 * b * k * d
-            + 3 * b * d
+            + 4 * b * n
+            + 2 * b * k * d
+            + 4 * b * d
             + b * k**3 // 3
-            + 4 * b * k * k
+            + 7 * b * k * k
+            + (0 if full else 2 * b * k * d)
         )
-        return k * per + flops.matmul(b * k, d, k) + 2 * b * k * d + b * d
+        return k * per + b * d + (flops.matmul(n, d, n) if full else 0)

@@ -168,11 +168,15 @@ def _residual_potentials(
         src += [nr + fj, np.full(mc.size, t_node)]
         dst += [np.full(fj.size, t_node), nr + mc]
         wt += [np.zeros(fj.size), np.zeros(mc.size)]
-    d = _bellman_ford(
-        t_node + 1, np.concatenate(src), np.concatenate(dst), np.concatenate(wt)
-    )
-    if d is None:
+    src_a, dst_a, wt_a = np.concatenate(src), np.concatenate(dst), np.concatenate(wt)
+    # Two extreme feasible potentials: distances from a virtual source, and minus distances to a
+    # virtual sink (Bellman-Ford on the reversed graph). Their midpoint is feasible too and sits
+    # inside the dual face, which leaves far fewer violated pairs in the full matrix.
+    d_from = _bellman_ford(t_node + 1, src_a, dst_a, wt_a)
+    d_to = _bellman_ford(t_node + 1, dst_a, src_a, wt_a)
+    if d_from is None or d_to is None:
         return None
+    d = 0.5 * (d_from - d_to)
     if nc > nr:
         d_t = d[t_node]
         u = d_t - d[:nr]

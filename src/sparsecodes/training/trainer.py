@@ -99,7 +99,11 @@ class Trainer:
                 f"nothing to train: encoder {coder.encoder.name!r} has no parameters and the "
                 "dictionary is frozen; use encode() directly for inference on a fixed dictionary"
             )
-        self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+        # fused Adam (one kernel for all parameters) where torch has it, else the default
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        self.optimizer = torch.optim.Adam(
+            params, lr=config.lr, betas=config.betas, fused=fused or None
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config)
         )
