@@ -33,6 +33,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +83,17 @@ def make_problem(n: int, m: int, k: int, samples: int, seed: int):
 
 
 def timed(
-    fn: Callable[[], np.ndarray], repeats: int
+    fn: Callable[[], np.ndarray], repeats: int, *, quiet: bool = False
 ) -> tuple[np.ndarray, list[float], dict[str, int]]:
-    """Run ``fn`` ``repeats`` times; its output, wall times, and counts of warnings it raised
-    (sklearn's ConvergenceWarnings are recorded, not printed)."""
+    """Run ``fn`` ``repeats`` times; its output, wall times, and counts of warnings it raised.
+
+    ``quiet`` ignores warnings instead (for sklearn: it hands the parent's warning filters to its
+    worker processes, and lasso_cd on float32 rows warns once per row that its 1e-8 duality-gap
+    tolerance was not met)."""
     times, out, counts = [], None, {}
     for _ in range(repeats):
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("ignore" if quiet else "always")
             t0 = time.perf_counter()
             out = fn()
             times.append(time.perf_counter() - t0)
@@ -97,6 +101,39 @@ def timed(
             counts[w.category.__name__] = counts.get(w.category.__name__, 0) + 1
     assert out is not None
     return out, times, counts
+
+
+MODE_DOC = {
+    "threads": "torch.set_num_threads(T), one call on all rows",
+    "chunks": "T Python threads x 1 intra-op thread, rows split in T chunks",
+}
+
+
+def run_ours(name, m, n, enc_kw, x_t, dictionary, mode, threads, repeats):
+    """Encode all rows with encoder ``name``; returns dense codes, times, warnings, encoders."""
+    if mode == "threads":
+        torch.set_num_threads(threads)
+        encs = [make_encoder(name, m, n, **enc_kw)]
+        chunks = [x_t]
+    else:
+        torch.set_num_threads(1)
+        encs = [make_encoder(name, m, n, **enc_kw) for _ in range(threads)]
+        chunks = list(x_t.chunk(threads))
+    for e in encs:
+        e.encode(x_t[:64], dictionary)  # warm-up (first-call allocation), not timed
+
+    def one(e, xs):
+        return to_dense(e.encode(xs, dictionary))
+
+    def call() -> np.ndarray:
+        if len(encs) == 1:
+            return one(encs[0], chunks[0]).numpy()
+        with ThreadPoolExecutor(len(encs)) as ex:  # torch ops release the GIL
+            return torch.cat(list(ex.map(one, encs, chunks))).numpy()
+
+    codes, times, warns = timed(call, repeats)
+    torch.set_num_threads(threads)
+    return codes, times, warns, encs
 
 
 def summarise(name, codes, times, true, x, atoms, extra=None) -> dict:
@@ -164,7 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fista-tol", type=float, default=1e-4)
     p.add_argument("--sk-max-iter", type=int, default=1000, help="sklearn transform_max_iter")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=1, help="timed repeats per method")
+    p.add_argument("--repeats", type=int, default=2, help="timed repeats of our methods")
+    p.add_argument("--sk-repeats", type=int, default=1, help="timed repeats of sklearn's")
+    p.add_argument(
+        "--torch-parallel",
+        default="threads,chunks",
+        help="how our encoders use --threads cores (comma list): 'threads' = "
+        "torch.set_num_threads(T), one batched call; 'chunks' = T Python threads, one intra-op "
+        "thread each, each encoding 1/T of the rows (sklearn's n_jobs splits rows the same way)",
+    )
     p.add_argument("--methods", default="fista,lasso_cd,omp,sk_omp")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -172,8 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     # sklearn's worker processes (joblib/loky) print one ConvergenceWarning per row; silence them
     # there (the parent's own warnings are still counted in the JSON)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    if not os.environ.get("PYTHONWARNINGS"):
+        os.environ["PYTHONWARNINGS"] = "ignore"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    modes = [m.strip() for m in args.torch_parallel.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in MODE_DOC:
+            p.error(f"--torch-parallel: unknown mode {mode!r}; choose from {sorted(MODE_DOC)}")
     n, m, k = args.n_latents, args.d_in, args.k
     x_t, codes_t, atoms_t = make_problem(n, m, k, args.samples, args.seed)
     x, true, atoms = x_t.numpy(), codes_t.numpy(), atoms_t.numpy()
@@ -181,25 +231,38 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     results: dict[str, dict] = {}
 
-    if "fista" in methods:
-        enc = make_encoder(
-            "fista", m, n, l1=args.l1, iters=args.fista_iters, tol=args.fista_tol, nonneg=True
-        )
-        enc.encode(x_t[:64], dictionary)  # warm-up (first-call allocation), not timed
-        codes, times, warns = timed(lambda: enc.encode(x_t, dictionary).numpy(), args.repeats)
-        results["fista"] = summarise(
-            "sparsecodes fista (batched, restart, nonneg)",
-            codes,
-            times,
-            true,
-            x,
-            atoms,
-            {
-                "iterations_run": enc.last_n_iter,
-                "mean_objective": lasso_objective(x, codes, atoms, args.l1),
-                "warnings": warns,
-            },
-        )
+    for mode in modes:
+        if "fista" in methods:
+            enc_kw = {"l1": args.l1, "iters": args.fista_iters, "tol": args.fista_tol}
+            codes, times, warns, encs = run_ours(
+                "fista", m, n, enc_kw, x_t, dictionary, mode, args.threads, args.repeats
+            )
+            results[f"fista[{mode}]"] = summarise(
+                f"sparsecodes fista (batched, restart, nonneg; {MODE_DOC[mode]})",
+                codes,
+                times,
+                true,
+                x,
+                atoms,
+                {
+                    "iterations_run": [e.last_n_iter for e in encs],
+                    "mean_objective": lasso_objective(x, codes, atoms, args.l1),
+                    "warnings": warns,
+                },
+            )
+        if "omp" in methods:
+            codes, times, warns, _ = run_ours(
+                "omp", m, n, {"k": k}, x_t, dictionary, mode, args.threads, args.repeats
+            )
+            results[f"omp[{mode}]"] = summarise(
+                f"sparsecodes omp (batched; {MODE_DOC[mode]})",
+                codes,
+                times,
+                true,
+                x,
+                atoms,
+                {"warnings": warns},
+            )
     if "lasso_cd" in methods:
         sk = SkSparseCoder(
             dictionary=atoms,
@@ -209,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             positive_code=True,
             n_jobs=args.threads,
         )
-        codes, times, warns = timed(lambda: sk.transform(x), args.repeats)
+        codes, times, warns = timed(lambda: sk.transform(x), args.sk_repeats, quiet=True)
         results["lasso_cd"] = summarise(
             "sklearn SparseCoder lasso_cd (positive_code)",
             codes,
@@ -219,15 +282,6 @@ def main(argv: list[str] | None = None) -> dict:
             atoms,
             {"mean_objective": lasso_objective(x, codes, atoms, args.l1), "warnings": warns},
         )
-    if "omp" in methods:
-        enc = make_encoder("omp", m, n, k=k, nonneg=False)
-        enc.encode(x_t[:64], dictionary)
-        codes, times, warns = timed(
-            lambda: to_dense(enc.encode(x_t, dictionary)).numpy(), args.repeats
-        )
-        results["omp"] = summarise(
-            "sparsecodes omp (batched)", codes, times, true, x, atoms, {"warnings": warns}
-        )
     if "sk_omp" in methods:
         sk = SkSparseCoder(
             dictionary=atoms,
@@ -235,13 +289,16 @@ def main(argv: list[str] | None = None) -> dict:
             transform_n_nonzero_coefs=k,
             n_jobs=args.threads,
         )
-        codes, times, warns = timed(lambda: sk.transform(x), args.repeats)
+        codes, times, warns = timed(lambda: sk.transform(x), args.sk_repeats, quiet=True)
         results["sk_omp"] = summarise(
             "sklearn SparseCoder omp", codes, times, true, x, atoms, {"warnings": warns}
         )
 
     ratios = {}
-    for ours, theirs in (("fista", "lasso_cd"), ("omp", "sk_omp")):
+    pairs = [
+        (f"{o}[{mode}]", t) for mode in modes for o, t in (("fista", "lasso_cd"), ("omp", "sk_omp"))
+    ]
+    for ours, theirs in pairs:
         if ours in results and theirs in results:
             ratios[f"{theirs}/{ours}"] = {
                 "speedup_min": results[theirs]["wall_s_min"] / results[ours]["wall_s_min"],

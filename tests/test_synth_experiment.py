@@ -143,7 +143,7 @@ def test_cli_synth_errors_and_help():
 
 def test_cli_demo_tiny(tmp_path):
     res = CliRunner().invoke(
-        main, ["demo", "--out", str(tmp_path / "d"), "--seeds", "1", "--steps", "3"]
+        main, ["demo", "--synthetic", "--out", str(tmp_path / "d"), "--seeds", "1", "--steps", "3"]
     )
     assert res.exit_code == 0, res.output
     assert "known_dictionary" in res.output and (tmp_path / "d" / "results.json").is_file()

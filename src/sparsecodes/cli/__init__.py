@@ -17,6 +17,12 @@ COMMANDS: dict[str, str] = {
     "cache": "sparsecodes.cli.cache:cache",
     "train": "sparsecodes.cli.train:train",
     "encoders": "sparsecodes.cli.encoders:encoders",
+    "circuit": "sparsecodes.cli.circuit:circuit",
+    "eval": "sparsecodes.cli.eval:eval_cmd",
+    "autointerp": "sparsecodes.cli.autointerp:autointerp",
+    "browse": "sparsecodes.cli.browse:browse",
+    "serve": "sparsecodes.cli.browse:serve",
+    "inspect": "sparsecodes.cli.browse:inspect",
 }
 
 HELP = {
@@ -26,6 +32,12 @@ HELP = {
     "cache": "Cache a model's activations at hook points to a sharded on-disk store.",
     "train": "Train sparse coders on cached or streamed activations.",
     "encoders": "List the registered encoders and their parameters.",
+    "circuit": "Find attention-head circuits from discrete sparse codes; compare with ablation.",
+    "eval": "Evaluate an SAE on held-out text: FVU, L0, CE/KL scores, amortisation gap.",
+    "autointerp": "Explain latents with a chat model and score them by detection.",
+    "browse": "Build a static feature browser (top contexts, histograms, logit effects).",
+    "serve": "Serve the feature browser with a live text box (localhost JSON API).",
+    "inspect": "Show which latents fire on each token of a text, in the terminal.",
 }
 
 

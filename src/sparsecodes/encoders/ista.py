@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sparsecodes import flops
 from sparsecodes.codes import Codes, to_dense
@@ -46,33 +46,60 @@ from sparsecodes.validation import check_positive
 _EXACT_NORM_MAX = 1024
 #: power iterations otherwise (the estimate is then inflated by ``_POWER_SAFETY``)
 _POWER_ITERS = 50
+_WARM_POWER_ITERS = 8
 _POWER_SAFETY = 1.02
 
 
-def lipschitz_constant(W: Tensor) -> float:
+def _power(W: Tensor, v: Tensor, iters: int) -> tuple[float, Tensor]:
+    """``iters`` power iterations on the smaller Gram side of ``W`` from ``v``: (estimate, v)."""
+    n, d = W.shape
+    est = torch.zeros((), dtype=W.dtype, device=W.device)
+    for _ in range(iters):
+        v = v / v.norm().clamp_min(1e-30)
+        w = (W.T @ (W @ v)) if d <= n else (W @ (W.T @ v))
+        est = (w * v).sum()
+        v = w
+    return float(est), v / v.norm().clamp_min(1e-30)
+
+
+def lipschitz_constant(W: Tensor, owner: nn.Module | None = None) -> float:
     """``L = ||W||_2^2``, the Lipschitz constant of ``z -> (z W - r) W^T`` for ``W`` ``[n, d]``.
 
     Exact (``torch.linalg.matrix_norm(ord=2)``) when ``min(n, d) <= 1024``; otherwise
     ``_POWER_ITERS`` power iterations on the smaller Gram side from a fixed seed, times 1.02.
-    A proximal-gradient step ``1/L'`` with ``L' > L/2`` still decreases the objective, so a power
-    estimate slightly below ``L`` is safe for descent.
+
+    With ``owner`` (the :class:`Dictionary` holding ``W``) the value is cached on it and reused
+    while ``W`` is unchanged (same version counter). While the owner is in training mode (sparse
+    coding: the dictionary changes a little every step) a changed ``W`` gets ``_WARM_POWER_ITERS``
+    power iterations warm-started from the previous top singular vector, times 1.02, instead of
+    a full SVD. In eval mode the value never depends on earlier calls, so inference is
+    reproducible. A proximal-gradient step ``1/L'`` with ``L' > L/2`` still decreases the
+    objective, so a power estimate slightly below ``L`` is safe for descent.
     """
     W = W.detach()
     n, d = W.shape
-    if min(n, d) <= _EXACT_NORM_MAX:
-        return (
-            float(torch.linalg.matrix_norm(W.double() if W.device.type == "cpu" else W, ord=2)) ** 2
-        )
-    g = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(min(n, d), generator=g, dtype=W.dtype).to(W.device)
-    small_first = d <= n  # iterate v -> W^T W v (d-dim) or v -> W W^T v (n-dim)
-    est = torch.zeros((), dtype=W.dtype, device=W.device)
-    for _ in range(_POWER_ITERS):
-        v = v / v.norm().clamp_min(1e-30)
-        w = (W.T @ (W @ v)) if small_first else (W @ (W.T @ v))
-        est = (w * v).sum()
-        v = w
-    return float(est) * _POWER_SAFETY
+    cache = getattr(owner, "_lipschitz_cache", None) if owner is not None else None
+    if cache is not None and cache[0] == W._version and cache[1] == W.data_ptr():
+        return cache[2]
+    vec = None
+    if owner is not None and owner.training and cache is not None and cache[3] is not None:
+        est, vec = _power(W, cache[3], _WARM_POWER_ITERS)
+        value = est * _POWER_SAFETY
+    elif min(n, d) <= _EXACT_NORM_MAX:
+        value = float(torch.linalg.matrix_norm(W.double() if W.device.type == "cpu" else W, ord=2))
+        value = value**2
+    else:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        v0 = torch.randn(min(n, d), generator=g, dtype=W.dtype).to(W.device)
+        est, vec = _power(W, v0, _POWER_ITERS)
+        value = est * _POWER_SAFETY
+    if owner is not None:
+        if vec is None and owner.training:  # seed the warm start for the next training step
+            g = torch.Generator(device="cpu").manual_seed(0)
+            v0 = torch.randn(min(n, d), generator=g, dtype=W.dtype).to(W.device)
+            _, vec = _power(W, v0, _POWER_ITERS)
+        owner._lipschitz_cache = (W._version, W.data_ptr(), value, vec)
+    return value
 
 
 def lipschitz_flops(n: int, d: int) -> int:
@@ -170,7 +197,7 @@ class ISTAEncoder(IterativeEncoder):
         W = dictionary.W_dec.detach()  # [n, d]
         Wt = W.T.contiguous()  # [d, n]
         r = x.detach().to(W.dtype) - dictionary.b_dec.detach()  # [B, d]
-        inv_L = 1.0 / max(lipschitz_constant(W), 1e-30)
+        inv_L = 1.0 / max(lipschitz_constant(W, dictionary), 1e-30)
         thresh = cfg.l1 * inv_L  # type: ignore[attr-defined]
         tol = cfg.tol  # type: ignore[attr-defined]
         restart = self.momentum and getattr(cfg, "restart", False)

@@ -114,7 +114,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 #: Training defaults (Adam); the paper used 10k full-batch-ish Adam steps, we use fewer.
-DEFAULT_TRAIN: dict[str, Any] = {"steps": 2000, "lr": 3e-3, "batch_size": 256}
+DEFAULT_TRAIN: dict[str, Any] = {"steps": 1000, "lr": 3e-3, "batch_size": 256}
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import Tensor
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from torch import Tensor
 
 MatchMethod = Literal["auto", "dense", "sparse"]
 

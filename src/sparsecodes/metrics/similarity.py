@@ -121,8 +121,8 @@ def _density(c: Tensor | sp.csr_matrix) -> float:
 
 
 def _as_dense(c: Tensor | sp.csr_matrix) -> Tensor:
-    if sp.issparse(c):
-        return torch.from_numpy(c.astype(np.float32).toarray())
+    if sp.issparse(c):  # keep the CSR's float64: centring happens before any float32 cast
+        return torch.from_numpy(c.toarray())
     return c
 
 

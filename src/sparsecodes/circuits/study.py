@@ -1,0 +1,236 @@
+"""The whole experiment on one model and task: prompts, reference, baselines, the method over seeds,
+and a sensitivity study.
+
+:func:`run_task` returns one JSON-ready dict (see ``docs/circuits.md`` for its fields);
+:func:`sensitivity` sweeps the number of coder training prompts, the number of scored prompts and
+the sparsity (``k`` for topk, ``l1`` for relu) against a fixed reference.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from sparsecodes.circuits.ablation import (
+    attribution_patching,
+    cached_mean_ablation,
+    reference_circuit,
+)
+from sparsecodes.circuits.heads import HeadRun, collect_heads, head_dict, keep_solved
+from sparsecodes.circuits.metrics import evaluate, select_circuit
+from sparsecodes.circuits.scores import HeadScores, score_heads
+from sparsecodes.circuits.tasks import make_task
+from sparsecodes.models import ModelAdapter
+from sparsecodes.sparse_coder import derive_seed
+
+Head = tuple[int, int]
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """Mean, sample std, min and max (std 0 for one value)."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def random_scores(heads: list[Head], seed: int) -> dict[Head, float]:
+    """The random baseline: i.i.d. uniform scores."""
+    rng = random.Random(derive_seed(seed, "circuit-random"))
+    return {h: rng.random() for h in heads}
+
+
+def prepare(
+    adapter: ModelAdapter,
+    task: str,
+    *,
+    n_pairs: int = 24,
+    prompt_seed: int = 0,
+    keep_rule: str = "logit_diff",
+) -> tuple[HeadRun, list[int], list[int], float]:
+    """Generate ``n_pairs`` pairs, run the model once, keep solved positives and their negatives."""
+    prompts = make_task(task, adapter.tokenizer, n_pairs, seed=prompt_seed)
+    run = collect_heads(adapter, prompts)
+    pos, neg, frac = keep_solved(run, rule=keep_rule)
+    return run, pos, neg, frac
+
+
+def method_scores(
+    run: HeadRun,
+    pos: list[int],
+    neg: list[int],
+    *,
+    view: str = "last",
+    seed: int = 0,
+    **kwargs: Any,
+) -> HeadScores:
+    """:func:`score_heads` on the ``view`` (``last`` or ``mean``) of the kept prompts."""
+    if view not in ("last", "mean"):
+        raise ValueError(f"view must be 'last' or 'mean', got {view!r}")
+    v = run.last if view == "last" else run.mean
+    return score_heads(head_dict(v, pos), head_dict(v, neg), seed=seed, **kwargs)
+
+
+def run_task(
+    adapter: ModelAdapter,
+    task: str,
+    *,
+    n_pairs: int = 24,
+    seeds: int = 10,
+    view: str = "last",
+    ref_frac: float = 0.05,
+    threshold_rule: str = "zscore",
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    **method_kwargs: Any,
+) -> dict[str, Any]:
+    """Reference, attribution patching, random baseline and the method over ``seeds`` seeds.
+
+    ``method_kwargs`` go to :func:`score_heads` (``encoder``, ``n_train_prompts``, ``n_latents``,
+    ``k``, ...). Every method is scored against the same mean-ablation reference with the same
+    threshold rule (chosen from each method's own scores).
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    run, pos, neg, frac = prepare(adapter, task, n_pairs=n_pairs)
+    heads = [(l, h) for l in range(adapter.n_layers) for h in range(adapter.n_heads)]
+    abl = cached_mean_ablation(adapter, run, pos, cache_dir, progress=progress)
+    ref = reference_circuit(abl["effect"], abl["clean_ld"], ref_frac)
+    ref_abs = {h: abs(e) for h, e in abl["effect"].items()}
+    attr = attribution_patching(adapter, run, pos)
+    attr_abs = {h: abs(e) for h, e in attr["effect"].items()}
+    rule = {"rule": threshold_rule}
+
+    per_seed: list[dict[str, Any]] = []
+    all_scores: list[HeadScores] = []
+    for s in range(seeds):
+        sc = method_scores(run, pos, neg, view=view, seed=s, **method_kwargs)
+        all_scores.append(sc)
+        row = {"seed": s, "time_s": sc.meta["time_s"], "n_codes": sc.meta["n_codes"]}
+        for name, variant in sc.node_variants.items():
+            row[name] = evaluate(variant, ref, **rule)
+        row["random"] = evaluate(random_scores(heads, s), ref, **rule)
+        per_seed.append(row)
+        if progress:
+            print(f"  seed {s}: roc_auc raw {row['raw']['roc_auc']:.3f}", flush=True)
+    variants = list(all_scores[0].node_variants)
+    mean_scores = {
+        v: {h: statistics.fmean(sc.node_variants[v][h] for sc in all_scores) for h in heads}
+        for v in variants
+    }
+    method_time = summarise([r["time_s"] for r in per_seed])
+    total_method = method_time["mean"] + run.time_s
+    top_edges = sorted(all_scores[0].edge.items(), key=lambda kv: -kv[1])[:20]
+    return {
+        "task": task,
+        "model": adapter.name,
+        "layout": {
+            "n_layers": adapter.n_layers,
+            "n_heads": adapter.n_heads,
+            "d_head": adapter.d_head,
+        },
+        "config": {
+            "n_pairs": n_pairs,
+            "seeds": seeds,
+            "view": view,
+            "ref_frac": ref_frac,
+            "threshold_rule": threshold_rule,
+            "keep_rule": "logit_diff > 0",
+            "method": {**all_scores[0].meta, "seed": f"0..{seeds - 1}"},
+        },
+        "prompts": {
+            "n_positive": sum(p.positive for p in run.prompts),
+            "n_kept_positive": len(pos),
+            "n_kept_negative": len(neg),
+            "kept_fraction": frac,
+            "clean_logit_diff": abl["clean_ld"],
+            "negative_logit_diff": float(run.logit_diff[neg].mean()),
+            "example_positive": run.prompts[pos[0]].text,
+            "example_negative": run.prompts[neg[0]].text,
+        },
+        "reference": {
+            "rule": f"|mean-ablation effect| >= {ref_frac} * |clean mean logit diff|",
+            "heads": sorted(ref),
+            "n_heads": len(ref),
+            "effect": {f"{l},{h}": e for (l, h), e in abl["effect"].items()},
+            "time_s": abl["time_s"],
+            "cached": abl.get("cached", False),
+        },
+        "methods": {
+            **{
+                f"codes_{v}": {
+                    k: summarise([r[v][k] for r in per_seed])
+                    for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")
+                }
+                for v in variants
+            },
+            **{f"codes_{v}_seed_mean": evaluate(mean_scores[v], ref, **rule) for v in variants},
+            "attribution_patching": evaluate(attr_abs, ref, **rule),
+            "random": {
+                k: summarise([r["random"][k] for r in per_seed])
+                for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")
+            },
+            "ablation_self": evaluate(ref_abs, ref, **rule),
+        },
+        "time_s": {
+            "forward_heads_and_logits": run.time_s,
+            "codes_per_seed": method_time,
+            "codes_total_with_forward": total_method,
+            "attribution_patching": attr["time_s"],
+            "mean_ablation_reference": abl["time_s"],
+            "speedup_vs_ablation": abl["time_s"] / total_method,
+        },
+        "per_seed": per_seed,
+        "scores": {
+            "codes_seed_mean": {f"{l},{h}": v for (l, h), v in mean_scores["raw"].items()},
+            "attribution_patching": {f"{l},{h}": v for (l, h), v in attr["effect"].items()},
+        },
+        "found_circuit": sorted(select_circuit(mean_scores["raw"], rule=threshold_rule)),
+        "top_edges_seed0": [[list(a), list(b), v] for (a, b), v in top_edges],
+    }
+
+
+def sensitivity(
+    adapter: ModelAdapter,
+    task: str,
+    *,
+    n_pairs: int = 24,
+    seeds: int = 5,
+    view: str = "last",
+    ref_frac: float = 0.05,
+    cache_dir: str | Path | None = None,
+    train_prompts: tuple[int, ...] = (2, 4, 8, 16),
+    score_prompts: tuple[int, ...] = (4, 8, 16),
+    sparsity: tuple[float, ...] = (1, 2, 4, 8),
+    encoder: str = "topk",
+    **method_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Node ROC AUC (raw) vs one factor at a time, the others at their defaults.
+
+    ``sparsity`` values are ``k`` for topk/batchtopk, ``l1`` otherwise.
+    """
+    t0 = time.perf_counter()
+    run, pos, neg, _ = prepare(adapter, task, n_pairs=n_pairs)
+    abl = cached_mean_ablation(adapter, run, pos, cache_dir)
+    ref = reference_circuit(abl["effect"], abl["clean_ld"], ref_frac)
+    key = "k" if encoder in ("topk", "batchtopk") else "l1"
+    rows: list[dict[str, Any]] = []
+    grid: list[tuple[str, Any, dict[str, Any]]] = []
+    grid += [("n_train_prompts", n, {"n_train_prompts": n}) for n in train_prompts]
+    grid += [("n_score_prompts", n, {"n_score_prompts": n}) for n in score_prompts]
+    grid += [(key, v, {key: int(v) if key == "k" else v}) for v in sparsity]
+    for factor, value, kw in grid:
+        aucs = []
+        for s in range(seeds):
+            args = {"encoder": encoder, **method_kwargs, **kw, "edges": False}
+            sc = method_scores(run, pos, neg, view=view, seed=s, **args)
+            aucs.append(evaluate(sc.node, ref)["roc_auc"])
+        rows.append({"factor": factor, "value": value, "roc_auc": summarise(aucs)})
+    rows.append({"factor": "_time_s", "value": time.perf_counter() - t0})
+    return rows

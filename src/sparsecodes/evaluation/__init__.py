@@ -1,0 +1,47 @@
+"""Metrics of sparse coders on real models: reconstruction, CE/KL splicing, amortisation gap.
+
+>>> from sparsecodes.evaluation import EvalConfig, run_eval
+>>> payload = run_eval(EvalConfig("runs/sae", ce_tokens=4096))     # doctest: +SKIP
+>>> payload["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"]  # doctest: +SKIP
+
+Modules: :mod:`.loading` (SAE directories, model/hook checks), :mod:`.corpus` (held-out and
+calibration text), :mod:`.core` (FVU, MSE, cosine, L0, dead/dense latents, density),
+:mod:`.splice` (CE-loss and KL scores with the reconstruction spliced in), :mod:`.gap` (the SAE's
+encoder vs FISTA/MP/OMP at matched L0), :mod:`.report` (JSON and PNGs), :mod:`.run` (all of it).
+See ``docs/evaluation.md``.
+"""
+
+from sparsecodes.evaluation.core import ReconstructionAccumulator, reconstruction_pass
+from sparsecodes.evaluation.gap import GapRow, Method, calibrate_methods, match_l0
+from sparsecodes.evaluation.loading import LoadedSAE, load_sae, resolve_target
+from sparsecodes.evaluation.run import EvalConfig, GapSetup, evaluate, run_eval
+from sparsecodes.evaluation.splice import (
+    DownstreamResult,
+    Variant,
+    ce_loss_score,
+    downstream_scores,
+    kl_score,
+    splice_edit,
+)
+
+__all__ = [
+    "DownstreamResult",
+    "EvalConfig",
+    "GapRow",
+    "GapSetup",
+    "LoadedSAE",
+    "Method",
+    "ReconstructionAccumulator",
+    "Variant",
+    "calibrate_methods",
+    "ce_loss_score",
+    "downstream_scores",
+    "evaluate",
+    "kl_score",
+    "load_sae",
+    "match_l0",
+    "reconstruction_pass",
+    "resolve_target",
+    "run_eval",
+    "splice_edit",
+]

@@ -1,0 +1,185 @@
+"""Downstream scores: splice a reconstruction into the model at its hook, measure CE and KL.
+
+For a batch of windows the clean model gives next-token log-probabilities ``log p``; a *variant*
+replaces the hook's activation at the kept positions by ``recon(x)`` (``x`` the clean activation
+there) and gives ``log q``. BOS/special positions keep their clean activation: the SAE never saw
+them in training, and splicing them would measure the BOS outlier, not the SAE.
+
+Averages run over the *counted* positions: position ``t`` counts when ``keep[t]`` and
+``keep[t+1]`` are both True (its own token and the token it predicts are ordinary text), so the
+BOS position, predictions of separators and the last position of a window are excluded. Then
+
+- ``CE`` = mean over counted positions of ``-log q(token[t+1])``;
+- ``KL(clean || variant)`` = mean over counted positions of ``sum_v p_v (log p_v - log q_v)``;
+- ``ce_loss_score = (CE_zero - CE_spliced) / (CE_zero - CE_clean)`` and
+  ``kl_score = 1 - KL(clean || spliced) / KL(clean || zero)`` (DESIGN.md), where "zero" sets the
+  hook's activation to 0 at the same kept positions.
+
+The *error-term* variant splices ``x_hat + (x - x_hat)``, computed in float64 so that it equals
+``x`` exactly: it must reproduce the clean loss exactly (a check of the splicing machinery).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from sparsecodes.data import Window, batch_windows
+
+Reconstruct = Callable[[Tensor], Tensor]
+"""Maps kept activation rows ``x`` ``[n, d_in]`` to a replacement ``x_hat`` ``[n, d_in]``."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A replacement at the hook: ``recon`` at the kept positions, plus the error term if asked."""
+
+    recon: Reconstruct
+    error_term: bool = False
+
+
+def zero_ablation(x: Tensor) -> Tensor:
+    """``recon`` of the zero-ablation baseline: ``[n, d]`` zeros."""
+    return torch.zeros_like(x)
+
+
+def splice_edit(
+    recon: Reconstruct, keep: Tensor, *, error_term: bool = False
+) -> Callable[[Tensor], Tensor]:
+    """An adapter edit that replaces the activation ``[B, T, *shape]`` at ``keep`` ``[B, T]``.
+
+    The replacement rows are ``recon(x)`` (``x``: the activation's kept rows, flattened to
+    ``[n, d]``), or with ``error_term`` ``recon(x) + (x - recon(x))`` evaluated in float64, which
+    rounds back to ``x`` exactly. Other positions are untouched.
+    """
+
+    def edit(act: Tensor) -> Tensor:
+        b, t = act.shape[:2]
+        flat = act.reshape(b, t, -1)
+        m = keep.to(flat.device)
+        x = flat[m]
+        x_hat = recon(x)
+        if tuple(x_hat.shape) != tuple(x.shape):
+            raise ValueError(
+                f"the reconstruction must have shape {tuple(x.shape)} (kept rows x d_in), "
+                f"got {tuple(x_hat.shape)}"
+            )
+        x_hat = x_hat.to(flat.device)
+        if error_term:
+            x64, h64 = x.double(), x_hat.double()
+            new = (h64 + (x64 - h64)).to(flat.dtype)
+        else:
+            new = x_hat.to(flat.dtype)
+        out = flat.clone()
+        out[m] = new
+        return out.reshape(act.shape)
+
+    return edit
+
+
+def counted_positions(keep: Tensor) -> Tensor:
+    """``[B, T-1]`` bool: position ``t`` counts when ``keep[t]`` and ``keep[t+1]`` are True."""
+    return keep[:, :-1] & keep[:, 1:]
+
+
+@dataclass
+class DownstreamResult:
+    """Mean CE of the clean model and of each variant, and mean KL(clean || variant).
+
+    ``n_positions`` is the number of counted positions (see the module docstring).
+    """
+
+    ce_clean: float
+    ce: dict[str, float]
+    kl: dict[str, float]
+    n_positions: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def ce_loss_score(self, name: str, zero: str = "zero") -> float:
+        """``(CE_zero - CE_name) / (CE_zero - CE_clean)``."""
+        return ce_loss_score(self.ce[name], self.ce_clean, self.ce[zero])
+
+    def kl_score(self, name: str, zero: str = "zero") -> float:
+        """``1 - KL(clean || name) / KL(clean || zero)``."""
+        return kl_score(self.kl[name], self.kl[zero])
+
+
+def ce_loss_score(ce_spliced: float, ce_clean: float, ce_zero: float) -> float:
+    """``(CE_zero - CE_spliced) / (CE_zero - CE_clean)``; NaN when zero ablation changes nothing."""
+    den = ce_zero - ce_clean
+    return (ce_zero - ce_spliced) / den if den != 0 else float("nan")
+
+
+def kl_score(kl_spliced: float, kl_zero: float) -> float:
+    """``1 - KL(clean || spliced) / KL(clean || zero)``; NaN when ``KL(clean || zero) == 0``."""
+    return 1.0 - kl_spliced / kl_zero if kl_zero != 0 else float("nan")
+
+
+@torch.no_grad()
+def downstream_scores(
+    adapter: object,
+    hook: str,
+    windows: Sequence[Window],
+    variants: Mapping[str, Variant],
+    *,
+    batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> DownstreamResult:
+    """Clean CE and, per variant, CE and KL(clean || variant) over ``windows`` (causal LMs).
+
+    One clean full forward pass per batch, then one full pass per variant with its splice.
+    Memory: about ``3 * batch_size * context_size * vocab`` floats at a time.
+    """
+    if not getattr(adapter, "is_causal", True):
+        raise ValueError(
+            f"CE/KL scores need a causal language model; {getattr(adapter, 'name', 'this model')} "
+            "is an encoder (use --ce-tokens 0 to skip the downstream scores)"
+        )
+    ce_sum = {name: 0.0 for name in variants}
+    kl_sum = {name: 0.0 for name in variants}
+    secs = {"clean": 0.0, **{name: 0.0 for name in variants}}
+    ce_clean_sum = 0.0
+    count = 0
+    done = 0
+    for ids, keep in batch_windows(windows, batch_size):
+        mask = counted_positions(keep).to(adapter.device)  # type: ignore[attr-defined]
+        target = ids[:, 1:].to(adapter.device)  # type: ignore[attr-defined]
+        n = int(mask.sum())
+        t0 = time.perf_counter()
+        logp = torch.log_softmax(adapter.logits(ids)[:, :-1].float(), dim=-1)  # type: ignore[attr-defined]
+        secs["clean"] += time.perf_counter() - t0
+        done += ids.shape[0]
+        if n == 0:
+            continue
+        count += n
+        ce_clean_sum += float(-logp.gather(-1, target[..., None]).squeeze(-1)[mask].double().sum())
+        p = logp.exp()
+        for name, v in variants.items():
+            t0 = time.perf_counter()
+            edit = splice_edit(v.recon, keep, error_term=v.error_term)
+            logits = adapter.run_with_edit(ids, hook, edit)  # type: ignore[attr-defined]
+            logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            del logits
+            ce = -logq.gather(-1, target[..., None]).squeeze(-1)
+            ce_sum[name] += float(ce[mask].double().sum())
+            kl = (p * (logp - logq)).sum(-1)
+            kl_sum[name] += float(kl[mask].double().sum())
+            secs[name] += time.perf_counter() - t0
+        if progress is not None:
+            progress(done)
+    if count == 0:
+        raise ValueError(
+            "no counted positions for the CE/KL scores (every position is BOS/special or the "
+            "last of its window); use more text or a larger --ce-tokens"
+        )
+    return DownstreamResult(
+        ce_clean=ce_clean_sum / count,
+        ce={k: v / count for k, v in ce_sum.items()},
+        kl={k: v / count for k, v in kl_sum.items()},
+        n_positions=count,
+        seconds=secs,
+    )

@@ -1,0 +1,171 @@
+"""Tests for circuit discovery from discrete sparse codes (synthetic activations and tiny-llama)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from sparsecodes.circuits import (
+    SILENT,
+    discretise,
+    edge_counts,
+    forward_pairs,
+    node_counts,
+    precision_recall_f1,
+    roc_auc,
+    score_heads,
+    select_circuit,
+)
+from sparsecodes.circuits.codes import fit_head_coder
+
+L, H, D = 5, 4, 12
+CIRCUIT = {(1, 2), (2, 0), (3, 3), (4, 1)}
+
+
+def planted(n: int = 16, seed: int = 0, strength: float = 8.0):
+    """Head outputs where the CIRCUIT heads add a positive-only direction of random size."""
+    g = torch.Generator().manual_seed(seed)
+    pos, neg = {}, {}
+    for layer in range(L):
+        for h in range(H):
+            base = 3 * torch.randn(D, generator=g)
+            noise = 0.3
+            p = base + noise * torch.randn(n, D, generator=g)
+            q = base + noise * torch.randn(n, D, generator=g)
+            if (layer, h) in CIRCUIT:
+                direction = torch.randn(D, generator=g)
+                p = p + strength * direction * (0.5 + 0.5 * torch.rand(n, 1, generator=g))
+            pos[(layer, h)], neg[(layer, h)] = p, q
+    return pos, neg
+
+
+FAST = {"n_latents": 32, "steps": 60, "edges": False}
+
+
+def test_planted_circuit_is_found():
+    pos, neg = planted()
+    aucs = [roc_auc(score_heads(pos, neg, seed=s, **FAST).node, CIRCUIT) for s in range(3)]
+    assert sum(aucs) / len(aucs) >= 0.9, aucs
+
+
+def test_shuffled_labels_give_chance_auc():
+    pos, neg = planted()
+    heads = sorted(pos)
+    allx = {h: torch.cat([pos[h], neg[h]]) for h in heads}
+    rng = random.Random(0)
+    aucs = []
+    for s in range(6):
+        perm = list(range(32))
+        rng.shuffle(perm)
+        p_idx, n_idx = perm[:16], perm[16:]
+        sp = {h: allx[h][p_idx] for h in heads}
+        sn = {h: allx[h][n_idx] for h in heads}
+        aucs.append(roc_auc(score_heads(sp, sn, seed=s, **FAST).node, CIRCUIT))
+    mean = sum(aucs) / len(aucs)
+    assert 0.3 <= mean <= 0.7, aucs
+
+
+def test_silent_head_gets_its_own_code():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, D, generator=g)
+    coder = fit_head_coder(x, n_latents=16, steps=50, seed=0)
+    acts = torch.randn(3, 5, D, generator=g)
+    acts[1] = 0.0  # head 1 silent on every prompt
+    codes, vocab, silent_id = discretise(coder, acts)
+    assert silent_id >= 0 and vocab[silent_id] == SILENT
+    assert (codes[1] == silent_id).all()
+    assert not (codes[[0, 2]] == silent_id).any()
+    # latent 0 (if used) is a different code from silence
+    assert 0 not in [vocab[silent_id]]
+    codes_s, vocab_s, sid_s = discretise(coder, acts, mode="set")
+    assert vocab_s[sid_s] == SILENT and (codes_s[1] == sid_s).all()
+
+
+def _brute_edges(codes, labels, pairs):
+    out = []
+    for a, b in zip(*pairs, strict=True):
+        pos = Counter(
+            (int(codes[a, i]), int(codes[b, i])) for i in range(codes.shape[1]) if labels[i]
+        )
+        neg = {(int(codes[a, i]), int(codes[b, i])) for i in range(codes.shape[1]) if not labels[i]}
+        only = [k for k in pos if k not in neg]
+        out.append((len(only), len(only) / max(len(pos), 1)))
+    return out
+
+
+def test_sparse_edge_counts_equal_brute_force():
+    g = torch.Generator().manual_seed(1)
+    heads = [(layer, h) for layer in range(4) for h in range(3)]
+    codes = torch.randint(0, 5, (len(heads), 20), generator=g)
+    labels = torch.rand(20, generator=g) < 0.5
+    labels[0], labels[1] = True, False
+    pairs = forward_pairs(heads)
+    assert all(heads[a][0] < heads[b][0] for a, b in zip(*pairs, strict=True))
+    for chunk in (7, 8192):
+        got = edge_counts(codes, labels, pairs, chunk=chunk)
+        want = _brute_edges(codes, labels, pairs)
+        assert got["raw"].tolist() == [w[0] for w in want]
+        assert torch.allclose(got["normalised"], torch.tensor([w[1] for w in want]))
+    nodes = node_counts(codes, labels)
+    for h in range(len(heads)):
+        pos = {int(c) for c, y in zip(codes[h], labels, strict=True) if y}
+        neg = {int(c) for c, y in zip(codes[h], labels, strict=True) if not y}
+        assert nodes["raw"][h] == len(pos - neg)
+
+
+def test_f1_is_true_f1():
+    keys = list(range(20))
+    ref = {1, 2, 3, 4, 5}
+    pred = {2, 3, 9, 10}
+    m = precision_recall_f1(pred, ref)
+    y_true = [k in ref for k in keys]
+    y_pred = [k in pred for k in keys]
+    assert m["f1"] == pytest.approx(f1_score(y_true, y_pred))
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.4)
+    assert m["f1"] != pytest.approx((m["precision"] + m["recall"]) / 2)
+
+
+def test_threshold_rule_uses_scores_only():
+    scores = {i: float(i == 3) * 10 + 0.01 * i for i in range(30)}
+    assert select_circuit(scores) == {3}
+    assert len(select_circuit(scores, rule="top_fraction", fraction=0.1)) == 3
+    with pytest.raises(ValueError, match="reference holds"):
+        roc_auc(scores, set(scores))
+
+
+def test_labels_must_hold_both_classes():
+    with pytest.raises(ValueError, match="both positives"):
+        node_counts(torch.zeros(2, 4, dtype=torch.long), torch.ones(4, dtype=torch.bool))
+
+
+def test_tasks_carry_labels_and_never_right_is_refused():
+    from sparsecodes.circuits.heads import collect_heads, keep_solved
+    from sparsecodes.circuits.tasks import TASKS, make_task
+    from sparsecodes.models import load_model
+
+    lm = load_model("tiny-llama", device="cpu")
+    for task in TASKS:
+        prompts = make_task(task, lm.tokenizer, 3, seed=0)
+        assert [p.positive for p in prompts] == [True, False] * 3
+        for p, q in zip(prompts[::2], prompts[1::2], strict=True):
+            assert p.pair == q.pair and p.text != q.text
+            assert len(lm.encode(p.text)[0][0]) == len(lm.encode(q.text)[0][0])
+    prompts = make_task("ioi", lm.tokenizer, 4, seed=0)
+    run = collect_heads(lm, prompts)
+    assert run.last.shape == (8, lm.n_layers, lm.n_heads, lm.d_head)
+    assert run.mean.shape == run.last.shape
+    # make every positive wrong: swap correct and wrong tokens
+    from dataclasses import replace
+
+    flipped = [replace(p, correct=p.wrong, wrong=p.correct) if p.positive else p for p in prompts]
+    ok_run = collect_heads(lm, prompts)
+    bad_run = collect_heads(lm, flipped)
+    pos = ok_run.labels
+    assert torch.allclose(bad_run.logit_diff[pos], -ok_run.logit_diff[pos], atol=1e-5)
+    never = replace(ok_run, logit_diff=-ok_run.logit_diff.abs() - 1.0)
+    with pytest.raises(ValueError, match="gets none of the 4 positive"):
+        keep_solved(never)
