@@ -21,3 +21,14 @@ def sparse_problem(n: int = 16, m: int = 8, k: int = 3, s: int = 1024, seed: int
 @pytest.fixture
 def small_problem():
     return sparse_problem()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_global_state():
+    """No test may leak torch's global modes (grad mode, thread count) into the next one."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    yield
+    leaked = not torch.is_grad_enabled() and grad
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
+    assert not leaked, "a test left torch grad mode disabled"

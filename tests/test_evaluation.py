@@ -277,24 +277,28 @@ def test_cli_writes_saebench_keys_and_pngs(tmp_path, topk_coder, corpus_file):
     assert (out / "feature_density.png").stat().st_size > 1000
 
 
-def test_gap_table_one_row_per_method_at_matched_l0(tmp_path, topk_coder, corpus_file, calib_file):
-    from sparsecodes.evaluation.run import EvalConfig, run_eval
+def test_gap_table_one_row_per_method_at_matched_l0(tmp_path, lm, windows, topk_coder, calib_file):
+    from sparsecodes.evaluation.core import collect_rows
+    from sparsecodes.evaluation.corpus import calibration_texts, eval_windows
+    from sparsecodes.evaluation.gap import calibrate_methods
+    from sparsecodes.evaluation.report import plot_gap
+    from sparsecodes.evaluation.run import GapSetup, evaluate
 
-    run = save_run(topk_coder, tmp_path / "run")
-    rep = run_eval(
-        EvalConfig(
-            str(run),
-            corpus=str(corpus_file),
-            ce_tokens=48,
-            inference=("fista", "mp", "omp"),
-            gap_tokens=256,
-            calib_tokens=256,
-            calib_corpus=str(calib_file),
-            fista_iters=30,
-            l0_tolerance=0.1,
-            out=str(tmp_path / "ev"),
-        ),
-        echo=lambda s: None,
+    calib = eval_windows(calibration_texts(str(calib_file)), lm.tokenizer, CTX, 256)
+    assert not any(torch.equal(c.input_ids, w.input_ids) for c in calib for w in windows)
+    x_cal = collect_rows(lm, HOOK, calib, 256)
+    target, cals = calibrate_methods(
+        topk_coder, ["fista", "mp", "omp"], x_cal, iters=30, l0_tolerance=0.1
+    )
+    rep = evaluate(
+        topk_coder,
+        lm,
+        HOOK,
+        windows,
+        ce_tokens=48,
+        gap=GapSetup(target, cals, x_cal.shape[0]),
+        gap_tokens=256,
+        l0_tolerance=0.1,
     )
     gap = rep["amortisation_gap"]
     labels = [r["method"] for r in gap["rows"]]
@@ -320,4 +324,4 @@ def test_gap_table_one_row_per_method_at_matched_l0(tmp_path, topk_coder, corpus
     assert ("does NOT beat" in gap["verdict"]["summary"]) != gap["verdict"][
         "iterative_beats_encoder"
     ]
-    assert (tmp_path / "ev" / "amortisation_gap.png").exists()
+    assert plot_gap(gap["rows"], tmp_path / "gap.png", "gap").stat().st_size > 1000

@@ -48,7 +48,7 @@ def plot_grid(result: dict[str, Any], path: str | Path) -> Path:
     ]
     aucs = [
         None,
-        result["methods"]["codes_raw"]["roc_auc"]["mean"],
+        result["methods"]["codes_raw_seed_mean"]["roc_auc"],
         result["methods"]["attribution_patching"]["roc_auc"],
     ]
     fig, axes = plt.subplots(1, 3, figsize=(3 + 1.1 * H, 0.28 * L + 2.2), squeeze=False)

@@ -119,9 +119,9 @@ DOC_WORDS = [
     "open",
 ]
 DOC_FUNCS = ["run", "load", "check", "parse", "build", "update", "fetch", "send", "read", "write"]
+DOC_DEF = "def {fn}(self,{a},{b},{c}):\n"
 DOC_TEMPLATE = (
-    'def {fn}(self,{a},{b},{c}):\n    """{desc}\n\n    :param{a}: {d1}\n'
-    "    :param{b}: {d2}\n    :param"
+    'def {fn}(...):\n    """{desc}\n\n    :param{a}: {d1}\n    :param{b}: {d2}\n    :param'
 )
 
 
@@ -165,20 +165,53 @@ def _singles(tok: Any, words: list[str], prefix: str = " ") -> dict[str, int]:
 def _need(pool: dict[str, int], n: int, what: str) -> list[str]:
     if len(pool) < n:
         raise ValueError(
-            f"only {len(pool)} {what} are single tokens for this tokenizer; need at least {n}"
+            f"only {len(pool)} {what} are usable answer tokens for this tokenizer; need at least {n}"
         )
     return sorted(pool)
 
 
+def _ntok(tok: Any, s: str) -> int:
+    return len(tok(s, add_special_tokens=False)["input_ids"])
+
+
+def _answer_pool(tok: Any, words: list[str], need: int) -> tuple[str, dict[str, int]]:
+    """``(trail, {word: answer token id})``.
+
+    Where ``" word"`` is one token (BPE tokenizers), the answer is that token and the prompt ends
+    without a trailing space (``trail=""``). Otherwise (byte-level tokenizers) the prompt ends with
+    a space (``trail=" "``) and the answer is the first token of ``"word"``; only words whose first
+    token is unique among ``words`` are kept, so the answer still names one word.
+    """
+    pool = _singles(tok, words)
+    if len(pool) >= need:
+        return "", pool
+    first = {w: tok(w, add_special_tokens=False)["input_ids"][0] for w in words}
+    counts: dict[int, int] = {}
+    for t in first.values():
+        counts[t] = counts.get(t, 0) + 1
+    return " ", {w: t for w, t in first.items() if counts[t] == 1}
+
+
+def _same_length(tok: Any, word: str, pool: list[str], avoid: set[str], rng: random.Random) -> str:
+    """A word of ``pool`` not in ``avoid`` with the same token count as ``word`` (after a space)."""
+    n = _ntok(tok, " " + word)
+    options = [w for w in pool if w not in avoid and _ntok(tok, " " + w) == n]
+    if not options:
+        raise ValueError(f"no replacement for {word!r} with the same token length")
+    return rng.choice(options)
+
+
 def ioi(tok: Any, n: int, seed: int = 0) -> list[Prompt]:
     """``n`` IOI pairs (positive + matched negative), ABBA and BABA alternating."""
-    pool = _singles(tok, NAMES)
+    trail, pool = _answer_pool(tok, NAMES, 3)
     names = _need(pool, 3, "IOI names")
+    every = sorted(NAMES)
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        t = IOI_TEMPLATES[i % len(IOI_TEMPLATES)]
-        io, s, c = rng.sample(names, 3)
+        t = IOI_TEMPLATES[i % len(IOI_TEMPLATES)] + trail
+        io, s = rng.sample(names, 2)
+        c = _same_length(tok, s, every, {io, s}, rng)
         order = "ABBA" if (i // len(IOI_TEMPLATES)) % 2 == 0 else "BABA"
         a, b = (io, s) if order == "ABBA" else (s, io)
         fill = {"A": a, "B": b}
@@ -194,7 +227,7 @@ def ioi(tok: Any, n: int, seed: int = 0) -> list[Prompt]:
 def greater_than(tok: Any, n: int, seed: int = 0) -> list[Prompt]:
     """``n`` greater-than pairs; see the module docstring for how digits are handled."""
     digits = _singles(tok, [str(d) for d in range(10)], prefix="")
-    nouns = _need(_singles(tok, GT_NOUNS), 1, "greater-than nouns")
+    nouns = sorted(GT_NOUNS)  # the same noun in a pair, so its token count does not matter
     probe = tok(" 17", add_special_tokens=False)["input_ids"]
     split = len(probe) >= 2 and len(digits) == 10 and _single(tok, "7") == probe[-1]
     pairs2 = _singles(tok, [f"{y:02d}" for y in range(100)], prefix="")
@@ -226,22 +259,25 @@ def greater_than(tok: Any, n: int, seed: int = 0) -> list[Prompt]:
 
 def docstring(tok: Any, n: int, seed: int = 0) -> list[Prompt]:
     """``n`` docstring pairs; the negative's ``def`` lists three other argument names."""
-    pool = _singles(tok, DOC_ARGS)
+    trail, pool = _answer_pool(tok, DOC_ARGS, 6)
     args = _need(pool, 6, "docstring argument names")
+    every = sorted(DOC_ARGS)
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        a, b, c, x, y, z = rng.sample(args, 6)
+        a, b, c = rng.sample(args, 3)
+        used = {a, b, c}
+        x = _same_length(tok, a, every, used, rng)
+        y = _same_length(tok, b, every, used | {x}, rng)
+        z = _same_length(tok, c, every, used | {x, y}, rng)
         fn = rng.choice(DOC_FUNCS)
         desc = " ".join(rng.sample(DOC_WORDS, 3))
         d1, d2 = (" ".join(rng.sample(DOC_WORDS, 2)) for _ in range(2))
-        common = {"fn": fn, "desc": desc, "d1": d1, "d2": d2}
-        pos = DOC_TEMPLATE.format(**common, a=" " + a, b=" " + b, c=" " + c)
-        neg = DOC_TEMPLATE.format(**common, a=" " + a, b=" " + b, c=" " + c)
-        # corrupt the def line only: the docstring keeps a, b
-        head, rest = neg.split("\n", 1)
-        head = f"def {fn}(self, {x}, {y}, {z}):"
-        neg = head + "\n" + rest
+        common = {"fn": fn, "desc": desc, "d1": d1, "d2": d2, "a": " " + a, "b": " " + b}
+        pos = DOC_TEMPLATE.format(**common) + trail
+        # the negative corrupts the def line only: the docstring keeps a, b
+        neg = DOC_DEF.format(fn=fn, a=" " + x, b=" " + y, c=" " + z) + pos.split("\n", 1)[1]
+        pos = DOC_DEF.format(fn=fn, a=" " + a, b=" " + b, c=" " + c) + pos.split("\n", 1)[1]
         ans, bad = (pool[c],), (pool[a], pool[b])
         info = {"args": [a, b, c], "corrupt": [x, y, z]}
         out.append(Prompt(pos, True, ans, bad, i, "docstring", info))

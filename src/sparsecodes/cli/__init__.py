@@ -62,7 +62,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
-            if isinstance(e, click.ClickException):
+            if isinstance(e, click.ClickException | click.exceptions.Exit | click.Abort):
                 raise
             raise click.ClickException(f"{type(e).__name__}: {e}") from e
 

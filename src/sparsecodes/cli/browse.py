@@ -21,12 +21,10 @@ _device_opt = click.option("--device", default="auto", show_default=True, help="
 
 def _open(sae_dir: Path, model: str | None, hook: str | None, device: str) -> tuple[Any, ...]:
     """``(loaded, adapter, hook)`` for a coder directory, with a clear error when unrecorded."""
-    import torch
 
     from sparsecodes.interp.loading import load_sae_dir
     from sparsecodes.models import load_model
 
-    torch.set_grad_enabled(False)
     loaded = load_sae_dir(sae_dir, model_name=model, hook_name=hook)
     model_name, hook_name = loaded.require_source()
     adapter = load_model(model_name, device=device)

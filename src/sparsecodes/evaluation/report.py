@@ -76,7 +76,11 @@ def plot_density(hist: dict[str, Any], path: Path, title: str) -> Path:
     ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="#3b6ea5")
     ax.set_xlabel("log10 feature density (fraction of held-out tokens a latent fires on)")
     ax.set_ylabel("latents")
-    ax.set_title(f"{title}\n{hist['n_dead']} of {hist['n_latents']} latents dead", fontsize=9)
+    ax.set_title(
+        f"{title}\n{hist['n_dead']} of {hist['n_latents']} latents dead (never fire on these "
+        "tokens; not shown)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

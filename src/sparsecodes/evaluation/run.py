@@ -380,7 +380,8 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
             plot_gap(
                 payload["amortisation_gap"]["rows"],
                 out / "amortisation_gap.png",
-                f"amortisation gap: {title}",
+                f"amortisation gap: {sae.path} at {model_name} {hook} "
+                f"({payload['amortisation_gap']['eval_tokens']:,} held-out tokens)",
             )
         )
         echo(payload["amortisation_gap"]["verdict"]["summary"])

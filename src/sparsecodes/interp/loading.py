@@ -124,7 +124,9 @@ def read_explanations(path: str | os.PathLike[str] | None) -> dict[int, dict[str
     """``{latent: {"explanation": str, "score": float | None}}`` from an explanations file.
 
     Keys may be strings or ints; a bare string value is taken as the explanation. Entries that
-    are not latent ids are rejected with the file named.
+    are not latent ids are rejected with the file named. The file written by
+    ``sparsecodes autointerp`` (``{"summary", "config", "latents": {...}}``) is read through its
+    ``latents`` entry.
     """
     if path is None:
         return {}
@@ -132,6 +134,8 @@ def read_explanations(path: str | os.PathLike[str] | None) -> dict[int, dict[str
     raw = _read_json(p)
     if not isinstance(raw, dict):
         raise ValueError(f"{p} must hold an object {{latent_id: {{explanation, score}}}}")
+    if isinstance(raw.get("latents"), dict):
+        raw = raw["latents"]
     out: dict[int, dict[str, Any]] = {}
     for k, v in raw.items():
         try:
