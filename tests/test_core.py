@@ -84,10 +84,10 @@ def test_load_corrupt_or_missing_files_named(tmp_path, small_problem):
     m = sc.SparseCoder(8, 16, "relu").fit(x, steps=2, batch_size=8)
     path = m.save(tmp_path / "m")
     (path / "model.safetensors").write_bytes(b"garbage" * 10)
-    with pytest.raises(ValueError, match="model.safetensors"):
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
         sc.SparseCoder.load(path)
     (path / "sparsecodes.json").unlink()
-    with pytest.raises(FileNotFoundError, match="sparsecodes.json"):
+    with pytest.raises(FileNotFoundError, match=r"sparsecodes\.json"):
         sc.SparseCoder.load(path)
 
 
