@@ -146,6 +146,7 @@ class SparseCoder(nn.Module):
             seed=self.seed,
             log_every=log_every,
             progress=progress,
+            b_dec_init="zeros",
         )
         trainer = Trainer(self, cfg, freeze_dictionary=dictionary is not None)
         source = TensorSource(x, target, seed=self.seed)

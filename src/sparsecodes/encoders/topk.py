@@ -123,6 +123,15 @@ class TopKEncoder(LinearEncoderParams):
         super().__init__(config, d_in, n_latents, generator=generator)
         self.aux_k = self.config.resolved_aux_k(d_in, n_latents)
 
+    #: tied init ``W_enc = W_dec.T * ENC_INIT_SCALE``: the column norm of torch's default
+    #: ``nn.Linear`` init (uniform in ``+-1/sqrt(d_in)``), which sparsify's TopK SAE also starts
+    #: from; TopK's selection ignores the scale, but Adam's first steps do not.
+    ENC_INIT_SCALE: ClassVar[float] = 3**-0.5
+
+    def init_from_dictionary(self, dictionary: Dictionary) -> None:
+        with torch.no_grad():
+            self.W_enc.copy_(dictionary.W_dec.detach().T * self.ENC_INIT_SCALE)
+
     # ------------------------------------------------------------------ helpers
     def matmul_dtype(self, batch: int | None = None) -> torch.dtype:
         """The dtype the encoder matmul runs in on this encoder's device for ``batch`` rows."""

@@ -33,6 +33,9 @@ class TrainConfig:
 
     ``decay_fraction``: the lr decays linearly to 0 over this final fraction of the steps.
     ``dead_after_tokens``: a latent is dead once it has not fired for this many tokens.
+    ``b_dec_init``: ``"mean"`` sets the decoder bias to the first batch's mean before the first
+    step of a fresh run with a trained dictionary (as SAELens's ``b_dec_init_method="mean"``);
+    ``"zeros"`` leaves it (the synthetic model ``x = s D`` has no offset).
     """
 
     steps: int = 1000
@@ -45,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     progress: bool = False
+    b_dec_init: str = "mean"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size"):
@@ -53,6 +57,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
+        if self.b_dec_init not in ("mean", "zeros"):
+            raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {self.b_dec_init!r}")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         if self.warmup_steps < 0:
@@ -140,6 +146,9 @@ class Trainer:
         if target is not None:
             target = target.to(device).float() * coder.normaliser.scale
         step = self.state.step
+        if step == 0 and cfg.b_dec_init == "mean" and not self.freeze_dictionary:
+            with torch.no_grad():
+                coder.dictionary.b_dec.copy_(x.mean(dim=0))
         out = coder.encoder.train_step(
             TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
         )
