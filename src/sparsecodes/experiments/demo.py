@@ -6,7 +6,7 @@
 3. On held-out tokens, compare the SAE's own encoder with iterative inference on the *same*
    dictionary: OMP at the same L0 (k=32) and FISTA warm-started from the SAE codes, its L1
    penalty chosen on *training* tokens so that its L0 matches k.
-4. Print a table (FVU, L0, dead %, FLOPs and wall time per token) and write ``demo.json``.
+4. Print a table (FVU, L0, FLOPs and wall time per token; the SAE's dead %) and write ``demo.json``.
 
 Everything is cached and resumable: running the demo again reuses what is done.
 """
@@ -51,43 +51,19 @@ def _load_rows(store: Path, n: int) -> torch.Tensor:
     return x
 
 
-def _inference_row(name: str, model: Any, x: torch.Tensor, **kw: Any) -> dict[str, Any]:
-    from sparsecodes import metrics
+def _row(label: str, sae: Any, method: Any, x: torch.Tensor) -> dict[str, Any]:
+    """One table row from :func:`sparsecodes.evaluation.gap.measure` on held-out rows ``x``."""
+    from sparsecodes.evaluation.gap import measure
 
-    t0 = time.perf_counter()
-    z = model.encode(x, **kw)
-    seconds = time.perf_counter() - t0
-    x_hat = model.decode(z)
-    enc = model._inference_encoder(
-        kw.get("inference"), {k: v for k, v in kw.items() if k not in ("inference", "warm_start")}
-    )
-    n = x.shape[0]  # per-token FLOPs of encoding this batch (one-off costs such as a Gram
-    flops = enc.inference_flops(n) / n  # matrix or a spectral norm are shared by its rows)
-    if kw.get("warm_start"):
-        flops += model.encoder.inference_flops(n) / n
+    r = measure(sae, method, x)
     return {
-        "method": name,
-        "fvu": float(metrics.fvu(x, x_hat)),
-        "l0": float(metrics.l0(z)),
-        "dead_pct": 100.0 * float(((z != 0).sum(0) == 0).float().mean()),
-        "flops_per_token": round(flops),
-        "us_per_token": 1e6 * seconds / x.shape[0],
+        "method": label,
+        "fvu": r.fvu,
+        "l0": r.l0,
+        "flops_per_token": round(r.flops_per_token),
+        "us_per_token": 1e6 * r.seconds_per_token,
+        "params": r.params,
     }
-
-
-def _fista_l1_for_l0(model: Any, x: torch.Tensor, target_l0: float, iters: int) -> float:
-    """Bisection (in log space) on the FISTA penalty so that its mean L0 on ``x`` is ~target."""
-    from sparsecodes import metrics
-
-    lo, hi = -6.0, 1.0  # log10(l1)
-    for _ in range(7):
-        mid = (lo + hi) / 2
-        z = model.encode(x, inference="fista", warm_start=True, l1=10**mid, iters=iters)
-        if float(metrics.l0(z)) > target_l0:
-            lo = mid
-        else:
-            hi = mid
-    return 10 ** ((lo + hi) / 2)
 
 
 def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
@@ -189,24 +165,23 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
     echo("[4/4] held-out evaluation: the SAE's encoder vs iterative inference on its dictionary")
     t0 = time.perf_counter()
     x_eval = _load_rows(eval_cache.stores[cfg.hook], cfg.eval_tokens)
-    l1 = _fista_l1_for_l0(sae, train_sample[:1024], cfg.k, cfg.fista_iters)
+    from sparsecodes.evaluation.gap import Method, match_l0
+
+    # FISTA's penalty is matched to the SAE's L0 on *training* tokens, never the held-out ones
+    fista = match_l0(sae, "fista", True, train_sample[:1024], float(cfg.k), iters=cfg.fista_iters)
     rows = [
-        _inference_row("topk (SAE encoder)", sae, x_eval),
-        _inference_row(f"omp k={cfg.k}", sae, x_eval, inference="omp", k=cfg.k),
-        _inference_row(
-            f"fista warm, {cfg.fista_iters} it",
-            sae,
-            x_eval,
-            inference="fista",
-            warm_start=True,
-            l1=l1,
-            iters=cfg.fista_iters,
-        ),
+        _row("topk (SAE encoder)", sae, Method("sae"), x_eval),
+        _row(f"omp k={cfg.k}", sae, Method("omp", False, {"k": cfg.k, "nonneg": True}), x_eval),
+        _row(f"fista warm, {cfg.fista_iters} it", sae, fista.method, x_eval),
     ]
+    with torch.no_grad():
+        sae_codes = sae.encode(x_eval)
+    dead_pct = 100.0 * float(((sae_codes != 0).sum(0) == 0).float().mean())
     timings["eval_s"] = time.perf_counter() - t0
     result = {
         "config": asdict(cfg),
-        "fista_l1": l1,
+        "fista_l1": fista.method.params["l1"],
+        "sae_dead_pct_heldout": dead_pct,
         "rows": rows,
         "train_tokens_per_s": train_tok_s,
         "cache_tokens_per_s": cache_tok_s,
@@ -225,21 +200,25 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = f"{'method':<26}{'FVU':>8}{'L0':>8}{'dead %':>8}{'MFLOP/tok':>11}{'us/tok':>9}"
+    head = f"{'method':<26}{'FVU':>8}{'L0':>8}{'MFLOP/tok':>11}{'us/tok':>9}"
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(
-            f"{r['method']:<26}{r['fvu']:>8.3f}{r['l0']:>8.1f}{r['dead_pct']:>8.1f}"
+            f"{r['method']:<26}{r['fvu']:>8.3f}{r['l0']:>8.1f}"
             f"{r['flops_per_token'] / 1e6:>11.2f}{r['us_per_token']:>9.0f}"
         )
     t = result["timings"]
     lines.append("")
+    cache = result["cache_tokens_per_s"]
+    cache_txt = f"{cache:,.0f} tokens/s" if cache > 0 else "reused from an earlier run"
     lines.append(
-        f"training {result['train_tokens_per_s']:,.0f} tokens/s; caching "
-        f"{result['cache_tokens_per_s']:,.0f} tokens/s; total "
+        f"training {result['train_tokens_per_s']:,.0f} tokens/s; caching {cache_txt}; total "
         f"{sum(t.values()):.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in t.items())})"
     )
     lines.append(f"FISTA l1 = {result['fista_l1']:.3g} (chosen on training tokens to match L0)")
+    lines.append(
+        f"SAE latents never active on the held-out tokens: {result['sae_dead_pct_heldout']:.1f}%"
+    )
     if not math.isfinite(result["train_tokens_per_s"]):
         lines.append("(training was already complete: resumed from the checkpoint)")
     return "\n".join(lines)
