@@ -1,9 +1,10 @@
 """Node ROC AUC of the discrete-code circuit method on models with circuits known exactly.
 
 Run: ``python benchmarks/groundtruth_circuits.py [--seeds 10]``; writes
-``benchmarks/results/groundtruth_circuits.json``. For each model: AUC of the raw, normalised,
-coverage and permutation-calibrated node scores over seeds (prompt draw + coder init), the ground
-truth, and wall times (model build/training, ablation, scoring).
+``benchmarks/results/groundtruth_circuits.json``. For each model and code mode (argmax,
+magnitude): AUC of every node-score variant over seeds (prompt draw + coder init), the edge AUC
+where the circuit has one known edge, the ground truth, and wall times (model build/training,
+ablation, scoring).
 """
 
 from __future__ import annotations
@@ -19,34 +20,56 @@ import torch
 
 from sparsecodes.circuits import roc_auc, score_heads
 from sparsecodes.circuits.groundtruth import InductionConfig, handbuilt_task, induction_task
-from sparsecodes.circuits.groundtruth.calibrate import calibrated_node_scores
 from sparsecodes.circuits.groundtruth.induction import induction_task_prompts
-from sparsecodes.circuits.groundtruth.task import GroundTruthTask, task_activations
+from sparsecodes.circuits.groundtruth.task import (
+    GroundTruthTask,
+    label_separation,
+    task_activations,
+)
 from sparsecodes.circuits.groundtruth.tracr_models import tracr_available
 
+MODES = ("argmax", "magnitude")
 
-def _score(task_for_seed, seeds: list[int], view: str = "final") -> dict:
+
+def _score(task_for_seed, seeds: list[int], view: str = "final", edge=None) -> dict:
+    """AUC of every node-score variant for each code mode; ``edge``: the one true edge, if any."""
     rows = []
     for seed in seeds:
         t: GroundTruthTask = task_for_seed(seed)
         pos, neg = task_activations(t, view=view)
-        t0 = time.perf_counter()
-        s = score_heads(pos, neg, seed=seed, edges=False)
-        t_score = time.perf_counter() - t0
-        cal = calibrated_node_scores(pos, neg, seed=seed)
-        row = {k: roc_auc(v, t.circuit) for k, v in s.node_variants.items()}
-        row["calibrated"] = roc_auc(cal, t.circuit)
-        row["score_time_s"] = t_score
-        row["raw_scores"] = {f"L{a}H{b}": v for (a, b), v in s.node.items()}
-        rows.append(row)
-    summary = {
-        k: {
-            "mean": statistics.mean(r[k] for r in rows),
-            "std": statistics.pstdev(r[k] for r in rows),
+        row: dict = {
+            "label_separation": {
+                f"L{a}H{b}": round(v, 3) for (a, b), v in label_separation(pos, neg).items()
+            }
         }
-        for k in ("raw", "normalised", "coverage", "calibrated", "score_time_s")
+        for mode in MODES:
+            s = score_heads(pos, neg, seed=seed, mode=mode, edges=edge is not None)
+            row[mode] = {k: roc_auc(v, t.circuit) for k, v in s.node_variants.items()}
+            row[mode]["score_time_s"] = s.meta["time_s"]
+            if edge is not None:
+                row[mode]["edge_calibrated"] = roc_auc(s.edge_variants["calibrated"], {edge})
+                row[mode]["edge_raw"] = roc_auc(s.edge_variants["raw"], {edge})
+            row[mode]["calibrated_scores"] = {
+                f"L{a}H{b}": round(v, 3) for (a, b), v in s.node_variants["calibrated"].items()
+            }
+        rows.append(row)
+    keys = [k for k in rows[0]["argmax"] if k != "calibrated_scores"]
+    sep = {
+        h: statistics.mean(r["label_separation"][h] for r in rows)
+        for h in rows[0]["label_separation"]
     }
-    return {"view": view, "seeds": seeds, "summary": summary, "per_seed": rows}
+    summary = {
+        mode: {
+            k: {
+                "mean": statistics.mean(r[mode][k] for r in rows),
+                "std": statistics.pstdev(r[mode][k] for r in rows),
+            }
+            for k in keys
+        }
+        for mode in MODES
+    }
+    return {"view": view, "seeds": seeds, "summary": summary, "label_separation": sep,
+            "per_seed": rows}  # fmt: skip
 
 
 def main() -> None:
@@ -57,13 +80,14 @@ def main() -> None:
     torch.set_num_threads(1)
     seeds = list(range(args.seeds))
     res: dict = {
-        "config": {"scorer": "score_heads defaults (topk, argmax codes, 8 train prompts)",
+        "config": {"scorer": "score_heads defaults (topk k=4, 8 train prompts), modes " + str(MODES),
                    "n_pairs": 16, "torch": torch.__version__, "python": platform.python_version()},
         "models": {},
     }  # fmt: skip
     for variant in ("duplicate", "previous"):
         t0 = time.perf_counter()
-        r = _score(lambda s, v=variant: handbuilt_task(16, circuit=v, seed=s), seeds)
+        edge = ((0, 0), (1, 0)) if variant == "duplicate" else None
+        r = _score(lambda s, v=variant: handbuilt_task(16, circuit=v, seed=s), seeds, edge=edge)
         r["circuit"] = sorted(f"L{a}H{b}" for a, b in handbuilt_task(2, circuit=variant).circuit)
         r["time_s"] = time.perf_counter() - t0
         res["models"][f"handbuilt-{variant}"] = r

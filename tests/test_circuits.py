@@ -123,6 +123,64 @@ def test_sparse_edge_counts_equal_brute_force():
         assert nodes["raw"][h] == len(pos - neg)
 
 
+def test_chance_level_is_the_mean_over_label_permutations():
+    # calibrated = raw - E[raw | shuffled labels]; the exact expectation must match sampling
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, 6, (5, 14), generator=g)
+    codes[0] = torch.arange(14)  # a fresh code on every prompt: raw = n_pos by construction
+    codes[1] = 0  # one code everywhere: never positive-only
+    labels = torch.zeros(14, dtype=torch.bool)
+    labels[:6] = True
+    exact = node_counts(codes, labels)
+    sampled = {k: torch.zeros(5) for k in ("raw", "coverage")}
+    n = 4000
+    for _ in range(n):
+        perm = labels[torch.randperm(14, generator=g)]
+        got = node_counts(codes, perm)
+        for k in sampled:
+            sampled[k] += got[k] / n
+    assert torch.allclose(exact["raw"] - exact["calibrated"], sampled["raw"], atol=0.05)
+    assert torch.allclose(
+        exact["coverage"] - exact["coverage_calibrated"], sampled["coverage"], atol=0.01
+    )
+    assert exact["raw"][0] == 6 and exact["calibrated"][0] == pytest.approx(0.0, abs=1e-5)
+    assert exact["calibrated"][1] == 0
+    # edges use the same formula on joint codes
+    pairs = (torch.tensor([2]), torch.tensor([3]))
+    joint = codes[2] * 6 + codes[3]
+    e = edge_counts(codes, labels, pairs)
+    assert e["calibrated"][0] == pytest.approx(
+        float(node_counts(joint[None], labels)["calibrated"][0])
+    )
+
+
+def test_magnitude_codes_keep_how_strongly_a_head_writes():
+    g = torch.Generator().manual_seed(3)
+    direction = torch.randn(D, generator=g)
+    x = torch.cat([torch.randn(300, D, generator=g), direction * torch.rand(300, 1, generator=g)])
+    coder = fit_head_coder(x, n_latents=16, steps=150, seed=0)
+    acts = (direction * torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0])[:, None])[None]  # one head
+    argmax, _, _ = discretise(coder, acts, mode="argmax")
+    octave, vocab, _ = discretise(coder, acts, mode="magnitude")
+    assert len(set(argmax[0].tolist())) == 1  # one direction -> one latent
+    assert len(set(octave[0].tolist())) == 5  # five octaves -> five codes
+    assert len({v[0] for v in vocab}) == 1 and all(isinstance(v, tuple) for v in vocab)
+
+
+def test_coder_ensemble_averages_and_is_deterministic():
+    pos, neg = planted()
+    one = score_heads(pos, neg, seed=0, **FAST)
+    again = score_heads(pos, neg, seed=0, **FAST)
+    three = score_heads(pos, neg, seed=0, n_coders=3, **FAST)
+    assert one.node == again.node
+    assert three.meta["n_coders"] == 3 and len(three.meta["n_codes"]) == 3
+    assert three.node != one.node
+    with pytest.raises(ValueError, match="n_coders"):
+        score_heads(pos, neg, n_coders=0, **FAST)
+    with pytest.raises(ValueError, match="node_score"):
+        score_heads(pos, neg, node_score="best", **FAST)
+
+
 def test_f1_is_true_f1():
     keys = list(range(20))
     ref = {1, 2, 3, 4, 5}
@@ -175,3 +233,40 @@ def test_tasks_carry_labels_and_never_right_is_refused():
     never = replace(ok_run, logit_diff=-ok_run.logit_diff.abs() - 1.0)
     with pytest.raises(ValueError, match="gets none of the 4 positive"):
         keep_solved(never)
+
+
+def test_circuit_cli_and_sensitivity_on_tiny_llama(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from sparsecodes.circuits.report import plot_sensitivity
+    from sparsecodes.circuits.study import sensitivity
+    from sparsecodes.cli import main
+    from sparsecodes.models import load_model
+
+    out = tmp_path / "circ"
+    args = ["circuit", "--task", "ioi", "--model", "tiny-llama", "--seeds", "2", "--n-pairs", "6"]
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "circuit-ioi.json").read_text())
+    assert (out / "circuit-ioi.png").stat().st_size > 0
+    assert res["node_score"] == "raw" and len(res["per_seed"]) == 2
+    assert {"codes_calibrated", "attribution_patching", "random"} <= set(res["methods"])
+    assert res["reference"]["n_heads"] == len(res["reference"]["heads"])
+    # the cached reference is reused, not recomputed
+    r = CliRunner().invoke(main, [*args, "--seeds", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "circuit-ioi.json").read_text())["reference"]["cached"]
+
+    lm = load_model("tiny-llama", device="cpu")
+    rows = sensitivity(
+        lm, "ioi", n_pairs=6, seeds=1, cache_dir=out / "cache",
+        train_prompts=(2, 4, 99), score_prompts=(4, 99), ks=(1, 2), l1s=(1e-2,),
+    )  # fmt: skip
+    got = {(r["factor"], r["value"]) for r in rows if r["factor"] != "_time_s"}
+    assert got == {("n_train_prompts", 2), ("n_train_prompts", 4), ("n_score_prompts", 4),
+                   ("k", 1), ("k", 2), ("l1", 1e-2)}  # fmt: skip
+    assert 0.0 <= rows[0]["roc_auc"]["calibrated"]["mean"] <= 1.0
+    png = plot_sensitivity({"ioi": rows}, tmp_path / "sens.png")
+    assert png.stat().st_size > 0

@@ -157,3 +157,10 @@ def test_init_never_equals_data_drawn_with_same_seed():
     m = sc.SparseCoder(8, 16, "relu", seed=0)
     cos = (m.dictionary.W_dec @ atoms.T).abs().max(dim=1).values
     assert cos.mean() < 0.99, "initial atoms coincide with data drawn from the same seed"
+
+
+def test_any_63_bit_seed_trains(small_problem):
+    # seeds from derive_seed are 63-bit; the data order must not overflow torch's generator
+    x = small_problem[0][:64]
+    coder = sc.SparseCoder(x.shape[1], 8, "topk", k=2, seed=2**62 + 5)
+    coder.fit(x, steps=2, batch_size=32, log_every=2)

@@ -13,9 +13,9 @@ from sparsecodes.circuits.groundtruth import (
     exhaustive_ablation,
     handbuilt_task,
     induction_task,
+    label_separation,
     task_activations,
 )
-from sparsecodes.circuits.groundtruth.calibrate import calibrated_node_scores
 from sparsecodes.circuits.groundtruth.tracr_models import tracr_available
 
 
@@ -48,21 +48,31 @@ def test_planted_circuit_found_across_seeds():
     assert min(aucs) >= 0.95, aucs
 
 
+def test_planted_edge_ranks_first():
+    # the only edge of the planted circuit is L0H0 (duplicate-token) -> L1H0 (induction)
+    for seed in range(2):
+        t = handbuilt_task(16, circuit="duplicate", rotate=True, seed=seed)
+        pos, neg = task_activations(t)
+        s = score_heads(pos, neg, seed=seed, steps=200)
+        ranked = sorted(s.edge.items(), key=lambda kv: -kv[1])
+        assert ranked[0][0] == ((0, 0), (1, 0)) and ranked[0][1] > ranked[1][1], ranked[:3]
+
+
 def test_shuffled_labels_give_chance_auc_with_calibrated_scores():
     # raw counts are biased towards heads with many distinct codes (see docs/groundtruth.md);
-    # the permutation-calibrated score removes that bias
+    # the calibrated score (raw minus its exact chance level) removes that bias
     true_aucs, shuffled = [], []
     for seed in range(6):
         t = handbuilt_task(16, circuit="duplicate", rotate=True, seed=seed)
         pos, neg = task_activations(t)
         if seed < 2:
-            s = calibrated_node_scores(pos, neg, seed=seed, steps=200)
-            true_aucs.append(roc_auc(s, t.circuit))
+            s = score_heads(pos, neg, seed=seed, steps=200, edges=False)
+            true_aucs.append(roc_auc(s.node_variants["calibrated"], t.circuit))
         g = torch.Generator().manual_seed(100 + seed)
         t.labels = t.labels[torch.randperm(len(t.labels), generator=g)]
         pos, neg = task_activations(t)
-        s = calibrated_node_scores(pos, neg, seed=seed, steps=200)
-        shuffled.append(roc_auc(s, t.circuit))
+        s = score_heads(pos, neg, seed=seed, steps=200, edges=False)
+        shuffled.append(roc_auc(s.node_variants["calibrated"], t.circuit))
     assert min(true_aucs) >= 0.95, true_aucs
     assert abs(float(np.mean(shuffled)) - 0.5) < 0.2, shuffled
 
@@ -93,3 +103,18 @@ def test_tracr_conversion_reproduces_tracr():
         np.testing.assert_allclose(out.resid[i].detach().numpy(), resid, atol=1e-4)
         mine = [meta["decoding"][int(j)] for j in out.logits[i].argmax(-1)]
         assert mine[1:] == decoded[1:]
+
+
+def test_previous_token_head_is_identical_within_matched_pairs():
+    # why no contrast of activations can flag the classic previous-token head (docs/groundtruth.md):
+    # its output is the same on a positive and its matched negative at every position
+    t = handbuilt_task(8, circuit="previous", rotate=True, seed=0)
+    z = [layer.float() for layer in t.model.run(t.ids).heads]  # [B, T, H, dh] per layer
+    pos = torch.nonzero(t.labels).flatten().tolist()
+    neg = torch.nonzero(~t.labels).flatten().tolist()
+    for i in pos:
+        j = next(j for j in neg if torch.equal(t.ids[i, :-1], t.ids[j, :-1]))
+        assert torch.equal(z[0][i, :, 1], z[0][j, :, 1])  # L0H1, previous-token head
+        assert not torch.equal(z[1][i, -1, 0], z[1][j, -1, 0])  # L1H0, induction head
+    sep = label_separation(*task_activations(t))
+    assert sep[(0, 1)] < 1e-6 < sep[(1, 0)]

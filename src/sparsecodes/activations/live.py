@@ -83,7 +83,7 @@ class LiveModelSource:
         ids, keep = next(self._windows)
         self._next_window_pass += 1
         acts = self.adapter.run(ids.to(self.adapter.device), hooks=self.hooks)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
         flat_keep = keep.reshape(-1)
         perm = torch.randperm(int(flat_keep.sum()), generator=g)
         out = {}

@@ -47,7 +47,7 @@ class TensorSource:
         self._pos = 0
 
     def _perm(self, epoch: int) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
         return torch.randperm(self.x.shape[0], generator=g)
 
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:

@@ -185,7 +185,7 @@ def interpret_latent(
 
 def hash_seed(seed: int, latent: int) -> int:
     """A per-latent seed (so a latent's shuffle does not depend on which others run)."""
-    return seed * 1_000_003 + latent
+    return (seed * 1_000_003 + latent) % 2**63
 
 
 def run_autointerp(

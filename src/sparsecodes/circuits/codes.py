@@ -5,7 +5,11 @@ prompts (``n_train_prompts * n_heads`` vectors of width ``d_head``). Each head's
 prompt is then encoded and discretised into one integer code:
 
 - ``mode="argmax"``: the index of the most active latent;
-- ``mode="set"``: the set of active latents (non-zero entries), as a frozenset.
+- ``mode="set"``: the set of active latents (non-zero entries), as a frozenset;
+- ``mode="magnitude"``: the most active latent and the octave of its activation,
+  ``(latent, floor(log2(a)))`` (octaves clamped to -8..8). Argmax codes discard how strongly a
+  head writes its direction; heads that encode a quantity in the size of one direction (a count,
+  a fraction) keep it here at factor-of-two resolution.
 
 A **silent** head-prompt (input vector of norm <= ``silent_tol`` times the largest norm, or an
 all-zero sparse code) gets its own code, :data:`SILENT`, never latent 0.
@@ -26,7 +30,7 @@ from torch import Tensor
 
 from sparsecodes.sparse_coder import SparseCoder, derive_seed
 
-CodeMode = Literal["argmax", "set"]
+CodeMode = Literal["argmax", "set", "magnitude"]
 HeadNorm = Literal["none", "head", "center"]
 
 SILENT = "silent"
@@ -99,6 +103,15 @@ def fit_head_coder(
     return coder.eval()
 
 
+_OCT = 8
+
+
+def _decode(raw: int, mode: CodeMode) -> Any:
+    if mode == "argmax":
+        return raw
+    return (raw // (2 * _OCT + 1), raw % (2 * _OCT + 1) - _OCT)
+
+
 def discretise(
     coder: SparseCoder,
     acts: Tensor,
@@ -108,8 +121,8 @@ def discretise(
 ) -> tuple[Tensor, list[Any], int]:
     """Codes of ``acts`` ``[n_heads, n_prompts, d_head]`` -> ``(codes [n_heads, n_prompts], vocab,
     silent_id)`` with compact ids (see the module docstring for ``mode`` and silence)."""
-    if mode not in ("argmax", "set"):
-        raise ValueError(f"mode must be 'argmax' or 'set', got {mode!r}")
+    if mode not in ("argmax", "set", "magnitude"):
+        raise ValueError(f"mode must be 'argmax', 'set' or 'magnitude', got {mode!r}")
     n_heads, n_prompts, d = acts.shape
     flat = acts.reshape(-1, d).float()
     norms = flat.norm(dim=-1)
@@ -118,11 +131,14 @@ def discretise(
     z = coder.encode(flat)  # dense [n_heads * n_prompts, n_latents]
     active = z != 0
     silent = silent_in | ~active.any(dim=-1)
-    if mode == "argmax":
-        raw = z.argmax(dim=-1)
+    if mode in ("argmax", "magnitude"):
+        top_val, raw = z.max(dim=-1)
+        if mode == "magnitude":
+            octave = torch.floor(torch.log2(top_val.clamp_min(1e-30))).clamp(-_OCT, _OCT).long()
+            raw = raw * (2 * _OCT + 1) + octave + _OCT
         raw = torch.where(silent, torch.full_like(raw, -1), raw)  # -1 = SILENT, never latent 0
         uniq, inv = torch.unique(raw, return_inverse=True)
-        vocab: list[Any] = [SILENT if int(u) == -1 else int(u) for u in uniq]
+        vocab: list[Any] = [SILENT if int(u) == -1 else _decode(int(u), mode) for u in uniq]
         codes = inv.reshape(n_heads, n_prompts)
     else:
         table: dict[Any, int] = {}

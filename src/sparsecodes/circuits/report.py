@@ -23,9 +23,12 @@ def _grid(scores: dict[str, float], n_layers: int, n_heads: int) -> np.ndarray:
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write ``result`` as JSON atomically (a crash never leaves a half-written file)."""
+    from sparsecodes.sparse_coder import _atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
+    text = json.dumps(result, indent=2, default=str)
+    _atomic_write_bytes(path, lambda t: Path(t).write_text(text))
     return path
 
 
@@ -43,21 +46,29 @@ def plot_grid(result: dict[str, Any], path: str | Path) -> Path:
     ref = {tuple(h) for h in result["reference"]["heads"]}
     panels = [
         ("mean-ablation effect (reference)", result["reference"]["effect"]),
-        ("codes score (mean over seeds)", result["scores"]["codes_seed_mean"]),
+        (
+            f"codes score, {result.get('node_score', 'raw')} (mean over seeds)",
+            result["scores"]["codes_seed_mean"],
+        ),
         ("attribution patching", result["scores"]["attribution_patching"]),
     ]
+    variant = result.get("node_score", "raw")
     aucs = [
         None,
-        result["methods"]["codes_raw_seed_mean"]["roc_auc"],
+        result["methods"][f"codes_{variant}_seed_mean"]["roc_auc"],
         result["methods"]["attribution_patching"]["roc_auc"],
     ]
+    signed = [False, True, False]  # codes scores are ranked as they are, effects by magnitude
     fig, axes = plt.subplots(1, 3, figsize=(3 + 1.1 * H, 0.28 * L + 2.2), squeeze=False)
-    for ax, (title, sc), auc in zip(axes[0], panels, aucs, strict=True):
+    for ax, (title, sc), auc, keep_sign in zip(axes[0], panels, aucs, signed, strict=True):
         g = _grid(sc, L, H)
         im = ax.imshow(g, aspect="auto", cmap="viridis" if g.min() >= 0 else "coolwarm")
         fig.colorbar(im, ax=ax, fraction=0.08)
         found = select_circuit(
-            {(int(k.split(",")[0]), int(k.split(",")[1])): abs(v) for k, v in sc.items()}
+            {
+                (int(k.split(",")[0]), int(k.split(",")[1])): v if keep_sign else abs(v)
+                for k, v in sc.items()
+            }
         )
         for layer, head in ref:
             ax.add_patch(
@@ -73,6 +84,54 @@ def plot_grid(result: dict[str, Any], path: str | Path) -> Path:
         f"{result['model']} / {result['task']}: boxes = reference, dots = selected (z-score rule)",
         fontsize=9,
     )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_sensitivity(
+    rows_by_task: dict[str, list[dict[str, Any]]], path: str | Path, variant: str = "raw"
+) -> Path:
+    """One panel per factor of :func:`~.study.sensitivity`: node ROC AUC (mean +- std over seeds)
+    of ``variant`` against the factor's value, one line per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factors = ["n_train_prompts", "n_score_prompts", "k", "l1"]
+    labels = {
+        "n_train_prompts": "coder training prompts",
+        "n_score_prompts": "scored prompts per class",
+        "k": "TopK k",
+        "l1": "ReLU coder L1 penalty",
+    }
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2), sharey=True)
+    for ax, factor in zip(axes, factors, strict=True):
+        for task, rows in rows_by_task.items():
+            sel = [r for r in rows if r["factor"] == factor]
+            if not sel:
+                continue
+            x = [r["value"] for r in sel]
+            m = np.array([r["roc_auc"][variant]["mean"] for r in sel])
+            sd = np.array([r["roc_auc"][variant]["std"] for r in sel])
+            ax.errorbar(x, m, yerr=sd, marker="o", capsize=3, label=task)
+        if factor in ("k", "n_train_prompts"):
+            ax.set_xscale("log", base=2)
+            vals = sorted({r["value"] for rows in rows_by_task.values() for r in rows
+                           if r["factor"] == factor})  # fmt: skip
+            ax.set_xticks(vals, [str(v) for v in vals])
+            ax.minorticks_off()
+        elif factor == "l1":
+            ax.set_xscale("log")
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel(labels[factor])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"node ROC AUC ({variant})")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,14 @@ def method_scores(
     return score_heads(head_dict(v, pos), head_dict(v, neg), seed=seed, **kwargs)
 
 
+def output_variance(run: HeadRun, idx: list[int], view: str = "last") -> dict[Head, float]:
+    """Label-free baseline: each head's mean squared deviation from its mean output over the
+    prompts ``idx`` (the quantity a mean ablation removes, before the model weighs it)."""
+    v = (run.last if view == "last" else run.mean)[idx].float()  # [n, L, H, d]
+    var = (v - v.mean(0)).pow(2).sum(-1).mean(0)  # [L, H]
+    return {(l, h): float(var[l, h]) for l in range(var.shape[0]) for h in range(var.shape[1])}
+
+
 def run_task(
     adapter: ModelAdapter,
     task: str,
@@ -98,6 +106,7 @@ def run_task(
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    node_score = method_kwargs.get("node_score", "raw")
     run, pos, neg, frac = prepare(adapter, task, n_pairs=n_pairs)
     heads = [(l, h) for l in range(adapter.n_layers) for h in range(adapter.n_heads)]
     abl = cached_mean_ablation(adapter, run, pos, cache_dir, progress=progress)
@@ -105,6 +114,7 @@ def run_task(
     ref_abs = {h: abs(e) for h, e in abl["effect"].items()}
     attr = attribution_patching(adapter, run, pos)
     attr_abs = {h: abs(e) for h, e in attr["effect"].items()}
+    variance = output_variance(run, pos + neg, view)
     rule = {"rule": threshold_rule}
 
     per_seed: list[dict[str, Any]] = []
@@ -118,7 +128,8 @@ def run_task(
         row["random"] = evaluate(random_scores(heads, s), ref, **rule)
         per_seed.append(row)
         if progress:
-            print(f"  seed {s}: roc_auc raw {row['raw']['roc_auc']:.3f}", flush=True)
+            auc = row[node_score]["roc_auc"]
+            print(f"  seed {s}: roc_auc {node_score} {auc:.3f}", flush=True)
     variants = list(all_scores[0].node_variants)
     mean_scores = {
         v: {h: statistics.fmean(sc.node_variants[v][h] for sc in all_scores) for h in heads}
@@ -127,6 +138,7 @@ def run_task(
     method_time = summarise([r["time_s"] for r in per_seed])
     total_method = method_time["mean"] + run.time_s
     top_edges = sorted(all_scores[0].edge.items(), key=lambda kv: -kv[1])[:20]
+    seed_mean = mean_scores[node_score]
     return {
         "task": task,
         "model": adapter.name,
@@ -172,6 +184,7 @@ def run_task(
             },
             **{f"codes_{v}_seed_mean": evaluate(mean_scores[v], ref, **rule) for v in variants},
             "attribution_patching": evaluate(attr_abs, ref, **rule),
+            "output_variance": evaluate(variance, ref, **rule),
             "random": {
                 k: summarise([r["random"][k] for r in per_seed])
                 for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")
@@ -188,10 +201,11 @@ def run_task(
         },
         "per_seed": per_seed,
         "scores": {
-            "codes_seed_mean": {f"{l},{h}": v for (l, h), v in mean_scores["raw"].items()},
+            "codes_seed_mean": {f"{l},{h}": v for (l, h), v in seed_mean.items()},
             "attribution_patching": {f"{l},{h}": v for (l, h), v in attr["effect"].items()},
         },
-        "found_circuit": sorted(select_circuit(mean_scores["raw"], rule=threshold_rule)),
+        "node_score": node_score,
+        "found_circuit": sorted(select_circuit(seed_mean, rule=threshold_rule)),
         "top_edges_seed0": [[list(a), list(b), v] for (a, b), v in top_edges],
     }
 
@@ -206,31 +220,47 @@ def sensitivity(
     ref_frac: float = 0.05,
     cache_dir: str | Path | None = None,
     train_prompts: tuple[int, ...] = (2, 4, 8, 16),
-    score_prompts: tuple[int, ...] = (4, 8, 16),
-    sparsity: tuple[float, ...] = (1, 2, 4, 8),
-    encoder: str = "topk",
+    score_prompts: tuple[int, ...] = (4, 8, 12, 16, 24),
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16),
+    l1s: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
     **method_kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Node ROC AUC (raw) vs one factor at a time, the others at their defaults.
+    """Node ROC AUC vs one factor at a time, the others at their defaults.
 
-    ``sparsity`` values are ``k`` for topk/batchtopk, ``l1`` otherwise.
+    Factors: ``n_train_prompts`` (coder training prompts), ``n_score_prompts`` (scored prompts per
+    class); values above what the kept prompts allow are skipped, ``k`` of the TopK coder, and the L1 penalty
+    ``l1`` of a ReLU coder (the sparsity penalty of the published method). Every row holds the
+    AUC of every node-score variant over ``seeds`` seeds.
     """
     t0 = time.perf_counter()
     run, pos, neg, _ = prepare(adapter, task, n_pairs=n_pairs)
     abl = cached_mean_ablation(adapter, run, pos, cache_dir)
     ref = reference_circuit(abl["effect"], abl["clean_ld"], ref_frac)
-    key = "k" if encoder in ("topk", "batchtopk") else "l1"
-    rows: list[dict[str, Any]] = []
+    n_avail = min(len(pos), len(neg))
     grid: list[tuple[str, Any, dict[str, Any]]] = []
-    grid += [("n_train_prompts", n, {"n_train_prompts": n}) for n in train_prompts]
-    grid += [("n_score_prompts", n, {"n_score_prompts": n}) for n in score_prompts]
-    grid += [(key, v, {key: int(v) if key == "k" else v}) for v in sparsity]
+    grid += [
+        ("n_train_prompts", n, {"n_train_prompts": n}) for n in train_prompts if n <= 2 * n_avail
+    ]
+    grid += [("n_score_prompts", n, {"n_score_prompts": n}) for n in score_prompts if n <= n_avail]
+    grid += [("k", k, {"encoder": "topk", "k": k}) for k in ks]
+    grid += [("l1", v, {"encoder": "relu", "l1": v}) for v in l1s]
+    rows: list[dict[str, Any]] = []
     for factor, value, kw in grid:
-        aucs = []
+        per: dict[str, list[float]] = {}
+        l0: list[float] = []
         for s in range(seeds):
-            args = {"encoder": encoder, **method_kwargs, **kw, "edges": False}
+            args = {**method_kwargs, **kw, "edges": False}
             sc = method_scores(run, pos, neg, view=view, seed=s, **args)
-            aucs.append(evaluate(sc.node, ref)["roc_auc"])
-        rows.append({"factor": factor, "value": value, "roc_auc": summarise(aucs)})
+            l0.append(statistics.fmean(sc.meta["n_codes"]))
+            for name, variant in sc.node_variants.items():
+                per.setdefault(name, []).append(evaluate(variant, ref)["roc_auc"])
+        rows.append(
+            {
+                "factor": factor,
+                "value": value,
+                "roc_auc": {k: summarise(v) for k, v in per.items()},
+                "n_codes": statistics.fmean(l0),
+            }
+        )
     rows.append({"factor": "_time_s", "value": time.perf_counter() - t0})
     return rows

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from sparsecodes.circuits.scores import NODE_SCORES
+
 
 @click.command("circuit")
 @click.option(
@@ -23,7 +25,23 @@ import click
 @click.option("--encoder", default="topk", show_default=True, help="Any registered encoder.")
 @click.option("--n-latents", default=256, show_default=True)
 @click.option("--n-train-prompts", default=8, show_default=True)
-@click.option("--mode", type=click.Choice(["argmax", "set"]), default="argmax", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["argmax", "set", "magnitude"]),
+    default="argmax",
+    show_default=True,
+    help="Discrete code: top latent, set of active latents, or top latent + octave of its value.",
+)
+@click.option(
+    "--node-score",
+    type=click.Choice(list(NODE_SCORES)),
+    default="raw",
+    show_default=True,
+    help="Score variant used for the summary, plot and found circuit (all are in the JSON).",
+)
+@click.option(
+    "--n-coders", default=1, show_default=True, help="Coders averaged per seed (1 = published)."
+)
 @click.option(
     "--head-norm", type=click.Choice(["none", "head", "center"]), default="head", show_default=True
 )
@@ -47,6 +65,8 @@ def circuit(
     n_latents: int,
     n_train_prompts: int,
     mode: str,
+    node_score: str,
+    n_coders: int,
     head_norm: str,
     ref_frac: float,
     cache_dir: Path | None,
@@ -54,7 +74,7 @@ def circuit(
     device: str,
 ) -> None:
     """Score heads by codes unique to positives; compare with mean ablation and attribution."""
-    from sparsecodes.circuits.report import plot_grid, write_json
+    from sparsecodes.circuits.report import plot_grid, plot_sensitivity, write_json
     from sparsecodes.circuits.study import run_task
     from sparsecodes.circuits.study import sensitivity as run_sensitivity
     from sparsecodes.models import load_model
@@ -66,6 +86,8 @@ def circuit(
         n_latents=n_latents,
         n_train_prompts=n_train_prompts,
         mode=mode,
+        node_score=node_score,
+        n_coders=n_coders,
         head_norm=head_norm,
     )
     res = run_task(
@@ -79,6 +101,9 @@ def circuit(
         progress=True,
         **kw,
     )
+    stem = f"circuit-{task}"
+    write_json(res, out / f"{stem}.json")  # written before the (long) sensitivity study
+    plot_grid(res, out / f"{stem}.png")
     if sensitivity:
         res["sensitivity"] = run_sensitivity(
             adapter,
@@ -89,9 +114,8 @@ def circuit(
             cache_dir=cache,
             **kw,
         )
-    stem = f"circuit-{task}"
-    write_json(res, out / f"{stem}.json")
-    plot_grid(res, out / f"{stem}.png")
+        write_json(res, out / f"{stem}.json")
+        plot_sensitivity({task: res["sensitivity"]}, out / f"{stem}-sensitivity.png", node_score)
     m = res["methods"]
     click.echo(
         json.dumps(
@@ -99,7 +123,8 @@ def circuit(
                 "task": task,
                 "kept_fraction": res["prompts"]["kept_fraction"],
                 "reference_heads": res["reference"]["n_heads"],
-                "codes_roc_auc": m["codes_raw"]["roc_auc"],
+                "node_score": node_score,
+                "codes_roc_auc": m[f"codes_{node_score}"]["roc_auc"],
                 "attribution_roc_auc": m["attribution_patching"]["roc_auc"],
                 "random_roc_auc": m["random"]["roc_auc"]["mean"],
                 "time_s": res["time_s"],

@@ -26,6 +26,7 @@ from sparsecodes.circuits.groundtruth.task import (
     accuracy,
     exhaustive_ablation,
     head_activations,
+    label_separation,
     task_activations,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "head_activations",
     "induction_prompts",
     "induction_task",
+    "label_separation",
     "mean_ablation",
     "task_activations",
     "train_induction_model",

@@ -210,3 +210,20 @@ def exhaustive_ablation(
             if acc < threshold and single[a] >= threshold and single[b] >= threshold:
                 circuit |= {a, b}
     return AblationResult(clean, chance, threshold, single, pair_acc, frozenset(circuit))
+
+
+def label_separation(
+    head_acts_pos: dict[Head, Tensor], head_acts_neg: dict[Head, Tensor]
+) -> dict[Head, float]:
+    """How much each head's output depends on the label: ``|mean_pos - mean_neg|`` over the mean
+    within-class spread (``0.5 * (|std_pos| + |std_neg|)``, norms over ``d_head``).
+
+    A head near 0 carries no label information at the scored view; no contrast of its codes can
+    flag it, whatever its causal role. Inputs: ``{(layer, head): [n, d_head]}``.
+    """
+    out: dict[Head, float] = {}
+    for h, p in head_acts_pos.items():
+        n = head_acts_neg[h]
+        spread = 0.5 * (p.std(0).norm() + n.std(0).norm())
+        out[h] = float((p.mean(0) - n.mean(0)).norm() / spread.clamp_min(1e-12))
+    return out
