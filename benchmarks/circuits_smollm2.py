@@ -5,7 +5,8 @@ reference, on IOI, greater-than and docstring.
 Run: ``python benchmarks/circuits_smollm2.py [--seeds 10] [--cache-dir DIR]``; writes
 ``benchmarks/results/circuits_smollm2.json`` (one ``run_task`` result per task and configuration,
 without the per-head score dumps) and prints a summary table. Every configuration is listed here
-before any run; none is chosen by its AUC. One torch thread for every method, so wall times compare.
+before any run (except ``last-argmax-relu`` and ``positions-argmax``, added afterwards: see the
+comments); none is chosen by its AUC. One torch thread for every method, so wall times compare.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ CONFIGS: dict[str, dict] = {
     "last-magnitude": {"view": "last", "mode": "magnitude"},
     "mean-set": {"view": "mean", "mode": "set"},
     "last-argmax-5coders": {"view": "last", "mode": "argmax", "n_coders": 5},
+    # added after the sensitivity study (post hoc, so not a held-out result): the published
+    # method's coder type, a ReLU SAE with an L1 penalty (fit_head_coder's default l1 = 1e-2)
+    "last-argmax-relu": {"view": "last", "mode": "argmax", "encoder": "relu"},
+    # added after all runs above (post hoc): codes at each of the last 16 positions, summed per
+    # head, for heads that act before the final position (the blind spot in docs/groundtruth.md)
+    "positions-argmax": {"view": "positions", "mode": "argmax"},
 }
 VARIANTS = ("raw", "coverage", "calibrated", "diversity")
 

@@ -270,3 +270,30 @@ def test_circuit_cli_and_sensitivity_on_tiny_llama(tmp_path):
     assert 0.0 <= rows[0]["roc_auc"]["calibrated"]["mean"] <= 1.0
     png = plot_sensitivity({"ioi": rows}, tmp_path / "sens.png")
     assert png.stat().st_size > 0
+
+
+def test_positions_view_scores_only_where_pairs_differ():
+    # per-position codes: a position where every pair is identical can never give a
+    # positive-only code, so identical tails score exactly 0 for every head
+    from dataclasses import replace
+
+    from sparsecodes.circuits.heads import collect_heads
+    from sparsecodes.circuits.study import method_scores
+    from sparsecodes.circuits.tasks import make_task
+    from sparsecodes.models import load_model
+
+    lm = load_model("tiny-llama", device="cpu")
+    run = collect_heads(lm, make_task("ioi", lm.tokenizer, 4, seed=0), max_positions=6)
+    assert run.tail.shape[:2] == (8, 6) and torch.equal(run.tail[:, -1], run.last)
+    pos = [i for i, p in enumerate(run.prompts) if p.positive]
+    neg = [i for i, p in enumerate(run.prompts) if not p.positive]
+    kw = {"seed": 0, "n_latents": 32, "steps": 40, "n_train_prompts": 4}
+    sc = method_scores(run, pos, neg, view="positions", **kw)
+    assert set(sc.node) == {(l, h) for l in range(lm.n_layers) for h in range(lm.n_heads)}
+    assert sc.meta["n_positions"] == 6 and max(sc.node.values()) > 0
+    same = run.tail.clone()
+    same[neg] = same[pos]  # every negative identical to its matched positive at every position
+    flat = method_scores(replace(run, tail=same), pos, neg, view="positions", **kw)
+    assert all(v == 0 for v in flat.node.values())
+    with pytest.raises(ValueError, match="view must be"):
+        method_scores(run, pos, neg, view="first", **kw)

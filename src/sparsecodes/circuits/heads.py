@@ -5,8 +5,11 @@ group (a positive and its matched negative have the same length by construction)
 ``blocks.{i}.attn.heads`` is read through an identity edit during one full forward pass, so the
 same pass gives the logits used to check whether the model gets each prompt right.
 
-Views per prompt (both kept): ``last`` = output at the final position, ``mean`` = mean over
-positions after BOS. Per length group, ``pos_mean`` is the mean over all prompts of that group at
+Views per prompt (all kept): ``last`` = output at the final position, ``mean`` = mean over
+positions after BOS, ``tail`` = the outputs at each of the last ``P`` positions (``P`` = at most
+``max_positions``, and no more than the shortest prompt has after BOS). A positive and its matched
+negative have the same length, so position ``-j`` is the same slot in both; before the token where
+they differ their outputs are identical. Per length group, ``pos_mean`` is the mean over all prompts of that group at
 each position: the values mean-ablation writes in.
 """
 
@@ -31,6 +34,8 @@ class HeadRun:
         prompts: the prompts, in the order of every tensor's first axis.
         last: ``[n_prompts, n_layers, n_heads, d_head]`` head outputs at the final position.
         mean: same shape, mean over positions after BOS.
+        tail: ``[n_prompts, P, n_layers, n_heads, d_head]`` outputs at the last ``P`` positions
+            (``tail[:, -1]`` equals ``last``).
         logit_diff: ``[n_prompts]`` logit difference at the final position (see tasks).
         top1: ``[n_prompts]`` bool, the argmax token is one of the prompt's correct tokens.
         groups: token length -> prompt indices.
@@ -46,6 +51,7 @@ class HeadRun:
     groups: dict[int, list[int]]
     pos_mean: dict[int, Tensor]
     time_s: float
+    tail: Tensor | None = None
 
     @property
     def labels(self) -> Tensor:
@@ -80,7 +86,9 @@ def heads_hooks(adapter: ModelAdapter) -> list[str]:
 
 
 @torch.no_grad()
-def collect_heads(adapter: ModelAdapter, prompts: list[Prompt], *, batch_size: int = 32) -> HeadRun:
+def collect_heads(
+    adapter: ModelAdapter, prompts: list[Prompt], *, batch_size: int = 32, max_positions: int = 16
+) -> HeadRun:
     """Run every prompt once; capture all layers' head outputs and the final logits."""
     if not prompts:
         raise ValueError("prompts is empty")
@@ -90,6 +98,8 @@ def collect_heads(adapter: ModelAdapter, prompts: list[Prompt], *, batch_size: i
     n = len(prompts)
     last = torch.zeros(n, L, H, d)
     mean = torch.zeros(n, L, H, d)
+    n_tail = max(1, min(max_positions, min(groups) - 1))
+    tail = torch.zeros(n, n_tail, L, H, d)
     ld = torch.zeros(n)
     top1 = torch.zeros(n, dtype=torch.bool)
     pos_mean: dict[int, Tensor] = {}
@@ -111,6 +121,7 @@ def collect_heads(adapter: ModelAdapter, prompts: list[Prompt], *, batch_size: i
             logits = adapter.run_with_edits(ids, {h: grab(i) for i, h in enumerate(hooks)})
             acts = torch.stack([cache[i] for i in range(L)], dim=2)  # [B, T, L, H, d]
             last[chunk] = acts[:, -1]
+            tail[chunk] = acts[:, -n_tail:]
             mean[chunk] = acts[:, 1:].mean(dim=1) if length > 1 else acts[:, 0]
             acc += acts.sum(dim=0)
             fin = logits[:, -1].float().cpu()
@@ -120,7 +131,8 @@ def collect_heads(adapter: ModelAdapter, prompts: list[Prompt], *, batch_size: i
                 [int(r.argmax()) in p.correct for r, p in zip(fin, sub, strict=True)]
             )
         pos_mean[length] = acc / len(idx)
-    return HeadRun(prompts, last, mean, ld, top1, groups, pos_mean, time.perf_counter() - t0)
+    t = time.perf_counter() - t0
+    return HeadRun(prompts, last, mean, ld, top1, groups, pos_mean, t, tail)
 
 
 def keep_solved(run: HeadRun, *, rule: str = "logit_diff") -> tuple[list[int], list[int], float]:

@@ -22,6 +22,17 @@ def _grid(scores: dict[str, float], n_layers: int, n_heads: int) -> np.ndarray:
     return g
 
 
+def _save(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     """Write ``result`` as JSON atomically (a crash never leaves a half-written file)."""
     from sparsecodes.sparse_coder import _atomic_write_bytes
@@ -84,12 +95,7 @@ def plot_grid(result: dict[str, Any], path: str | Path) -> Path:
         f"{result['model']} / {result['task']}: boxes = reference, dots = selected (z-score rule)",
         fontsize=9,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sensitivity(
@@ -132,9 +138,4 @@ def plot_sensitivity(
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"node ROC AUC ({variant})")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -61,6 +61,9 @@ def prepare(
     return run, pos, neg, frac
 
 
+VIEWS = ("last", "mean", "positions")
+
+
 def method_scores(
     run: HeadRun,
     pos: list[int],
@@ -70,18 +73,53 @@ def method_scores(
     seed: int = 0,
     **kwargs: Any,
 ) -> HeadScores:
-    """:func:`score_heads` on the ``view`` (``last`` or ``mean``) of the kept prompts."""
-    if view not in ("last", "mean"):
-        raise ValueError(f"view must be 'last' or 'mean', got {view!r}")
-    v = run.last if view == "last" else run.mean
-    return score_heads(head_dict(v, pos), head_dict(v, neg), seed=seed, **kwargs)
+    """:func:`score_heads` on the ``view`` of the kept prompts.
+
+    ``last`` / ``mean``: one code per head and prompt. ``positions``: one code per head, prompt and
+    each of the last ``P`` positions (:attr:`HeadRun.tail`); every (head, position) is scored as a
+    unit and a head's node score is the sum over its positions. Positions before the token where a
+    pair differs give identical codes on both prompts, so they add nothing. No edges in this view.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if view != "positions":
+        v = run.last if view == "last" else run.mean
+        return score_heads(head_dict(v, pos), head_dict(v, neg), seed=seed, **kwargs)
+    if run.tail is None:
+        raise ValueError("this HeadRun has no per-position outputs; collect it with collect_heads")
+    tail = run.tail  # [n, P, L, H, d]
+    n_pos = tail.shape[1]
+
+    def units(idx: list[int]) -> dict[tuple[int, int, int], Any]:
+        sub = tail[idx]
+        return {
+            (l, h, j): sub[:, j, l, h]
+            for l in range(sub.shape[2])
+            for h in range(sub.shape[3])
+            for j in range(n_pos)
+        }
+
+    sc = score_heads(units(pos), units(neg), seed=seed, **{**kwargs, "edges": False})
+    sums: dict[str, dict[Head, float]] = {}
+    for name, scores in sc.node_variants.items():
+        agg: dict[Head, float] = {}
+        for (l, h, _j), v in scores.items():
+            agg[(l, h)] = agg.get((l, h), 0.0) + v
+        sums[name] = agg
+    node = sums[sc.meta["node_score"]]
+    meta = {**sc.meta, "view": "positions", "n_positions": n_pos}
+    return HeadScores(node, {}, sums, {}, sorted(node), meta)
 
 
 def output_variance(run: HeadRun, idx: list[int], view: str = "last") -> dict[Head, float]:
     """Label-free baseline: each head's mean squared deviation from its mean output over the
     prompts ``idx`` (the quantity a mean ablation removes, before the model weighs it)."""
-    v = (run.last if view == "last" else run.mean)[idx].float()  # [n, L, H, d]
-    var = (v - v.mean(0)).pow(2).sum(-1).mean(0)  # [L, H]
+    if view == "positions" and run.tail is not None:
+        v = run.tail[idx].float()  # [n, P, L, H, d]: summed over positions
+        var = (v - v.mean(0)).pow(2).sum(-1).mean(0).sum(0)  # [L, H]
+    else:
+        v = (run.last if view == "last" else run.mean)[idx].float()  # [n, L, H, d]
+        var = (v - v.mean(0)).pow(2).sum(-1).mean(0)  # [L, H]
     return {(l, h): float(var[l, h]) for l in range(var.shape[0]) for h in range(var.shape[1])}
 
 

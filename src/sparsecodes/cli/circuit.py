@@ -21,7 +21,13 @@ from sparsecodes.circuits.scores import NODE_SCORES
 @click.option("--seeds", default=10, show_default=True, help="Seeds of the method.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--n-pairs", default=24, show_default=True, help="Positive/negative prompt pairs.")
-@click.option("--view", type=click.Choice(["last", "mean"]), default="last", show_default=True)
+@click.option(
+    "--view",
+    type=click.Choice(["last", "mean", "positions"]),
+    default="last",
+    show_default=True,
+    help="Final position, mean over positions, or each of the last 16 positions.",
+)
 @click.option("--encoder", default="topk", show_default=True, help="Any registered encoder.")
 @click.option("--n-latents", default=256, show_default=True)
 @click.option("--n-train-prompts", default=8, show_default=True)

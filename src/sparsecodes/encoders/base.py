@@ -96,6 +96,15 @@ class Encoder(nn.Module):
         self.config = config
         self.d_in = d_in
         self.n_latents = n_latents
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Set up state derived from ``config``, ``d_in`` and ``n_latents`` alone (resolved
+        settings, buffers) without overriding ``__init__``. Optional; overrides call ``super()``.
+
+        Runs at the end of ``Encoder.__init__``, so before any subclass ``__init__`` body: it must
+        not use parameters those create, nor the generator (it draws no random numbers).
+        """
 
     def encode(self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None) -> Codes:
         """Codes for ``x`` ``[batch, d_in]`` on ``dictionary``; ``init`` warm-starts iterative ones."""
@@ -169,6 +178,24 @@ class IterativeEncoder(Encoder):
     """
 
     kind: ClassVar[Literal["amortised", "iterative"]] = "iterative"
+
+    def _dense_init(self, init: Codes, r: Tensor, *, nonneg: bool) -> Tensor:
+        """A warm start as dense codes ``[batch, n_latents]`` on the device and dtype of ``r``.
+
+        ``r`` ``[batch, d_in]`` is the (centred) input the codes are inferred for; ``init``
+        (dense or :class:`~sparsecodes.codes.SparseCodes`) must have ``batch`` rows and
+        ``n_latents`` columns, else ``ValueError``. With ``nonneg`` the codes are projected onto
+        ``z >= 0``. The result may share memory with ``init``: clone before writing into it.
+        """
+        z = to_dense(init).detach().to(device=r.device, dtype=r.dtype)
+        if z.shape != (r.shape[0], self.n_latents):
+            raise ValueError(
+                f"init must have shape [batch, n_latents] = {(r.shape[0], self.n_latents)}, "
+                f"got {tuple(z.shape)}"
+            )
+        if nonneg:
+            z = z.clamp_min(0.0)
+        return z
 
     def train_step(self, inp: TrainStepInput) -> TrainStepOutput:
         if inp.target_codes is not None:

@@ -176,15 +176,7 @@ class ISTAEncoder(IterativeEncoder):
     def _start(self, init: Codes | None, r: Tensor) -> Tensor:
         if init is None:
             return r.new_zeros(r.shape[0], self.n_latents)
-        z = to_dense(init).detach().to(device=r.device, dtype=r.dtype)
-        if z.shape != (r.shape[0], self.n_latents):
-            raise ValueError(
-                f"init must have shape [batch, n_latents] = {(r.shape[0], self.n_latents)}, "
-                f"got {tuple(z.shape)}"
-            )
-        if self.config.nonneg:  # type: ignore[attr-defined]
-            z = z.clamp_min(0.0)
-        return z.clone()
+        return self._dense_init(init, r, nonneg=self.config.nonneg).clone()  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

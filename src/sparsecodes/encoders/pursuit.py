@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sparsecodes import flops
-from sparsecodes.codes import Codes, SparseCodes, to_dense, to_sparse
+from sparsecodes.codes import Codes, SparseCodes, to_sparse
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
 from sparsecodes.encoders.registry import register
@@ -90,17 +90,21 @@ class _Pursuit(IterativeEncoder):
         stop = r.pow(2).sum(dim=1) * max(self.config.tol, _zero_floor(W.dtype))  # type: ignore[attr-defined]
         return _Problem(W, W.T.contiguous(), r, norms, None if unit else 1.0 / norms, stop)
 
+    @torch.no_grad()
+    def encode(
+        self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None
+    ) -> SparseCodes:
+        """SparseCodes ``[batch, k]`` for ``x`` ``[batch, d_in]``; no gradient flows through."""
+        return self._pursue(self._prepare(x, dictionary), init)
+
+    def _pursue(self, p: _Problem, init: Codes | None) -> SparseCodes:
+        """The pursuit proper on the prepared problem ``p``: SparseCodes ``[batch, k]``."""
+        raise NotImplementedError
+
     def _init_support(self, init: Codes, r: Tensor) -> tuple[Tensor, Tensor]:
         """``(indices, values)`` ``[B, k]`` of init's k largest-magnitude entries (0 = unused)."""
         k = self.config.k  # type: ignore[attr-defined]
-        z = to_dense(init).detach().to(device=r.device, dtype=r.dtype)
-        if z.shape != (r.shape[0], self.n_latents):
-            raise ValueError(
-                f"init must have shape [batch, n_latents] = {(r.shape[0], self.n_latents)}, "
-                f"got {tuple(z.shape)}"
-            )
-        if self.config.nonneg:  # type: ignore[attr-defined]
-            z = z.clamp_min(0.0)
+        z = self._dense_init(init, r, nonneg=self.config.nonneg)  # type: ignore[attr-defined]
         sp = to_sparse(z, k)
         return sp.indices, sp.values
 
@@ -137,13 +141,9 @@ class MatchingPursuitEncoder(_Pursuit):
 
     name: ClassVar[str] = "mp"
 
-    @torch.no_grad()
-    def encode(
-        self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None
-    ) -> SparseCodes:
-        """SparseCodes ``[batch, k]`` for ``x`` ``[batch, d_in]``; no gradient flows through."""
+    def _pursue(self, p: _Problem, init: Codes | None) -> SparseCodes:
+        """``k`` MP steps from zero or from ``init``'s support; SparseCodes ``[batch, k]``."""
         k = self.config.k  # type: ignore[attr-defined]
-        p = self._prepare(x, dictionary)
         B = p.r.shape[0]
         z = p.r.new_zeros(B, self.n_latents)
         if init is not None:
@@ -212,13 +212,9 @@ class OMPEncoder(_Pursuit):
         """``[B, d]`` ``sum_s coef[:, s] * W[idx[:, s]]`` without materialising ``W[idx]``."""
         return F.embedding_bag(idx, p.W, per_sample_weights=coef, mode="sum")
 
-    @torch.no_grad()
-    def encode(
-        self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None
-    ) -> SparseCodes:
-        """SparseCodes ``[batch, k]`` for ``x`` ``[batch, d_in]``; no gradient flows through."""
+    def _pursue(self, p: _Problem, init: Codes | None) -> SparseCodes:
+        """Up to ``k`` OMP selections, each followed by a refit; SparseCodes ``[batch, k]``."""
         k = self.config.k  # type: ignore[attr-defined]
-        p = self._prepare(x, dictionary)
         W, r = p.W, p.r
         B, n = r.shape[0], self.n_latents
         rows = torch.arange(B, device=r.device)

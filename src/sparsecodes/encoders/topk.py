@@ -112,16 +112,10 @@ class TopKEncoder(LinearEncoderParams):
     fixed_k: ClassVar[bool] = True
     config: TopKConfig
 
-    def __init__(
-        self,
-        config: EncoderConfig,
-        d_in: int,
-        n_latents: int,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(config, d_in, n_latents, generator=generator)
-        self.aux_k = self.config.resolved_aux_k(d_in, n_latents)
+    def _init_state(self) -> None:
+        super()._init_state()
+        #: AuxK's latents per row (``config.aux_k`` resolved)
+        self.aux_k = self.config.resolved_aux_k(self.d_in, self.n_latents)
 
     #: tied init ``W_enc = W_dec.T * ENC_INIT_SCALE``: the column norm of torch's default
     #: ``nn.Linear`` init (uniform in ``+-1/sqrt(d_in)``), which sparsify's TopK SAE also starts
@@ -279,15 +273,8 @@ class BatchTopKEncoder(TopKEncoder):
     fixed_k: ClassVar[bool] = False
     config: BatchTopKConfig
 
-    def __init__(
-        self,
-        config: EncoderConfig,
-        d_in: int,
-        n_latents: int,
-        *,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(config, d_in, n_latents, generator=generator)
+    def _init_state(self) -> None:
+        super()._init_state()
         self.register_buffer("threshold", torch.zeros(()))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long))
 
