@@ -325,3 +325,22 @@ def test_gap_table_one_row_per_method_at_matched_l0(tmp_path, lm, windows, topk_
         "iterative_beats_encoder"
     ]
     assert plot_gap(gap["rows"], tmp_path / "gap.png", "gap").stat().st_size > 1000
+
+
+def test_gap_debias_variant_is_fista_with_refit():
+    from conftest import sparse_problem
+    from sparsecodes.evaluation.gap import Method, match_l0, measure, parse_methods
+
+    assert parse_methods("fista+debias, omp") == ["fista+debias", "omp"]
+    x, _, atoms = sparse_problem(32, 16, 3, 256, seed=4)
+    x = x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    coder = SparseCoder(16, 32, "topk", k=3, seed=0)
+    coder.set_dictionary(atoms)
+    cal = match_l0(coder, "fista+debias", False, x, 3.0, iters=100, l0_tolerance=0.1)
+    meth = cal.method
+    assert meth.encoder == "fista" and meth.params["debias"] is True
+    assert meth.label == "fista+debias (cold)"
+    row = measure(coder, meth, x)
+    plain = measure(coder, Method("fista", params={**meth.params, "debias": False}), x)
+    assert row.encoder == "fista" and row.l0 <= plain.l0
+    assert row.fvu < plain.fvu and row.flops_per_token > plain.flops_per_token

@@ -275,3 +275,114 @@ def test_sparse_coder_runs_iterative_inference_with_warm_start():
     assert not torch.equal(warm, plain)
     omp = coder.encode(x, inference="omp", k=3, sparse=True)
     assert isinstance(omp, SparseCodes) and omp.indices.shape == (64, 3)
+
+
+# ---------------------------------------------------------------- debiasing refit (ISTA/FISTA)
+
+
+def _sq_err(x, z, D):
+    """``[batch]`` float64 squared error of the codes ``z`` (the bias is subtracted)."""
+    r = x.double() - D.b_dec.detach().double()
+    return (r - z.double() @ D.W_dec.detach().double()).pow(2).sum(dim=1)
+
+
+@pytest.mark.parametrize("name", ["ista", "fista"])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_debias_keeps_support_and_never_raises_error(name, nonneg):
+    x, _, atoms = sparse_problem(48, 16, 4, 256, seed=11)
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))  # noisy
+    D = Dictionary.from_atoms(atoms)
+    with torch.no_grad():
+        D.b_dec.copy_(0.3 * torch.randn(16, generator=torch.Generator().manual_seed(2)))
+    x = x + D.b_dec.detach()
+    kw = dict(l1=0.1, iters=60, nonneg=nonneg)
+    z = make_encoder(name, 16, 48, **kw).encode(x, D)
+    enc = make_encoder(name, 16, 48, debias=True, **kw)
+    zd = enc.encode(x, D)
+    on, on_d = z != 0, zd != 0
+    assert not (on_d & ~on).any()  # no atom is added: the refit lives on the lasso's support
+    if nonneg:
+        assert (zd >= 0).all()
+    else:  # signed: the support is kept, bar coefficients that are exactly 0 by round-off
+        assert (on_d == on).all(dim=1).float().mean() > 0.95
+    assert enc.last_refit_support == int(on.sum(dim=1).max())
+    e, e_d = _sq_err(x, z, D), _sq_err(x, zd, D)
+    assert (e_d <= e + 1e-5 * e.clamp_min(1e-3)).all()  # every row, up to float32 round-off
+    assert e_d.sum() < 0.5 * e.sum()  # and the shrinkage bias is actually removed
+    # rows refitted without drops (not: unconverged rows with more atoms than dimensions, or the
+    # rare row whose refit was not better; those keep their lasso values) have a residual
+    # orthogonal to their support's atoms (the normal equations): a wrong refit would not
+    refitted = (on_d == on).all(dim=1) & (zd != z).any(dim=1)
+    assert refitted.float().mean() > 0.5
+    res = (x - D.b_dec.detach()).double() - zd.double() @ atoms.double()
+    corr = (res @ atoms.double().T).abs() * on_d
+    assert corr[refitted].max() < 1e-4
+    if not nonneg:  # signed lasso: every kept coefficient's correlation is l1 before the refit
+        res0 = (x - D.b_dec.detach()).double() - z.double() @ atoms.double()
+        assert (res0 @ atoms.double().T).abs()[on].mean() > 0.05
+
+
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_debias_recovers_true_codes_better_than_shrunk_lasso(nonneg):
+    x, codes, atoms = sparse_problem(16, 8, 3, 512, seed=0)  # noiseless, known dictionary
+    D = Dictionary.from_atoms(atoms)
+    kw = dict(l1=0.05, iters=300, nonneg=nonneg)
+    z = make_encoder("fista", 8, 16, **kw).encode(x, D)
+    zd = make_encoder("fista", 8, 16, debias=True, **kw).encode(x, D)
+    mae, mae_d = (z - codes).abs().mean(), (zd - codes).abs().mean()
+    # L1 shrinks every kept value by about l1: plain FISTA's error cannot go below that bias
+    assert mae_d < mae
+    if nonneg:
+        assert mae_d < 0.5 * mae
+    # rows whose lasso support contains the true one and is small enough are recovered exactly
+    sup_ok = ((codes != 0) <= (z != 0)).all(dim=1) & ((z != 0).sum(dim=1) <= 8)
+    assert sup_ok.float().mean() > 0.5
+    exact = (zd[sup_ok] - codes[sup_ok]).abs().amax(dim=1) < 1e-4
+    assert exact.float().mean() > (0.9 if nonneg else 0.3)
+
+
+@pytest.mark.parametrize("name", ["ista", "fista"])
+def test_debias_off_is_bit_identical_to_default(name):
+    x, codes, atoms = sparse_problem(32, 12, 4, 128, seed=5)
+    D = Dictionary.from_atoms(atoms)
+    for kw in (dict(l1=0.05, iters=40), dict(l1=0.02, iters=25, nonneg=False, tol=0.0)):
+        ref = make_encoder(name, 12, 32, **kw)
+        off = make_encoder(name, 12, 32, debias=False, **kw)
+        assert torch.equal(ref.encode(x, D), off.encode(x, D))
+        assert torch.equal(ref.encode(x, D, init=codes), off.encode(x, D, init=codes))
+        assert off.last_refit_support == 0
+        assert ref.inference_flops(64) == off.inference_flops(64)
+        assert ref.train_step_flops(64) == off.train_step_flops(64)
+        assert off.refit_flops(64, 5) == 0
+    on = make_encoder(name, 12, 32, l1=0.05, iters=40, debias=True)
+    assert not torch.equal(on.encode(x, D), ref.encode(x, D))
+
+
+def test_debias_flops_count_the_refit():
+    b, d, n, s = 32, 64, 256, 10
+    off = make_encoder("fista", d, n, iters=20)
+    on = make_encoder("fista", d, n, iters=20, debias=True)
+    refit = (
+        2 * b * s * s * d + 4 * b * s * d + b * s**3 // 3 + 7 * b * s * s + 6 * b * d + 2 * b * n
+    )
+    assert on.refit_flops(b, s) == refit
+    assert on.inference_flops(b, support=s) == off.inference_flops(b) + refit
+    assert on.inference_flops(b) == off.inference_flops(b) + on.refit_flops(b, min(n, d))
+    assert on.inference_flops(b, support=2 * s) > on.inference_flops(b, support=s)
+    assert on.train_step_flops(b) > off.train_step_flops(b)
+
+
+def test_debias_through_sparse_coder_and_batches():
+    from sparsecodes.sparse_coder import SparseCoder
+
+    x, codes, atoms = sparse_problem(16, 8, 3, 300, seed=9)
+    coder = SparseCoder(8, 16, "relu", seed=0)
+    coder.set_dictionary(atoms)
+    plain = coder.encode(x, inference="fista", l1=0.05, iters=200)
+    deb = coder.encode(x, inference="fista", l1=0.05, iters=200, debias=True)
+    warm = coder.encode(x, inference="fista", l1=0.05, iters=200, debias=True, warm_start=True)
+    assert (deb - codes).abs().mean() < (plain - codes).abs().mean()
+    assert (warm - codes).abs().mean() < (plain - codes).abs().mean()
+    # batching (padded supports per batch, chunked gathers) changes nothing beyond round-off
+    small = coder.encode(x, inference="fista", l1=0.05, iters=200, debias=True, batch_size=37)
+    torch.testing.assert_close(small, deb, atol=1e-5, rtol=1e-5)

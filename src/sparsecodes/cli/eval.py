@@ -78,7 +78,8 @@ and, with --inference, OUT/amortisation_gap.png. See docs/evaluation.md.
     "--inference",
     default=None,
     help="Amortisation gap: iterative methods to compare with the SAE's encoder on its "
-    "dictionary, comma-separated (fista, ista, mp, omp), each cold and warm-started.",
+    "dictionary, comma-separated (fista, ista, mp, omp, fista+debias, ista+debias: the lasso "
+    "refitted by least squares on its support), each cold and warm-started.",
 )
 @click.option(
     "--gap-tokens",

@@ -25,6 +25,20 @@ for the proposed step ``z -> z'`` (``tol=0`` disables early stopping). ``last_n_
 many iterations the last call ran. ``init`` (dense ``[batch, n_latents]`` or
 :class:`~sparsecodes.codes.SparseCodes`) is the starting point (projected onto ``z >= 0`` when
 non-negative); without it the start is ``z = 0``.
+
+Debiasing (``debias=True``, off by default): the lasso's L1 term shrinks every kept coefficient
+towards 0, so at a given support its reconstruction is worse than the support allows. After the
+iterations each row's support ``S`` (its nonzeros) is kept and the coefficients are refitted by
+least squares, ``z_S = argmin ||x - b_dec - z_S D_S||^2`` (the "relaxed lasso" with relaxation 1,
+Meinshausen 2007; the standard debiasing step of sparse recovery): a batched Cholesky solve on the
+padded supports shared with OMP
+(:func:`~sparsecodes.encoders.support_lstsq.refit_support`). With ``nonneg`` the solve is
+OMP's active-set heuristic, not clamping: coefficients that come out negative are dropped from the
+support and the rest re-solved until none is negative, so the support can only shrink. Rows keep
+their lasso values when their support has more atoms than ``d_in`` (unconverged; the coefficients
+are not identified) or when the refit would not lower their squared error (possible only through
+such drops, or round-off). The result no longer minimises ``F``; ``last_refit_support`` records the
+padded support width ``s`` of the last call.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from sparsecodes.codes import Codes, to_dense
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
 from sparsecodes.encoders.registry import register
+from sparsecodes.encoders.support_lstsq import refit_support
 from sparsecodes.validation import check_positive
 
 #: dictionaries with min(n_latents, d_in) up to this get an exact spectral norm (SVD values)
@@ -118,12 +133,14 @@ def _check_iters(iters: int) -> None:
 @dataclass
 class ISTAConfig(EncoderConfig):
     """``l1``: L1 weight in ``F``; ``iters``: maximum iterations; ``tol``: relative-change stop
-    (0 disables); ``nonneg``: constrain codes to ``z >= 0``."""
+    (0 disables); ``nonneg``: constrain codes to ``z >= 0``; ``debias``: after the iterations,
+    refit each row's nonzeros by least squares on its support (see the module docstring)."""
 
     l1: float = 0.1
     iters: int = 100
     tol: float = 1e-6
     nonneg: bool = True
+    debias: bool = False
 
     def validate(self, d_in: int, n_latents: int) -> None:
         check_positive("l1", self.l1, allow_zero=True)
@@ -150,6 +167,8 @@ class ISTAEncoder(IterativeEncoder):
         super().__init__(config, d_in, n_latents, generator=generator)
         #: iterations run by the last :meth:`encode` call
         self.last_n_iter: int = 0
+        #: padded support width ``s`` of the last call's debiasing refit (0 without one)
+        self.last_refit_support: int = 0
 
     # ------------------------------------------------------------------ pieces
     def _prox(self, v: Tensor, thresh: float) -> Tensor:
@@ -183,7 +202,8 @@ class ISTAEncoder(IterativeEncoder):
     def encode(self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None) -> Tensor:
         """Dense codes ``[batch, n_latents]`` (exact zeros off the support) for ``x`` ``[batch, d_in]``.
 
-        Codes carry no gradient (the dictionary is read, not differentiated through).
+        Codes carry no gradient (the dictionary is read, not differentiated through). With
+        ``debias`` the codes are refitted on their support after the iterations.
         """
         cfg = self.config
         W = dictionary.W_dec.detach()  # [n, d]
@@ -232,6 +252,10 @@ class ISTAEncoder(IterativeEncoder):
             if done:
                 break
         self.last_n_iter = n_iter
+        self.last_refit_support = 0
+        if cfg.debias:  # type: ignore[attr-defined]
+            nonneg = cfg.nonneg  # type: ignore[attr-defined]
+            z, self.last_refit_support = refit_support(z, r, W, nonneg=nonneg, zW=zD)
         return z
 
     # ------------------------------------------------------------------ FLOPs
@@ -241,12 +265,43 @@ class ISTAEncoder(IterativeEncoder):
         d, n = self.d_in, self.n_latents
         return 2 * flops.matmul(b, n, d) + 4 * b * n + b * d + 4 * b * n
 
-    def inference_flops(self, batch: int = 1) -> int:
+    def refit_flops(self, batch: int = 1, support: int | None = None) -> int:
+        """The debiasing refit on a padded support of width ``s`` (``support``; default
+        ``min(N, d)``, the most atoms a lasso solution in general position has):
+        ``2 B s^2 d + 4 B s d + B s^3 / 3 + 7 B s^2 + 6 B d + 2 B N``.
+
+        The Gram of the gathered atoms (``2 B s^2 d``), their correlations with ``r`` and the
+        refitted reconstruction (``2 B s d`` each), a batched Cholesky (``B s^3 / 3``) with its
+        solve and masking (``~7 B s^2``, as OMP), the two squared errors compared (``~6 B d``), and
+        counting and selecting the nonzeros (``~2 B N``). Non-negative re-solves after dropping a
+        negative coefficient are not counted (as for OMP). 0 when ``debias`` is off.
+        """
+        if not self.config.debias:  # type: ignore[attr-defined]
+            return 0
+        b, d, n = batch, self.d_in, self.n_latents
+        s = min(n, d) if support is None else support
+        return (
+            2 * b * s * s * d
+            + 4 * b * s * d
+            + b * s**3 // 3
+            + 7 * b * s * s
+            + 6 * b * d
+            + 2 * b * n
+        )
+
+    def inference_flops(self, batch: int = 1, *, support: int | None = None) -> int:
         """At most ``iters * (4 B N d + 8 B N + B d) + B d + lipschitz_flops(N, d)`` for ISTA;
-        grows linearly with ``iters`` (early stopping can only lower it)."""
+        grows linearly with ``iters`` (early stopping can only lower it). With ``debias`` add
+        :meth:`refit_flops` (``support``: the refit's padded support width, e.g. the
+        ``last_refit_support`` of a call; default ``min(N, d)``)."""
         b, d, n = batch, self.d_in, self.n_latents
         per_iter = self._iter_flops(b)
-        return self.config.iters * per_iter + b * d + lipschitz_flops(n, d)  # type: ignore[attr-defined]
+        return (
+            self.config.iters * per_iter  # type: ignore[attr-defined]
+            + b * d
+            + lipschitz_flops(n, d)
+            + self.refit_flops(b, support)
+        )
 
     def train_step_flops(self, batch: int = 1) -> int:
         """Inference (no grad) + dense decode ``2 B N d + B d``, its backward w.r.t. the dictionary
@@ -273,7 +328,8 @@ class FISTAEncoder(ISTAEncoder):
             extra += 3 * b * d + 2 * b * n + 2 * b * n + 2 * b * d
         return super()._iter_flops(b) + extra
 
-    def inference_flops(self, batch: int = 1) -> int:
+    def inference_flops(self, batch: int = 1, *, support: int | None = None) -> int:
         """At most ``iters * (4 B N d + 18 B N + 8 B d) + B d + lipschitz_flops(N, d)`` with restart
-        (``iters * (4 B N d + 14 B N + 3 B d) + ...`` without); linear in ``iters``."""
-        return super().inference_flops(batch)
+        (``iters * (4 B N d + 14 B N + 3 B d) + ...`` without); linear in ``iters``. With
+        ``debias`` add :meth:`refit_flops`."""
+        return super().inference_flops(batch, support=support)

@@ -9,8 +9,10 @@ Per row, with ``r = x - b_dec`` and atoms ``d_j`` = rows of ``W_dec`` ``[n_laten
 - **omp** picks atoms the same way (never one already in the support) and after each pick refits
   all coefficients on the support by least squares, ``min_c ||r - c D_S||^2``: the ``[s, s]`` Gram
   systems of every row are solved together with a batched Cholesky factorisation (pseudo-inverse
-  for the rare rows whose Gram is singular). With ``nonneg=True`` atoms whose refitted coefficient
-  is negative are dropped from the support and the rest refitted (repeated until none is negative).
+  for the rare rows whose Gram is singular;
+  :func:`~sparsecodes.encoders.support_lstsq.solve_on_support`, shared with ISTA/FISTA's debiasing
+  refit). With ``nonneg=True`` atoms whose refitted coefficient is negative are dropped from the
+  support and the rest refitted (repeated until none is negative).
 
 Both give at most ``k`` nonzeros per row, exact zeros elsewhere, returned as
 :class:`~sparsecodes.codes.SparseCodes` ``[batch, k]`` (unused slots hold value 0). A row stops
@@ -40,6 +42,7 @@ from sparsecodes.codes import Codes, SparseCodes, to_sparse
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
 from sparsecodes.encoders.registry import register
+from sparsecodes.encoders.support_lstsq import solve_on_support
 from sparsecodes.validation import check_k, check_positive
 
 
@@ -181,32 +184,6 @@ class OMPEncoder(_Pursuit):
 
     name: ClassVar[str] = "omp"
 
-    def _refit(self, G: Tensor, rhs: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """Least squares on each row's valid slots; returns ``(coef [B, k], valid [B, k])``.
-
-        ``G`` ``[B, k, k]`` is the Gram of the slots' atoms and ``rhs`` ``[B, k]`` their
-        correlations with ``r``. Unused slots are solved as identity rows with zero right-hand
-        side, so their coefficient is exactly 0.
-        """
-        k = valid.shape[1]
-        eye = torch.eye(k, dtype=G.dtype, device=G.device)
-        while True:
-            vm = valid.to(G.dtype)
-            Gm = G * vm[:, :, None] * vm[:, None, :] + eye * (1.0 - vm)[:, None, :]
-            b = (rhs * vm)[:, :, None]
-            L, info = torch.linalg.cholesky_ex(Gm)
-            coef = torch.cholesky_solve(b, L).squeeze(2)
-            bad = info != 0
-            if bool(bad.any()):  # singular support (collinear atoms): minimum-norm solution
-                coef[bad] = (torch.linalg.pinv(Gm[bad], hermitian=True) @ b[bad]).squeeze(2)
-            coef = coef * vm
-            if not self.config.nonneg:  # type: ignore[attr-defined]
-                return coef, valid
-            neg = valid & (coef < 0)
-            if not bool(neg.any()):
-                return coef.clamp_min(0.0), valid
-            valid = valid & ~neg
-
     @staticmethod
     def _decode(p: _Problem, idx: Tensor, coef: Tensor) -> Tensor:
         """``[B, d]`` ``sum_s coef[:, s] * W[idx[:, s]]`` without materialising ``W[idx]``."""
@@ -215,6 +192,7 @@ class OMPEncoder(_Pursuit):
     def _pursue(self, p: _Problem, init: Codes | None) -> SparseCodes:
         """Up to ``k`` OMP selections, each followed by a refit; SparseCodes ``[batch, k]``."""
         k = self.config.k  # type: ignore[attr-defined]
+        nonneg = self.config.nonneg  # type: ignore[attr-defined]
         W, r = p.W, p.r
         B, n = r.shape[0], self.n_latents
         rows = torch.arange(B, device=r.device)
@@ -238,11 +216,10 @@ class OMPEncoder(_Pursuit):
             G = gram(idx, idx)
             rhs = (W[idx] @ r[:, :, None]).squeeze(2)
             if bool(valid.any()):
-                coef, valid = self._refit(G, rhs, valid)
+                coef, valid = solve_on_support(G, rhs, valid, nonneg=nonneg)
             res = r - self._decode(p, idx, coef)
         in_support = torch.zeros(B, n, dtype=torch.bool, device=r.device)
         in_support[rows[:, None].expand(B, k)[valid], idx[valid]] = True
-        nonneg = self.config.nonneg  # type: ignore[attr-defined]
         for _ in range(k):
             free = ~valid
             # the residual is orthogonal to the support, so signed OMP needs no mask: if its best
@@ -266,7 +243,7 @@ class OMPEncoder(_Pursuit):
             G[rows, :, slot] = g
             rj = (W[j] * r).sum(dim=1)
             rhs[rows, slot] = torch.where(live, rj, rhs[rows, slot])
-            coef, valid = self._refit(G, rhs, valid)
+            coef, valid = solve_on_support(G, rhs, valid, nonneg=nonneg)
             res = r - self._decode(p, idx, coef)
         return SparseCodes(idx, coef, n)
 

@@ -1,7 +1,8 @@
 """The amortisation gap on a real model: the SAE's own encoder vs iterative inference.
 
-For one trained dictionary, each iterative method (``fista``, ``ista``, ``mp``, ``omp``) runs on the
-*same* dictionary, cold (from zero) and warm-started from the SAE's codes, at the SAE's L0:
+For one trained dictionary, each iterative method (``fista``, ``ista``, ``mp``, ``omp``, and
+``fista+debias``/``ista+debias``: the lasso followed by a least-squares refit on its support) runs
+on the *same* dictionary, cold (from zero) and warm-started from the SAE's codes, at the SAE's L0:
 
 - the target L0 is the SAE encoder's mean L0 on *calibration* tokens (text the evaluation never
   uses, see :mod:`sparsecodes.evaluation.corpus`);
@@ -33,7 +34,19 @@ from sparsecodes.codes import SparseCodes, to_dense
 from sparsecodes.encoders import make_encoder
 
 #: methods understood by --inference and the parameter matched to the L0
-ITERATIVE_METHODS = {"fista": "l1", "ista": "l1", "mp": "k", "omp": "k"}
+ITERATIVE_METHODS = {
+    "fista": "l1",
+    "ista": "l1",
+    "mp": "k",
+    "omp": "k",
+    "fista+debias": "l1",
+    "ista+debias": "l1",
+}
+#: methods that are an iterative encoder with fixed config fields: name -> (encoder, fields)
+METHOD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fista+debias": ("fista", {"debias": True}),
+    "ista+debias": ("ista", {"debias": True}),
+}
 #: rows per encode call (SparseCoder.encode's default)
 ENCODE_BATCH = 8192
 
@@ -46,6 +59,11 @@ class Method:
     name: str
     warm: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def encoder(self) -> str:
+        """The encoder that runs: ``name`` without a variant suffix (``fista+debias`` -> fista)."""
+        return METHOD_VARIANTS.get(self.name, (self.name, {}))[0]
 
     @property
     def label(self) -> str:
@@ -77,7 +95,7 @@ def encode(coder: Any, x: Tensor, method: Method) -> Any:
     if method.name == "sae":
         return coder.encode(x, sparse=coder.encoder.fixed_k)
     return coder.encode(
-        x, inference=method.name, warm_start=method.warm, sparse=True, **method.params
+        x, inference=method.encoder, warm_start=method.warm, sparse=True, **method.params
     )
 
 
@@ -98,14 +116,18 @@ def mean_l0(codes: Any) -> float:
     return float((z != 0).sum()) / max(z.shape[0], 1)
 
 
-def flops_per_token(coder: Any, method: Method, n_rows: int) -> float:
-    """Analytical inference FLOPs per token (see the module docstring)."""
+def flops_per_token(
+    coder: Any, method: Method, n_rows: int, *, support: int | None = None
+) -> float:
+    """Analytical inference FLOPs per token (see the module docstring); ``support`` is passed to a
+    debiasing encoder's ``inference_flops`` (the refit's padded support width)."""
     b = max(1, min(n_rows, ENCODE_BATCH))
     own = coder.encoder.inference_flops(b) / b
     if method.name == "sae":
         return own
-    enc = make_encoder(method.name, coder.d_in, coder.n_latents, **method.params)
-    return enc.inference_flops(b) / b + (own if method.warm else 0.0)
+    enc = make_encoder(method.encoder, coder.d_in, coder.n_latents, **method.params)
+    kw = {"support": support} if method.params.get("debias") else {}
+    return enc.inference_flops(b, **kw) / b + (own if method.warm else 0.0)
 
 
 def _max_correlation(coder: Any, x: Tensor) -> float:
@@ -138,7 +160,7 @@ def match_l0(
 ) -> Calibration:
     """Choose ``name``'s sparsity parameter so its mean L0 on ``x_calib`` is near ``target_l0``."""
     param = ITERATIVE_METHODS[name]
-    base: dict[str, Any] = {"nonneg": True}
+    base: dict[str, Any] = {"nonneg": True, **METHOD_VARIANTS.get(name, ("", {}))[1]}
     if param == "l1":
         base["iters"] = iters
     cache: dict[float, float] = {}
@@ -212,17 +234,20 @@ def measure(coder: Any, method: Method, x: Tensor, calibration_l0: float | None 
     codes = encode(coder, x, method)
     seconds = time.perf_counter() - t0
     x_hat = coder.decode(codes)
+    # a debiasing refit is counted at the width of the densest returned row; the refit pads each
+    # encode batch to its densest row *before* non-negative drops, so this is approximate
+    support = codes.indices.shape[1] if isinstance(codes, SparseCodes) else None
     xd, hd = x.double(), x_hat.double()
     fvu = float((xd - hd).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum())
     return GapRow(
         method=method.label,
-        encoder=coder.encoder.name if method.name == "sae" else method.name,
+        encoder=coder.encoder.name if method.name == "sae" else method.encoder,
         warm_start=method.warm,
         params=dict(method.params),
         fvu=fvu,
         l0=mean_l0(codes),
         calibration_l0=calibration_l0,
-        flops_per_token=flops_per_token(coder, method, x.shape[0]),
+        flops_per_token=flops_per_token(coder, method, x.shape[0], support=support),
         seconds_per_token=seconds / max(x.shape[0], 1),
     )
 
