@@ -258,6 +258,16 @@ def test_circuit_cli_and_sensitivity_on_tiny_llama(tmp_path):
     r = CliRunner().invoke(main, [*args, "--seeds", "1", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "circuit-ioi.json").read_text())["reference"]["cached"]
+    # without the reference: scores, found circuit and timings, no metrics, no ablation cost
+    fast = tmp_path / "fast"
+    r = CliRunner().invoke(main, [*args, "--no-reference", "--out", str(fast)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((fast / "circuit-ioi.json").read_text())
+    assert res["reference"] is None and res["methods"] == {} and not (fast / "cache").exists()
+    assert "mean_ablation_reference" not in res["time_s"] and res["found_circuit"]
+    assert (fast / "circuit-ioi.png").stat().st_size > 0
+    r = CliRunner().invoke(main, [*args, "--no-reference", "--sensitivity", "--out", str(fast)])
+    assert r.exit_code != 0 and "needs the reference" in r.output
 
     lm = load_model("tiny-llama", device="cpu")
     rows = sensitivity(

@@ -54,24 +54,36 @@ def plot_grid(result: dict[str, Any], path: str | Path) -> Path:
 
     lay = result["layout"]
     L, H = lay["n_layers"], lay["n_heads"]
-    ref = {tuple(h) for h in result["reference"]["heads"]}
-    panels = [
-        ("mean-ablation effect (reference)", result["reference"]["effect"]),
-        (
-            f"codes score, {result.get('node_score', 'raw')} (mean over seeds)",
-            result["scores"]["codes_seed_mean"],
-        ),
-        ("attribution patching", result["scores"]["attribution_patching"]),
-    ]
+    reference = result.get("reference")
+    ref = {tuple(h) for h in reference["heads"]} if reference else set()
     variant = result.get("node_score", "raw")
-    aucs = [
-        None,
-        result["methods"][f"codes_{variant}_seed_mean"]["roc_auc"],
-        result["methods"]["attribution_patching"]["roc_auc"],
+    methods = result.get("methods", {})
+
+    def auc(key: str) -> float | None:
+        return methods[key]["roc_auc"] if key in methods else None
+
+    # (title, scores, ROC AUC or None, rank by signed value?): effects are ranked by magnitude
+    panels = [
+        (
+            f"codes score, {variant} (mean over seeds)",
+            result["scores"]["codes_seed_mean"],
+            auc(f"codes_{variant}_seed_mean"),
+            True,
+        ),
+        (
+            "attribution patching",
+            result["scores"]["attribution_patching"],
+            auc("attribution_patching"),
+            False,
+        ),
     ]
-    signed = [False, True, False]  # codes scores are ranked as they are, effects by magnitude
-    fig, axes = plt.subplots(1, 3, figsize=(3 + 1.1 * H, 0.28 * L + 2.2), squeeze=False)
-    for ax, (title, sc), auc, keep_sign in zip(axes[0], panels, aucs, signed, strict=True):
+    if reference:
+        panels.insert(0, ("mean-ablation effect (reference)", reference["effect"], None, False))
+    n = len(panels)
+    fig, axes = plt.subplots(
+        1, n, figsize=(1 + n * (0.37 * H + 0.7), 0.28 * L + 2.2), squeeze=False
+    )
+    for ax, (title, sc, roc, keep_sign) in zip(axes[0], panels, strict=True):
         g = _grid(sc, L, H)
         im = ax.imshow(g, aspect="auto", cmap="viridis" if g.min() >= 0 else "coolwarm")
         fig.colorbar(im, ax=ax, fraction=0.08)
@@ -87,13 +99,13 @@ def plot_grid(result: dict[str, Any], path: str | Path) -> Path:
             )
         for layer, head in found:
             ax.plot(head, layer, "o", ms=3, color="white", mec="black", mew=0.5)
-        t = title if auc is None else f"{title}\nROC AUC {auc:.2f}"
+        t = title if roc is None else f"{title}\nROC AUC {roc:.2f}"
         ax.set_title(t, fontsize=8)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
+    boxes = "boxes = reference, " if reference else "no reference run, "
     fig.suptitle(
-        f"{result['model']} / {result['task']}: boxes = reference, dots = selected (z-score rule)",
-        fontsize=9,
+        f"{result['model']} / {result['task']}: {boxes}dots = selected (z-score rule)", fontsize=9
     )
     return _save(fig, path)
 

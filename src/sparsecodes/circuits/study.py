@@ -133,23 +133,27 @@ def run_task(
     ref_frac: float = 0.05,
     threshold_rule: str = "zscore",
     cache_dir: str | Path | None = None,
+    reference: bool = True,
     progress: bool = False,
     **method_kwargs: Any,
 ) -> dict[str, Any]:
     """Reference, attribution patching, random baseline and the method over ``seeds`` seeds.
 
     ``method_kwargs`` go to :func:`score_heads` (``encoder``, ``n_train_prompts``, ``n_latents``,
-    ``k``, ...). Every method is scored against the same mean-ablation reference with the same
-    threshold rule (chosen from each method's own scores).
+    ``node_score``, ``n_coders``, ``k``, ...). Every method is scored against the same
+    mean-ablation reference with the same threshold rule (chosen from each method's own scores).
+    ``reference=False`` skips the mean ablation (minutes) and every metric that needs it: the
+    result then holds the scores, the found circuit and the timings only (``"reference": None``).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     node_score = method_kwargs.get("node_score", "raw")
     run, pos, neg, frac = prepare(adapter, task, n_pairs=n_pairs)
     heads = [(l, h) for l in range(adapter.n_layers) for h in range(adapter.n_heads)]
-    abl = cached_mean_ablation(adapter, run, pos, cache_dir, progress=progress)
-    ref = reference_circuit(abl["effect"], abl["clean_ld"], ref_frac)
-    ref_abs = {h: abs(e) for h, e in abl["effect"].items()}
+    abl = (
+        cached_mean_ablation(adapter, run, pos, cache_dir, progress=progress) if reference else None
+    )
+    ref = reference_circuit(abl["effect"], abl["clean_ld"], ref_frac) if abl else set()
     attr = attribution_patching(adapter, run, pos)
     attr_abs = {h: abs(e) for h, e in attr["effect"].items()}
     variance = output_variance(run, pos + neg, view)
@@ -160,14 +164,19 @@ def run_task(
     for s in range(seeds):
         sc = method_scores(run, pos, neg, view=view, seed=s, **method_kwargs)
         all_scores.append(sc)
-        row = {"seed": s, "time_s": sc.meta["time_s"], "n_codes": sc.meta["n_codes"]}
-        for name, variant in sc.node_variants.items():
-            row[name] = evaluate(variant, ref, **rule)
-        row["random"] = evaluate(random_scores(heads, s), ref, **rule)
+        row: dict[str, Any] = {
+            "seed": s,
+            "time_s": sc.meta["time_s"],
+            "n_codes": sc.meta["n_codes"],
+        }
+        if abl:
+            for name, variant in sc.node_variants.items():
+                row[name] = evaluate(variant, ref, **rule)
+            row["random"] = evaluate(random_scores(heads, s), ref, **rule)
         per_seed.append(row)
         if progress:
-            auc = row[node_score]["roc_auc"]
-            print(f"  seed {s}: roc_auc {node_score} {auc:.3f}", flush=True)
+            auc = f"roc_auc {node_score} {row[node_score]['roc_auc']:.3f}" if abl else "scored"
+            print(f"  seed {s}: {auc} ({row['time_s']:.2f} s)", flush=True)
     variants = list(all_scores[0].node_variants)
     mean_scores = {
         v: {h: statistics.fmean(sc.node_variants[v][h] for sc in all_scores) for h in heads}
@@ -177,6 +186,35 @@ def run_task(
     total_method = method_time["mean"] + run.time_s
     top_edges = sorted(all_scores[0].edge.items(), key=lambda kv: -kv[1])[:20]
     seed_mean = mean_scores[node_score]
+    times: dict[str, Any] = {
+        "forward_heads_and_logits": run.time_s,
+        "codes_per_seed": method_time,
+        "codes_total_with_forward": total_method,
+        "attribution_patching": attr["time_s"],
+    }
+    methods: dict[str, Any] = {}
+    ref_block: dict[str, Any] | None = None
+    if abl:
+        keys = ("roc_auc", "pr_auc", "precision", "recall", "f1")
+        methods = {
+            **{f"codes_{v}": {k: summarise([r[v][k] for r in per_seed]) for k in keys}
+               for v in variants},
+            **{f"codes_{v}_seed_mean": evaluate(mean_scores[v], ref, **rule) for v in variants},
+            "attribution_patching": evaluate(attr_abs, ref, **rule),
+            "output_variance": evaluate(variance, ref, **rule),
+            "random": {k: summarise([r["random"][k] for r in per_seed]) for k in keys},
+            "ablation_self": evaluate({h: abs(e) for h, e in abl["effect"].items()}, ref, **rule),
+        }  # fmt: skip
+        ref_block = {
+            "rule": f"|mean-ablation effect| >= {ref_frac} * |clean mean logit diff|",
+            "heads": sorted(ref),
+            "n_heads": len(ref),
+            "effect": {f"{l},{h}": e for (l, h), e in abl["effect"].items()},
+            "time_s": abl["time_s"],
+            "cached": abl.get("cached", False),
+        }
+        times["mean_ablation_reference"] = abl["time_s"]
+        times["speedup_vs_ablation"] = abl["time_s"] / total_method
     return {
         "task": task,
         "model": adapter.name,
@@ -199,48 +237,19 @@ def run_task(
             "n_kept_positive": len(pos),
             "n_kept_negative": len(neg),
             "kept_fraction": frac,
-            "clean_logit_diff": abl["clean_ld"],
+            "clean_logit_diff": abl["clean_ld"] if abl else float(run.logit_diff[pos].mean()),
             "negative_logit_diff": float(run.logit_diff[neg].mean()),
             "example_positive": run.prompts[pos[0]].text,
             "example_negative": run.prompts[neg[0]].text,
         },
-        "reference": {
-            "rule": f"|mean-ablation effect| >= {ref_frac} * |clean mean logit diff|",
-            "heads": sorted(ref),
-            "n_heads": len(ref),
-            "effect": {f"{l},{h}": e for (l, h), e in abl["effect"].items()},
-            "time_s": abl["time_s"],
-            "cached": abl.get("cached", False),
-        },
-        "methods": {
-            **{
-                f"codes_{v}": {
-                    k: summarise([r[v][k] for r in per_seed])
-                    for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")
-                }
-                for v in variants
-            },
-            **{f"codes_{v}_seed_mean": evaluate(mean_scores[v], ref, **rule) for v in variants},
-            "attribution_patching": evaluate(attr_abs, ref, **rule),
-            "output_variance": evaluate(variance, ref, **rule),
-            "random": {
-                k: summarise([r["random"][k] for r in per_seed])
-                for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")
-            },
-            "ablation_self": evaluate(ref_abs, ref, **rule),
-        },
-        "time_s": {
-            "forward_heads_and_logits": run.time_s,
-            "codes_per_seed": method_time,
-            "codes_total_with_forward": total_method,
-            "attribution_patching": attr["time_s"],
-            "mean_ablation_reference": abl["time_s"],
-            "speedup_vs_ablation": abl["time_s"] / total_method,
-        },
+        "reference": ref_block,
+        "methods": methods,
+        "time_s": times,
         "per_seed": per_seed,
         "scores": {
             "codes_seed_mean": {f"{l},{h}": v for (l, h), v in seed_mean.items()},
             "attribution_patching": {f"{l},{h}": v for (l, h), v in attr["effect"].items()},
+            "output_variance": {f"{l},{h}": v for (l, h), v in variance.items()},
         },
         "node_score": node_score,
         "found_circuit": sorted(select_circuit(seed_mean, rule=threshold_rule)),

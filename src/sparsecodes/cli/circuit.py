@@ -58,6 +58,13 @@ from sparsecodes.circuits.scores import NODE_SCORES
     default=None,
     help="Where the ablation reference is cached (default: OUT/cache).",
 )
+@click.option(
+    "--reference/--no-reference",
+    default=True,
+    show_default=True,
+    help="Run the mean-ablation reference (minutes) and score every method against it; "
+    "--no-reference gives the codes' circuit in seconds.",
+)
 @click.option("--sensitivity", is_flag=True, help="Also run the sensitivity study.")
 @click.option("--device", default="cpu", show_default=True)
 def circuit(
@@ -76,6 +83,7 @@ def circuit(
     head_norm: str,
     ref_frac: float,
     cache_dir: Path | None,
+    reference: bool,
     sensitivity: bool,
     device: str,
 ) -> None:
@@ -85,6 +93,8 @@ def circuit(
     from sparsecodes.circuits.study import sensitivity as run_sensitivity
     from sparsecodes.models import load_model
 
+    if sensitivity and not reference:
+        raise click.UsageError("--sensitivity needs the reference; drop --no-reference")
     adapter = load_model(model, device=device)
     cache = cache_dir or out / "cache"
     kw = dict(
@@ -104,6 +114,7 @@ def circuit(
         view=view,
         ref_frac=ref_frac,
         cache_dir=cache,
+        reference=reference,
         progress=True,
         **kw,
     )
@@ -122,20 +133,20 @@ def circuit(
         )
         write_json(res, out / f"{stem}.json")
         plot_sensitivity({task: res["sensitivity"]}, out / f"{stem}-sensitivity.png", node_score)
+    summary: dict = {
+        "task": task,
+        "kept_fraction": res["prompts"]["kept_fraction"],
+        "node_score": node_score,
+        "found_circuit": res["found_circuit"],
+        "time_s": res["time_s"],
+        "out": str(out),
+    }
     m = res["methods"]
-    click.echo(
-        json.dumps(
-            {
-                "task": task,
-                "kept_fraction": res["prompts"]["kept_fraction"],
-                "reference_heads": res["reference"]["n_heads"],
-                "node_score": node_score,
-                "codes_roc_auc": m[f"codes_{node_score}"]["roc_auc"],
-                "attribution_roc_auc": m["attribution_patching"]["roc_auc"],
-                "random_roc_auc": m["random"]["roc_auc"]["mean"],
-                "time_s": res["time_s"],
-                "out": str(out),
-            },
-            indent=2,
+    if res["reference"]:
+        summary.update(
+            reference_heads=res["reference"]["n_heads"],
+            codes_roc_auc=m[f"codes_{node_score}"]["roc_auc"],
+            attribution_roc_auc=m["attribution_patching"]["roc_auc"],
+            random_roc_auc=m["random"]["roc_auc"]["mean"],
         )
-    )
+    click.echo(json.dumps(summary, indent=2))
