@@ -21,6 +21,7 @@ from sparsecodes.circuits import (
     select_circuit,
 )
 from sparsecodes.circuits.codes import fit_head_coder
+from sparsecodes.encoders import available_encoders
 
 L, H, D = 5, 4, 12
 CIRCUIT = {(1, 2), (2, 0), (3, 3), (4, 1)}
@@ -307,3 +308,12 @@ def test_positions_view_scores_only_where_pairs_differ():
     assert all(v == 0 for v in flat.node.values())
     with pytest.raises(ValueError, match="view must be"):
         method_scores(run, pos, neg, view="first", **kw)
+
+
+@pytest.mark.parametrize("encoder", sorted(available_encoders()))
+def test_codes_from_every_encoder_of_the_core(encoder):
+    # amortised and iterative encoders alike give codes that find a strongly planted circuit
+    pos, neg = planted()
+    s = score_heads(pos, neg, encoder=encoder, seed=0, **FAST)
+    assert s.meta["encoder"] == encoder and s.meta["n_codes"][0] > 1
+    assert roc_auc(s.node, CIRCUIT) >= 0.6
