@@ -96,16 +96,16 @@ def _unique_only(keys: Tensor, labels: Tensor, group_of: int) -> tuple[Tensor, T
     return raw, distinct
 
 
-def _chance_only_positive(keys: Tensor, labels: Tensor, group_of: int) -> tuple[Tensor, Tensor]:
-    """Exact expectations under shuffled labels, per group (row of ``keys``): the number of
-    distinct keys seen only on positives, and the number of prompts carrying such a key.
+def _chance_only_positive(
+    uniq: Tensor, counts: Tensor, n_groups: int, n: int, n_pos: int, group_of: int
+) -> tuple[Tensor, Tensor]:
+    """Exact expectations under shuffled labels, per group: the number of distinct keys seen only
+    on positives, and the number of prompts carrying such a key.
 
-    A key occurring ``m`` times falls only on positives with probability
-    ``C(n_pos, m) / C(N, m)`` (0 when ``m > n_pos``).
+    ``uniq``/``counts``: every distinct key (offset by group) and how often it occurs among the
+    ``n`` prompts. A key occurring ``m`` times falls only on the ``n_pos`` positives with
+    probability ``C(n_pos, m) / C(n, m)`` (0 when ``m > n_pos``).
     """
-    n_groups, n = keys.shape
-    n_pos = int(labels.sum())
-    uniq, counts = torch.unique(keys.reshape(-1), return_counts=True)
     m = counts.double()
     lg = torch.lgamma
     log_p = (
@@ -133,19 +133,22 @@ NODE_SCORES = ("raw", "normalised", "coverage", "calibrated", "coverage_calibrat
 
 
 def _variants(keys: Tensor, labels: Tensor, group_of: int) -> dict[str, Tensor]:
+    """Every score in :data:`NODE_SCORES` for ``keys`` ``[n_groups, n_prompts]`` (offset by
+    group, ``group_of`` keys per group)."""
+    n_groups, n = keys.shape
+    n_pos = int(labels.sum())
     raw, distinct = _unique_only(keys, labels, group_of)
     raw = raw.float()
     cover = _coverage(keys, labels)
-    e_raw, e_prompts = _chance_only_positive(keys, labels, group_of)
+    uniq, counts = torch.unique(keys.reshape(-1), return_counts=True)
+    e_raw, e_prompts = _chance_only_positive(uniq, counts, n_groups, n, n_pos, group_of)
     return {
         "raw": raw,
         "normalised": raw / distinct.clamp_min(1).float(),
         "coverage": cover,
         "calibrated": raw - e_raw,
-        "coverage_calibrated": cover - e_prompts / int(labels.sum()),
-        "diversity": torch.bincount(
-            torch.unique(keys.reshape(-1)) // group_of, minlength=keys.shape[0]
-        ).float(),
+        "coverage_calibrated": cover - e_prompts / n_pos,
+        "diversity": torch.bincount(uniq // group_of, minlength=n_groups).float(),
     }
 
 
