@@ -94,6 +94,18 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--wandb", "wandb_project", default=None, help="Also log to this wandb project.")
 @click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help=(
+        "Also log to TensorBoard event files in DIR (scalars train/<metric>; several coders: one "
+        "subdirectory per run, <hook>-<encoder>). View: tensorboard --logdir DIR. "
+        "Needs pip install tensorboard."
+    ),
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True
 )
 def train(**kw: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from sparsecodes.sparse_coder import SparseCoder, resolve_device
-from sparsecodes.training.log import WandbLogger
+from sparsecodes.training.log import WandbLogger, require_tensorboard
 from sparsecodes.training.run import RunJob, train_runs
 from sparsecodes.training.trainer import TrainConfig
 
@@ -55,10 +55,20 @@ def build_and_train(
     saelens: bool,
     wandb_project: str | None,
     out: Path,
+    tensorboard_dir: Path | None = None,
 ) -> list[Path]:
-    """Train one coder per (source, encoder); returns the run directories."""
+    """Train one coder per (source, encoder); returns the run directories.
+
+    ``tensorboard_dir``: TensorBoard event files there, or with several coders in
+    ``tensorboard_dir/<hook>-<encoder>`` (the wandb run name), one subdirectory per run.
+    """
     if bool(stores) == bool(model):
         raise click.UsageError("give either --store DIR(s) or --model NAME with --hook(s)")
+    if tensorboard_dir is not None:
+        try:  # before loading any model: fail fast
+            require_tensorboard()
+        except RuntimeError as e:
+            raise click.UsageError(f"--tensorboard: {e}") from e
     sources: list[tuple[str, Any, Any, dict[str, Any]]] = []  # (label, source, sampler, meta)
     if stores:
         from sparsecodes.activations.reader import StoreSource
@@ -124,13 +134,17 @@ def build_and_train(
                 **per_encoder[enc],
             )
             coder.normaliser.fit(sample)
-            run_dir = out / label / enc if len(encoders) > 1 or len(sources) > 1 else out
+            several = len(encoders) > 1 or len(sources) > 1
+            run_dir = out / label / enc if several else out
+            tb_dir = None
+            if tensorboard_dir is not None:
+                tb_dir = tensorboard_dir / f"{label}-{enc}" if several else tensorboard_dir
             loggers = []
             if wandb_project:
                 loggers.append(
                     WandbLogger(wandb_project, {**meta, **coder.config()}, f"{label}-{enc}")
                 )
-            jobs.append(RunJob(coder, src, run_dir, {"source": meta}, loggers))
+            jobs.append(RunJob(coder, src, run_dir, {"source": meta}, loggers, tb_dir))
     cfg = TrainConfig(
         steps=steps,
         lr=lr,

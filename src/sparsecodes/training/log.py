@@ -1,10 +1,19 @@
-"""Per-run metric logs: a CSV file (always) and Weights & Biases (when installed and asked)."""
+"""Per-run metric logs: a CSV file (always), Weights & Biases and TensorBoard (when asked).
+
+A logger is a callable taking one row (a dict of floats with a ``"step"`` key). It may also have
+``flush()`` (called by :func:`~sparsecodes.training.run.train_runs` before every checkpoint, so a
+run killed and resumed finds every row up to its checkpoint on disk) and ``close()`` (called once
+when training ends, normally or not).
+"""
 
 from __future__ import annotations
 
 import csv
+import numbers
 from pathlib import Path
 from typing import Any
+
+TENSORBOARD_FIX = "pip install tensorboard (or pip install 'sparsecodes[tensorboard]')"
 
 
 class CSVLogger:
@@ -62,3 +71,59 @@ class WandbLogger:
 
     def __call__(self, row: dict[str, float]) -> None:
         self.run.log(row, step=int(row["step"]))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def require_tensorboard() -> None:
+    """Raise a RuntimeError naming the fix if TensorBoard logging cannot work here."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(
+            f"TensorBoard logging asked for but tensorboard is not installed: {TENSORBOARD_FIX}"
+        ) from e
+
+
+class TensorBoardLogger:
+    """Writes every numeric field of a row but ``step`` as a scalar ``train/<key>`` at that step.
+
+    Event files go to ``log_dir`` (view with ``tensorboard --logdir DIR``). With ``resume_step``
+    (a run continued from its checkpoint at that step) events logged past it by the interrupted
+    run are hidden through TensorBoard's ``purge_step``, as :class:`CSVLogger` cuts its rows: the
+    reloaded curves have each step once. A fresh run (``resume_step=None``) hides any older events
+    in ``log_dir`` the same way. Pending events reach the disk at least every ``flush_secs``
+    seconds (SummaryWriter's background thread), on :meth:`flush` and on :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        resume_step: int | None = None,
+        flush_secs: int = 10,
+        prefix: str = "train/",
+    ) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = Path(log_dir)
+        self.prefix = prefix
+        # SessionLog.START at purge_step hides every earlier-written event with step >= it; rows
+        # up to and including the checkpoint's step stay (the resumed run does not log it again).
+        purge = 0 if resume_step is None else int(resume_step) + 1
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge, flush_secs=flush_secs)
+
+    def __call__(self, row: dict[str, float]) -> None:
+        step = int(row["step"])
+        for key, value in row.items():
+            if key == "step" or not isinstance(value, numbers.Real):
+                continue
+            self.writer.add_scalar(self.prefix + key, float(value), global_step=step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

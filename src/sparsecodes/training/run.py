@@ -3,8 +3,10 @@
 Layout of each run directory: ``checkpoint/`` (latest resumable state), ``metrics.csv``,
 ``final/`` (the trained :class:`SparseCoder`), ``run.json`` (the full configuration). Starting the
 same runs again continues from their checkpoints and ends with the same weights as an
-uninterrupted run. :func:`train_runs` steps several coders in lockstep, so coders reading views of
-one :class:`~sparsecodes.activations.live.LiveModelSource` share every forward pass.
+uninterrupted run; the CSV log and TensorBoard events (``RunJob.tensorboard_dir``) drop what the
+interrupted run logged past its checkpoint. :func:`train_runs` steps several coders in lockstep,
+so coders reading views of one :class:`~sparsecodes.activations.live.LiveModelSource` share every
+forward pass.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sparsecodes.training.log import CSVLogger
+from sparsecodes.training.log import CSVLogger, TensorBoardLogger
 from sparsecodes.training.trainer import TrainConfig, Trainer
 
 if TYPE_CHECKING:
@@ -26,13 +28,20 @@ if TYPE_CHECKING:
 
 @dataclass
 class RunJob:
-    """One coder to train: its data source, its directory and extra config to record."""
+    """One coder to train: its data source, its directory and extra config to record.
+
+    ``loggers`` receive every logged row (after ``metrics.csv``); those with ``flush()`` are
+    flushed before each checkpoint, those with ``close()`` closed when training ends.
+    ``tensorboard_dir``: also write TensorBoard event files there (resume-aware, see
+    :class:`~sparsecodes.training.log.TensorBoardLogger`).
+    """
 
     coder: SparseCoder
     source: ActivationSource
     run_dir: Path
     extra_config: dict[str, Any] = field(default_factory=dict)
     loggers: list[Callable[[dict[str, float]], None]] = field(default_factory=list)
+    tensorboard_dir: Path | None = None
 
 
 def train_runs(
@@ -48,71 +57,87 @@ def train_runs(
     Returns the trained coders (also saved to ``run_dir/final``).
     """
     trainers, batch_iters, csvs = [], [], []
-    for job in jobs:
-        job.run_dir = Path(job.run_dir)
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(job.coder, config)
-        ckpt = job.run_dir / "checkpoint"
-        resumed: int | None = None
-        if resume and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
-            trainer.load_checkpoint(ckpt, job.source)
-            resumed = trainer.state.step
-        info = {"train": trainer.config_dict(), "model": job.coder.config(), **job.extra_config}
-        (job.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
-        trainers.append(trainer)
-        csvs.append(CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed))
-        batch_iters.append(job.source.batches(config.batch_size))
+    run_loggers: list[list[Callable[[dict[str, float]], None]]] = []  # per job, after the CSV
+    try:
+        for job in jobs:
+            job.run_dir = Path(job.run_dir)
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            trainer = Trainer(job.coder, config)
+            ckpt = job.run_dir / "checkpoint"
+            resumed: int | None = None
+            if resume and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
+                trainer.load_checkpoint(ckpt, job.source)
+                resumed = trainer.state.step
+            info = {"train": trainer.config_dict(), "model": job.coder.config(), **job.extra_config}
+            (job.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+            trainers.append(trainer)
+            csvs.append(CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed))
+            lgs: list[Callable[[dict[str, float]], None]] = list(job.loggers)
+            if job.tensorboard_dir is not None:
+                lgs.insert(0, TensorBoardLogger(job.tensorboard_dir, resume_step=resumed))
+            run_loggers.append(lgs)
+            batch_iters.append(job.source.batches(config.batch_size))
 
-    bar = None
-    start = min(t.state.step for t in trainers)
-    if config.progress:
-        from tqdm.auto import tqdm
+        bar = None
+        start = min(t.state.step for t in trainers)
+        if config.progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True)
-    t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
-    for step in range(start, config.steps):
-        rows: dict[int, dict[str, float]] = {}
-        for i, (trainer, batches) in enumerate(zip(trainers, batch_iters, strict=True)):
-            if trainer.state.step > step:  # this one had a later checkpoint
-                continue
-            x, target = next(batches)
-            rows[i] = trainer.step(x, target)
-        n = step + 1
-        if rows and (n % config.log_every == 0 or n == config.steps):
-            rate = (sum(t.state.tokens for t in trainers) - tokens0) / max(
-                time.perf_counter() - t0, 1e-9
-            )
-            for i, row in rows.items():
-                row["tokens_per_s"] = rate / len(trainers)
-                trainers[i].state.history.append(row)
-                csvs[i](row)
-                for lg in jobs[i].loggers:
-                    lg(row)
-            if bar is not None:
-                r = next(iter(rows.values()))
-                bar.set_postfix(
-                    loss=f"{r['loss']:.4g}",
-                    l0=f"{r['l0']:.1f}",
-                    dead=f"{100 * r['dead_frac']:.1f}%",
-                    tok_s=f"{rate:,.0f}",
+            bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True)
+        t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
+        for step in range(start, config.steps):
+            rows: dict[int, dict[str, float]] = {}
+            for i, (trainer, batches) in enumerate(zip(trainers, batch_iters, strict=True)):
+                if trainer.state.step > step:  # this one had a later checkpoint
+                    continue
+                x, target = next(batches)
+                rows[i] = trainer.step(x, target)
+            n = step + 1
+            if rows and (n % config.log_every == 0 or n == config.steps):
+                rate = (sum(t.state.tokens for t in trainers) - tokens0) / max(
+                    time.perf_counter() - t0, 1e-9
                 )
-        if checkpoint_every > 0 and (n % checkpoint_every == 0 or n == config.steps):
-            for trainer, job in zip(trainers, jobs, strict=True):
-                trainer.save_checkpoint(job.run_dir / "checkpoint", job.source)
+                for i, row in rows.items():
+                    row["tokens_per_s"] = rate / len(trainers)
+                    trainers[i].state.history.append(row)
+                    csvs[i](row)
+                    for lg in run_loggers[i]:
+                        lg(row)
+                if bar is not None:
+                    r = next(iter(rows.values()))
+                    bar.set_postfix(
+                        loss=f"{r['loss']:.4g}",
+                        l0=f"{r['l0']:.1f}",
+                        dead=f"{100 * r['dead_frac']:.1f}%",
+                        tok_s=f"{rate:,.0f}",
+                    )
+            if checkpoint_every > 0 and (n % checkpoint_every == 0 or n == config.steps):
+                for trainer, job, lgs in zip(trainers, jobs, run_loggers, strict=True):
+                    for lg in lgs:  # every row up to the checkpoint on disk before it exists
+                        flush = getattr(lg, "flush", None)
+                        if flush is not None:
+                            flush()
+                    trainer.save_checkpoint(job.run_dir / "checkpoint", job.source)
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    out = []
-    for trainer, job in zip(trainers, jobs, strict=True):
-        coder = job.coder
-        coder.train_config = {**coder.train_config, **trainer.config_dict(), **job.extra_config}
-        coder.history = trainer.state.history
-        coder._fitted = True
-        coder.eval()
-        coder.save(job.run_dir / "final")
-        out.append(coder)
-    return out
+            bar.close()
+        out = []
+        for trainer, job in zip(trainers, jobs, strict=True):
+            coder = job.coder
+            coder.train_config = {**coder.train_config, **trainer.config_dict(), **job.extra_config}
+            coder.history = trainer.state.history
+            coder._fitted = True
+            coder.eval()
+            coder.save(job.run_dir / "final")
+            out.append(coder)
+        return out
+    finally:  # also on errors and interrupts, so TensorBoard's pending events reach the disk
+        every = [lg for lgs in run_loggers for lg in lgs] + [lg for j in jobs for lg in j.loggers]
+        for lg in {id(lg): lg for lg in every}.values():
+            close = getattr(lg, "close", None)
+            if close is not None:
+                close()
 
 
 def train_run(
@@ -124,7 +149,16 @@ def train_run(
     checkpoint_every: int = 100,
     resume: bool = True,
     extra_config: dict[str, Any] | None = None,
+    loggers: Sequence[Callable[[dict[str, float]], None]] = (),
+    tensorboard_dir: str | Path | None = None,
 ) -> SparseCoder:
-    """:func:`train_runs` for a single coder."""
-    job = RunJob(coder, source, Path(run_dir), extra_config or {})
+    """:func:`train_runs` for one coder; ``loggers`` and ``tensorboard_dir`` as in :class:`RunJob`."""
+    job = RunJob(
+        coder,
+        source,
+        Path(run_dir),
+        extra_config or {},
+        list(loggers),
+        None if tensorboard_dir is None else Path(tensorboard_dir),
+    )
     return train_runs([job], config, checkpoint_every=checkpoint_every, resume=resume)[0]
