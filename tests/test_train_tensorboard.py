@@ -156,3 +156,23 @@ def test_tensorboard_missing_names_the_fix(tmp_path, monkeypatch):
     )
     assert r.exit_code != 0 and "pip install tensorboard" in r.output
     assert not (tmp_path / "r").exists()  # refused before training
+
+
+def test_wandb_gives_each_coder_its_own_run(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="wandb is not installed")
+    from sparsecodes.training.log import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    a = WandbLogger("sparsecodes-test", {"encoder": "topk"}, name="a")
+    b = WandbLogger("sparsecodes-test", {"encoder": "relu"}, name="b")
+    try:
+        assert a.run.id != b.run.id and (a.run.name, b.run.name) == ("a", "b")
+        assert b.run.config["encoder"] == "relu"
+        a({"step": 1, "loss": 1.0})
+        b({"step": 1, "loss": 2.0})
+    finally:
+        a.close()
+        b.close()
+    assert wandb.run is None

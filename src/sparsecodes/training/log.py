@@ -67,7 +67,9 @@ class WandbLogger:
             raise RuntimeError(
                 "wandb logging asked for but wandb is not installed: pip install wandb"
             ) from e
-        self.run = wandb.init(project=project, config=config, name=name)
+        # create_new: several coders trained in lockstep get one run each (wandb's default
+        # returns the already-active run, so every coder would log into the first one)
+        self.run = wandb.init(project=project, config=config, name=name, reinit="create_new")
 
     def __call__(self, row: dict[str, float]) -> None:
         self.run.log(row, step=int(row["step"]))
