@@ -65,7 +65,8 @@ class WandbLogger:
             import wandb
         except ImportError as e:
             raise RuntimeError(
-                "wandb logging asked for but wandb is not installed: pip install wandb"
+                "wandb logging asked for but wandb is not installed: pip install wandb "
+                "(or pip install 'sparsecodes[wandb]')"
             ) from e
         # create_new: several coders trained in lockstep get one run each (wandb's default
         # returns the already-active run, so every coder would log into the first one)
