@@ -1,10 +1,16 @@
-"""Shared fixtures: small synthetic sparse data made directly (independent of synthetic.py)."""
+"""Shared fixtures: small synthetic sparse data made directly (independent of synthetic.py), and a
+small fake activation store."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from sparsecodes.activations import StoreWriter
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -16,6 +22,25 @@ def sparse_problem(n: int = 16, m: int = 8, k: int = 3, s: int = 1024, seed: int
     idx = torch.rand(s, n, generator=g).argsort(dim=1)[:, :k]
     codes = torch.zeros(s, n).scatter_(1, idx, torch.randn(s, k, generator=g).abs())
     return codes @ atoms, codes, atoms
+
+
+def fake_store(
+    path: Path, hook: str = "blocks.0.resid_post", rows: int = 3000, d: int = 16
+) -> Path:
+    """A finished activation store of ``rows`` seeded Gaussian vectors ``[rows, d]`` at ``path``."""
+    w = StoreWriter(
+        path,
+        model="fake",
+        hook=hook,
+        shape=(d,),
+        dtype="float32",
+        corpus_fingerprint="abc",
+        context_size=8,
+        shard_rows=1024,
+    )
+    w.append(np.random.default_rng(0).standard_normal((rows, d)).astype(np.float32) * 3 + 1)
+    w.close()
+    return path
 
 
 @pytest.fixture

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import sparsecodes as sc
-from sparsecodes.activations import StoreWriter
+from conftest import fake_store
 from sparsecodes.cli import main
-
-
-def _store(path: Path, hook: str = "blocks.0.resid_post", rows: int = 3000, d: int = 16) -> Path:
-    rng = np.random.default_rng(0)
-    w = StoreWriter(
-        path,
-        model="fake",
-        hook=hook,
-        shape=(d,),
-        dtype="float32",
-        corpus_fingerprint="abc",
-        context_size=8,
-        shard_rows=1024,
-    )
-    w.append(rng.standard_normal((rows, d)).astype(np.float32) * 3 + 1)
-    w.close()
-    return path
 
 
 def _train(args: list[str]):
@@ -36,7 +17,7 @@ def _train(args: list[str]):
 
 
 def test_train_from_store_writes_run(tmp_path):
-    store = _store(tmp_path / "store")
+    store = fake_store(tmp_path / "store")
     out = tmp_path / "run"
     r = _train(
         [
@@ -68,7 +49,7 @@ def test_train_from_store_writes_run(tmp_path):
 
 
 def test_train_refuses_param_no_encoder_takes(tmp_path):
-    store = _store(tmp_path / "store")
+    store = fake_store(tmp_path / "store")
     r = CliRunner().invoke(
         main,
         [
@@ -89,7 +70,7 @@ def test_train_refuses_param_no_encoder_takes(tmp_path):
 
 
 def test_resume_with_other_settings_refused(tmp_path):
-    store = _store(tmp_path / "store")
+    store = fake_store(tmp_path / "store")
     out = tmp_path / "run"
     base = [
         "--store",

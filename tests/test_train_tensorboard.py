@@ -7,32 +7,16 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import sparsecodes as sc
-from sparsecodes.activations import StoreWriter, TensorSource
+from conftest import fake_store
+from sparsecodes.activations import TensorSource
 from sparsecodes.cli import main
 from sparsecodes.training import TrainConfig
 from sparsecodes.training.log import TensorBoardLogger
 from sparsecodes.training.run import train_run
-
-
-def _store(path: Path, rows: int = 3000, d: int = 16) -> Path:
-    w = StoreWriter(
-        path,
-        model="fake",
-        hook="blocks.0.resid_post",
-        shape=(d,),
-        dtype="float32",
-        corpus_fingerprint="abc",
-        context_size=8,
-        shard_rows=1024,
-    )
-    w.append(np.random.default_rng(0).standard_normal((rows, d)).astype(np.float32) * 3 + 1)
-    w.close()
-    return path
 
 
 def _csv_rows(path: Path) -> list[dict[str, float]]:
@@ -63,7 +47,7 @@ def _assert_matches_csv(log_dir: Path, csv_path: Path) -> None:
 
 def test_train_cli_tensorboard_one_subdir_per_run(tmp_path):
     pytest.importorskip("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
-    store = _store(tmp_path / "store")
+    store = fake_store(tmp_path / "store")
     out, tb = tmp_path / "run", tmp_path / "tb"
     args = ["train", "--store", str(store), "--encoder", "topk", "--encoder", "relu"]
     args += ["--param", "k=4", "--n-latents", "32", "--steps", "12", "--batch-size", "256"]
@@ -139,7 +123,7 @@ def test_tensorboard_missing_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(RuntimeError, match="pip install tensorboard"):
         TensorBoardLogger(tmp_path)
-    store = _store(tmp_path / "store")
+    store = fake_store(tmp_path / "store")
     r = CliRunner().invoke(
         main,
         [

@@ -294,11 +294,11 @@ def sensitivity(
     rows: list[dict[str, Any]] = []
     for factor, value, kw in grid:
         per: dict[str, list[float]] = {}
-        l0: list[float] = []
+        n_codes: list[float] = []
         for s in range(seeds):
             args = {**method_kwargs, **kw, "edges": False}
             sc = method_scores(run, pos, neg, view=view, seed=s, **args)
-            l0.append(statistics.fmean(sc.meta["n_codes"]))
+            n_codes.append(statistics.fmean(sc.meta["n_codes"]))
             for name, variant in sc.node_variants.items():
                 per.setdefault(name, []).append(evaluate(variant, ref)["roc_auc"])
         rows.append(
@@ -306,7 +306,7 @@ def sensitivity(
                 "factor": factor,
                 "value": value,
                 "roc_auc": {k: summarise(v) for k, v in per.items()},
-                "n_codes": statistics.fmean(l0),
+                "n_codes": statistics.fmean(n_codes),
             }
         )
     rows.append({"factor": "_time_s", "value": time.perf_counter() - t0})
