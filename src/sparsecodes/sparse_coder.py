@@ -24,6 +24,8 @@ from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import make_encoder
 from sparsecodes.encoders.base import Encoder
 from sparsecodes.normalise import NormaliseKind, Normaliser
+from sparsecodes.devices import resolve_device
+from sparsecodes.seeding import derive_seed
 from sparsecodes.validation import as_activations
 
 FORMAT_VERSION = 1
@@ -329,20 +331,3 @@ class SparseCoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"encoder={self.encoder.name!r}, d_in={self.d_in}, n_latents={self.n_latents}"
-
-
-def derive_seed(seed: int, purpose: str) -> int:
-    """A stable 63-bit seed for ``purpose`` derived from the user's ``seed``."""
-    import hashlib
-
-    digest = hashlib.sha256(f"sparsecodes:{purpose}:{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; None -> CPU."""
-    if device is None:
-        return torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
