@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from sparsecodes.codes import Codes, SparseCodes, to_dense
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import make_encoder
 from sparsecodes.encoders.base import Encoder
+from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
 from sparsecodes.devices import resolve_device
 from sparsecodes.seeding import derive_seed
@@ -31,19 +31,6 @@ from sparsecodes.validation import as_activations
 FORMAT_VERSION = 1
 CONFIG_NAME = "sparsecodes.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
-    """Write through ``write(tmp_path)`` then rename over ``path`` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SparseCoder(nn.Module):
@@ -94,6 +81,16 @@ class SparseCoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.dictionary.W_dec.device
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the coder has been trained (or loaded trained): the normaliser stays as fitted
+        and :meth:`set_dictionary` no longer re-initialises the encoder from the atoms."""
+        return self._fitted
+
+    def mark_fitted(self) -> None:
+        """Record that training finished (trainers and loaders call this, never ``_fitted``)."""
+        self._fitted = True
 
     @property
     def W_dec(self) -> Tensor:
@@ -278,9 +275,8 @@ class SparseCoder(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write_bytes(path / WEIGHTS_NAME, lambda t: save_file(tensors, t))
-        text = json.dumps(self.config(), indent=2, default=str)
-        _atomic_write_bytes(path / CONFIG_NAME, lambda t: Path(t).write_text(text))
+        atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
+        write_json(path / CONFIG_NAME, self.config(), default=str)
         return path
 
     @classmethod

@@ -35,12 +35,9 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     """Write ``result`` as JSON atomically (a crash never leaves a half-written file)."""
-    from sparsecodes.sparse_coder import _atomic_write_bytes
+    from sparsecodes import files
 
-    path = Path(path)
-    text = json.dumps(result, indent=2, default=str)
-    _atomic_write_bytes(path, lambda t: Path(t).write_text(text))
-    return path
+    return files.write_json(path, result, default=str)
 
 
 def plot_grid(result: dict[str, Any], path: str | Path) -> Path:

@@ -167,6 +167,6 @@ def build_coder(
     )
     model.load_state_dict(new_state)
     model.train_config = dict(train_config or {})
-    model._fitted = True
+    model.mark_fitted()
     model.eval()
     return model.to(resolve_device(device))

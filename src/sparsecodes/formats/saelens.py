@@ -45,7 +45,8 @@ from sparsecodes.formats._common import (
     require_files,
     require_int,
 )
-from sparsecodes.sparse_coder import SparseCoder, _atomic_write_bytes
+from sparsecodes.files import atomic_write, write_text
+from sparsecodes.sparse_coder import SparseCoder
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
@@ -218,8 +219,8 @@ def save_saelens(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path / WEIGHTS_NAME, lambda t: save_file(tensors, t))
-    _atomic_write_bytes(path / CFG_NAME, lambda t: Path(t).write_text(text))
+    atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
+    write_text(path / CFG_NAME, text)
     return path
 
 

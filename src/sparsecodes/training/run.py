@@ -127,7 +127,7 @@ def train_runs(
             coder = job.coder
             coder.train_config = {**coder.train_config, **trainer.config_dict(), **job.extra_config}
             coder.history = trainer.state.history
-            coder._fitted = True
+            coder.mark_fitted()
             coder.eval()
             coder.save(job.run_dir / "final")
             out.append(coder)

@@ -303,7 +303,7 @@ class Trainer:
                     f"{key}={mine[key]!r}; resume with the same settings or use a new run dir"
                 )
         self.coder.load_state_dict(saved.state_dict())
-        self.coder._fitted = True
+        self.coder.mark_fitted()
         blob = torch.load(path / "trainer.pt", weights_only=False)
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
