@@ -6,7 +6,7 @@ Layout of the output directory::
     latents/{i}.html      one page per latent: stats, histogram (inline SVG), logit effects,
                           top and quantile-sampled contexts (data inline, drawn by latent.js)
     live.html             type text, see latents fire (only through ``sparsecodes serve``)
-    assets/               style.css, index.js, latent.js, live.js
+    assets/               style.css, common.js, index.js, latent.js, live.js (package data)
     site.json             what was built from what (model, hook, tokens, sizes)
 
 No external resources: every script and style is a relative file, data are ``<script>`` files
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsecodes.files import write_bytes, write_json
 from sparsecodes.interp import templates
 from sparsecodes.interp.annotate import TokenStrings
 from sparsecodes.interp.stats import FeatureStats
@@ -47,7 +48,7 @@ class SiteReport:
     latent_page_max_bytes: int
 
 
-def _json_inline(obj: Any) -> str:
+def json_inline(obj: Any) -> str:
     """JSON safe inside a ``<script>`` element (no ``</script>`` or ``<!--`` can appear)."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
 
@@ -103,25 +104,41 @@ def _quantile_bands(order_acts: list[float], n_bands: int) -> list[tuple[int, in
 
 
 class _PageStrings:
-    """One page's string table: token ids -> indices into ``strings`` (-1 stays -1)."""
+    """One page's string table: contexts of token ids -> indices into ``strings``.
+
+    A token's display string depends on the tokens before it (a character split over several
+    byte-level tokens shows on the token that completes it), so entries are strings, not ids;
+    -1 (off the window) stays -1.
+    """
 
     def __init__(self, decode: TokenStrings) -> None:
         self.decode = decode
-        self.index: dict[int, int] = {}
+        self.index: dict[str, int] = {}
         self.strings: list[str] = []
 
     def indices(self, ids: list[int]) -> list[int]:
-        out = []
-        for t in ids:
-            if t < 0:
-                out.append(-1)
-                continue
-            j = self.index.get(t)
-            if j is None:
-                j = self.index[t] = len(self.strings)
-                self.strings.append(self.decode(t))
-            out.append(j)
-        return out
+        return [-1 if s is None else self._index(s) for s in context_strings(self.decode, ids)]
+
+    def _index(self, s: str) -> int:
+        j = self.index.get(s)
+        if j is None:
+            j = self.index[s] = len(self.strings)
+            self.strings.append(s)
+        return j
+
+
+def context_strings(decode: TokenStrings, ids: list[int]) -> list[str | None]:
+    """Display strings of a context ``ids`` (-1 = off the window -> None), decoded in sequence."""
+    out: list[str | None] = [None] * len(ids)
+    run: list[int] = []
+    for k, t in enumerate([*ids, -1]):
+        if t >= 0:
+            run.append(k)
+        elif run:
+            for j, s in zip(run, decode.sequence([ids[j] for j in run]), strict=True):
+                out[j] = s
+            run = []
+    return out
 
 
 def write_shell(
@@ -138,27 +155,26 @@ def write_shell(
     ``browse``); the live page works either way.
     """
     out = Path(out_dir)
-    (out / "assets").mkdir(parents=True, exist_ok=True)
     esc_title = html.escape(title)
     index_html = (
-        templates.INDEX_HTML.format(title=esc_title, subtitle=html.escape(subtitle))
+        templates.page("index.html", title=esc_title, subtitle=html.escape(subtitle))
         if index
-        else templates.NO_INDEX_HTML.format(title=esc_title)
+        else templates.page("no_index.html", title=esc_title)
     )
     files = {
         "index.html": index_html,
-        "live.html": templates.LIVE_HTML.format(
-            title=esc_title, hook=html.escape(str(hook)), example=html.escape(EXAMPLE_TEXT)
+        "live.html": templates.page(
+            "live.html",
+            title=esc_title,
+            hook=html.escape(str(hook)),
+            example=html.escape(EXAMPLE_TEXT),
         ),
-        "assets/style.css": templates.STYLE_CSS,
-        "assets/index.js": templates.INDEX_JS,
-        "assets/latent.js": templates.LATENT_JS,
-        "assets/live.js": templates.LIVE_JS,
+        **{f"assets/{name}": templates.asset(name) for name in templates.ASSETS},
     }
     size = 0
     for name, text in files.items():
         raw = text.encode()
-        (out / name).write_bytes(raw)
+        write_bytes(out / name, raw)
         size += len(raw)
     return size
 
@@ -180,9 +196,6 @@ def write_site(
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    (out / "assets").mkdir(parents=True, exist_ok=True)
-    (out / "data").mkdir(exist_ok=True)
-    (out / "latents").mkdir(exist_ok=True)
     explanations = explanations or {}
     meta = stats.meta
     title = title or f"{meta.get('model_name') or 'model'} · {meta.get('hook_name') or 'hook'}"
@@ -269,20 +282,25 @@ def write_site(
             "samples": bands,
             "logits": lg,
         }
-        page = templates.LATENT_HTML.format(
+        page = templates.page(
+            "latent.html",
             id=i,
             title=esc_title,
             prev=f" <a href='{i - 1}.html'>&larr; #{i - 1}</a>" if i > 0 else "",
             next=f" <a href='{i + 1}.html'>#{i + 1} &rarr;</a>" if i + 1 < n_lat else "",
             hist_svg=hist_svg(hist[i], edges),
             no_logits="" if lg is not None else "not available for this model",
-            data=_json_inline(data),
+            data=json_inline(data),
         )
         raw = page.encode()
-        (out / "latents" / f"{i}.html").write_bytes(raw)
+        write_bytes(out / "latents" / f"{i}.html", raw)
         page_sizes.append(len(raw))
+        # the example's own token as shown in its context (alone if it completes no character)
         centers = Counter(
-            strings(top_ids[i][j][center]) for j in range(len(top_valid[i])) if top_valid[i][j]
+            table.strings[e[0][center]] or strings(top_ids[i][j][center])
+            for j, e in zip(
+                (j for j in range(len(top_valid[i])) if top_valid[i][j]), top, strict=True
+            )
         )
         top_tokens = " ".join(
             json.dumps(s, ensure_ascii=False) for s, _ in centers.most_common(index_tokens)
@@ -309,8 +327,8 @@ def write_site(
         "rows": index_rows,
         "meta": {**meta, "n_tokens": stats.n_tokens, "n_latents": n_lat},
     }
-    index_js = ("window.SC_INDEX = " + _json_inline(index) + ";\n").encode()
-    (out / "data" / "index.js").write_bytes(index_js)
+    index_js = ("window.SC_INDEX = " + json_inline(index) + ";\n").encode()
+    write_bytes(out / "data" / "index.js", index_js)
     subtitle = (
         f"{n_lat} latents · {stats.n_tokens:,} tokens · {sum(1 for c in fire if c == 0)} dead"
     )
@@ -325,7 +343,9 @@ def write_site(
         latent_page_mean_bytes=round(sum(page_sizes) / max(n_lat, 1), 1),
         latent_page_max_bytes=max(page_sizes, default=0),
     )
-    (out / "site.json").write_text(
-        json.dumps({"source": meta, "n_tokens": stats.n_tokens, "report": asdict(report)}, indent=2)
+    write_json(
+        out / "site.json",
+        {"source": meta, "n_tokens": stats.n_tokens, "report": asdict(report)},
+        default=str,
     )
     return report

@@ -35,6 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sparsecodes.files import atomic_write, write_json
+
 STATS_TENSORS = "stats.safetensors"
 STATS_META = "stats.json"
 
@@ -205,10 +207,11 @@ class FeatureStats:
         for prefix, buf in (("top", self.top), ("samples", self.samples)):
             for name in self._BUFFER_FIELDS:
                 tensors[f"{prefix}.{name}"] = getattr(buf, name)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, p / STATS_TENSORS)
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write(p / STATS_TENSORS, write_path=lambda tmp: save_file(flat, tmp))
         meta = {name: getattr(self, name) for name in self._INT_FIELDS}
         meta["meta"] = self.meta
-        (p / STATS_META).write_text(json.dumps(meta, indent=2, default=str))
+        write_json(p / STATS_META, meta, default=str)
         return p
 
     @classmethod
