@@ -8,6 +8,7 @@ are printed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -150,6 +151,158 @@ def test_live_page_through_serve(built, browser, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")
         assert not errors, errors
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# ---------------------------------------------------------------- escaping: tricky tokens
+# single tokens of the test tokenizer (added to the byte-level one), and text whose characters a
+# byte-level tokenizer splits over several tokens
+TRICKY_TOKENS = ["'s", "<script>alert(1)</script>", "&amp;", "<img src=x onerror=alert(2)>"]
+TRICKY_TEXTS = [
+    f"Bob's \"{w}\" it's <script>alert(1)</script> &amp; x'y <img src=x onerror=alert(2)> "
+    f"“curly” café 日本語 🙂 {i}"
+    for i, w in enumerate(["a", "b", "c", "d", "e", "f"] * 6)
+]
+TRICKY_EXPL = '<img src=x onerror="window.__pwned=1"> it\'s "quoted" &amp;'
+# what the pages must show literally, each as one token's text
+MUST_SHOW = ["'s", "'", '"', "<script>alert(1)</script>", "&amp;", "“", "é", "日", "本", "語", "🙂"]
+
+
+@pytest.fixture(scope="module")
+def tricky(tmp_path_factory):
+    """A site for a random coder on a tiny llama whose tokenizer has the tricky tokens."""
+    from sparsecodes.interp import collect
+    from sparsecodes.interp.site import write_site
+    from sparsecodes.models.adapter import ModelAdapter
+    from sparsecodes.models.embedded import byte_tokenizer, tiny_llama
+    from sparsecodes.sparse_coder import SparseCoder
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = byte_tokenizer()
+    tok.add_tokens(TRICKY_TOKENS)
+    model, _ = tiny_llama(vocab_size=len(tok))
+    lm = ModelAdapter(model, tok, name="tiny-llama")
+    coder = SparseCoder(lm.d_model, N_LAT, "relu", seed=2).eval()
+    with torch.no_grad():
+        coder.encoder.b_enc.fill_(-0.3)
+    stats = collect(
+        coder, lm, TRICKY_TEXTS, HOOK, 600, context_size=48, batch_size=4, top_k=8, n_samples=8
+    )
+    out = tmp_path_factory.mktemp("tricky")
+    write_site(stats, tok, out, explanations={3: {"explanation": TRICKY_EXPL, "score": 0.5}})
+    torch.set_num_threads(before)
+    return out, coder, lm
+
+
+def _guarded_page(browser):
+    """A page that records errors and dialogs (``alert``) and has no ``__pwned`` set."""
+    page, errors = _page(browser)
+    dialogs: list[str] = []
+
+    def on_dialog(d):
+        dialogs.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
+    return page, errors, dialogs
+
+
+# per context: [expected display strings from the page's data, span texts, span titles]
+_CONTEXTS_JS = """() => {
+  const L = window.SC_LATENT, show = s => s.replace(/\\n/g, "\\u21b5").replace(/\\t/g, "\\u2192");
+  const exs = L.top.concat(...L.samples.map(b => b[1]));
+  const ctxs = [...document.querySelectorAll("#top .ctx, #samples .ctx")];
+  return exs.map((ex, k) => {
+    const spans = [...ctxs[k].querySelectorAll(".tok")];
+    const want = [];
+    ex[0].forEach((j, i) => { if (j >= 0) want.push([L.strings[j], ex[1][i]]); });
+    return [want.map(w => show(w[0])), spans.map(s => s.textContent),
+            want.map(w => JSON.stringify(w[0]) + " " + Number(w[1]).toPrecision(3)),
+            spans.map(s => s.getAttribute("title"))];
+  });
+}"""
+
+
+def _pages_covering(site: Path, wanted: list[str]) -> list[int]:
+    """A few latent pages whose data hold all of ``wanted`` among their token strings (greedy)."""
+    strings = {}
+    for lat in range(N_LAT):
+        html = (site / "latents" / f"{lat}.html").read_text()
+        line = next(x for x in html.splitlines() if x.startswith("<script>window.SC_LATENT = "))
+        data = line.removeprefix("<script>window.SC_LATENT = ").removesuffix(";</script>")
+        strings[lat] = set(json.loads(data)["strings"])
+    left, pages = set(wanted), []
+    while left:
+        best = max(strings, key=lambda lat: len(strings[lat] & left))
+        if not strings[best] & left:
+            break  # the DOM check below names what is missing
+        pages.append(best)
+        left -= strings[best]
+    return pages
+
+
+def test_pages_show_tricky_tokens_literally_and_run_no_script(tricky, browser, tmp_path):
+    site, _, _ = tricky
+    page, errors, dialogs = _guarded_page(browser)
+    seen: set[str] = set()
+    for lat in _pages_covering(site, MUST_SHOW):
+        page.goto((site / "latents" / f"{lat}.html").as_uri())
+        contexts = page.evaluate(_CONTEXTS_JS)
+        for want_text, text, want_title, title in contexts:
+            # each token span holds exactly its string as text and as title: nothing was parsed
+            assert text == want_text, (lat, text, want_text)
+            assert title == want_title, (lat, title, want_title)
+            seen.update(text)
+            assert not any("\ufffd" in t for t in text), (lat, text)
+        assert page.locator("#top img, #samples img, #top script, #samples script").count() == 0
+        assert page.evaluate("window.__pwned") is None
+    missing = [s for s in MUST_SHOW if s not in seen]
+    assert not missing, f"never shown as a token: {missing}"
+    assert "" in seen  # the first bytes of a split character show as an empty token
+
+    # the index: the explanation and the top tokens are text, not markup
+    page.goto((site / "index.html").as_uri())
+    row = page.locator("#latents tbody tr[data-id='3']")
+    assert row.locator("td").nth(3).evaluate("e => e.firstChild.textContent") == TRICKY_EXPL
+    assert page.locator("#latents img").count() == 0
+    page.fill("#search", "<script>alert(1)</script>")
+    assert page.locator("#latents tbody tr").count() >= 1
+    page.goto((site / "latents" / "3.html").as_uri())
+    assert page.text_content("#expl b") == TRICKY_EXPL
+    shot = _artifact_dir(tmp_path) / "browser_tricky.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert dialogs == [] and not errors, (dialogs, errors)
+    page.close()
+
+
+def test_live_page_shows_tricky_text_literally(tricky, browser):
+    from sparsecodes.interp.serve import AnnotateServer, start_in_thread
+
+    site, coder, lm = tricky
+    text = TRICKY_TEXTS[0] + ' <img src=x onerror="window.__pwned=1">'
+    server = AnnotateServer(site, coder, lm, HOOK, port=0)
+    thread = start_in_thread(server)
+    try:
+        page, errors, dialogs = _guarded_page(browser)
+        page.goto(server.url + "live.html")
+        page.fill("#text", text)
+        page.click("#go")
+        n = len(lm.encode([text])[0][0])
+        page.wait_for_function(f"document.querySelectorAll('#live-out .tok').length === {n}")
+        # the tokens' texts put together are the text itself (after BOS), characters whole
+        assert page.text_content("#live-out") == "<s>" + text
+        page.locator("#live-out .tok").nth(4).hover()  # "'s"
+        assert page.text_content("#live-detail b") == '"\'s"'
+        assert page.locator("#live-out img, #live-out script").count() == 0
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+        assert dialogs == [] and not errors, (dialogs, errors)
         page.close()
     finally:
         server.shutdown()
