@@ -23,7 +23,7 @@
     });
     return e;
   }
-  // replace the children of `e` (no innerHTML)
+  // replace the children of `e` (nothing is parsed as HTML)
   function fill(e, children) {
     while (e.firstChild) e.removeChild(e.firstChild);
     return append(e, children);
