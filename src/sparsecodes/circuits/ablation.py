@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from sparsecodes.circuits.heads import HeadRun, heads_hooks, logit_diff, tokenise
+from sparsecodes.files import write_json
 from sparsecodes.models import ModelAdapter
 
 Head = tuple[int, int]
@@ -167,8 +168,7 @@ def cached_mean_ablation(
             return d
     out = mean_ablation(adapter, run, positives, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         ser = {**out, "effect": {f"{l},{h}": v for (l, h), v in out["effect"].items()}}
-        path.write_text(json.dumps(ser))
+        write_json(path, ser, indent=None)
     out["cached"] = False
     return out

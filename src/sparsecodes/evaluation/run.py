@@ -272,7 +272,8 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
     from sparsecodes.evaluation.core import collect_rows
     from sparsecodes.evaluation.corpus import calibration_texts, eval_windows, heldout_texts
     from sparsecodes.evaluation.loading import check_width, load_sae, resolve_target
-    from sparsecodes.evaluation.report import plot_density, plot_gap, write_json
+    from sparsecodes.evaluation.report import json_safe, plot_density, plot_gap
+    from sparsecodes.files import write_json
     from sparsecodes.models import load_model
 
     for name in ("ce_tokens", "gap_tokens", "calib_tokens"):
@@ -372,7 +373,7 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
         "timings": timings,
     }
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_json(out / "eval.json", payload)]
+    files = [write_json(out / "eval.json", json_safe(payload), allow_nan=False)]
     title = f"{sae.path} at {model_name} {hook} ({n_tok:,} held-out tokens)"
     files.append(plot_density(payload["feature_density"], out / "feature_density.png", title))
     if "amortisation_gap" in payload:

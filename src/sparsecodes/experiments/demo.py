@@ -13,7 +13,6 @@ Everything is cached and resumable: running the demo again reuses what is done.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sparsecodes.files import write_json
 
 HOOK = "blocks.12.resid_post"
 
@@ -195,7 +196,7 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "demo.json", result)
     return result
 
 
