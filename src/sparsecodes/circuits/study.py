@@ -24,7 +24,7 @@ from sparsecodes.circuits.metrics import evaluate, select_circuit
 from sparsecodes.circuits.scores import HeadScores, score_heads
 from sparsecodes.circuits.tasks import make_task
 from sparsecodes.models import ModelAdapter
-from sparsecodes.sparse_coder import derive_seed
+from sparsecodes.seeding import derive_seed
 
 Head = tuple[int, int]
 

@@ -72,8 +72,9 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
     from sparsecodes.activations.cache import cache_activations
     from sparsecodes.activations.reader import StoreSource
     from sparsecodes.data import load_texts
+    from sparsecodes.devices import resolve_device
     from sparsecodes.models import load_model
-    from sparsecodes.sparse_coder import SparseCoder, resolve_device
+    from sparsecodes.sparse_coder import SparseCoder
     from sparsecodes.training.run import train_run
     from sparsecodes.training.trainer import TrainConfig
 
