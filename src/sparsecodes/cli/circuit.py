@@ -116,7 +116,7 @@ def circuit(
         ref_frac=ref_frac,
         cache_dir=cache,
         reference=reference,
-        progress=True,
+        progress=click.echo,
         **kw,
     )
     stem = f"circuit-{task}"

@@ -13,8 +13,10 @@ Everything is cached and resumable: running the demo again reuses what is done.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 
 from sparsecodes.files import write_json
+
+logger = logging.getLogger(__name__)
 
 HOOK = "blocks.12.resid_post"
 
@@ -67,8 +71,12 @@ def _row(label: str, sae: Any, method: Any, x: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
-    """Run the whole demo; returns (and writes to ``out/demo.json``) the results."""
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns (and writes to ``out/demo.json``) the results.
+
+    ``echo(message)`` receives progress lines (default: this module's logger, INFO level).
+    """
+    echo = echo or logger.info
     from sparsecodes.activations.cache import cache_activations
     from sparsecodes.activations.reader import StoreSource
     from sparsecodes.data import load_texts
