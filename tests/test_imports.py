@@ -7,8 +7,10 @@ methods, ``try`` blocks) becomes an edge to the sparsecodes module it names; sta
 ``pkg.name`` when that is a module, else to ``pkg`` (its ``__init__``); relative imports are
 resolved against the importing module's package. The implicit import of a module's parent
 packages is not an edge; an explicit import of a package (``from sparsecodes.models import x``)
-is an edge to that package's ``__init__``. The layer rules this enforces are in
-docs/architecture.md.
+is an edge to that package's ``__init__``.
+
+Besides having no cycle, every import must go down (or sideways within a layer) the layers of
+:data:`LAYERS`, the table docs/architecture.md explains.
 """
 
 from __future__ import annotations
@@ -18,6 +20,43 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = "sparsecodes"
+
+# Lowest first. A module belongs to the layer of its longest listed prefix (names relative to
+# the package; "" is the package root). It may import modules of its own layer or lower ones.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "foundation",
+        (
+            "files",
+            "seeding",
+            "devices",
+            "validation",
+            "flops",
+            "codes",
+            "normalise",
+            "kernels",
+            "data",
+            "synthetic",
+        ),
+    ),
+    ("blocks", ("dictionary", "encoders", "metrics", "activations", "models")),
+    ("training loop", ("training",)),
+    ("coder", ("sparse_coder",)),
+    ("formats", ("formats",)),
+    (
+        "applications",
+        (
+            "",
+            "evaluation",
+            "interp",
+            "autointerp",
+            "circuits",
+            "experiments",
+            "training.cli_jobs",
+        ),
+    ),
+    ("cli", ("cli",)),
+]
 
 
 def module_names() -> dict[str, Path]:
@@ -168,3 +207,37 @@ def test_training_never_imports_the_coder_module_at_run_time() -> None:
     importers = [m for m in training if "sparsecodes.sparse_coder" in graph[m]]
     # cli_jobs builds coders for the CLI; it is not imported by the coder, so no cycle
     assert set(importers) <= {"sparsecodes.training.cli_jobs"}, importers
+
+
+def layer_of(module: str) -> int:
+    """Index in :data:`LAYERS` of ``module`` (a dotted sparsecodes name), by longest prefix."""
+    rel = module.removeprefix(PKG).removeprefix(".")
+    best, best_len = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            hit = (p == "" and rel == "") or (p != "" and (rel == p or rel.startswith(p + ".")))
+            if hit and len(p) > best_len:
+                best, best_len = i, len(p)
+    if best is None:
+        raise AssertionError(f"{module} is in no layer; add it to LAYERS and docs/architecture.md")
+    return best
+
+
+def test_imports_go_down_the_layers() -> None:
+    graph = import_graph()
+    upward = [
+        f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+        for m, targets in sorted(graph.items())
+        for t in sorted(targets)
+        if layer_of(t) > layer_of(m)
+    ]
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_layer_of_uses_the_longest_prefix() -> None:
+    names = [name for name, _ in LAYERS]
+    assert names[layer_of("sparsecodes.training.cli_jobs")] == "applications"
+    assert names[layer_of("sparsecodes.training.trainer")] == "training loop"
+    assert names[layer_of("sparsecodes")] == "applications"
+    assert names[layer_of("sparsecodes.codes")] == "foundation"
+    assert names[layer_of("sparsecodes.cli.train")] == "cli"

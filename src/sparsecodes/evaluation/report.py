@@ -9,7 +9,7 @@ ce_loss_without_sae}``, ``reconstruction_quality.{explained_variance, mse, cossi
 ``token_stats.{total_tokens_eval_reconstruction, total_tokens_eval_sparsity_variance}``. Our own
 additions sit beside them (``fvu``, ``*_with_sae_and_error_term``, ``n_dead``, ``n_dense``, ...).
 Note: our ``explained_variance`` is exactly ``1 - FVU`` with the variance about the mean over all
-evaluated tokens (DESIGN.md), and ``mse`` sums over dimensions (per token), then averages.
+evaluated tokens (docs/metrics.md), and ``mse`` sums over dimensions (per token), then averages.
 """
 
 from __future__ import annotations
