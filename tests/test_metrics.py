@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from scipy.optimize import linear_sum_assignment
 
 from sparsecodes import Dictionary, SparseCoder
 from sparsecodes.codes import SparseCodes, to_sparse
+from sparsecodes.evaluation.core import ReconstructionAccumulator
 from sparsecodes.metrics import (
     abs_correlation,
     code_mcc,
@@ -24,6 +26,7 @@ from sparsecodes.metrics import (
     explained_variance,
     feature_density,
     fvu,
+    fvu_from_sums,
     l0,
     max_weight_matching,
     mse,
@@ -70,11 +73,39 @@ def test_cosine_similarity_hand_case():
     assert cosine_similarity(x, x_hat) == pytest.approx(1 / 3)
 
 
-def test_reconstruction_shape_and_degenerate_errors():
+def test_reconstruction_shape_error_names_x_hat():
     with pytest.raises(ValueError, match="x_hat"):
         fvu(torch.zeros(3, 2), torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="zero variance"):
-        fvu(torch.ones(4, 2), torch.zeros(4, 2))
+
+
+def test_fvu_at_zero_variance_is_zero_if_exact_else_inf_in_every_implementation():
+    """Constant ``x`` (zero total variance): exact reconstruction -> 0.0, any error -> inf, and
+    the streaming evaluation agrees. 3.14159 over 1000 rows is a case where the unshifted
+    one-pass variance ``sum x^2 - (sum x)^2 / n`` leaves 7e-12 of rounding (a huge finite FVU)."""
+    x = torch.full((1000, 4), 3.14159)
+    off = x + 0.5
+    assert fvu_from_sums(0.0, 0.0) == 0.0
+    assert fvu_from_sums(2.0, 0.0) == math.inf
+    assert fvu_from_sums(2.0, -1e-300) == math.inf  # rounding below zero counts as zero
+    assert fvu_from_sums(2.0, 4.0) == 0.5
+    assert fvu(x, x) == 0.0 and explained_variance(x, x) == 1.0
+    assert fvu(x, off) == math.inf and explained_variance(x, off) == -math.inf
+    for x_hat, want in ((x, 0.0), (off, math.inf)):
+        acc = ReconstructionAccumulator(n_latents=2, d_in=4)
+        for i in range(0, 1000, 300):  # several batches, as a streaming evaluation sees them
+            acc.update(x[i : i + 300], x_hat[i : i + 300], torch.zeros(len(x[i : i + 300]), 2))
+        assert acc.result()["fvu"] == want
+
+
+def test_streaming_fvu_equals_fvu():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g) * 3 + 100  # a large mean: cancellation-prone
+    x_hat = x + 0.1 * torch.randn(500, 6, generator=g)
+    acc = ReconstructionAccumulator(n_latents=2, d_in=6)
+    for i in range(0, 500, 128):
+        acc.update(x[i : i + 128], x_hat[i : i + 128], torch.zeros(len(x[i : i + 128]), 2))
+    # both float64 sums of the same float32 inputs: they agree to float64 rounding
+    assert acc.result()["fvu"] == pytest.approx(fvu(x, x_hat), rel=1e-9)
 
 
 def test_fvu_flattens_leading_dims():

@@ -15,7 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "fsync_dir", "write_bytes", "write_json", "write_text"]
+__all__ = [
+    "atomic_write",
+    "fsync_dir",
+    "write_bytes",
+    "write_figure",
+    "write_json",
+    "write_text",
+]
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -99,3 +106,10 @@ def write_json(
     """
     text = json.dumps(obj, indent=indent, **dumps_kwargs) + "\n"
     return write_text(path, text, durable=durable)
+
+
+def write_figure(path: str | os.PathLike[str], fig: Any, *, dpi: int = 120) -> Path:
+    """Save a matplotlib ``fig`` to ``path`` atomically; the format follows the suffix (``.png``)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))

@@ -19,12 +19,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sparsecodes.codes import Codes, SparseCodes, to_dense
+from sparsecodes.devices import resolve_device
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import make_encoder
 from sparsecodes.encoders.base import Encoder
 from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
-from sparsecodes.devices import resolve_device
 from sparsecodes.seeding import derive_seed
 from sparsecodes.validation import as_activations
 
@@ -159,7 +159,7 @@ class SparseCoder(nn.Module):
             else "unknown",
             "n_samples": x.shape[0],
         }
-        self._fitted = True
+        self.mark_fitted()
         return self
 
     def set_dictionary(self, atoms: Any, bias: Any = None) -> None:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,20 @@ import torch
 from torch import Tensor
 
 from sparsecodes.circuits.heads import HeadRun, heads_hooks, logit_diff, tokenise
+from sparsecodes.files import write_json
 from sparsecodes.models import ModelAdapter
 
 Head = tuple[int, int]
+
+logger = logging.getLogger(__name__)
+
+
+def report(progress: Callable[[str], None] | None, message: str) -> None:
+    """Hand a progress ``message`` to ``progress``, or log it at DEBUG level when there is none."""
+    if progress is not None:
+        progress(message)
+    else:
+        logger.debug(message)
 
 
 def _groups(adapter: ModelAdapter, run: HeadRun, idx: list[int]) -> dict[int, list[int]]:
@@ -40,9 +53,16 @@ def _groups(adapter: ModelAdapter, run: HeadRun, idx: list[int]) -> dict[int, li
 
 @torch.no_grad()
 def mean_ablation(
-    adapter: ModelAdapter, run: HeadRun, positives: list[int], *, progress: bool = False
+    adapter: ModelAdapter,
+    run: HeadRun,
+    positives: list[int],
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Effect of mean-ablating each head on the mean logit difference over ``positives``.
+
+    ``progress(message)`` receives a line per layer done (else they go to this module's logger
+    at DEBUG level).
 
     Returns ``{"effect": {(l, h): float}, "clean_ld": float, "time_s": float, "n_prompts": int}``.
     """
@@ -68,8 +88,7 @@ def mean_ablation(
             logits = adapter.run_with_edit(big, f"blocks.{layer}.attn.heads", edit)
             ld = logit_diff(logits[:, -1].float().cpu(), sub * H).reshape(H, n)
             total[layer] += ld.sum(dim=1)
-            if progress:
-                print(f"  ablation len {length} layer {layer + 1}/{L}", flush=True)
+            report(progress, f"  ablation len {length} layer {layer + 1}/{L}")
     ablated = total / len(positives)
     clean = float(run.logit_diff[positives].mean())
     effect = {(l, h): clean - float(ablated[l, h]) for l in range(L) for h in range(H)}
@@ -154,7 +173,7 @@ def cached_mean_ablation(
     positives: list[int],
     cache_dir: str | Path | None,
     *,
-    progress: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """:func:`mean_ablation`, read from / written to ``cache_dir/ablation-<key>.json``."""
     path = None
@@ -167,8 +186,7 @@ def cached_mean_ablation(
             return d
     out = mean_ablation(adapter, run, positives, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         ser = {**out, "effect": {f"{l},{h}": v for (l, h), v in out["effect"].items()}}
-        path.write_text(json.dumps(ser))
+        write_json(path, ser, indent=None)
     out["cached"] = False
     return out

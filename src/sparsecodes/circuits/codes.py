@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sparsecodes.sparse_coder import SparseCoder, derive_seed
+from sparsecodes.seeding import derive_seed
+from sparsecodes.sparse_coder import SparseCoder
 
 CodeMode = Literal["argmax", "set", "magnitude"]
 HeadNorm = Literal["none", "head", "center"]

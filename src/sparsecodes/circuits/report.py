@@ -7,11 +7,12 @@ in black and heads the method selects (threshold rule, no reference) are marked 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sparsecodes.files import write_figure
 
 
 def _grid(scores: dict[str, float], n_layers: int, n_heads: int) -> np.ndarray:
@@ -26,18 +27,9 @@ def _save(fig: Any, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    path = write_figure(path, fig, dpi=110)
     plt.close(fig)
     return path
-
-
-def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write ``result`` as JSON atomically (a crash never leaves a half-written file)."""
-    from sparsecodes import files
-
-    return files.write_json(path, result, default=str)
 
 
 def plot_grid(result: dict[str, Any], path: str | Path) -> Path:

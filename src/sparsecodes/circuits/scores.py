@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from sparsecodes.circuits.codes import CodeMode, HeadNorm, head_codes
-from sparsecodes.sparse_coder import derive_seed
+from sparsecodes.seeding import derive_seed
 
 Head = tuple[int, int]
 Edge = tuple[Head, Head]

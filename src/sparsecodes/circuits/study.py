@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ from sparsecodes.circuits.ablation import (
     attribution_patching,
     cached_mean_ablation,
     reference_circuit,
+    report,
 )
 from sparsecodes.circuits.heads import HeadRun, collect_heads, head_dict, keep_solved
 from sparsecodes.circuits.metrics import evaluate, select_circuit
 from sparsecodes.circuits.scores import HeadScores, score_heads
 from sparsecodes.circuits.tasks import make_task
 from sparsecodes.models import ModelAdapter
-from sparsecodes.sparse_coder import derive_seed
+from sparsecodes.seeding import derive_seed
 
 Head = tuple[int, int]
 
@@ -134,7 +136,7 @@ def run_task(
     threshold_rule: str = "zscore",
     cache_dir: str | Path | None = None,
     reference: bool = True,
-    progress: bool = False,
+    progress: Callable[[str], None] | None = None,
     **method_kwargs: Any,
 ) -> dict[str, Any]:
     """Reference, attribution patching, random baseline and the method over ``seeds`` seeds.
@@ -144,6 +146,8 @@ def run_task(
     mean-ablation reference with the same threshold rule (chosen from each method's own scores).
     ``reference=False`` skips the mean ablation (minutes) and every metric that needs it: the
     result then holds the scores, the found circuit and the timings only (``"reference": None``).
+    ``progress(message)`` receives a line per ablated layer and per seed (else they are logged at
+    DEBUG level).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -174,9 +178,8 @@ def run_task(
                 row[name] = evaluate(variant, ref, **rule)
             row["random"] = evaluate(random_scores(heads, s), ref, **rule)
         per_seed.append(row)
-        if progress:
-            auc = f"roc_auc {node_score} {row[node_score]['roc_auc']:.3f}" if abl else "scored"
-            print(f"  seed {s}: {auc} ({row['time_s']:.2f} s)", flush=True)
+        auc = f"roc_auc {node_score} {row[node_score]['roc_auc']:.3f}" if abl else "scored"
+        report(progress, f"  seed {s}: {auc} ({row['time_s']:.2f} s)")
     variants = list(all_scores[0].node_variants)
     mean_scores = {
         v: {h: statistics.fmean(sc.node_variants[v][h] for sc in all_scores) for h in heads}

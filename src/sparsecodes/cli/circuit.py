@@ -88,9 +88,10 @@ def circuit(
     device: str,
 ) -> None:
     """Score heads by codes unique to positives; compare with mean ablation and attribution."""
-    from sparsecodes.circuits.report import plot_grid, plot_sensitivity, write_json
+    from sparsecodes.circuits.report import plot_grid, plot_sensitivity
     from sparsecodes.circuits.study import run_task
     from sparsecodes.circuits.study import sensitivity as run_sensitivity
+    from sparsecodes.files import write_json
     from sparsecodes.models import load_model
 
     if sensitivity and not reference:
@@ -115,11 +116,13 @@ def circuit(
         ref_frac=ref_frac,
         cache_dir=cache,
         reference=reference,
-        progress=True,
+        progress=click.echo,
         **kw,
     )
     stem = f"circuit-{task}"
-    write_json(res, out / f"{stem}.json")  # written before the (long) sensitivity study
+    write_json(
+        out / f"{stem}.json", res, default=str
+    )  # written before the (long) sensitivity study
     plot_grid(res, out / f"{stem}.png")
     if sensitivity:
         res["sensitivity"] = run_sensitivity(
@@ -131,7 +134,7 @@ def circuit(
             cache_dir=cache,
             **kw,
         )
-        write_json(res, out / f"{stem}.json")
+        write_json(out / f"{stem}.json", res, default=str)
         plot_sensitivity({task: res["sensitivity"]}, out / f"{stem}-sensitivity.png", node_score)
     summary: dict = {
         "task": task,

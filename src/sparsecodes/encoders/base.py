@@ -70,7 +70,7 @@ class TrainStepOutput:
 
 
 def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Squared error summed over dimensions, averaged over tokens (DESIGN.md's MSE)."""
+    """Squared error summed over dimensions, averaged over tokens (the MSE of docs/metrics.md)."""
     return (x - x_hat).pow(2).sum(dim=-1).mean()
 
 

@@ -1,10 +1,11 @@
 """Held-out reconstruction and sparsity metrics of an SAE at a model's hook.
 
-Definitions (DESIGN.md), over the *kept* token positions only (BOS, separators and other special
+Definitions (docs/metrics.md), over the *kept* token positions only (BOS, separators and other special
 tokens are excluded, since their huge-norm activations would dominate every average):
 
 - ``fvu`` = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (variance about the mean over the
-  evaluation set); ``explained_variance`` = 1 - fvu.
+  evaluation set; :func:`sparsecodes.metrics.fvu_from_sums`, so zero variance gives 0.0 for an
+  exact reconstruction, else inf); ``explained_variance`` = 1 - fvu.
 - ``mse`` = per-token squared error summed over dimensions, averaged over tokens.
 - ``cossim`` = mean over tokens of cos(x, x_hat) (0 for a zero vector).
 - ``l0`` = mean per-token count of nonzero latents (a count); ``l1`` = mean per-token sum of |z|.
@@ -28,11 +29,17 @@ from torch import Tensor
 
 from sparsecodes.codes import Codes, SparseCodes, to_dense
 from sparsecodes.data import Window, batch_windows
+from sparsecodes.metrics import fvu_from_sums
 
 
 @dataclass
 class ReconstructionAccumulator:
-    """Streaming sums for the reconstruction/sparsity metrics of one SAE on many batches."""
+    """Streaming sums for the reconstruction/sparsity metrics of one SAE on many batches.
+
+    The variance sums are taken about the first row seen (``shift``), which leaves the variance
+    unchanged and keeps ``sum_sq - |sum_x|^2 / n`` free of cancellation: constant activations
+    give exactly zero variance.
+    """
 
     n_latents: int
     d_in: int
@@ -40,6 +47,7 @@ class ReconstructionAccumulator:
     sse: float = 0.0
     sum_sq: float = 0.0
     sum_x: Tensor = field(init=False)
+    shift: Tensor | None = None
     cos_sum: float = 0.0
     l0_sum: float = 0.0
     l1_sum: float = 0.0
@@ -65,8 +73,11 @@ class ReconstructionAccumulator:
         xd, hd = x.detach().double().cpu(), x_hat.detach().double().cpu()
         self.n_tokens += xd.shape[0]
         self.sse += float((xd - hd).pow(2).sum())
-        self.sum_sq += float(xd.pow(2).sum())
-        self.sum_x += xd.sum(0)
+        if self.shift is None:
+            self.shift = xd[0].clone()
+        xs = xd - self.shift
+        self.sum_sq += float(xs.pow(2).sum())
+        self.sum_x += xs.sum(0)
         n_in, n_out = xd.norm(dim=1), hd.norm(dim=1)
         dot = (xd * hd).sum(1)
         denom = n_in * n_out
@@ -94,7 +105,7 @@ class ReconstructionAccumulator:
         if n == 0:
             raise ValueError("no tokens were evaluated (every position was BOS/special?)")
         total_var = self.sum_sq - float(self.sum_x.pow(2).sum()) / n
-        fvu = self.sse / total_var if total_var > 0 else float("nan")
+        fvu = fvu_from_sums(self.sse, total_var)
         density = self.fires.double() / n
         alive = self.fires > 0
         return {

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from sparsecodes.codes import SparseCodes, to_dense
 from sparsecodes.encoders import make_encoder
+from sparsecodes.metrics import fvu as fvu_metric
 
 #: methods understood by --inference and the parameter matched to the L0
 ITERATIVE_METHODS = {
@@ -237,8 +238,7 @@ def measure(coder: Any, method: Method, x: Tensor, calibration_l0: float | None 
     # a debiasing refit is counted at the width of the densest returned row; the refit pads each
     # encode batch to its densest row *before* non-negative drops, so this is approximate
     support = codes.indices.shape[1] if isinstance(codes, SparseCodes) else None
-    xd, hd = x.double(), x_hat.double()
-    fvu = float((xd - hd).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum())
+    fvu = fvu_metric(x, x_hat)
     return GapRow(
         method=method.label,
         encoder=coder.encoder.name if method.name == "sae" else method.encoder,

@@ -9,12 +9,11 @@ ce_loss_without_sae}``, ``reconstruction_quality.{explained_variance, mse, cossi
 ``token_stats.{total_tokens_eval_reconstruction, total_tokens_eval_sparsity_variance}``. Our own
 additions sit beside them (``fvu``, ``*_with_sae_and_error_term``, ``n_dead``, ``n_dense``, ...).
 Note: our ``explained_variance`` is exactly ``1 - FVU`` with the variance about the mean over all
-evaluated tokens (DESIGN.md), and ``mse`` sums over dimensions (per token), then averages.
+evaluated tokens (docs/metrics.md), and ``mse`` sums over dimensions (per token), then averages.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +22,17 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from sparsecodes.files import write_figure
 
-def _finite(v: Any) -> Any:
+
+def json_safe(v: Any) -> Any:
     """JSON-safe value: NaN/inf -> None, tensors/numpy -> Python."""
     if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
+        return [json_safe(x) for x in v]
     if isinstance(v, Tensor):
-        return _finite(v.tolist())
+        return json_safe(v.tolist())
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -51,12 +52,6 @@ def density_histogram(density: Tensor, bins: int = 40) -> dict[str, Any]:
         "n_dead": int((d == 0).sum()),
         "n_latents": int(d.size),
     }
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2, allow_nan=False))
-    return path
 
 
 def _plt() -> Any:
@@ -82,7 +77,7 @@ def plot_density(hist: dict[str, Any], path: Path, title: str) -> Path:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(path, fig, dpi=120)
     plt.close(fig)
     return path
 
@@ -115,6 +110,6 @@ def plot_gap(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.85, 1))
-    fig.savefig(path, dpi=120)
+    write_figure(path, fig, dpi=120)
     plt.close(fig)
     return path

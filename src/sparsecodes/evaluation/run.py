@@ -18,6 +18,7 @@ the result dict out.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ from sparsecodes.evaluation.splice import Variant, downstream_scores, zero_ablat
 DEFAULT_CE_TOKENS = 4096
 DEFAULT_GAP_TOKENS = 4096
 DEFAULT_CALIB_TOKENS = 1024
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -267,12 +270,17 @@ def default_out(sae_path: Path) -> Path:
     return sae_path / "eval"
 
 
-def run_eval(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluate the SAE in ``cfg.sae_dir``; writes ``eval.json`` and PNGs to ``cfg.out``."""
+def run_eval(cfg: EvalConfig, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate the SAE in ``cfg.sae_dir``; writes ``eval.json`` and PNGs to ``cfg.out``.
+
+    ``echo(message)`` receives progress lines (default: this module's logger, INFO level).
+    """
+    echo = echo or logger.info
     from sparsecodes.evaluation.core import collect_rows
     from sparsecodes.evaluation.corpus import calibration_texts, eval_windows, heldout_texts
     from sparsecodes.evaluation.loading import check_width, load_sae, resolve_target
-    from sparsecodes.evaluation.report import plot_density, plot_gap, write_json
+    from sparsecodes.evaluation.report import json_safe, plot_density, plot_gap
+    from sparsecodes.files import write_json
     from sparsecodes.models import load_model
 
     for name in ("ce_tokens", "gap_tokens", "calib_tokens"):
@@ -372,7 +380,7 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, 
         "timings": timings,
     }
     out.mkdir(parents=True, exist_ok=True)
-    files = [write_json(out / "eval.json", payload)]
+    files = [write_json(out / "eval.json", json_safe(payload), allow_nan=False)]
     title = f"{sae.path} at {model_name} {hook} ({n_tok:,} held-out tokens)"
     files.append(plot_density(payload["feature_density"], out / "feature_density.png", title))
     if "amortisation_gap" in payload:

@@ -12,7 +12,7 @@ BOS position, predictions of separators and the last position of a window are ex
 - ``CE`` = mean over counted positions of ``-log q(token[t+1])``;
 - ``KL(clean || variant)`` = mean over counted positions of ``sum_v p_v (log p_v - log q_v)``;
 - ``ce_loss_score = (CE_zero - CE_spliced) / (CE_zero - CE_clean)`` and
-  ``kl_score = 1 - KL(clean || spliced) / KL(clean || zero)`` (DESIGN.md), where "zero" sets the
+  ``kl_score = 1 - KL(clean || spliced) / KL(clean || zero)`` (docs/metrics.md), where "zero" sets the
   hook's activation to 0 at the same kept positions.
 
 The *error-term* variant splices ``x_hat + (x - x_hat)``, computed in float64 so that it equals

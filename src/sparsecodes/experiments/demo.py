@@ -13,14 +13,19 @@ Everything is cached and resumable: running the demo again reuses what is done.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sparsecodes.files import write_json
+
+logger = logging.getLogger(__name__)
 
 HOOK = "blocks.12.resid_post"
 
@@ -66,13 +71,18 @@ def _row(label: str, sae: Any, method: Any, x: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
-    """Run the whole demo; returns (and writes to ``out/demo.json``) the results."""
+def run_demo(cfg: DemoConfig, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns (and writes to ``out/demo.json``) the results.
+
+    ``echo(message)`` receives progress lines (default: this module's logger, INFO level).
+    """
+    echo = echo or logger.info
     from sparsecodes.activations.cache import cache_activations
     from sparsecodes.activations.reader import StoreSource
     from sparsecodes.data import load_texts
+    from sparsecodes.devices import resolve_device
     from sparsecodes.models import load_model
-    from sparsecodes.sparse_coder import SparseCoder, resolve_device
+    from sparsecodes.sparse_coder import SparseCoder
     from sparsecodes.training.run import train_run
     from sparsecodes.training.trainer import TrainConfig
 
@@ -195,7 +205,7 @@ def run_demo(cfg: DemoConfig, echo: Any = print) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    (out / "demo.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "demo.json", result)
     return result
 
 

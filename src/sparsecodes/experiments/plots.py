@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sparsecodes.files import write_figure
+
 
 def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -24,11 +26,9 @@ def _by_method(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return write_figure(path, fig, dpi=120)
 
 
 def plot_mcc_vs_flops(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:

@@ -28,7 +28,6 @@ bound when a tolerance stops them early).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import platform
 import time
@@ -41,6 +40,7 @@ import torch
 from torch import Tensor
 
 from sparsecodes.encoders import available_encoders, get_encoder_class, make_encoder
+from sparsecodes.files import write_json
 from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.synthetic import SyntheticData, make_train_test
 
@@ -534,5 +534,5 @@ def write_outputs(report: dict[str, Any], out: str | Path, *, plots: bool = True
     path = out / "results.json"
     files.insert(0, str(path))
     report["files"] = files
-    path.write_text(json.dumps(report, indent=2, default=str))
+    write_json(path, report, default=str)
     return files

@@ -1,10 +1,12 @@
-"""Reconstruction metrics (DESIGN.md definitions, exact).
+"""Reconstruction metrics (definitions in docs/metrics.md, exact).
 
 All take ``x`` and ``x_hat`` of equal shape ``[n_tokens, d]`` (leading dims are flattened) and
 return Python floats; sums are accumulated in float64.
 
 - ``fvu = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``: the denominator is the variance about
-  the evaluation set's per-dimension mean, *not* about zero.
+  the evaluation set's per-dimension mean, *not* about zero. When that total variance is 0
+  (every row of ``x`` identical) FVU is 0.0 if the reconstruction is exact and ``inf`` otherwise
+  (:func:`fvu_from_sums`, the one place that divides; streaming evaluations call it too).
 - ``explained_variance = 1 - fvu``.
 - ``mse = mean over tokens of sum over dims (x - x_hat)^2``.
 - ``cosine_similarity = mean over tokens of cos(x, x_hat)`` (a zero vector gives cosine 0).
@@ -12,6 +14,7 @@ return Python floats; sums are accumulated in float64.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,20 +42,32 @@ def _sq_err_sum(tx: Tensor, th: Tensor) -> float:
     )
 
 
+def fvu_from_sums(sse: float, total_variance: float) -> float:
+    """FVU from its two sums: ``sse / total_variance``.
+
+    ``sse``: sum over tokens and dimensions of ``(x - x_hat)^2``; ``total_variance``: sum of
+    ``(x - mean(x))^2`` over the same entries (about the evaluation set's mean). Zero total
+    variance (constant ``x``; a value ``<= 0`` from rounding counts as zero): 0.0 when ``sse``
+    is 0 (nothing is left unexplained), else ``inf`` (any error is infinitely many times the
+    variance). Never NaN, never raises.
+    """
+    if total_variance > 0.0:
+        return sse / total_variance
+    return 0.0 if sse == 0.0 else math.inf
+
+
 def fvu(x: Any, x_hat: Any) -> float:
-    """Fraction of variance unexplained, variance taken about the mean of ``x`` ``[n, d]``."""
+    """Fraction of variance unexplained of ``x_hat`` for ``x`` ``[n, d]``, about the mean of ``x``.
+
+    Constant ``x`` (zero variance): 0.0 for an exact reconstruction, else ``inf``.
+    """
     tx, th = _pair(x, x_hat)
     mean = tx.sum(dim=0, dtype=torch.float64) / tx.shape[0]
     total = sum(
         float((tx[i : i + _ROWS].double() - mean).pow(2).sum())
         for i in range(0, tx.shape[0], _ROWS)
     )
-    if total == 0.0:
-        raise ValueError(
-            "x has zero variance about its mean (every row identical), so FVU is undefined; "
-            "evaluate on more than one distinct activation"
-        )
-    return _sq_err_sum(tx, th) / total
+    return fvu_from_sums(_sq_err_sum(tx, th), total)
 
 
 def explained_variance(x: Any, x_hat: Any) -> float:

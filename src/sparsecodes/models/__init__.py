@@ -8,6 +8,7 @@
 torch.Size([1, 12, 64])
 """
 
+from sparsecodes.devices import resolve_device
 from sparsecodes.models.adapter import Edit, ModelAdapter
 from sparsecodes.models.embedded import (
     EMBEDDED_MODELS,
@@ -17,7 +18,7 @@ from sparsecodes.models.embedded import (
     tiny_llama,
 )
 from sparsecodes.models.hooks import HOOK_KINDS, HOOK_PATTERN, HookPoint, hook_name, parse_hook
-from sparsecodes.models.loading import load_model, resolve_device
+from sparsecodes.models.loading import load_model
 
 __all__ = [
     "EMBEDDED_MODELS",

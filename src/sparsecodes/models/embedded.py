@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from sparsecodes.files import atomic_write, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +172,13 @@ def _save_converted(model: torch.nn.Module, tok: Any, target: Path) -> None:
             for k, v in model.state_dict().items()
             if not (tied and k == "lm_head.weight")
         }
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write(
+            tmp / "model.safetensors",
+            write_path=lambda t: save_file(state, t, metadata={"format": "pt"}),
+        )
         config = model.config.to_dict()
         config.pop("quantization_config", None)  # plain fp32 weights now
-        (tmp / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+        write_json(tmp / "config.json", config, indent=1)
         tok.save_pretrained(str(tmp))
         os.replace(tmp, target)
     except OSError as e:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from sparsecodes.devices import resolve_device
 from sparsecodes.models.adapter import ModelAdapter
 from sparsecodes.models.embedded import EMBEDDED_MODELS, ModelNotFoundError, load_embedded
 
@@ -20,18 +21,6 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is parsed by ``torch.device``."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(
-            f"device {device!r} is not a torch device; use 'auto', 'cpu' or 'cuda'"
-        ) from e
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

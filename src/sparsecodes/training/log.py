@@ -9,9 +9,12 @@ when training ends, normally or not).
 from __future__ import annotations
 
 import csv
+import io
 import numbers
 from pathlib import Path
 from typing import Any
+
+from sparsecodes.files import write_text
 
 TENSORBOARD_FIX = "pip install tensorboard (or pip install 'sparsecodes[tensorboard]')"
 
@@ -38,12 +41,11 @@ class CSVLogger:
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         assert self.fields is not None
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(self.path)
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        write_text(self.path, buf.getvalue())
 
     def __call__(self, row: dict[str, float]) -> None:
         new = self.fields is None

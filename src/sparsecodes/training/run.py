@@ -11,15 +11,14 @@ forward pass.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparsecodes.files import write_json
 from sparsecodes.training.log import CSVLogger, TensorBoardLogger
-from sparsecodes.training.trainer import TrainConfig, Trainer
+from sparsecodes.training.trainer import TrainConfig, Trainer, train_lockstep
 
 if TYPE_CHECKING:
     from sparsecodes.activations.source import ActivationSource
@@ -56,7 +55,8 @@ def train_runs(
     A fresh coder's normaliser must already be fitted (``coder.normaliser.fit(sample)``).
     Returns the trained coders (also saved to ``run_dir/final``).
     """
-    trainers, batch_iters, csvs = [], [], []
+    trainers: list[Trainer] = []
+    csvs: list[CSVLogger] = []
     run_loggers: list[list[Callable[[dict[str, float]], None]]] = []  # per job, after the CSV
     try:
         for job in jobs:
@@ -69,48 +69,15 @@ def train_runs(
                 trainer.load_checkpoint(ckpt, job.source)
                 resumed = trainer.state.step
             info = {"train": trainer.config_dict(), "model": job.coder.config(), **job.extra_config}
-            (job.run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+            write_json(job.run_dir / "run.json", info, default=str)
             trainers.append(trainer)
             csvs.append(CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed))
             lgs: list[Callable[[dict[str, float]], None]] = list(job.loggers)
             if job.tensorboard_dir is not None:
                 lgs.insert(0, TensorBoardLogger(job.tensorboard_dir, resume_step=resumed))
             run_loggers.append(lgs)
-            batch_iters.append(job.source.batches(config.batch_size))
 
-        bar = None
-        start = min(t.state.step for t in trainers)
-        if config.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=config.steps, initial=start, unit="step", dynamic_ncols=True)
-        t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
-        for step in range(start, config.steps):
-            rows: dict[int, dict[str, float]] = {}
-            for i, (trainer, batches) in enumerate(zip(trainers, batch_iters, strict=True)):
-                if trainer.state.step > step:  # this one had a later checkpoint
-                    continue
-                x, target = next(batches)
-                rows[i] = trainer.step(x, target)
-            n = step + 1
-            if rows and (n % config.log_every == 0 or n == config.steps):
-                rate = (sum(t.state.tokens for t in trainers) - tokens0) / max(
-                    time.perf_counter() - t0, 1e-9
-                )
-                for i, row in rows.items():
-                    row["tokens_per_s"] = rate / len(trainers)
-                    trainers[i].state.history.append(row)
-                    csvs[i](row)
-                    for lg in run_loggers[i]:
-                        lg(row)
-                if bar is not None:
-                    r = next(iter(rows.values()))
-                    bar.set_postfix(
-                        loss=f"{r['loss']:.4g}",
-                        l0=f"{r['l0']:.1f}",
-                        dead=f"{100 * r['dead_frac']:.1f}%",
-                        tok_s=f"{rate:,.0f}",
-                    )
+        def checkpoint(n: int) -> None:
             if checkpoint_every > 0 and (n % checkpoint_every == 0 or n == config.steps):
                 for trainer, job, lgs in zip(trainers, jobs, run_loggers, strict=True):
                     for lg in lgs:  # every row up to the checkpoint on disk before it exists
@@ -118,10 +85,13 @@ def train_runs(
                         if flush is not None:
                             flush()
                     trainer.save_checkpoint(job.run_dir / "checkpoint", job.source)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+
+        train_lockstep(
+            trainers,
+            [job.source for job in jobs],
+            loggers=[[c, *lgs] for c, lgs in zip(csvs, run_loggers, strict=True)],
+            after_step=checkpoint,
+        )
         out = []
         for trainer, job in zip(trainers, jobs, strict=True):
             coder = job.coder

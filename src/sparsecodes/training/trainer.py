@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +21,16 @@ from torch import Tensor
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.encoders.base import TrainStepInput
+from sparsecodes.files import atomic_write
 
 if TYPE_CHECKING:
     from sparsecodes.activations.source import ActivationSource
     from sparsecodes.sparse_coder import SparseCoder
+
+Callback = Callable[[int, "SparseCoder"], "dict[str, float] | None"]
+"""``callback(step, coder)`` -> extra scalars for that step's history row (or None)."""
+Logger = Callable[[dict[str, float]], None]
+"""Receives every logged history row (a dict of floats with ``"step"``)."""
 
 
 @dataclass
@@ -185,67 +191,16 @@ class Trainer:
         self,
         source: ActivationSource,
         *,
-        callback: Callable[[int, SparseCoder], dict[str, float] | None] | None = None,
+        callback: Callback | None = None,
         callback_every: int | None = None,
-        checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int = 0,
-        logger: Callable[[dict[str, float]], None] | None = None,
     ) -> list[dict[str, float]]:
         """Run until ``config.steps``; returns the logged history (one dict per log point).
 
-        ``callback(step, coder)`` runs every ``callback_every`` steps (and after the last); a dict
-        it returns is merged into that history row. With ``checkpoint_dir`` and
-        ``checkpoint_every > 0`` a resumable checkpoint (model, optimiser, schedule, dead-latent
-        counters, the source's position) is written atomically every that many steps and at the
-        end; :meth:`load_checkpoint` continues exactly where it stopped. ``logger`` receives
-        every logged row (e.g. a CSV writer).
+        ``callback(step, coder)`` runs every ``callback_every`` steps (default ``log_every``) and
+        after the last; a dict it returns is merged into that history row. The loop is
+        :func:`train_lockstep` with this one trainer.
         """
-        cfg = self.config
-        every = callback_every or cfg.log_every
-        bar = None
-        if cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.steps, initial=self.state.step, unit="step", dynamic_ncols=True)
-        t0 = time.perf_counter()
-        tokens0 = self.state.tokens
-        batches = source.batches(cfg.batch_size)
-        while self.state.step < cfg.steps:
-            x, target = next(batches)
-            row = self.step(x, target)
-            n = self.state.step
-            last = n == cfg.steps
-            want_cb = callback is not None and (n % every == 0 or last)
-            if n % cfg.log_every == 0 or last or want_cb:
-                row["tokens_per_s"] = (self.state.tokens - tokens0) / max(
-                    time.perf_counter() - t0, 1e-9
-                )
-                if want_cb:
-                    self.coder.eval()
-                    extra = callback(n, self.coder)  # type: ignore[misc]
-                    if extra:
-                        row.update(extra)
-                self.state.history.append(row)
-                if logger is not None:
-                    logger(row)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{row['loss']:.4g}",
-                        l0=f"{row['l0']:.1f}",
-                        dead=f"{100 * row['dead_frac']:.1f}%",
-                        tok_s=f"{row['tokens_per_s']:,.0f}",
-                    )
-            if (
-                checkpoint_dir is not None
-                and checkpoint_every > 0
-                and (n % checkpoint_every == 0 or last)
-            ):
-                self.save_checkpoint(checkpoint_dir, source)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        self.coder.eval()
+        train_lockstep([self], [source], callback=callback, callback_every=callback_every)
         return self.state.history
 
     # ------------------------------------------------------------------ checkpoints
@@ -262,17 +217,15 @@ class Trainer:
         tmp.mkdir(parents=True)
         self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
         self.coder.save(tmp / "model")
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "tokens_since_fired": self.tokens_since_fired,
-                "state": asdict(self.state),
-                "source": source.state_dict() if source is not None else None,
-                "config": self.config_dict(),
-            },
-            tmp / "trainer.pt",
-        )
+        blob = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired,
+            "state": asdict(self.state),
+            "source": source.state_dict() if source is not None else None,
+            "config": self.config_dict(),
+        }
+        atomic_write(tmp / "trainer.pt", lambda f: torch.save(blob, f))
         old = path.with_name(f".{path.name}.old")
         if old.exists():
             shutil.rmtree(old)
@@ -285,8 +238,6 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path, source: ActivationSource | None = None) -> None:
         """Restore model, optimiser, schedule, counters and (if given) the source's position."""
-        from sparsecodes.sparse_coder import SparseCoder
-
         path = Path(path)
         if not (path / "trainer.pt").is_file():
             old = path.with_name(f".{path.name}.old")  # killed between the two renames
@@ -294,7 +245,9 @@ class Trainer:
                 path = old
             else:
                 raise FileNotFoundError(f"no checkpoint at {path} (expected {path}/trainer.pt)")
-        saved = SparseCoder.load(path / "model", device=str(self.coder.device))
+        # type(coder).load, not an import of sparse_coder: training never imports the coder
+        # module at run time (sparse_coder imports training; see docs/architecture.md)
+        saved = type(self.coder).load(path / "model", device=str(self.coder.device))
         mine, theirs = self.coder.config(), saved.config()
         for key in ("d_in", "n_latents", "encoder", "encoder_config", "normalize"):
             if mine[key] != theirs[key]:
@@ -314,3 +267,89 @@ class Trainer:
 
     def config_dict(self) -> dict[str, Any]:
         return {**asdict(self.config), "freeze_dictionary": self.freeze_dictionary}
+
+
+def train_lockstep(
+    trainers: Sequence[Trainer],
+    sources: Sequence[ActivationSource],
+    *,
+    loggers: Sequence[Sequence[Logger]] | None = None,
+    callback: Callback | None = None,
+    callback_every: int | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> None:
+    """The training loop: step every trainer on its source until ``config.steps``, in lockstep.
+
+    All trainers share one config's ``steps``, ``batch_size``, ``log_every`` and ``progress``.
+    Each starts where its state is (0, or a loaded checkpoint's step); at loop step ``s`` a
+    trainer already past ``s`` sits out, so resumed trainers line up again. A history row is
+    logged (appended to ``trainer.state.history`` and handed to ``loggers[i]`` in order) every
+    ``log_every`` steps, after the last step and whenever the callback runs;
+    ``row["tokens_per_s"]`` is the loop's throughput over all trainers divided by their number.
+    ``callback(step, coder)`` runs (coder in eval mode) every ``callback_every`` steps (default
+    ``log_every``) and after the last; a dict it returns is merged into that row.
+    ``after_step(n)`` runs after loop step ``n`` (1-based) of every trainer, e.g. to write
+    checkpoints. Every coder is left in eval mode.
+    """
+    if len(trainers) != len(sources) or not trainers:
+        raise ValueError(f"need one source per trainer, got {len(trainers)} and {len(sources)}")
+    cfg = trainers[0].config
+    for t in trainers[1:]:
+        for key in ("steps", "batch_size", "log_every", "progress"):
+            if getattr(t.config, key) != getattr(cfg, key):
+                raise ValueError(
+                    f"trainers stepped in lockstep need the same {key}: "
+                    f"{getattr(t.config, key)!r} != {getattr(cfg, key)!r}"
+                )
+    sinks = [list(lg) for lg in loggers] if loggers is not None else [[] for _ in trainers]
+    if len(sinks) != len(trainers):
+        raise ValueError(f"need one logger list per trainer, got {len(sinks)}")
+    every = callback_every or cfg.log_every
+    start = min(t.state.step for t in trainers)
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
+    batch_iters = [s.batches(cfg.batch_size) for s in sources]
+    t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
+    for step in range(start, cfg.steps):
+        rows: dict[int, dict[str, float]] = {}
+        for i, (trainer, batches) in enumerate(zip(trainers, batch_iters, strict=True)):
+            if trainer.state.step > step:  # this one had a later checkpoint
+                continue
+            x, target = next(batches)
+            rows[i] = trainer.step(x, target)
+        n = step + 1
+        last = n == cfg.steps
+        want_cb = callback is not None and (n % every == 0 or last)
+        if rows and (n % cfg.log_every == 0 or last or want_cb):
+            rate = (sum(t.state.tokens for t in trainers) - tokens0) / max(
+                time.perf_counter() - t0, 1e-9
+            )
+            for i, row in rows.items():
+                row["tokens_per_s"] = rate / len(trainers)
+                if want_cb:
+                    trainers[i].coder.eval()
+                    extra = callback(n, trainers[i].coder)  # type: ignore[misc]
+                    if extra:
+                        row.update(extra)
+                trainers[i].state.history.append(row)
+                for sink in sinks[i]:
+                    sink(row)
+            if bar is not None:
+                r = next(iter(rows.values()))
+                bar.set_postfix(
+                    loss=f"{r['loss']:.4g}",
+                    l0=f"{r['l0']:.1f}",
+                    dead=f"{100 * r['dead_frac']:.1f}%",
+                    tok_s=f"{rate:,.0f}",
+                )
+        if after_step is not None:
+            after_step(n)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    for t in trainers:
+        t.coder.eval()
