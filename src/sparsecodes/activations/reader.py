@@ -15,7 +15,6 @@ and :meth:`StoreSource.state_dict` (epoch, group, position) resumes them exactly
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,14 @@ import torch
 from torch import Tensor
 
 from sparsecodes.activations.store import (
+    STORE_DTYPES,
     Manifest,
     StoreError,
     read_manifest,
+    read_shard,
     to_float32,
     verify_shard,
 )
-
-#: (real path, sha256) of shards whose checksum was verified in this process
-_VERIFIED: set[tuple[str, str]] = set()
 
 
 class StoreSource:
@@ -45,8 +43,11 @@ class StoreSource:
             ``d_in = prod(shape)``.
         seed: seeds the shard order and the within-buffer permutations.
         shuffle_buffer_shards: shards per shuffle buffer (memory: this many shards of rows).
-        verify: check each shard's sha256 the first time this process reads it
-            (:class:`~sparsecodes.activations.store.CorruptShardError` names the bad file).
+        verify: check each shard's sha256 the first time this process reads it, hashing the
+            bytes as they are read (no second pass over the file). A corrupt shard raises
+            :class:`~sparsecodes.activations.store.CorruptShardError` naming the file and the
+            command that repairs the store, before any of its rows is served. Every reader in
+            sparsecodes verifies; ``False`` exists only to measure the checksum's cost.
         device: where the batches are put (default CPU).
     """
 
@@ -129,19 +130,15 @@ class StoreSource:
         off = 0
         for si, j, n in units:
             m = self.manifests[si]
-            shard = m.shards[j]
-            path = self.paths[si] / shard.file
-            key = (os.path.realpath(path), shard.sha256)
-            if self.verify_on_read and key not in _VERIFIED:
-                verify_shard(self.paths[si], shard, m)
-                _VERIFIED.add(key)
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape[0] != n:
-                raise StoreError(f"{path} has {arr.shape[0]} rows but its manifest says {n}")
-            src = arr.reshape(n, self.d_in)
-            buf[off : off + n] = src if m.dtype == self._buf_dtype else to_float32(src, m.dtype)
+            dst = buf[off : off + n]
+            if m.dtype == self._buf_dtype:  # straight from the file into the buffer
+                read_shard(self.paths[si], m.shards[j], m, dst, verify=self.verify_on_read)
+            else:  # mixed dtypes: one shard in its own dtype, then converted
+                raw = np.empty((n, self.d_in), dtype=STORE_DTYPES[m.dtype])
+                read_shard(self.paths[si], m.shards[j], m, raw, verify=self.verify_on_read)
+                dst[:] = to_float32(raw, m.dtype)
+                del raw
             off += n
-            del arr, src
         rng = np.random.default_rng([self.seed, epoch, group + 1])
         self._perm = rng.permutation(rows)
         self._buf = buf
@@ -208,4 +205,3 @@ class StoreSource:
         for path, m in zip(self.paths, self.manifests, strict=True):
             for shard in m.shards:
                 verify_shard(path, shard, m)
-                _VERIFIED.add((os.path.realpath(path / shard.file), shard.sha256))
