@@ -248,6 +248,28 @@ def test_corrupt_shard_detected_naming_the_file(tmp_path: Path) -> None:
         next(StoreSource(tmp_path / "s", shuffle_buffer_shards=5).batches(4))
 
 
+def test_repair_command_is_the_cache_command_plus_verify(tmp_path: Path) -> None:
+    info = {"batch_size": 4, "max_tokens": 10, "corpus": "embedded"}
+    store = make_store(tmp_path / "out" / "m" / IDENT["hook"], id_rows(10), info=info)
+    m = read_manifest(store)
+    assert store_mod.repair_command(store, m) == (
+        "sparsecodes cache --model fake-model --hook blocks.0.resid_post --corpus embedded "
+        "--context-size 16 --batch-size 4 --max-tokens 10 --dtype float32 --shard-rows 8 "
+        f"--out {tmp_path / 'out'} --verify"
+    )
+    # a demo's store (a slice of the corpus) cannot be remade by `cache`: no command offered
+    demo = make_store(
+        tmp_path / "d" / "m" / IDENT["hook"],
+        id_rows(10),
+        info={**info, "corpus": "embedded[train]"},
+    )
+    assert store_mod.repair_command(demo, read_manifest(demo)) is None
+    corrupt(demo / read_manifest(demo).shards[0].file)
+    with pytest.raises(CorruptShardError, match="Delete that file and re-run") as e:
+        verify_store(demo)
+    assert "sparsecodes demo" in str(e.value)
+
+
 def test_verified_shard_changed_later_in_the_same_process_is_checked_again(
     tmp_path: Path,
 ) -> None:

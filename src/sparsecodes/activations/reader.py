@@ -1,8 +1,9 @@
 """``StoreSource``: endless, shuffled, resumable batches from one or more on-disk stores.
 
 Shuffling in bounded memory: each epoch visits the shards of all stores in a fresh random order
-and takes them ``shuffle_buffer_shards`` at a time (a *group*). A group's rows are copied from
-the memory-mapped shards into one buffer and served in a random permutation. So at most
+and takes them ``shuffle_buffer_shards`` at a time (a *group*). A group's rows are read from the
+shard files straight into one buffer (the first read of a shard in a process also checks its
+sha256, hashing the bytes as they arrive) and served in a random permutation. So at most
 ``shuffle_buffer_shards * shard_rows`` rows (plus one batch) are held in memory, whatever the
 size of the store, and a batch mixes rows from that many random places in the corpus.
 

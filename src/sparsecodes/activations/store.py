@@ -236,15 +236,17 @@ def repair_command(store: str | Path, manifest: Manifest) -> str | None:
     manifest; ``--out`` two levels above the store, as ``cache`` lays them out) plus
     ``--verify``, which checksums every shard, cuts the store back before the first bad or
     missing one and recomputes the rest. None when the manifest does not say how the store was
-    made (a store written with :class:`StoreWriter` directly, not by ``sparsecodes cache``).
+    made by a ``sparsecodes cache`` command (a store written with :class:`StoreWriter` directly,
+    or by ``sparsecodes demo``, whose corpus is a slice such as ``embedded[train]``).
     """
     store = Path(store)
     info = manifest.info
-    corpus = info.get("corpus")
-    if not corpus or "batch_size" not in info or store.name != manifest.hook:
+    corpus = str(info.get("corpus") or "")
+    cli_corpus = corpus == "embedded" or corpus.startswith("hf:") or Path(corpus).exists()
+    if not corpus or not cli_corpus or "batch_size" not in info or store.name != manifest.hook:
         return None
     args = ["sparsecodes", "cache", "--model", manifest.model, "--hook", manifest.hook]
-    args += ["--corpus", str(corpus)]
+    args += ["--corpus", corpus]
     args += ["--context-size", str(manifest.context_size)]
     args += ["--batch-size", str(info["batch_size"])]
     if info.get("max_tokens") is not None:
@@ -265,8 +267,9 @@ def corrupt_message(path: Path, reason: str, manifest: Manifest | None = None) -
         )
     else:
         fix = (
-            "Delete that file and re-run the job that wrote the store (e.g. `sparsecodes cache` "
-            "with the same arguments) to rewrite it; the shards after it are rewritten too"
+            "Delete that file and re-run the job that wrote the store (`sparsecodes cache` or "
+            "`sparsecodes demo` with the same arguments) to rewrite it; the shards after it are "
+            "rewritten too"
         )
     return f"corrupt activation shard {path}: {reason}. {fix}"
 
