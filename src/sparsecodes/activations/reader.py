@@ -16,7 +16,9 @@ and :meth:`StoreSource.state_dict` (epoch, group, position) resumes them exactly
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +130,32 @@ class StoreSource:
         rows = sum(u[2] for u in units)
         buf_np_dtype = np.uint16 if self._buf_dtype == "bfloat16" else np.dtype(self._buf_dtype)
         buf = np.empty((rows, self.d_in), dtype=buf_np_dtype)
-        off = 0
+        same, mixed, off = [], [], 0
         for si, j, n in units:
             m = self.manifests[si]
-            dst = buf[off : off + n]
-            if m.dtype == self._buf_dtype:  # straight from the file into the buffer
-                read_shard(self.paths[si], m.shards[j], m, dst, verify=self.verify_on_read)
-            else:  # mixed dtypes: one shard in its own dtype, then converted
-                raw = np.empty((n, self.d_in), dtype=STORE_DTYPES[m.dtype])
-                read_shard(self.paths[si], m.shards[j], m, raw, verify=self.verify_on_read)
-                dst[:] = to_float32(raw, m.dtype)
-                del raw
+            (same if m.dtype == self._buf_dtype else mixed).append((si, j, buf[off : off + n]))
             off += n
+
+        def read_into(unit: tuple[int, int, np.ndarray]) -> None:
+            si, j, dst = unit
+            m = self.manifests[si]
+            read_shard(self.paths[si], m.shards[j], m, dst, verify=self.verify_on_read)
+
+        # straight from the files into the buffer, several shards at once (reading and hashing
+        # release the GIL, so a group's checksums take about one shard's time with spare cores)
+        workers = min(len(same), os.cpu_count() or 1)
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="store-read") as pool:
+                list(pool.map(read_into, same))
+        else:
+            for unit in same:
+                read_into(unit)
+        for si, j, dst in mixed:  # mixed dtypes: one shard at a time in its dtype, converted
+            m = self.manifests[si]
+            raw = np.empty(dst.shape, dtype=STORE_DTYPES[m.dtype])
+            read_into((si, j, raw))
+            dst[:] = to_float32(raw, m.dtype)
+            del raw
         rng = np.random.default_rng([self.seed, epoch, group + 1])
         self._perm = rng.permutation(rows)
         self._buf = buf
