@@ -191,7 +191,8 @@ def main() -> None:
             "batch": args.batch,
             "batches_per_epoch": n_batches,
             "repeats": args.repeats,
-            "reader_threads": 1,
+            "torch_threads": 1,
+            "store_read_threads": min(4, os.cpu_count() or 1),  # shards of a group read at once
         },
         "write_seconds": write_s,
         "epoch_seconds": {"verify_off": runs["off"], "verify_on": runs["on"]},
