@@ -50,7 +50,8 @@ def assert_same_store(a: Path, b: Path) -> None:
 # ----------------------------------------------------------------- writer-level SIGKILL tests
 
 # A deterministic producer: batch b is a function of b alone. The child runs it after loading
-# store.py on its own (numpy only, no torch import, so it starts fast); resumes run in-process.
+# store.py on its own (numpy and sparsecodes.files only, no torch import, so it starts fast);
+# resumes run in-process.
 PRODUCER = textwrap.dedent(
     """
     import time
@@ -73,7 +74,12 @@ PRODUCER = textwrap.dedent(
 
 WRITER_CHILD = PRODUCER + textwrap.dedent(
     """
-    import importlib.util, os, signal, sys
+    import importlib.util, os, signal, sys, types
+    # store.py imports sparsecodes.files (stdlib only): load it without the package's __init__
+    # (which imports torch), so the child starts in about a second
+    pkg = types.ModuleType("sparsecodes")
+    pkg.__path__ = [os.path.dirname(os.path.dirname(os.path.abspath(sys.argv[1])))]
+    sys.modules["sparsecodes"] = pkg
     spec = importlib.util.spec_from_file_location("store_under_test", sys.argv[1])
     store = importlib.util.module_from_spec(spec)
     sys.modules["store_under_test"] = store

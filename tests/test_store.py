@@ -17,6 +17,7 @@ from sparsecodes.activations.store import (
     StoreMismatchError,
     StoreWriter,
     read_manifest,
+    read_shard,
     to_float32,
     verify_store,
 )
@@ -197,24 +198,139 @@ def test_extending_a_finished_store_matches_writing_it_at_once(tmp_path: Path) -
 
 
 def corrupt(path: Path) -> None:
+    """Flip one bit of one value in the middle of the shard's data (past the .npy header)."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        header = f.tell()
     b = bytearray(path.read_bytes())
-    b[-3] ^= 0xFF
+    at = header + (len(b) - header) // 2
+    assert header <= at < len(b)
+    b[at] ^= 0x01
     path.write_bytes(bytes(b))
 
 
 def test_corrupt_shard_detected_naming_the_file(tmp_path: Path) -> None:
     make_store(tmp_path / "s", id_rows(40))
     m = read_manifest(tmp_path / "s")
-    bad = tmp_path / "s" / m.shards[2].file
+    # one epoch, one shard per batch: all five shards read (and verified) in this order
+    it = StoreSource(tmp_path / "s", shuffle_buffer_shards=1, seed=0).batches(8)
+    order = [int(next(it)[0][0, 0]) // 8 for _ in range(5)]
+    assert sorted(order) == list(range(5))
+    i = order[-1]  # corrupt the shard that seed 0 serves last
+    bad = tmp_path / "s" / m.shards[i].file
     corrupt(bad)
+    # every reader of a store refuses it, naming the file
     with pytest.raises(CorruptShardError) as e:
         verify_store(tmp_path / "s")
     assert str(bad) in str(e.value) and "Delete" in str(e.value)
-    with pytest.raises(CorruptShardError, match=m.shards[2].file):
+    with pytest.raises(CorruptShardError, match=bad.name):
         StoreSource(tmp_path / "s").verify()
+    with pytest.raises(CorruptShardError, match=bad.name):
+        read_shard(tmp_path / "s", m.shards[i], m, np.empty((8, 4), np.float32))
     src = StoreSource(tmp_path / "s", shuffle_buffer_shards=5)  # one group: all shards
-    with pytest.raises(CorruptShardError, match=m.shards[2].file):
+    with pytest.raises(CorruptShardError, match=bad.name):
         next(src.batches(4))
+    # a source serves the good shards, then refuses the bad one when it first reaches it,
+    # before serving any of its rows
+    served = []
+    src = StoreSource(tmp_path / "s", shuffle_buffer_shards=1, seed=0)
+    with pytest.raises(CorruptShardError, match=bad.name):
+        for x, _ in src.batches(8):  # one shard per batch
+            served.append(int(x[0, 0]) // 8)
+    assert served == order[:-1]
+    # the header-level checks still hold: a shard of the wrong size or a missing one
+    bad.write_bytes(bad.read_bytes()[:-4])
+    with pytest.raises(CorruptShardError, match="bytes, expected"):
+        verify_store(tmp_path / "s")
+    bad.unlink()
+    with pytest.raises(CorruptShardError, match="missing"):
+        next(StoreSource(tmp_path / "s", shuffle_buffer_shards=5).batches(4))
+
+
+def test_repair_command_is_the_cache_command_plus_verify(tmp_path: Path) -> None:
+    info = {"batch_size": 4, "max_tokens": 10, "corpus": "embedded"}
+    store = make_store(tmp_path / "out" / "m" / IDENT["hook"], id_rows(10), info=info)
+    m = read_manifest(store)
+    assert store_mod.repair_command(store, m) == (
+        "sparsecodes cache --model fake-model --hook blocks.0.resid_post --corpus embedded "
+        "--context-size 16 --batch-size 4 --max-tokens 10 --dtype float32 --shard-rows 8 "
+        f"--out {tmp_path / 'out'} --verify"
+    )
+    # a demo's store (a slice of the corpus) cannot be remade by `cache`: no command offered
+    demo = make_store(
+        tmp_path / "d" / "m" / IDENT["hook"],
+        id_rows(10),
+        info={**info, "corpus": "embedded[train]"},
+    )
+    assert store_mod.repair_command(demo, read_manifest(demo)) is None
+    corrupt(demo / read_manifest(demo).shards[0].file)
+    with pytest.raises(CorruptShardError, match="Delete that file and re-run") as e:
+        verify_store(demo)
+    assert "sparsecodes demo" in str(e.value)
+
+
+def test_verified_shard_changed_later_in_the_same_process_is_checked_again(
+    tmp_path: Path,
+) -> None:
+    make_store(tmp_path / "s", id_rows(16))
+    m = read_manifest(tmp_path / "s")
+    next(StoreSource(tmp_path / "s", shuffle_buffer_shards=5).batches(4))  # both verified
+    import os
+    import time
+
+    time.sleep(0.02)  # a later mtime than the verified file's
+    corrupt(tmp_path / "s" / m.shards[1].file)
+    os.utime(tmp_path / "s" / m.shards[1].file)
+    with pytest.raises(CorruptShardError, match=m.shards[1].file):
+        next(StoreSource(tmp_path / "s", shuffle_buffer_shards=5).batches(4))
+
+
+def test_read_shard_hashes_while_reading_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_store(tmp_path / "s", id_rows(3000, d=100), shard_rows=3000, chunks=(3000,))
+    m = read_manifest(tmp_path / "s")
+    size = (tmp_path / "s" / m.shards[0].file).stat().st_size
+    read = [0]
+    real_open = open
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def read(self, n=-1):
+            b = self.f.read(n)
+            read[0] += len(b)
+            return b
+
+        def readinto(self, buf):
+            got = self.f.readinto(buf)
+            read[0] += got
+            return got
+
+    monkeypatch.setattr(
+        store_mod, "open", lambda *a, **k: Counting(real_open(*a, **k)), raising=False
+    )
+    monkeypatch.setattr(store_mod, "_HASH_CHUNK", 64 << 10)  # several chunks per shard
+    out = np.empty((3000, 100), np.float32)
+    read_shard(tmp_path / "s", m.shards[0], m, out)
+    np.testing.assert_array_equal(out, id_rows(3000, d=100))
+    header = size - out.nbytes
+    # the data once plus the header (parsed, then re-read for the hash): one pass
+    assert read[0] == size + header
+    read[0] = 0
+    read_shard(tmp_path / "s", m.shards[0], m, out)  # already verified: no hashing
+    assert read[0] == size
 
 
 def test_deleting_a_corrupt_shard_and_rewriting_restores_the_store(tmp_path: Path) -> None:
@@ -288,15 +404,81 @@ def test_reader_resumes_exactly_from_state_dict(tmp_path: Path) -> None:
         other.load_state_dict(state)
 
 
-def test_reader_memory_is_bounded_by_the_buffer(tmp_path: Path) -> None:
+def test_reader_batches_mix_rows_from_shards_far_apart(tmp_path: Path) -> None:
     make_store(tmp_path / "s", id_rows(400), shard_rows=8)  # 50 shards
     src = StoreSource(tmp_path / "s", seed=0, shuffle_buffer_shards=3)
     epochs, _ = epochs_of(src, batch=32, n_epochs=2)
     assert all(sorted(e.tolist()) == list(range(400)) for e in epochs)
-    assert src.max_buffer_rows == 24  # never more than 3 shards of rows
-    # ... yet a batch mixes rows from several shards far apart in the store
+    # the first 24 rows served (one buffer of 3 shards) come from 3 shards far apart
     shard_of = np.asarray(epochs[0][:24]) // 8
     assert len(set(shard_of.tolist())) == 3 and np.ptp(shard_of) > 3
+
+
+MEMORY_CHILD = """
+import json, sys
+from sparsecodes.activations import StoreSource
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024  # kB -> bytes
+
+src = StoreSource(sys.argv[1], seed=0, shuffle_buffer_shards=int(sys.argv[2]))
+batch = int(sys.argv[3])
+it = src.batches(batch)
+try:  # reset the peak (VmHWM) to the current RSS, so imports' peaks do not count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    reset = True
+except OSError:
+    reset = False
+base = status("VmRSS")
+ids_sum = 0.0
+for _ in range(len(src) // batch):  # one full epoch, every shard read and checksummed
+    x, _ = next(it)
+    ids_sum += float(x[:, 0].double().sum())
+print(json.dumps({"base": base, "peak": status("VmHWM"), "reset": reset, "ids_sum": ids_sum}))
+"""
+
+
+def test_reader_peak_memory_is_bounded_by_the_buffer_not_the_store(tmp_path: Path) -> None:
+    """Peak resident memory of a child reading a 192 MiB store stays far below the store size.
+
+    The store: 196608 rows x 256 float32 = 192 MiB in 192 shards of 1024 rows (1 MiB each).
+    The reader holds ``shuffle_buffer_shards=4`` shards (4 MiB) plus a batch of 1024 rows
+    (1 MiB, and its float32 tensor: 1 MiB more). Its peak RSS over a full epoch, above the RSS
+    it had before the first batch, must stay under 48 MiB (room for the allocator, torch's lazy
+    initialisation and a few buffers in flight); a reader that loaded the store, or kept the
+    shards it read (in memory or mapped), would exceed it by 144 MiB or more.
+    """
+    import os
+    import subprocess
+    import sys
+
+    rows, d, shard_rows = 196608, 256, 1024
+    w = StoreWriter(tmp_path / "s", shape=(d,), dtype="float32", shard_rows=shard_rows, **IDENT)
+    for start in range(0, rows, 16 * shard_rows):
+        x = np.ones((16 * shard_rows, d), dtype=np.float32)
+        x[:, 0] = np.arange(start, start + len(x))
+        x[:, 1:] *= np.arange(1, d, dtype=np.float32)  # not all equal, whatever the bytes
+        w.append(x, start_row=start)
+    w.close()
+    store_bytes = sum(p.stat().st_size for p in (tmp_path / "s").glob("*.npy"))
+    assert store_bytes >= rows * d * 4
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(tmp_path / "s"), "4", "1024"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["ids_sum"] == rows * (rows - 1) / 2  # every row read once (exact in float64)
+    growth = got["peak"] - got["base"]
+    bound = 48 << 20
+    assert growth < bound, f"peak RSS grew {growth / 2**20:.0f} MiB reading a 192 MiB store"
+    assert store_bytes - bound >= 144 << 20  # loading the whole store could not pass
 
 
 def test_reader_pools_several_stores_and_flattens_row_shape(tmp_path: Path) -> None:
@@ -317,3 +499,70 @@ def test_reader_pools_several_stores_and_flattens_row_shape(tmp_path: Path) -> N
 def test_missing_store_has_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an activation store"):
         StoreSource(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------ the CLI: refuse, then repair
+
+
+def test_train_refuses_a_corrupt_shard_and_the_named_command_repairs_it(tmp_path: Path) -> None:
+    """`train --store` stops on a flipped byte with the shard's name and the repair command;
+    the checkpoint already written is kept; running that command restores the store's bytes and
+    the same training resumes."""
+    import re
+    import shlex
+
+    from click.testing import CliRunner
+
+    from sparsecodes.cli import main
+
+    def cli(*args: str):
+        return CliRunner().invoke(main, list(args))
+
+    made = cli(
+        "cache", "--model", "tiny-llama", "--hook", "blocks.0.resid_post", "--max-tokens", "384",
+        "--context-size", "32", "--batch-size", "4", "--dtype", "float32", "--shard-rows", "128",
+        "--out", str(tmp_path / "acts"), "--no-progress",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    store = tmp_path / "acts" / "tiny-llama" / "blocks.0.resid_post"
+    m = read_manifest(store)
+    assert [s.rows for s in m.shards] == [128, 128, 128]
+    good = {s.file: (store / s.file).read_bytes() for s in m.shards}
+    run = tmp_path / "run"
+    train = (
+        "train", "--store", str(store), "--encoder", "topk", "--param", "k=4", "--n-latents",
+        "32", "--batch-size", "64", "--checkpoint-every", "2", "--out", str(run),
+    )  # fmt: skip
+    first = cli(*train, "--steps", "4")
+    assert first.exit_code == 0, first.output
+    kept = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert any("checkpoint" in str(p) for p in kept)
+
+    bad = store / m.shards[1].file
+    corrupt(bad)
+    refused = cli(*train, "--steps", "8")
+    assert refused.exit_code != 0
+    out = refused.output
+    assert str(bad) in out and "CorruptShardError" in out, out
+    # nothing already written is lost (nor changed): checkpoint, metrics, final model
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == kept
+    found = re.search(r"^  (sparsecodes cache .*)$", out, re.MULTILINE)
+    assert found, out
+    cmd = shlex.split(found.group(1))
+    assert "--verify" in cmd and cmd[cmd.index("--out") + 1] == str(tmp_path / "acts")
+
+    repaired = cli(*cmd[1:], "--no-progress")
+    assert repaired.exit_code == 0, repaired.output
+    assert verify_store(store).rows == 384
+    assert {s.file: (store / s.file).read_bytes() for s in read_manifest(store).shards} == good
+    resumed = cli(*train, "--steps", "8")
+    assert resumed.exit_code == 0, resumed.output
+    assert last_logged_step(run) == 8
+
+
+def last_logged_step(run: Path) -> int:
+    """The last step logged in a run's metrics.csv."""
+    import csv
+
+    with open(run / "metrics.csv") as f:
+        return int(float(list(csv.DictReader(f))[-1]["step"]))

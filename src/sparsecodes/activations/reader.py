@@ -1,8 +1,9 @@
 """``StoreSource``: endless, shuffled, resumable batches from one or more on-disk stores.
 
 Shuffling in bounded memory: each epoch visits the shards of all stores in a fresh random order
-and takes them ``shuffle_buffer_shards`` at a time (a *group*). A group's rows are copied from
-the memory-mapped shards into one buffer and served in a random permutation. So at most
+and takes them ``shuffle_buffer_shards`` at a time (a *group*). A group's rows are read from the
+shard files straight into one buffer (the first read of a shard in a process also checks its
+sha256, hashing the bytes as they arrive) and served in a random permutation. So at most
 ``shuffle_buffer_shards * shard_rows`` rows (plus one batch) are held in memory, whatever the
 size of the store, and a batch mixes rows from that many random places in the corpus.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,14 @@ import torch
 from torch import Tensor
 
 from sparsecodes.activations.store import (
+    STORE_DTYPES,
     Manifest,
     StoreError,
     read_manifest,
+    read_shard,
     to_float32,
     verify_shard,
 )
-
-#: (real path, sha256) of shards whose checksum was verified in this process
-_VERIFIED: set[tuple[str, str]] = set()
 
 
 class StoreSource:
@@ -45,8 +46,11 @@ class StoreSource:
             ``d_in = prod(shape)``.
         seed: seeds the shard order and the within-buffer permutations.
         shuffle_buffer_shards: shards per shuffle buffer (memory: this many shards of rows).
-        verify: check each shard's sha256 the first time this process reads it
-            (:class:`~sparsecodes.activations.store.CorruptShardError` names the bad file).
+        verify: check each shard's sha256 the first time this process reads it, hashing the
+            bytes as they are read (no second pass over the file). A corrupt shard raises
+            :class:`~sparsecodes.activations.store.CorruptShardError` naming the file and the
+            command that repairs the store, before any of its rows is served. Every reader in
+            sparsecodes verifies; ``False`` exists only to measure the checksum's cost.
         device: where the batches are put (default CPU).
     """
 
@@ -126,22 +130,32 @@ class StoreSource:
         rows = sum(u[2] for u in units)
         buf_np_dtype = np.uint16 if self._buf_dtype == "bfloat16" else np.dtype(self._buf_dtype)
         buf = np.empty((rows, self.d_in), dtype=buf_np_dtype)
-        off = 0
+        same, mixed, off = [], [], 0
         for si, j, n in units:
             m = self.manifests[si]
-            shard = m.shards[j]
-            path = self.paths[si] / shard.file
-            key = (os.path.realpath(path), shard.sha256)
-            if self.verify_on_read and key not in _VERIFIED:
-                verify_shard(self.paths[si], shard, m)
-                _VERIFIED.add(key)
-            arr = np.load(path, mmap_mode="r")
-            if arr.shape[0] != n:
-                raise StoreError(f"{path} has {arr.shape[0]} rows but its manifest says {n}")
-            src = arr.reshape(n, self.d_in)
-            buf[off : off + n] = src if m.dtype == self._buf_dtype else to_float32(src, m.dtype)
+            (same if m.dtype == self._buf_dtype else mixed).append((si, j, buf[off : off + n]))
             off += n
-            del arr, src
+
+        def read_into(unit: tuple[int, int, np.ndarray]) -> None:
+            si, j, dst = unit
+            m = self.manifests[si]
+            read_shard(self.paths[si], m.shards[j], m, dst, verify=self.verify_on_read)
+
+        # straight from the files into the buffer, several shards at once (reading and hashing
+        # release the GIL, so a group's checksums take about one shard's time with spare cores)
+        workers = min(len(same), os.cpu_count() or 1)
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="store-read") as pool:
+                list(pool.map(read_into, same))
+        else:
+            for unit in same:
+                read_into(unit)
+        for si, j, dst in mixed:  # mixed dtypes: one shard at a time in its dtype, converted
+            m = self.manifests[si]
+            raw = np.empty(dst.shape, dtype=STORE_DTYPES[m.dtype])
+            read_into((si, j, raw))
+            dst[:] = to_float32(raw, m.dtype)
+            del raw
         rng = np.random.default_rng([self.seed, epoch, group + 1])
         self._perm = rng.permutation(rows)
         self._buf = buf
@@ -208,4 +222,3 @@ class StoreSource:
         for path, m in zip(self.paths, self.manifests, strict=True):
             for shard in m.shards:
                 verify_shard(path, shard, m)
-                _VERIFIED.add((os.path.realpath(path / shard.file), shard.sha256))

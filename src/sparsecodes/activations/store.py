@@ -21,10 +21,15 @@ Stored dtypes (``Manifest.dtype``):
 - ``"float32"``  -- numpy ``<f4``.
 
 Crash safety: a shard is written to a ``*.tmp`` file, fsynced, renamed into place with
-``os.replace`` and the directory fsynced; only then is ``manifest.json`` rewritten the same way.
+``os.replace`` and the directory fsynced (:func:`sparsecodes.files.atomic_write`); only then is
+``manifest.json`` rewritten the same way.
 So whenever the process dies (even SIGKILL), the manifest describes a valid prefix of the rows:
 shards it names are complete and match their sha256; rows beyond it were never acknowledged.
 Opening a store for writing removes leftover ``*.tmp`` files and shards the manifest does not name.
+
+Reading verifies: :func:`read_shard` hashes a shard's bytes as it reads them the first time a
+process reads that file and raises :class:`CorruptShardError` naming the file and the
+``sparsecodes cache ... --verify`` command that repairs the store (:func:`repair_command`).
 
 This module needs only numpy (torch tensors are accepted where arrays are, converted lazily).
 """
@@ -38,6 +43,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sparsecodes.files import atomic_write, write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -168,34 +176,7 @@ def read_manifest(store: str | Path) -> Manifest:
 
 
 # ---------------------------------------------------------------------------------------------
-# durable file primitives
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (no-op where directories cannot be opened)."""
-    if not DURABLE:
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        if DURABLE:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+# shard files: writing (hashing the bytes as they are written), reading (hashing as they are read)
 
 
 class _HashingWriter:
@@ -226,18 +207,17 @@ def _npy_header(shape: Sequence[int], dtype: np.dtype) -> bytes:
 
 def _write_npy_atomic(path: Path, arr: np.ndarray) -> str:
     """Write ``arr`` as ``.npy`` to ``path`` atomically; return the file's sha256 (hex)."""
-    tmp = path.with_name(path.name + ".tmp")
     arr = np.ascontiguousarray(arr)
-    with open(tmp, "wb") as f:
+    hashed: list[_HashingWriter] = []
+
+    def write(f: Any) -> None:
         hw = _HashingWriter(f)
         hw.write(_npy_header(arr.shape, arr.dtype))
         hw.write(memoryview(arr.reshape(-1).view(np.uint8)))
-        f.flush()
-        if DURABLE:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return hw.h.hexdigest()
+        hashed.append(hw)
+
+    atomic_write(path, write, durable=DURABLE)
+    return hashed[0].h.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:
@@ -249,30 +229,168 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def corrupt_message(path: Path, reason: str) -> str:
-    """The error text for a bad shard: names the file and how to repair the store."""
-    return (
-        f"corrupt activation shard {path}: {reason}. Delete that file and re-run `sparsecodes "
-        f"cache` with the same arguments to rewrite it (the shards after it are rewritten too)"
-    )
+def repair_command(store: str | Path, manifest: Manifest) -> str | None:
+    """The ``sparsecodes cache`` command that re-checks ``store`` and rewrites its bad shards.
+
+    It is the command that made the store (model, hook, corpus, sizes and dtype from the
+    manifest; ``--out`` two levels above the store, as ``cache`` lays them out) plus
+    ``--verify``, which checksums every shard, cuts the store back before the first bad or
+    missing one and recomputes the rest. None when the manifest does not say how the store was
+    made by a ``sparsecodes cache`` command (a store written with :class:`StoreWriter` directly,
+    or by ``sparsecodes demo``, whose corpus is a slice such as ``embedded[train]``).
+    """
+    store = Path(store)
+    info = manifest.info
+    corpus = str(info.get("corpus") or "")
+    cli_corpus = corpus == "embedded" or corpus.startswith("hf:") or Path(corpus).exists()
+    if not corpus or not cli_corpus or "batch_size" not in info or store.name != manifest.hook:
+        return None
+    args = ["sparsecodes", "cache", "--model", manifest.model, "--hook", manifest.hook]
+    args += ["--corpus", corpus]
+    args += ["--context-size", str(manifest.context_size)]
+    args += ["--batch-size", str(info["batch_size"])]
+    if info.get("max_tokens") is not None:
+        args += ["--max-tokens", str(info["max_tokens"])]
+    args += ["--dtype", manifest.dtype, "--shard-rows", str(manifest.shard_rows)]
+    args += ["--out", str(store.parent.parent), "--verify"]
+    return shlex.join(args)
+
+
+def corrupt_message(path: Path, reason: str, manifest: Manifest | None = None) -> str:
+    """The error text for a bad shard: names the file and the command that repairs the store."""
+    cmd = repair_command(path.parent, manifest) if manifest is not None else None
+    if cmd is not None:
+        fix = (
+            f"Repair the store with\n  {cmd}\n(the command that made it, plus --verify: it "
+            "checksums every shard and recomputes this one and those after it; add --text-field "
+            "if you gave one)"
+        )
+    else:
+        fix = (
+            "Delete that file and re-run the job that wrote the store (`sparsecodes cache` or "
+            "`sparsecodes demo` with the same arguments) to rewrite it; the shards after it are "
+            "rewritten too"
+        )
+    return f"corrupt activation shard {path}: {reason}. {fix}"
+
+
+#: identities ``(real path, sha256, size, mtime_ns, inode)`` of shard files whose bytes this
+#: process has already checked against their manifest checksum
+_VERIFIED: set[tuple[str, str, int, int, int]] = set()
+
+
+def _file_key(path: Path, shard: ShardInfo, st: os.stat_result) -> tuple[str, str, int, int, int]:
+    return (os.path.realpath(path), shard.sha256, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def read_shard(
+    store: str | Path,
+    shard: ShardInfo,
+    manifest: Manifest,
+    out: np.ndarray | None = None,
+    *,
+    verify: bool = True,
+) -> np.ndarray | None:
+    """Read one shard's rows in the stored dtype, checking its sha256 on the first read.
+
+    The file is read once, in chunks of 8 MiB, straight into ``out`` (or, with ``out=None``,
+    into a scratch chunk and dropped: a pure check); with ``verify`` the bytes are hashed as
+    they arrive, so the checksum costs no second pass over the file and no extra memory. A file
+    this process already verified (same path, size, mtime and inode) is not hashed again.
+
+    Args:
+        store: the store directory.
+        shard: the manifest's entry for the shard.
+        manifest: the store's manifest (row shape and dtype).
+        out: C-contiguous array of ``rows * prod(shape)`` values of the stored dtype (e.g. a
+            ``[rows, d]`` slice of a buffer), or None.
+        verify: check the sha256 (every reader in sparsecodes does; False only to measure
+            the checksum's cost).
+
+    Returns ``out`` (None when ``out`` is None). Raises :class:`CorruptShardError` naming the
+    file and the command that repairs the store if the file is missing, has another shape,
+    dtype or size than the manifest says, or its bytes do not match the checksum; nothing is
+    then returned from the bad shard.
+    """
+    path = Path(store) / shard.file
+    np_dtype = STORE_DTYPES[manifest.dtype]
+    want = (shard.rows, *manifest.shape)
+    nbytes = int(np.prod(want)) * np_dtype.itemsize
+    if out is not None and (
+        out.dtype != np_dtype or out.nbytes != nbytes or not out.flags.c_contiguous
+    ):
+        raise ValueError(f"out must be C-contiguous {np_dtype} of {nbytes} bytes for {path}")
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise CorruptShardError(corrupt_message(path, "file is missing", manifest)) from None
+    with f:
+        st = os.fstat(f.fileno())
+        key = _file_key(path, shard, st)
+        check = verify and key not in _VERIFIED
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except ValueError as e:
+            raise CorruptShardError(
+                corrupt_message(path, f"unreadable .npy header ({e})", manifest)
+            ) from None
+        if tuple(shape) != want or dtype != np_dtype or fortran:
+            raise CorruptShardError(
+                corrupt_message(path, f"holds {dtype}{list(shape)}, expected {want}", manifest)
+            )
+        offset = f.tell()
+        if st.st_size != offset + nbytes:
+            raise CorruptShardError(
+                corrupt_message(
+                    path, f"{st.st_size} bytes, expected {offset + nbytes} for {want}", manifest
+                )
+            )
+        h = hashlib.sha256()
+        if check:
+            f.seek(0)
+            h.update(f.read(offset))
+        if out is not None:
+            dst = memoryview(out.reshape(-1).view(np.uint8))
+        elif check:
+            scratch = bytearray(min(_HASH_CHUNK, max(nbytes, 1)))
+        else:
+            return None
+        pos = 0
+        while pos < nbytes:
+            n = min(_HASH_CHUNK, nbytes - pos)
+            chunk = dst[pos : pos + n] if out is not None else memoryview(scratch)[:n]
+            got = f.readinto(chunk)
+            if not got:
+                raise CorruptShardError(corrupt_message(path, "file is truncated", manifest))
+            if check:
+                h.update(chunk[:got])
+            pos += got
+    if check:
+        digest = h.hexdigest()
+        if digest != shard.sha256:
+            raise CorruptShardError(
+                corrupt_message(
+                    path, f"sha256 {digest[:12]}... != manifest {shard.sha256[:12]}...", manifest
+                )
+            )
+        _VERIFIED.add(key)
+    return out
 
 
 def verify_shard(store: str | Path, shard: ShardInfo, manifest: Manifest) -> None:
-    """Check one shard exists, has the recorded checksum and the manifest's shape and dtype."""
+    """Check one shard exists, has the manifest's shape, dtype and size, and its checksum.
+
+    Always hashes the whole file (streaming, in chunks), even if this process checked it before.
+    """
     path = Path(store) / shard.file
-    if not path.is_file():
-        raise CorruptShardError(corrupt_message(path, "file is missing"))
-    digest = file_sha256(path)
-    if digest != shard.sha256:
-        raise CorruptShardError(
-            corrupt_message(path, f"sha256 {digest[:12]}... != manifest {shard.sha256[:12]}...")
-        )
-    arr = np.load(path, mmap_mode="r")
-    want = (shard.rows, *manifest.shape)
-    if arr.shape != want or arr.dtype != STORE_DTYPES[manifest.dtype]:
-        raise CorruptShardError(
-            corrupt_message(path, f"holds {arr.dtype}{list(arr.shape)}, expected {want}")
-        )
+    with contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        _VERIFIED.discard(_file_key(path, shard, st))
+    read_shard(store, shard, manifest)
 
 
 def verify_store(store: str | Path) -> Manifest:
@@ -553,7 +671,7 @@ class StoreWriter:
                 (self.path / replaced.file).unlink()
 
     def _write_manifest(self) -> None:
-        _atomic_write_bytes(self.path / MANIFEST, self.manifest.to_json().encode())
+        write_bytes(self.path / MANIFEST, self.manifest.to_json().encode(), durable=DURABLE)
 
     def close(self, *, complete: bool = True, corpus_exhausted: bool = False) -> Manifest:
         """Commit the buffered tail as a (short) last shard and mark the store ``complete``.

@@ -78,7 +78,7 @@ def build_and_train(
             m = read_manifest(path)
             meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
             src = StoreSource(path, seed=seed)
-            sampler = StoreSource(path, seed=seed + 1, verify=False)
+            sampler = StoreSource(path, seed=seed + 1)
             sources.append((slug(m.hook), src, sampler, meta))
     else:
         if not hooks:
