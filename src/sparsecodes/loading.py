@@ -35,7 +35,15 @@ from sparsecodes.models.hooks import is_hook_name, translate_hook_name
 from sparsecodes.provenance import CoderFormat, CoderSource
 from sparsecodes.sparse_coder import CONFIG_NAME, WEIGHTS_NAME, SparseCoder
 
-__all__ = ["CoderSource", "check_width", "load", "locate", "resolve_target", "source_of"]
+__all__ = [
+    "CoderSource",
+    "check_width",
+    "load",
+    "load_with_model",
+    "locate",
+    "resolve_target",
+    "source_of",
+]
 
 #: a sparsify run directory's training config (``TrainConfig``/``RunConfig.save_json``)
 SPARSIFY_RUN_CONFIG = "config.json"
@@ -265,3 +273,25 @@ def check_width(coder: SparseCoder, adapter: Any, hook: str) -> None:
             f"the coder in {src.path} has d_in={coder.d_in} but {adapter.name}'s {hook} has "
             f"width {width}: it was trained on a different model or hook"
         )
+
+
+def load_with_model(
+    path: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    hook: str | None = None,
+    device: str | None = "auto",
+) -> tuple[SparseCoder, Any, str]:
+    """``(coder, adapter, hook)``: the coder in ``path``, the model it reads and the hook name.
+
+    ``model``/``hook`` default to the recorded ones (:func:`resolve_target`); the hook's width is
+    checked (:func:`check_width`) and the coder moved to the model's device.
+    """
+    from sparsecodes.models import load_model
+
+    coder = load(path)
+    model_name, hook_name = resolve_target(coder, model, hook)
+    adapter = load_model(model_name, device=device)
+    check_width(coder, adapter, hook_name)
+    coder.to(adapter.device)
+    return coder, adapter, hook_name

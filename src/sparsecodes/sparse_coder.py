@@ -19,13 +19,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sparsecodes.codes import Codes, SparseCodes, to_dense
+from sparsecodes.devices import resolve_device
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import make_encoder
 from sparsecodes.encoders.base import Encoder
 from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
 from sparsecodes.provenance import CoderSource
-from sparsecodes.devices import resolve_device
 from sparsecodes.seeding import derive_seed
 from sparsecodes.validation import as_activations
 

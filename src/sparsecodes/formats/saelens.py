@@ -36,6 +36,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from sparsecodes.files import atomic_write, write_text
 from sparsecodes.formats._common import (
     build_coder,
     check_tensors,
@@ -45,7 +46,6 @@ from sparsecodes.formats._common import (
     require_files,
     require_int,
 )
-from sparsecodes.files import atomic_write, write_text
 from sparsecodes.sparse_coder import SparseCoder, register_save_format
 
 CFG_NAME = "cfg.json"

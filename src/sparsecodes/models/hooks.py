@@ -103,9 +103,7 @@ _HF_SUFFIXES: dict[str, str] = {
     ".attn": "attn_out",  # gpt2
     ".attention": "attn_out",  # gpt-neox / pythia
 }
-_TL_RE = re.compile(
-    r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in _TL_SUFFIXES) + r")$"
-)
+_TL_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in _TL_SUFFIXES) + r")$")
 # optional wrapper prefixes (a path from the causal-LM wrapper rather than the base model)
 _HF_RE = re.compile(
     r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)("
