@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from sparsecodes.cli import main
 from sparsecodes.data import Window, token_windows
 from sparsecodes.evaluation.core import ReconstructionAccumulator, reconstruction_pass
-from sparsecodes.loading import check_width, load, resolve_target
 from sparsecodes.evaluation.splice import (
     Variant,
     counted_positions,
     downstream_scores,
     zero_ablation,
 )
+from sparsecodes.loading import check_width, load, resolve_target
 from sparsecodes.models import load_model
 from sparsecodes.sparse_coder import SparseCoder
 
