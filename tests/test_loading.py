@@ -252,6 +252,8 @@ def test_sparsify_run_loads_with_its_source_and_encodes_like_sparsify(sparsify_r
     with pytest.raises(ValueError, match=r"2 hookpoints; pass one.*layers\.0, layers\.1\.mlp"):
         locate(several)
     assert load(several / "layers.1.mlp").source.hook_name == "blocks.1.mlp_out"
+    peer.save_to_disk(tmp_path / "my_sae")  # not named after a hookpoint: nothing recorded
+    assert load(tmp_path / "my_sae").source.hook_name is None
 
 
 # ------------------------------------------------------------------ CLI on the peers' files

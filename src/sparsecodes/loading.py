@@ -144,18 +144,21 @@ def _saelens_record(d: Path) -> dict[str, Any]:
 
 
 def _sparsify_record(d: Path) -> dict[str, Any]:
-    """A sparsify hookpoint directory records nothing; its name is the hookpoint and the run's
-    ``config.json`` (sparsify's ``RunConfig``) may name the model, context and dataset."""
-    out: dict[str, Any] = {"hook_name": d.name}
+    """A sparsify hookpoint directory records nothing itself: its name is the hookpoint (when it
+    is one, or the run's ``config.json`` lists it), and that config (sparsify's ``RunConfig``)
+    may name the model, context size and dataset."""
+    name_is_hook = is_hook_name(translate_hook_name(d.name))
+    out: dict[str, Any] = {}
     run_cfg = d.parent / SPARSIFY_RUN_CONFIG
     if run_cfg.is_file():
         cfg = read_json(run_cfg)
         hookpoints = cfg.get("hookpoints")
-        if isinstance(hookpoints, list) and hookpoints and d.name not in hookpoints:
-            out["hook_name"] = None  # the directory is not named after a hookpoint of the run
+        if isinstance(hookpoints, list) and hookpoints:
+            name_is_hook = d.name in hookpoints
         out.update(
             model_name=cfg.get("model"), context_size=cfg.get("ctx_len"), corpus=cfg.get("dataset")
         )
+    out["hook_name"] = d.name if name_is_hook else None
     return out
 
 
