@@ -358,6 +358,7 @@ def test_param_types_parse_good_values(ptype, args, want):
         (NameValue(), "=3", "'=3' is not NAME=VALUE"),
         (NameValue(dotted=True), "l1=0.05", "'l1=0.05' is not GROUP.NAME=VALUE"),
         (NameValue(dotted=True), "relu.=1", "'relu.=1' is not GROUP.NAME=VALUE"),
+        (NameValue(True, "ENCODER.FIELD=VALUE"), "l1=3", "'l1=3' is not ENCODER.FIELD=VALUE"),
         (LatentRange(), "3-1", "'3-1' is not a latent id"),
         (LatentRange(), "a", "'a' is not a latent id"),
         (LatentRange(), "-2", "'-2' is not a latent id"),

@@ -37,12 +37,13 @@ class NameValue(click.ParamType):
     """``NAME=VALUE`` -> ``(NAME, value)`` with the value typed by :func:`parse_value`.
 
     ``dotted=True`` requires ``GROUP.NAME=VALUE`` (e.g. ``relu.l1=0.05``) and gives
-    ``((GROUP, NAME), value)``. Use with ``multiple=True`` and :func:`params_dict`.
+    ``((GROUP, NAME), value)``. ``name`` is the form shown in help and errors (e.g.
+    ``"ENCODER.FIELD=VALUE"``). Use with ``multiple=True`` and :func:`params_dict`.
     """
 
-    def __init__(self, dotted: bool = False) -> None:
+    def __init__(self, dotted: bool = False, name: str | None = None) -> None:
         self.dotted = dotted
-        self.name = "GROUP.NAME=VALUE" if dotted else "NAME=VALUE"
+        self.name = name or ("GROUP.NAME=VALUE" if dotted else "NAME=VALUE")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):  # already converted (a default)

@@ -134,8 +134,7 @@ Example (the paper's defaults, N=16, M=8, K=3, 5 seeds):
     "--param",
     "params",
     multiple=True,
-    type=NameValue(dotted=True),
-    metavar="ENCODER.FIELD=VALUE",
+    type=NameValue(dotted=True, name="ENCODER.FIELD=VALUE"),
     help="Override an encoder hyperparameter, e.g. --param relu.l1=0.05 (repeatable).",
 )
 @click.option(
