@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from sparsecodes.cli import main
 from sparsecodes.data import Window, token_windows
 from sparsecodes.evaluation.core import ReconstructionAccumulator, reconstruction_pass
-from sparsecodes.evaluation.loading import check_width, load_sae, resolve_target
 from sparsecodes.evaluation.splice import (
     Variant,
     counted_positions,
     downstream_scores,
     zero_ablation,
 )
+from sparsecodes.loading import check_width, load, resolve_target
 from sparsecodes.models import load_model
 from sparsecodes.sparse_coder import SparseCoder
 
@@ -182,8 +182,9 @@ def test_accumulator_matches_direct_definitions():
 # ------------------------------------------------------------------ refusals
 def test_refuses_other_model_hook_and_width(tmp_path, lm, topk_coder):
     run = save_run(topk_coder, tmp_path / "run")
-    sae = load_sae(run)
-    assert (sae.model_name, sae.hook_name, sae.context_size) == ("tiny-llama", HOOK, CTX)
+    sae = load(run)
+    src = sae.source
+    assert (src.model_name, src.hook_name, src.context_size) == ("tiny-llama", HOOK, CTX)
     assert resolve_target(sae, None, None) == ("tiny-llama", HOOK)
     with pytest.raises(ValueError, match="trained on model 'tiny-llama'"):
         resolve_target(sae, "smollm2-135m", None)
@@ -191,7 +192,7 @@ def test_refuses_other_model_hook_and_width(tmp_path, lm, topk_coder):
         resolve_target(sae, None, "blocks.0.resid_post")
     narrow = save_run(SparseCoder(32, 64, "relu"), tmp_path / "narrow")
     with pytest.raises(ValueError, match="d_in=32"):
-        check_width(load_sae(narrow), lm, HOOK)
+        check_width(load(narrow), lm, HOOK)
     # the CLI says so in one line, before loading any model
     r = CliRunner().invoke(main, ["eval", str(run), "--hook", "blocks.2.resid_post"])
     assert r.exit_code != 0 and "trained on hook" in r.output and "Traceback" not in r.output
@@ -201,11 +202,11 @@ def test_demo_run_dir_records_origin(tmp_path):
     coder = SparseCoder(64, 128, "relu")
     coder.train_config = {"demo": {"model": "tiny-llama", "hook": HOOK, "context_size": 16}}
     coder.save(tmp_path / "sae" / "final")
-    sae = load_sae(tmp_path / "sae")
-    assert sae.path.name == "final"
-    assert (sae.model_name, sae.hook_name, sae.context_size) == ("tiny-llama", HOOK, 16)
-    with pytest.raises(ValueError, match="holds no SAE"):
-        load_sae(tmp_path)
+    src = load(tmp_path / "sae").source
+    assert src.path.name == "final"
+    assert (src.model_name, src.hook_name, src.context_size) == ("tiny-llama", HOOK, 16)
+    with pytest.raises(FileNotFoundError, match="holds no coder"):
+        load(tmp_path)
 
 
 def test_saelens_dir_with_translated_hook_and_empty_corpus(tmp_path, topk_coder):
@@ -214,8 +215,8 @@ def test_saelens_dir_with_translated_hook_and_empty_corpus(tmp_path, topk_coder)
     d = save_saelens(
         topk_coder, tmp_path / "sl", model_name="tiny-llama", hook_name="blocks.1.hook_resid_post"
     )
-    sae = load_sae(d)
-    assert sae.format == "saelens" and sae.hook_name == HOOK
+    src = load(d).source
+    assert src.format == "saelens" and src.hook_name == HOOK
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     r = CliRunner().invoke(main, ["eval", str(d), "--corpus", str(empty)])

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "kernels",
             "data",
             "synthetic",
+            "provenance",
         ),
     ),
     ("blocks", ("dictionary", "encoders", "metrics", "activations", "models")),
@@ -52,7 +53,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "autointerp",
             "circuits",
             "experiments",
-            "training.cli_jobs",
+            "training.jobs",
+            "loading",
         ),
     ),
     ("cli", ("cli",)),
@@ -205,8 +207,8 @@ def test_training_never_imports_the_coder_module_at_run_time() -> None:
     training = [m for m in graph if m.startswith("sparsecodes.training")]
     assert training
     importers = [m for m in training if "sparsecodes.sparse_coder" in graph[m]]
-    # cli_jobs builds coders for the CLI; it is not imported by the coder, so no cycle
-    assert set(importers) <= {"sparsecodes.training.cli_jobs"}, importers
+    # jobs builds coders from job specs; it is not imported by the coder, so no cycle
+    assert set(importers) <= {"sparsecodes.training.jobs"}, importers
 
 
 def layer_of(module: str) -> int:
@@ -236,7 +238,7 @@ def test_imports_go_down_the_layers() -> None:
 
 def test_layer_of_uses_the_longest_prefix() -> None:
     names = [name for name, _ in LAYERS]
-    assert names[layer_of("sparsecodes.training.cli_jobs")] == "applications"
+    assert names[layer_of("sparsecodes.training.jobs")] == "applications"
     assert names[layer_of("sparsecodes.training.trainer")] == "training loop"
     assert names[layer_of("sparsecodes")] == "applications"
     assert names[layer_of("sparsecodes.codes")] == "foundation"

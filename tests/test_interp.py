@@ -16,8 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from sparsecodes.data import batch_windows, token_windows
-from sparsecodes.interp import annotate, collect, load_sae_dir, logit_lens
-from sparsecodes.interp.loading import read_explanations
+from sparsecodes.interp import annotate, collect, logit_lens, read_explanations
 from sparsecodes.interp.serve import AnnotateServer, start_in_thread
 from sparsecodes.interp.site import hist_svg, write_site
 from sparsecodes.interp.stats import FeatureStats, TopKBuffer, hist_edges, unembedding
@@ -334,25 +333,6 @@ def test_annotate_matches_direct_encoding(lm, coder):
         assert [a for _, a in row] == pytest.approx([v for _, v in want])
     with pytest.raises(ValueError, match="top_n"):
         annotate(coder, lm, HOOK, text, top_n=0)
-
-
-def test_load_sae_dir_layouts(coder, tmp_path):
-    from sparsecodes.formats import save_saelens
-
-    coder.save(tmp_path / "run" / "final")
-    got = load_sae_dir(tmp_path / "run")
-    assert (got.model_name, got.hook_name) == ("tiny-llama", HOOK)
-    save_saelens(
-        coder, tmp_path / "sl", model_name="tiny-llama", hook_name="blocks.1.hook_resid_post"
-    )
-    got = load_sae_dir(tmp_path / "sl", model_name="other")
-    assert (got.model_name, got.hook_name) == ("other", HOOK)
-    bare = SparseCoder(8, 4, "relu")
-    bare.save(tmp_path / "bare")
-    with pytest.raises(ValueError, match="--model and --hook"):
-        load_sae_dir(tmp_path / "bare").require_source()
-    with pytest.raises(FileNotFoundError, match="holds no coder"):
-        load_sae_dir(tmp_path)
 
 
 def test_read_explanations(tmp_path):

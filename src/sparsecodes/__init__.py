@@ -7,16 +7,20 @@ infer with any other on the same dictionary, and measure the gap.
 from sparsecodes import encoders, metrics, synthetic
 from sparsecodes.codes import SparseCodes
 from sparsecodes.dictionary import Dictionary
+from sparsecodes.loading import load
+from sparsecodes.provenance import CoderSource
 from sparsecodes.sparse_coder import SparseCoder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CoderSource",
     "Dictionary",
     "SparseCoder",
     "SparseCodes",
     "__version__",
     "encoders",
+    "load",
     "metrics",
     "synthetic",
 ]

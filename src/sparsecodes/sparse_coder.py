@@ -25,12 +25,23 @@ from sparsecodes.encoders import make_encoder
 from sparsecodes.encoders.base import Encoder
 from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
+from sparsecodes.provenance import CoderSource
 from sparsecodes.seeding import derive_seed
 from sparsecodes.validation import as_activations
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "sparsecodes.json"
 WEIGHTS_NAME = "model.safetensors"
+
+#: Other on-disk formats :meth:`SparseCoder.save` can write: name -> ``writer(coder, path, **kw)``.
+#: Filled by the format modules (``sparsecodes.formats`` registers ``"saelens"`` when the package
+#: is imported), so that this module does not import them.
+SAVE_FORMATS: dict[str, Callable[..., Path]] = {}
+
+
+def register_save_format(name: str, writer: Callable[..., Path]) -> None:
+    """Make ``SparseCoder.save(path, format=name, **kw)`` call ``writer(coder, path, **kw)``."""
+    SAVE_FORMATS[name] = writer
 
 
 class SparseCoder(nn.Module):
@@ -45,6 +56,9 @@ class SparseCoder(nn.Module):
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ... or None for CPU.
         **encoder_params: the encoder's config fields (e.g. ``l1=0.01``, ``k=32``).
     """
+
+    #: what the files it was loaded from record (model, hook, ...); set by ``sparsecodes.load``
+    source: CoderSource | None = None
 
     def __init__(
         self,
@@ -270,8 +284,27 @@ class SparseCoder(nn.Module):
             "train_config": self.train_config,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path/sparsecodes.json`` and ``path/model.safetensors`` atomically."""
+    def save(
+        self, path: str | os.PathLike[str], format: str = "sparsecodes", **kwargs: Any
+    ) -> Path:
+        """Write the model to the directory ``path``; returns it. Each file is written atomically.
+
+        ``format="sparsecodes"`` (default) writes ``sparsecodes.json`` + ``model.safetensors``;
+        ``format="saelens"`` writes SAELens's layout through
+        :func:`sparsecodes.formats.save_saelens` (``kwargs``: ``model_name``, ``hook_name``,
+        ``metadata``). :func:`sparsecodes.load` reads either back.
+        """
+        if format != "sparsecodes":
+            writer = SAVE_FORMATS.get(format)
+            if writer is None:
+                known = ", ".join(repr(f) for f in ("sparsecodes", *sorted(SAVE_FORMATS)))
+                raise ValueError(f"unknown format {format!r}; SparseCoder.save writes {known}")
+            return writer(self, path, **kwargs)
+        if kwargs:
+            raise TypeError(
+                f"format='sparsecodes' takes no options, got {sorted(kwargs)} (they are for "
+                "format='saelens')"
+            )
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

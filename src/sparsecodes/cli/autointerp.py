@@ -2,63 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-
-def parse_latents(spec: str) -> list[int]:
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges inclusive, order kept, no duplicates)."""
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = (int(s) for s in part.split("-", 1))
-                if b < a:
-                    raise ValueError
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise click.BadParameter(
-                f"{part!r} is not a latent index or an inclusive range like 0-19",
-                param_hint="--latents",
-            ) from None
-    if not out:
-        raise click.BadParameter("no latents given, e.g. --latents 0-19", param_hint="--latents")
-    return list(dict.fromkeys(out))
-
-
-def load_coder(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
-    """A coder from a run directory (``final/``), our model directory or a SAELens directory,
-    with the metadata saying where its activations came from (``model_name``, ``hook_name``)."""
-    from sparsecodes.sparse_coder import CONFIG_NAME, SparseCoder
-
-    if (path / "final" / CONFIG_NAME).is_file():
-        path = path / "final"
-    if (path / CONFIG_NAME).is_file():
-        coder = SparseCoder.load(path, device=device)
-        return coder, dict(coder.train_config.get("source") or {})
-    if (path / "cfg.json").is_file():
-        from sparsecodes.formats import load_saelens
-
-        coder = load_saelens(path, device=device)
-        meta = dict(coder.train_config.get("source") or {})
-        cfg = json.loads((path / "cfg.json").read_text())
-        for key in ("model_name", "hook_name"):
-            meta.setdefault(key, (cfg.get("metadata") or {}).get(key) or cfg.get(key))
-        return coder, meta
-    if (path / "final_saelens" / "cfg.json").is_file():
-        return load_coder(path / "final_saelens", device)
-    raise FileNotFoundError(
-        f"{path} holds no sparse coder: pass a `sparsecodes train` run directory (with final/), "
-        f"a directory with {CONFIG_NAME}, or a SAELens directory with cfg.json"
-    )
+from sparsecodes.cli.options import (
+    LatentRange,
+    coder_hook_option,
+    coder_model_option,
+    device_option,
+    out_option,
+    seed_option,
+)
 
 
 @click.command(
@@ -71,7 +27,13 @@ def load_coder(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
     )
 )
 @click.argument("sae_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--latents", default="0-9", show_default=True, help="Latents, e.g. 0-19 or 3,5,8-9.")
+@click.option(
+    "--latents",
+    type=LatentRange(),
+    default="0-9",
+    show_default=True,
+    help="Latent ids and inclusive ranges, e.g. 0-19 or 3,5,8-9.",
+)
 @click.option(
     "--endpoint",
     default=None,
@@ -94,12 +56,8 @@ def load_coder(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
 @click.option(
     "--max-new-tokens", default=64, show_default=True, help="Reply length cap (local model)."
 )
-@click.option(
-    "--lm",
-    default=None,
-    help="Model whose activations the coder reads (default: the coder's training metadata).",
-)
-@click.option("--hook", default=None, help="Hook point (default: the coder's training metadata).")
+@coder_model_option("--lm", "lm")
+@coder_hook_option
 @click.option("--corpus", default=None, help="Texts to search: 'embedded' (default), a file, ...")
 @click.option("--n-windows", default=256, show_default=True, help="Windows searched.")
 @click.option("--context-size", default=32, show_default=True, help="Tokens per window.")
@@ -118,17 +76,17 @@ def load_coder(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
 )
 @click.option("--attempts", default=3, show_default=True, help="Tries per chat call.")
 @click.option("--backoff", default=1.0, show_default=True, help="First retry delay (s), doubling.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--out",
-    default="explanations.json",
-    show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+@seed_option()
+@device_option
+@out_option(
+    None,
+    "Output JSON file [default: SAE_DIR/explanations.json, which browse reads].",
+    file_okay=True,
+    dir_okay=False,
 )
 def autointerp(
     sae_dir: Path,
-    latents: str,
+    latents: list[int],
     endpoint: str | None,
     llm: str | None,
     api_key_env: str | None,
@@ -149,7 +107,7 @@ def autointerp(
     backoff: float,
     seed: int,
     device: str,
-    out: Path,
+    out: Path | None,
 ) -> None:
     import os
 
@@ -163,9 +121,10 @@ def autointerp(
         run_autointerp,
     )
     from sparsecodes.data import load_texts
-    from sparsecodes.models import load_model
+    from sparsecodes.loading import load_with_model
 
-    ids = parse_latents(latents)
+    ids = latents
+    out = out or sae_dir / "explanations.json"
     if llm and not endpoint:
         raise click.UsageError("--model names the model at --endpoint; give --endpoint too")
     if endpoint and not llm:
@@ -176,16 +135,14 @@ def autointerp(
         if not api_key:
             raise click.UsageError(f"--api-key-env {api_key_env}: that variable is not set")
     torch.manual_seed(seed)
-    coder, meta = load_coder(sae_dir, device)
-    lm = lm or meta.get("model_name")
-    hook = hook or meta.get("hook_name")
-    if not lm or not hook:
-        raise click.UsageError(
-            f"{sae_dir} does not record which model/hook it was trained on; pass --lm and --hook"
-        )
-    if corpus is None and meta.get("corpus") not in (None, "embedded"):
-        corpus = meta["corpus"]
-    adapter = load_model(lm, device=device)
+    try:
+        coder, adapter, hook = load_with_model(sae_dir, model=lm, hook=hook, device=device)
+    except ValueError as e:  # this command names the coder's model --lm (--model is the LLM's)
+        raise click.UsageError(str(e).replace("--model", "--lm")) from e
+    lm = adapter.name
+    recorded_corpus = coder.source.corpus if coder.source is not None else None
+    if corpus is None and recorded_corpus not in (None, "embedded"):
+        corpus = recorded_corpus
     click.echo(f"collecting contexts for {len(ids)} latents: {lm} {hook}, {n_windows} windows")
     examples = collect_examples(
         coder,

@@ -10,26 +10,13 @@ from typing import Any
 
 import click
 
-_model_opt = click.option(
-    "--model", default=None, help="Model name or path (default: the one recorded with the coder)."
+from sparsecodes.cli.options import (
+    coder_hook_option,
+    coder_model_option,
+    device_option,
+    out_option,
+    seed_option,
 )
-_hook_opt = click.option(
-    "--hook", default=None, help="Hook point (default: the one recorded with the coder)."
-)
-_device_opt = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
-
-
-def _open(sae_dir: Path, model: str | None, hook: str | None, device: str) -> tuple[Any, ...]:
-    """``(loaded, adapter, hook)`` for a coder directory, with a clear error when unrecorded."""
-
-    from sparsecodes.interp.loading import load_sae_dir
-    from sparsecodes.models import load_model
-
-    loaded = load_sae_dir(sae_dir, model_name=model, hook_name=hook)
-    model_name, hook_name = loaded.require_source()
-    adapter = load_model(model_name, device=device)
-    loaded.coder.to(adapter.device)
-    return loaded, adapter, hook_name
 
 
 @click.command(
@@ -42,15 +29,9 @@ def _open(sae_dir: Path, model: str | None, hook: str | None, device: str) -> tu
     )
 )
 @click.argument("sae_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output directory for the site.",
-)
-@_model_opt
-@_hook_opt
+@out_option(None, "Output directory for the site [default: SAE_DIR/site, which serve finds].")
+@coder_model_option()
+@coder_hook_option
 @click.option("--n-tokens", type=int, default=50_000, show_default=True)
 @click.option(
     "--corpus", default=None, help="'embedded' (default), a .txt/.jsonl/.parquet file or dir."
@@ -79,11 +60,11 @@ def _open(sae_dir: Path, model: str | None, hook: str | None, device: str) -> tu
     default=None,
     help="Reuse feature statistics saved here, or save them here (rebuild without the model).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@_device_opt
+@seed_option("Seed of the sampled contexts.")
+@device_option
 def browse(
     sae_dir: Path,
-    out: Path,
+    out: Path | None,
     model: str | None,
     hook: str | None,
     n_tokens: int,
@@ -98,24 +79,26 @@ def browse(
     seed: int,
     device: str,
 ) -> None:
-    from sparsecodes.interp.loading import find_explanations, read_explanations
+    from sparsecodes.interp.explanations import find_explanations, read_explanations
     from sparsecodes.interp.site import write_site
     from sparsecodes.interp.stats import STATS_META, FeatureStats, collect
+    from sparsecodes.loading import load_with_model
 
-    loaded, adapter, hook_name = _open(sae_dir, model, hook, device)
+    coder, adapter, hook_name = load_with_model(sae_dir, model=model, hook=hook, device=device)
+    out = out or sae_dir / "site"
     if stats_dir is not None and (stats_dir / STATS_META).is_file():
         stats = FeatureStats.load(stats_dir)
-        if stats.n_latents != loaded.coder.n_latents:
+        if stats.n_latents != coder.n_latents:
             raise ValueError(
                 f"--stats {stats_dir} holds {stats.n_latents} latents but the coder has "
-                f"{loaded.coder.n_latents}; pass another --stats directory"
+                f"{coder.n_latents}; pass another --stats directory"
             )
         click.echo(f"reusing feature statistics from {stats_dir}")
     else:
         from sparsecodes.data import load_texts
 
         stats = collect(
-            loaded.coder,
+            coder,
             adapter,
             load_texts(corpus),
             hook_name,
@@ -161,9 +144,9 @@ def browse(
     default=None,
     help="Site directory written by `sparsecodes browse` (default: SAE_DIR/site if present).",
 )
-@_model_opt
-@_hook_opt
-@_device_opt
+@coder_model_option()
+@coder_hook_option
+@device_option
 @click.option("--verbose", is_flag=True, help="Log every request.")
 def serve(
     sae_dir: Path,
@@ -177,8 +160,9 @@ def serve(
 ) -> None:
     from sparsecodes.interp.serve import AnnotateServer
     from sparsecodes.interp.site import write_shell
+    from sparsecodes.loading import load_with_model
 
-    loaded, adapter, hook_name = _open(sae_dir, model, hook, device)
+    coder, adapter, hook_name = load_with_model(sae_dir, model=model, hook=hook, device=device)
     if site is None and (sae_dir / "site" / "index.html").is_file():
         site = sae_dir / "site"
     tmp = None
@@ -187,9 +171,7 @@ def serve(
         site = Path(tmp.name)
         write_shell(site, f"{adapter.name} · {hook_name}", hook_name, index=False)
         click.echo("no site built (run `sparsecodes browse`); serving the live page only")
-    server = AnnotateServer(
-        site, loaded.coder, adapter, hook_name, host=host, port=port, verbose=verbose
-    )
+    server = AnnotateServer(site, coder, adapter, hook_name, host=host, port=port, verbose=verbose)
     click.echo(f"serving {site} at {server.url} (live text: {server.url}live.html); Ctrl-C stops")
     import signal
 
@@ -216,9 +198,9 @@ def serve(
 @click.argument("sae_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("text")
 @click.option("--top-n", type=int, default=5, show_default=True, help="Latents shown per token.")
-@_model_opt
-@_hook_opt
-@_device_opt
+@coder_model_option()
+@coder_hook_option
+@device_option
 @click.option(
     "--color/--no-color", default=None, help="Shade tokens (default: when writing to a terminal)."
 )
@@ -235,14 +217,15 @@ def inspect(
 ) -> None:
     from sparsecodes.interp.annotate import annotate
     from sparsecodes.interp.terminal import format_annotation, latent_summary
+    from sparsecodes.loading import load_with_model
 
-    loaded, adapter, hook_name = _open(sae_dir, model, hook, device)
-    ann = annotate(loaded.coder, adapter, hook_name, text, top_n=top_n)
+    coder, adapter, hook_name = load_with_model(sae_dir, model=model, hook=hook, device=device)
+    ann = annotate(coder, adapter, hook_name, text, top_n=top_n)
     if as_json:
         click.echo(json.dumps(ann.to_json(), ensure_ascii=False))
         return
     use_color = sys.stdout.isatty() if color is None else color
-    click.echo(f"{adapter.name} · {hook_name} · {loaded.coder.n_latents} latents")
+    click.echo(f"{adapter.name} · {hook_name} · {coder.n_latents} latents")
     click.echo(format_annotation(ann, color=use_color), color=use_color)
     click.echo("\nstrongest latents:")
     click.echo(latent_summary(ann))

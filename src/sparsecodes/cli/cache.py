@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from sparsecodes.cli.options import device_option, out_option
 
 EPILOG = """
 \b
@@ -65,9 +69,7 @@ Read a store with sparsecodes.activations.StoreSource(path) or `sparsecodes trai
     show_default=True,
     help="Windows per forward pass (keep it the same when resuming for identical bytes).",
 )
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False), help="Root directory of the stores."
-)
+@out_option("runs/cache", "Root directory of the stores (one per hook).")
 @click.option(
     "--dtype",
     type=click.Choice(["float16", "bfloat16", "float32"]),
@@ -82,9 +84,7 @@ Read a store with sparsecodes.activations.StoreSource(path) or `sparsecodes trai
     show_default=True,
     help="Rows per shard file.",
 )
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, ..."
-)
+@device_option
 @click.option(
     "--verify/--no-verify",
     default=False,
@@ -102,7 +102,7 @@ def cache(
     max_tokens: int | None,
     context_size: int,
     batch_size: int,
-    out: str,
+    out: Path,
     dtype: str,
     shard_rows: int,
     device: str,

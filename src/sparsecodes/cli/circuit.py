@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sparsecodes.circuits.scores import NODE_SCORES
+from sparsecodes.cli.options import device_option, out_option
 
 
 @click.command("circuit")
@@ -19,7 +20,7 @@ from sparsecodes.circuits.scores import NODE_SCORES
 )
 @click.option("--model", default="smollm2-135m", show_default=True, help="Model name or path.")
 @click.option("--seeds", default=10, show_default=True, help="Seeds of the method.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@out_option("runs/circuit", "Output directory (circuit-TASK.json, plots, cache/).")
 @click.option("--n-pairs", default=24, show_default=True, help="Positive/negative prompt pairs.")
 @click.option(
     "--view",
@@ -66,7 +67,7 @@ from sparsecodes.circuits.scores import NODE_SCORES
     "--no-reference gives the codes' circuit in seconds.",
 )
 @click.option("--sensitivity", is_flag=True, help="Also run the sensitivity study.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option
 def circuit(
     task: str,
     model: str,

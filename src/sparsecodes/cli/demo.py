@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from sparsecodes.cli.options import device_option, out_option
+
 SYNTH_METHODS = ("sae", "fista", "omp", "sae+fista")
 
 
@@ -34,17 +36,10 @@ latents, k=32), re-infer codes on its dictionary with OMP and warm-started FISTA
 L0, dead %, FLOPs and speed on held-out tokens. About 5 minutes on two cores; re-running reuses
 the cache and checkpoints in --out. --synthetic runs a quick synthetic study instead."""
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default="sparsecodes_demo",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
-)
+@out_option("sparsecodes_demo", "Output directory.", dest="out_dir")
 @click.option("--train-tokens", default=200_000, show_default=True, type=click.IntRange(min=1024))
 @click.option("--steps", default=1200, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@device_option
 @click.option("--synthetic", is_flag=True, help="Run the quick synthetic study instead.")
 @click.option(
     "--seeds",

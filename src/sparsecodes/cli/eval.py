@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from sparsecodes.cli.options import (
+    coder_hook_option,
+    coder_model_option,
+    device_option,
+    out_option,
+    seed_option,
+)
 
 EPILOG = """
 \b
@@ -23,10 +33,8 @@ and, with --inference, OUT/amortisation_gap.png. See docs/evaluation.md.
 
 @click.command("eval", epilog=EPILOG)
 @click.argument("sae_dir", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--model", default=None, help="Model to evaluate on [default: the SAE's recorded one]."
-)
-@click.option("--hook", default=None, help="Hook point [default: the SAE's recorded one].")
+@coder_model_option()
+@coder_hook_option
 @click.option(
     "--corpus",
     default=None,
@@ -109,21 +117,22 @@ and, with --inference, OUT/amortisation_gap.png. See docs/evaluation.md.
     show_default=True,
     help="Relative L0 mismatch accepted when matching.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Output directory [default: RUN_DIR/eval or SAE_DIR/eval].",
-)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:i]")
-@click.option("--seed", type=int, default=0, show_default=True)
-def eval_cmd(sae_dir: str, inference: str | None, **kwargs: object) -> None:
+@out_option(None, "Output directory [default: RUN_DIR/eval or SAE_DIR/eval].")
+@device_option
+@seed_option()
+def eval_cmd(sae_dir: str, inference: str | None, out: Path | None, **kwargs: object) -> None:
     """Evaluate an SAE on held-out text: FVU, L0, dead/dense latents, CE-loss and KL scores."""
     from sparsecodes.evaluation.gap import parse_methods
     from sparsecodes.evaluation.run import EvalConfig, run_eval
 
     methods = tuple(parse_methods(inference)) if inference else ()
-    cfg = EvalConfig(sae_dir=sae_dir, inference=methods, progress=True, **kwargs)
+    cfg = EvalConfig(
+        sae_dir=sae_dir,
+        inference=methods,
+        out=str(out) if out is not None else None,
+        progress=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
     payload = run_eval(cfg, echo=click.echo)
     m = payload["eval_result_metrics"]
     rows = [

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from sparsecodes.cli.options import device_option
+
 
 @click.command("models")
 @click.argument("name", required=False)
-@click.option("--device", default="cpu", show_default=True, help="Device to load NAME on.")
+@device_option
 def models(name: str | None, device: str) -> None:
     """List embedded models, or load NAME and print every hook point with its shape."""
     from sparsecodes.models import EMBEDDED_MODELS, HOOK_PATTERN, is_installed

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from sparsecodes.cli.options import NameValue, out_option, params_dict
+
 SETTINGS = ("known_dictionary", "known_codes", "unknown")
 
 
@@ -19,34 +21,6 @@ def _split_list(value: str, name: str) -> list[str]:
     if not items:
         raise click.BadParameter(f"{name} needs at least one comma-separated name")
     return items
-
-
-def _parse_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``("relu.l1=0.05", "fista.iters=50")`` -> ``{"relu": {"l1": 0.05}, "fista": {"iters": 50}}``."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        enc, dot, field = key.partition(".")
-        if not sep or not dot or not enc or not field:
-            raise click.BadParameter(
-                f"{item!r} is not ENCODER.FIELD=VALUE (e.g. relu.l1=0.05)", param_hint="--param"
-            )
-        out.setdefault(enc.strip(), {})[field.strip()] = _parse_value(value.strip())
-    return out
 
 
 @click.command(
@@ -160,7 +134,7 @@ Example (the paper's defaults, N=16, M=8, K=3, 5 seeds):
     "--param",
     "params",
     multiple=True,
-    metavar="ENCODER.FIELD=VALUE",
+    type=NameValue(dotted=True, name="ENCODER.FIELD=VALUE"),
     help="Override an encoder hyperparameter, e.g. --param relu.l1=0.05 (repeatable).",
 )
 @click.option(
@@ -177,14 +151,7 @@ Example (the paper's defaults, N=16, M=8, K=3, 5 seeds):
     type=click.IntRange(min=1),
     help="torch CPU threads (1 is fastest for small N).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    default="synth_results",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory.",
-)
+@out_option("synth_results", "Output directory.", dest="out_dir")
 @click.option("--no-plots", is_flag=True, help="Write results.json only.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-run lines, only the table.")
 def synth(
@@ -203,7 +170,7 @@ def synth(
     zipf_exponent: float | None,
     signed: bool,
     correlation: float,
-    params: tuple[str, ...],
+    params: tuple[tuple[tuple[str, str], Any], ...],
     curve_points: int,
     threads: int,
     out_dir: Path,
@@ -251,7 +218,7 @@ def synth(
             k=k,
             n_train=n_train,
             n_test=n_test,
-            params=parse_params(params),
+            params=params_dict(params),
             curve_points=curve_points,
             data_kwargs=data_kwargs,
             out=out_dir,

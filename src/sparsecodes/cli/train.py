@@ -7,27 +7,15 @@ from typing import Any
 
 import click
 
+from sparsecodes.cli.options import NameValue, device_option, out_option, params_dict, seed_option
 
-def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
-    """``("k=32", "l1=1e-3")`` -> ``{"k": 32, "l1": 0.001}`` (ints, floats, bools, strings)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
-        key, raw = item.split("=", 1)
-        value: Any = raw
-        for conv in (int, float):
-            try:
-                value = conv(raw)
-                break
-            except ValueError:
-                continue
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        if raw.lower() == "none":
-            value = None
-        out[key.strip()] = value
-    return out
+#: train_coders' parameter -> the option that sets it (for usage errors)
+_FLAGS = {
+    "stores": "--store/--model",
+    "hooks": "--hook",
+    "encoder_params": "--param",
+    "tensorboard_dir": "--tensorboard",
+}
 
 
 @click.command(
@@ -68,7 +56,11 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     help="Encoder name (repeatable; see `sparsecodes encoders`).",
 )
 @click.option(
-    "--param", "params", multiple=True, help="Encoder parameter NAME=VALUE (repeatable), e.g. k=32."
+    "--param",
+    "params",
+    multiple=True,
+    type=NameValue(),
+    help="Encoder parameter NAME=VALUE (repeatable), e.g. k=32.",
 )
 @click.option("--n-latents", type=int, default=None, help="Dictionary size (default: 8 x d_in).")
 @click.option("--steps", type=int, default=1000, show_default=True)
@@ -82,10 +74,10 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
     default="expected_norm",
     show_default=True,
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:i]")
+@device_option
 @click.option(
     "--saelens/--no-saelens",
     default=True,
@@ -105,10 +97,20 @@ def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
         "Needs pip install tensorboard."
     ),
 )
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("runs/train"), show_default=True
-)
-def train(**kw: Any) -> None:
-    from sparsecodes.training.cli_jobs import build_and_train
+@out_option("runs/train", "Run directory (with several coders: OUT/<hook>/<encoder>).")
+def train(params: tuple[tuple[str, Any], ...], **kw: Any) -> None:
+    from sparsecodes.training.jobs import JobSpecError, train_coders
 
-    build_and_train(encoder_params=parse_params(kw.pop("params")), **kw)
+    try:
+        runs = train_coders(encoder_params=params_dict(params), **kw)
+    except JobSpecError as e:
+        raise click.UsageError(f"{_FLAGS.get(e.param, e.param)}: {e}") from e
+    for run in runs:
+        if run.saelens_error is not None:
+            click.echo(f"note: no SAELens export for {run.run_dir}: {run.saelens_error}", err=True)
+        row = ", ".join(
+            f"{k}={v:.4g}"
+            for k, v in run.last_row.items()
+            if k in ("step", "mse", "l0", "dead_frac")
+        )
+        click.echo(f"{run.run_dir}: final/ written; last row: {row}")

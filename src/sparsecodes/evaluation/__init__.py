@@ -4,7 +4,9 @@
 >>> payload = run_eval(EvalConfig("runs/sae", ce_tokens=4096))     # doctest: +SKIP
 >>> payload["eval_result_metrics"]["model_performance_preservation"]["ce_loss_score"]  # doctest: +SKIP
 
-Modules: :mod:`.loading` (SAE directories, model/hook checks), :mod:`.corpus` (held-out and
+The SAE is loaded with :func:`sparsecodes.load` (checked against the model and hook with
+:func:`sparsecodes.loading.resolve_target` and :func:`~sparsecodes.loading.check_width`).
+Modules: :mod:`.corpus` (held-out and
 calibration text), :mod:`.core` (FVU, MSE, cosine, L0, dead/dense latents, density),
 :mod:`.splice` (CE-loss and KL scores with the reconstruction spliced in), :mod:`.gap` (the SAE's
 encoder vs FISTA/MP/OMP at matched L0), :mod:`.report` (JSON and PNGs), :mod:`.run` (all of it).
@@ -13,7 +15,6 @@ See ``docs/evaluation.md``.
 
 from sparsecodes.evaluation.core import ReconstructionAccumulator, reconstruction_pass
 from sparsecodes.evaluation.gap import GapRow, Method, calibrate_methods, match_l0
-from sparsecodes.evaluation.loading import LoadedSAE, load_sae, resolve_target
 from sparsecodes.evaluation.run import EvalConfig, GapSetup, evaluate, run_eval
 from sparsecodes.evaluation.splice import (
     DownstreamResult,
@@ -29,7 +30,6 @@ __all__ = [
     "EvalConfig",
     "GapRow",
     "GapSetup",
-    "LoadedSAE",
     "Method",
     "ReconstructionAccumulator",
     "Variant",
@@ -38,10 +38,8 @@ __all__ = [
     "downstream_scores",
     "evaluate",
     "kl_score",
-    "load_sae",
     "match_l0",
     "reconstruction_pass",
-    "resolve_target",
     "run_eval",
     "splice_edit",
 ]

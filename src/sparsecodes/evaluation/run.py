@@ -2,7 +2,7 @@
 
 Steps (timed separately, recorded under ``timings``):
 
-1. load the SAE (:mod:`~sparsecodes.evaluation.loading`), check it fits ``--model``/``--hook``,
+1. load the SAE (:func:`sparsecodes.load`), check it fits ``--model``/``--hook``,
    load the model, check the hook's width;
 2. with ``--inference``: collect calibration activations (embedded training split) and choose
    each iterative method's sparsity parameter (:mod:`~sparsecodes.evaluation.gap`);
@@ -278,9 +278,9 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] | None = None) -> dict
     echo = echo or logger.info
     from sparsecodes.evaluation.core import collect_rows
     from sparsecodes.evaluation.corpus import calibration_texts, eval_windows, heldout_texts
-    from sparsecodes.evaluation.loading import check_width, load_sae, resolve_target
     from sparsecodes.evaluation.report import json_safe, plot_density, plot_gap
     from sparsecodes.files import write_json
+    from sparsecodes.loading import check_width, load, resolve_target, source_of
     from sparsecodes.models import load_model
 
     for name in ("ce_tokens", "gap_tokens", "calib_tokens"):
@@ -292,9 +292,9 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] | None = None) -> dict
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    sae = load_sae(cfg.sae_dir, device=cfg.device)
-    model_name, hook = resolve_target(sae, cfg.model, cfg.hook)
-    coder = sae.coder
+    coder = load(cfg.sae_dir, device=cfg.device)
+    sae = source_of(coder)
+    model_name, hook = resolve_target(coder, cfg.model, cfg.hook)
     context = cfg.context_size or sae.context_size or 128
     out = Path(cfg.out) if cfg.out else default_out(sae.path)
 
@@ -303,7 +303,7 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] | None = None) -> dict
     echo(f"loading {model_name} ...")
     adapter = load_model(model_name, device=cfg.device)
     timings["load_model_s"] = time.perf_counter() - t0
-    check_width(sae, adapter, hook)
+    check_width(coder, adapter, hook)
     coder.to(adapter.device)
 
     what = "the held-out split of the embedded corpus" if cfg.corpus is None else cfg.corpus
@@ -375,6 +375,7 @@ def run_eval(cfg: EvalConfig, echo: Callable[[str], None] | None = None) -> dict
             "n_latents": coder.n_latents,
             "recorded_model_name": sae.model_name,
             "recorded_hook_name": sae.hook_name,
+            "recorded_hook_name_raw": sae.recorded_hook_name,
         },
         **result,
         "timings": timings,

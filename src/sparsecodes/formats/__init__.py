@@ -4,7 +4,8 @@ Neither package is needed to read or write these files; they only define the lay
 See ``docs/formats.md`` for the mapping of architectures and how input scaling is stored.
 """
 
+from sparsecodes.formats._common import read_json
 from sparsecodes.formats.saelens import load_saelens, save_saelens
 from sparsecodes.formats.sparsify import load_sparsify
 
-__all__ = ["load_saelens", "load_sparsify", "save_saelens"]
+__all__ = ["load_saelens", "load_sparsify", "read_json", "save_saelens"]

@@ -46,7 +46,7 @@ from sparsecodes.formats._common import (
     require_files,
     require_int,
 )
-from sparsecodes.sparse_coder import SparseCoder
+from sparsecodes.sparse_coder import SparseCoder, register_save_format
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae_weights.safetensors"
@@ -420,3 +420,6 @@ def _batchtopk_threshold_params(
         "encoder.threshold": threshold[0].clone(),
         "encoder.threshold_updates": torch.tensor(updates, dtype=torch.long),
     }
+
+
+register_save_format("saelens", save_saelens)

@@ -6,20 +6,21 @@
 - :func:`~sparsecodes.interp.site.write_site`: a static site that works from ``file://``.
 - :func:`~sparsecodes.interp.annotate.annotate`: which latents fire on which tokens of any text
   (used by ``sparsecodes serve`` and ``sparsecodes inspect``).
-- :func:`~sparsecodes.interp.loading.load_sae_dir`: a coder and where its activations came from.
+- :func:`~sparsecodes.interp.explanations.read_explanations`: latent explanations saved with a
+  coder (load the coder itself with :func:`sparsecodes.load`).
 """
 
 from sparsecodes.interp.annotate import Annotation, annotate
-from sparsecodes.interp.loading import LoadedSAE, load_sae_dir
+from sparsecodes.interp.explanations import find_explanations, read_explanations
 from sparsecodes.interp.stats import FeatureStats, TopKBuffer, collect, logit_lens
 
 __all__ = [
     "Annotation",
     "FeatureStats",
-    "LoadedSAE",
     "TopKBuffer",
     "annotate",
     "collect",
-    "load_sae_dir",
+    "find_explanations",
     "logit_lens",
+    "read_explanations",
 ]

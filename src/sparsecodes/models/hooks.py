@@ -84,3 +84,53 @@ def parse_hook(name: str, n_layers: int) -> HookPoint:
 def hook_order(name: str, n_layers: int) -> tuple[int, int]:
     """Sort key of a hook name in forward-pass order."""
     return parse_hook(name, n_layers).order
+
+
+# ------------------------------------------------------------------ other tools' hook names
+#: TransformerLens / SAELens hook suffix -> our kind (``blocks.{i}.{suffix}``)
+_TL_SUFFIXES: dict[str, str] = {
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_post": "resid_post",
+    "hook_attn_out": "attn_out",
+    "hook_mlp_out": "mlp_out",
+    "attn.hook_z": "attn.heads",
+}
+#: sparsify (a Hugging Face module path relative to the base model) suffix -> our kind
+_HF_SUFFIXES: dict[str, str] = {
+    "": "resid_post",  # the decoder layer's output: the residual stream leaving it
+    ".mlp": "mlp_out",
+    ".self_attn": "attn_out",  # llama, mistral, qwen, ...
+    ".attn": "attn_out",  # gpt2
+    ".attention": "attn_out",  # gpt-neox / pythia
+}
+_TL_RE = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in _TL_SUFFIXES) + r")$")
+# optional wrapper prefixes (a path from the causal-LM wrapper rather than the base model)
+_HF_RE = re.compile(
+    r"^(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)("
+    + "|".join(re.escape(s) for s in _HF_SUFFIXES if s)
+    + r")?$"
+)
+
+
+def translate_hook_name(name: str) -> str:
+    """Our hook-point name for a TransformerLens/SAELens or sparsify hook name.
+
+    ``blocks.8.hook_resid_pre`` -> ``blocks.8.resid_pre``, ``blocks.3.attn.hook_z`` ->
+    ``blocks.3.attn.heads``, sparsify's ``layers.8`` (a decoder layer's output) ->
+    ``blocks.8.resid_post``, ``layers.8.mlp`` -> ``blocks.8.mlp_out``, ``layers.8.self_attn`` /
+    ``h.8.attn`` / ``layers.8.attention`` -> ``blocks.8.attn_out``. Our own names and names with
+    no equivalent (e.g. ``blocks.8.hook_resid_mid``) are returned unchanged, so the caller's
+    hook-point validation reports them.
+    """
+    m = _TL_RE.match(name)
+    if m:
+        return f"blocks.{m.group(1)}.{_TL_SUFFIXES[m.group(2)]}"
+    m = _HF_RE.match(name)
+    if m:
+        return f"blocks.{m.group(1)}.{_HF_SUFFIXES[m.group(2) or '']}"
+    return name
+
+
+def is_hook_name(name: str) -> bool:
+    """Whether ``name`` is a hook-point name in our scheme (any layer index)."""
+    return bool(_NAME_RE.match(name))

@@ -1,19 +1,47 @@
-"""Build training jobs from command-line choices (stores or a live model) and run them."""
+"""Train coders on activation stores or a live model: one call builds the jobs and runs them.
+
+:func:`train_coders` is what ``sparsecodes train`` calls; it raises :class:`JobSpecError` for
+choices that do not fit together (naming the parameter) and returns one :class:`TrainedRun` per
+coder. Notes go to the ``sparsecodes.training.jobs`` logger.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
-import click
-
-from sparsecodes.sparse_coder import SparseCoder, resolve_device
+from sparsecodes.devices import resolve_device
+from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.training.log import WandbLogger, require_tensorboard
 from sparsecodes.training.run import RunJob, train_runs
 from sparsecodes.training.trainer import TrainConfig
 
 NORMALISER_SAMPLE_ROWS = 16384
+
+log = logging.getLogger(__name__)
+
+
+class JobSpecError(ValueError):
+    """Choices that do not fit together; ``param`` names the :func:`train_coders` argument."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """One trained coder: its run directory (``final/`` inside), its last logged row
+    (``step``, ``mse``, ``l0``, ``dead_frac``, ...), and its SAELens export (``final_saelens/``)
+    or why there is none."""
+
+    run_dir: Path
+    last_row: dict[str, float]
+    saelens_dir: Path | None = None
+    saelens_error: str | None = None
 
 
 def slug(text: str) -> str:
@@ -32,7 +60,7 @@ def _sample(source: Any, rows: int) -> Any:
     return torch.cat(parts)[:rows]
 
 
-def build_and_train(
+def train_coders(
     *,
     stores: tuple[Path, ...],
     model: str | None,
@@ -56,19 +84,29 @@ def build_and_train(
     wandb_project: str | None,
     out: Path,
     tensorboard_dir: Path | None = None,
-) -> list[Path]:
-    """Train one coder per (source, encoder); returns the run directories.
+    progress: bool = True,
+) -> list[TrainedRun]:
+    """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
+    streamed over ``corpus`` (one forward pass feeds every coder).
 
+    With one coder its run directory is ``out``; with several, ``out/<hook>/<encoder>``.
+    ``encoder_params`` go to each encoder that has a field of that name.
     ``tensorboard_dir``: TensorBoard event files there, or with several coders in
     ``tensorboard_dir/<hook>-<encoder>`` (the wandb run name), one subdirectory per run.
+    ``saelens``: also write ``final_saelens/`` where the encoder has a SAELens architecture.
+
+    Raises :class:`JobSpecError` (a ``ValueError``) before any model is loaded when the choices
+    do not fit together.
     """
     if bool(stores) == bool(model):
-        raise click.UsageError("give either --store DIR(s) or --model NAME with --hook(s)")
+        raise JobSpecError("stores", "give either activation stores or a model with hooks")
+    if model and not hooks:
+        raise JobSpecError("hooks", "streaming from a model needs at least one hook")
     if tensorboard_dir is not None:
         try:  # before loading any model: fail fast
             require_tensorboard()
         except RuntimeError as e:
-            raise click.UsageError(f"--tensorboard: {e}") from e
+            raise JobSpecError("tensorboard_dir", str(e)) from e
     sources: list[tuple[str, Any, Any, dict[str, Any]]] = []  # (label, source, sampler, meta)
     if stores:
         from sparsecodes.activations.reader import StoreSource
@@ -81,8 +119,6 @@ def build_and_train(
             sampler = StoreSource(path, seed=seed + 1)
             sources.append((slug(m.hook), src, sampler, meta))
     else:
-        if not hooks:
-            raise click.UsageError("--model needs at least one --hook")
         from sparsecodes.activations.live import LiveModelSource
         from sparsecodes.data import load_texts
         from sparsecodes.models import load_model
@@ -102,8 +138,6 @@ def build_and_train(
             }
             sources.append((slug(h), live.hook_source(h), sampler_live.hook_source(h), meta))
 
-    import dataclasses
-
     from sparsecodes.encoders import get_encoder_class
 
     per_encoder: dict[str, dict[str, Any]] = {}
@@ -114,9 +148,10 @@ def build_and_train(
         used |= set(per_encoder[enc])
     unused = sorted(set(encoder_params) - used)
     if unused:
-        raise click.UsageError(
-            f"--param {', '.join(unused)} fits none of the encoders {list(encoders)}; "
-            "see `sparsecodes encoders` for their parameters"
+        raise JobSpecError(
+            "encoder_params",
+            f"{', '.join(unused)} fits none of the encoders {list(encoders)}; "
+            "see `sparsecodes encoders` for their parameters",
         )
 
     jobs = []
@@ -152,29 +187,25 @@ def build_and_train(
         warmup_steps=warmup_steps,
         decay_fraction=decay_fraction,
         seed=seed,
-        progress=True,
+        progress=progress,
         log_every=max(1, min(50, steps // 20)),
     )
     coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
+    results = []
     for job, coder in zip(jobs, coders, strict=True):
+        sl_dir, sl_error = None, None
         if saelens:
+            meta = job.extra_config["source"]
             try:
-                from sparsecodes.formats.saelens import save_saelens
-
-                meta = job.extra_config["source"]
-                save_saelens(
-                    coder,
+                sl_dir = coder.save(
                     job.run_dir / "final_saelens",
+                    format="saelens",
                     model_name=meta.get("model_name"),
                     hook_name=meta.get("hook_name"),
                 )
-            except (ImportError, ValueError) as e:
-                click.echo(f"note: no SAELens export for {job.run_dir}: {e}", err=True)
-        last = coder.history[-1] if coder.history else {}
-        click.echo(
-            f"{job.run_dir}: final/ written; last row: "
-            + ", ".join(
-                f"{k}={v:.4g}" for k, v in last.items() if k in ("step", "mse", "l0", "dead_frac")
-            )
-        )
-    return [j.run_dir for j in jobs]
+            except ValueError as e:  # an encoder SAELens has no architecture for, ...
+                sl_error = str(e)
+                log.info("no SAELens export for %s: %s", job.run_dir, e)
+        last = dict(coder.history[-1]) if coder.history else {}
+        results.append(TrainedRun(job.run_dir, last, sl_dir, sl_error))
+    return results

@@ -1,0 +1,165 @@
+"""Options and parameter types shared by the commands, each defined once.
+
+Options are decorators (``@device_option``); factories take what differs between commands
+(``out_option(default=..., help=...)``). Parameter types turn text into values and report bad
+input as click's usage error naming the option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# ------------------------------------------------------------------------------ parameter types
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value from text: int, float, ``true``/``false``, ``none``, else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+class NameValue(click.ParamType):
+    """``NAME=VALUE`` -> ``(NAME, value)`` with the value typed by :func:`parse_value`.
+
+    ``dotted=True`` requires ``GROUP.NAME=VALUE`` (e.g. ``relu.l1=0.05``) and gives
+    ``((GROUP, NAME), value)``. ``name`` is the form shown in help and errors (e.g.
+    ``"ENCODER.FIELD=VALUE"``). Use with ``multiple=True`` and :func:`params_dict`.
+    """
+
+    def __init__(self, dotted: bool = False, name: str | None = None) -> None:
+        self.dotted = dotted
+        self.name = name or ("GROUP.NAME=VALUE" if dotted else "NAME=VALUE")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):  # already converted (a default)
+            return value
+        key, sep, raw = str(value).partition("=")
+        key = key.strip()
+        example = "relu.l1=0.05" if self.dotted else "k=32"
+        if not sep or not key:
+            self.fail(f"{value!r} is not {self.name} (e.g. {example})", param, ctx)
+        if self.dotted:
+            group, dot, name = key.partition(".")
+            if not dot or not group.strip() or not name.strip():
+                self.fail(f"{value!r} is not {self.name} (e.g. {example})", param, ctx)
+            return (group.strip(), name.strip()), parse_value(raw.strip())
+        return key, parse_value(raw.strip())
+
+
+def params_dict(pairs: tuple[tuple[Any, Any], ...]) -> dict[str, Any]:
+    """``NameValue`` results as a dict: ``{name: value}``, or ``{group: {name: value}}`` when
+    dotted. A later repeat of a name wins."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if isinstance(key, tuple):
+            out.setdefault(key[0], {})[key[1]] = value
+        else:
+            out[key] = value
+    return out
+
+
+class LatentRange(click.ParamType):
+    """Latent ids as ``"0-3,7"`` -> ``[0, 1, 2, 3, 7]`` (ranges inclusive, order kept, no
+    duplicates, at least one)."""
+
+    name = "LATENTS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, list):
+            return value
+        out: list[int] = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    a, b = (int(s) for s in part.split("-", 1))
+                    if b < a or a < 0:
+                        raise ValueError
+                    out.extend(range(a, b + 1))
+                else:
+                    i = int(part)
+                    if i < 0:
+                        raise ValueError
+                    out.append(i)
+            except ValueError:
+                self.fail(
+                    f"{part!r} is not a latent id (>= 0) or an inclusive range like 0-19",
+                    param,
+                    ctx,
+                )
+        if not out:
+            self.fail(
+                f"no latents in {value!r}; give ids or ranges, e.g. 0-19 or 3,5,8-9", param, ctx
+            )
+        return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------ options
+
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when present, else CPU) | cpu | cuda[:i] | mps.",
+)
+
+
+def seed_option(help: str = "Random seed (fixes every random draw).") -> Callable[[F], F]:
+    """``--seed`` (int, default 0)."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def out_option(
+    default: str | None,
+    help: str,
+    *,
+    dest: str = "out",
+    file_okay: bool = False,
+    dir_okay: bool = True,
+) -> Callable[[F], F]:
+    """``-o/--out`` as a ``Path``: a directory unless ``file_okay``; ``default=None`` means the
+    command derives it (say how in ``help``)."""
+    return click.option(
+        "-o",
+        "--out",
+        dest,
+        type=click.Path(file_okay=file_okay, dir_okay=dir_okay, path_type=Path),
+        default=Path(default) if default is not None else None,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def coder_model_option(flag: str = "--model", dest: str = "model") -> Callable[[F], F]:
+    """The model a saved coder is run on (default: the one its files record)."""
+    return click.option(
+        flag,
+        dest,
+        default=None,
+        help="Model name or path [default: the one recorded with the coder].",
+    )
+
+
+coder_hook_option = click.option(
+    "--hook",
+    default=None,
+    help="Hook point, ours or TransformerLens/sparsify-style (blocks.8.hook_resid_pre, "
+    "layers.8) [default: the one recorded with the coder].",
+)
