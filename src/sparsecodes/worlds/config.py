@@ -21,7 +21,8 @@ fires a sparse set of them, with a magnitude each, and observes ``x = sum_j a_j 
   ``depth`` levels below the root. After the firing draw, children of one parent are mutually
   exclusive (if ``mutually_exclusive``: of the children that fired, one chosen uniformly at random
   stays) and a parent fires whenever one of its children does (resolved bottom-up, so an active
-  leaf switches on its whole ancestor chain). Tree nodes are distinct random features.
+  leaf switches on its whole ancestor chain; a node that loses a mutual exclusion takes its
+  subtree with it). Tree nodes are distinct random features.
 - ``n_dims`` or ``features_per_dim`` (the ratio of features to dimensions), ``noise`` (std of
   isotropic Gaussian noise on ``x``), ``bias_norm`` (norm of a random constant offset).
 

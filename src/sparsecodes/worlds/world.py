@@ -219,7 +219,7 @@ class World:
         return torch.cat(rr), torch.cat(cc)
 
     def _apply_hierarchy(self, r: Tensor, c: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Mutual exclusion among siblings, then parents on (deepest level first)."""
+        """Mutual exclusion among siblings and parents on (bottom-up), then gating (top-down)."""
         h = self.config.hierarchy
         for lv in self.levels:
             n_par = lv.parents.numel()
@@ -245,6 +245,20 @@ class World:
             r = torch.cat([r, group // n_par])
             c = torch.cat([c, lv.parents[group % n_par]])
             r, c = _row_major(r, c, self.n_features)
+        # mutual exclusion higher up may have dropped a parent whose children fired: drop
+        # those children too (top-down), so a child never fires without its parent
+        n = self.n_features
+        for lv in reversed(self.levels):
+            parent_of = torch.full((n,), -1, dtype=torch.long)
+            parent_of[lv.children.reshape(-1)] = lv.parents.repeat_interleave(lv.children.shape[1])
+            keys = r * n + c
+            par = parent_of[c]
+            is_child = par >= 0
+            want = r[is_child] * n + par[is_child]
+            at = torch.searchsorted(keys, want).clamp(max=keys.numel() - 1)
+            keep = torch.ones_like(is_child)
+            keep[is_child] = keys[at] == want
+            r, c = r[keep], c[keep]
         return r, c
 
     def block(self, index: int, stream: str = "train") -> Block:
