@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from sparsecodes.metrics import (
+    AbsorptionCounter,
+    FiringCounter,
     absorption,
     code_shrinkage,
     dictionary_mcc,
@@ -83,6 +85,31 @@ def test_planted_absorbing_latent_gives_absorption_one_for_its_parent(hier_world
     assert all(r == 0.0 for p, r in rates.items() if p != parent)
     assert a.n_child_firing[a.parents.tolist().index(parent)] == int(child_fires.sum()) > 50
     assert math.isclose(a.mean, 1 / len(pc))
+
+
+def test_streamed_counters_equal_the_one_shot_metrics(hier_world, hier_data):
+    pc = hier_world.parent_children()
+    codes = hier_data.codes.clone()
+    g = torch.Generator().manual_seed(0)
+    n = codes.shape[0]
+    codes[:, sorted(pc)[:5]] *= (torch.rand(n, 1, generator=g) > 0.3).float()  # some silences
+    codes[:, 7] += (torch.rand(n, generator=g) > 0.9).float()  # some false positives
+    eye = hier_world.dictionary
+    one = firing_scores(hier_data.codes, codes, eye, eye)
+    abs_one = absorption(hier_data.codes, codes, pc, {p: p for p in pc})
+    fc = FiringCounter(one.features, one.latents)
+    ac = AbsorptionCounter(pc, {p: p for p in pc})
+    for lo in range(0, 3000, 700):
+        fc.add_batch(hier_data.codes[lo : lo + 700], codes[lo : lo + 700])
+        ac.add_batch(hier_data.codes[lo : lo + 700], codes[lo : lo + 700])
+    streamed, abs_streamed = fc.result(), ac.result()
+    for name in ("tp", "fp", "fn", "tn"):
+        assert np.array_equal(getattr(streamed, name), getattr(one, name)), name
+    assert one.fp[7] > 100 and one.means()["precision"] < 1.0
+    assert np.array_equal(abs_streamed.rate, abs_one.rate)
+    silenced = np.isin(abs_one.parents, sorted(pc)[:5])
+    assert ((abs_one.rate[silenced] > 0.2) & (abs_one.rate[silenced] < 0.4)).all()  # 30% silent
+    assert (abs_one.rate[~silenced] == 0).all()
 
 
 def test_halved_codes_show_shrinkage_one_half_and_norm_shrinkage_half(hier_world, hier_data):

@@ -7,6 +7,7 @@ dense tensors/arrays ``[n_samples, n_latents]`` or :class:`~sparsecodes.codes.Sp
 from sparsecodes.metrics.evaluate import evaluate
 from sparsecodes.metrics.features import (
     Absorption,
+    AbsorptionCounter,
     FiringCounter,
     FiringScores,
     Uniqueness,
@@ -32,6 +33,7 @@ from sparsecodes.metrics.sparsity import (
 
 __all__ = [
     "Absorption",
+    "AbsorptionCounter",
     "FiringCounter",
     "FiringScores",
     "MCCResult",

@@ -44,6 +44,7 @@ from sparsecodes.metrics.similarity import abs_cosine
 
 __all__ = [
     "Absorption",
+    "AbsorptionCounter",
     "FiringCounter",
     "FiringScores",
     "Uniqueness",
@@ -264,6 +265,44 @@ class Absorption:
         return float(self.rate[ok].mean()) if ok.any() else float("nan")
 
 
+class AbsorptionCounter:
+    """Accumulates :class:`Absorption` over batches (for streamed worlds).
+
+    Args:
+        parent_children: ``{parent feature: [child features]}``.
+        parent_latents: ``{parent feature: latent}``; parents without one are left out.
+    """
+
+    def __init__(
+        self, parent_children: dict[int, list[int]], parent_latents: dict[int, int]
+    ) -> None:
+        self.parents = np.array([p for p in parent_children if p in parent_latents], dtype=np.int64)
+        self.latents = np.array([parent_latents[int(p)] for p in self.parents], dtype=np.int64)
+        self.children = [np.asarray(parent_children[int(p)], dtype=np.int64) for p in self.parents]
+        self.silent = np.zeros(self.parents.shape, dtype=np.int64)
+        self.count = np.zeros(self.parents.shape, dtype=np.int64)
+
+    def add_batch(self, true_codes: Any, codes: Any) -> None:
+        """Count one batch: ``true_codes`` ``[B, N]``, ``codes`` ``[B, L]``."""
+        t = _csr(true_codes, "true_codes").tocsc()
+        lat_fire = (_csr(codes, "codes")[:, self.latents] != 0).toarray()  # [B, P]
+        if t.shape[0] != lat_fire.shape[0]:
+            raise ValueError("true_codes and codes must hold the same samples")
+        for k, ch in enumerate(self.children):
+            child_fire = np.asarray((t[:, ch] != 0).sum(axis=1)).ravel() > 0
+            self.count[k] += int(child_fire.sum())
+            self.silent[k] += int((child_fire & ~lat_fire[:, k]).sum())
+
+    def result(self) -> Absorption:
+        rate = np.divide(
+            self.silent,
+            self.count,
+            out=np.full(self.parents.shape, np.nan),
+            where=self.count > 0,
+        )
+        return Absorption(self.parents, self.latents, rate, self.count.copy())
+
+
 def absorption(
     true_codes: Any,
     codes: Any,
@@ -286,16 +325,6 @@ def absorption(
             raise ValueError("give parent_latents, or true_atoms and atoms to match them")
         f, lat = match_latents(true_atoms, atoms, "hungarian")
         parent_latents = dict(zip(f.tolist(), lat.tolist(), strict=True))
-    parents = np.array([p for p in parent_children if p in parent_latents], dtype=np.int64)
-    t = _csr(true_codes, "true_codes").tocsc()
-    p_codes = _csr(codes, "codes").tocsc()
-    rate = np.full(parents.shape, np.nan)
-    count = np.zeros(parents.shape, dtype=np.int64)
-    lats = np.array([parent_latents[int(p)] for p in parents], dtype=np.int64)
-    for k, (par, lat) in enumerate(zip(parents, lats, strict=True)):
-        child_fire = np.asarray((t[:, parent_children[int(par)]] != 0).sum(axis=1)).ravel() > 0
-        count[k] = int(child_fire.sum())
-        if count[k]:
-            lat_fire = np.asarray((p_codes[:, int(lat)] != 0).todense()).ravel()
-            rate[k] = float((child_fire & ~lat_fire).sum() / count[k])
-    return Absorption(parents, lats, rate, count)
+    counter = AbsorptionCounter(parent_children, parent_latents)
+    counter.add_batch(true_codes, codes)
+    return counter.result()
