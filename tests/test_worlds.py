@@ -102,6 +102,17 @@ def test_zipf_firing_rates_match_their_probabilities():
     assert l0 == pytest.approx(5.0, abs=5 * math.sqrt(5.0 / n) * 2)
 
 
+def test_extreme_zipf_with_zero_probabilities_never_fires_those_features():
+    cfg = WorldConfig(
+        n_features=50, n_dims=8, firing=FiringSpec(l0=1.5, zipf_exponent=200.0), block_rows=500
+    )
+    w = World(cfg)
+    assert (w.probabilities[40:] == 0).all()  # (j+1)^-200 underflows past j = 34
+    fire = _dense(w, 4000)[1] != 0
+    assert fire[:, 0].all() and not fire[:, 2:].any()
+    assert fire[:, 1].double().mean().item() == pytest.approx(0.5, abs=0.04)
+
+
 def test_correlation_keeps_rates_and_makes_aligned_features_cofire():
     base = WorldConfig(
         n_features=40,

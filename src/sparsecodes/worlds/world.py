@@ -55,16 +55,23 @@ class WorldBatch:
 
 
 def firing_probabilities(n: int, l0: float, zipf_exponent: float, max_prob: float) -> Tensor:
-    """``[n]`` float64 ``p_j = min(c (j+1)^-a, max_prob)`` with ``c`` chosen so ``sum p = l0``."""
+    """``[n]`` float64 ``p_j = min(c (j+1)^-a, max_prob)`` with ``c`` chosen so ``sum p = l0``.
+
+    Water-filling: the ``m`` most frequent features sit at ``max_prob`` and the rest share
+    ``l0 - m max_prob`` in proportion to their weights, with the smallest ``m`` that keeps every
+    unclamped ``p_j <= max_prob``. Weights that underflow give ``p_j = 0``.
+    """
     w = torch.arange(1, n + 1, dtype=torch.float64) ** -float(zipf_exponent)
-    lo, hi = 0.0, max_prob / float(w.min())  # at hi every p_j is clamped: sum = n * max_prob
-    for _ in range(200):  # bisection on c; sum is monotone in c
-        mid = 0.5 * (lo + hi)
-        if float((mid * w).clamp(max=max_prob).sum()) < l0:
-            lo = mid
-        else:
-            hi = mid
-    return (hi * w).clamp(max=max_prob)
+    tail = torch.flip(torch.cumsum(torch.flip(w, [0]), 0), [0])  # sum_{j >= m} w_j
+    m = torch.arange(n, dtype=torch.float64)
+    c = (l0 - m * max_prob) / tail.clamp_min(1e-300)
+    ok = (tail > 0) & (c > 0) & (c * w <= max_prob * (1 + 1e-12))
+    if not ok.any():  # l0 == n * max_prob: everything at the cap
+        return torch.full((n,), float(max_prob), dtype=torch.float64)
+    first = int(ok.nonzero()[0])
+    p = (c[first] * w).clamp(max=max_prob)
+    p[:first] = max_prob
+    return p
 
 
 #: elements per dense temporary ``[sub_block, n_features]`` (16 MiB of float32)
@@ -122,6 +129,7 @@ class World:
         q = (1 - self.probabilities).clamp(0.0, 1.0)
         self._u_threshold = q.float()
         self._z_threshold = (math.sqrt(2) * torch.erfinv(2 * q - 1)).float()
+        self._cache: tuple[tuple[int, str], Block] | None = None
         self.levels: list[TreeLevel] = []
         if c.hierarchy is not None:
             self.levels = self._build_forest(generator(seed, "world:hierarchy"))
@@ -172,22 +180,24 @@ class World:
         seg_end = torch.cumsum(budget, 0)
         log_q = torch.log1p(-p.clamp(max=1 - 1e-12))
         u = torch.rand(fid.numel(), generator=g, dtype=torch.float64).clamp_min(1e-300)
-        gaps = torch.floor(torch.log(u) / log_q[fid]) + 1
+        # a gap past the block end ends that feature's run; clamping keeps the float64 cumsum
+        # exact (and finite when p_j = 0) without moving any in-block position
+        gaps = (torch.floor(torch.log(u) / log_q[fid]) + 1).clamp_(max=rows + 1)
         cs = torch.cumsum(gaps, 0)
         base = torch.cat([cs.new_zeros(1), cs[seg_end[:-1] - 1]])
         pos = cs - base[fid] - 1
         reached = pos[seg_end - 1]
-        rr, cc = [pos.long()], [fid]
+        hit = pos < rows
+        rr, cc = [pos[hit].long()], [fid[hit]]
         short = (reached < rows).nonzero().squeeze(1)
         while short.numel():  # rare: a feature's budget ran out before the block's end
             u = torch.rand(short.numel(), generator=g, dtype=torch.float64).clamp_min(1e-300)
-            reached[short] += torch.floor(torch.log(u) / log_q[short]) + 1
+            reached[short] += (torch.floor(torch.log(u) / log_q[short]) + 1).clamp_(max=rows + 1)
+            hit = reached[short] < rows
+            short = short[hit]
             rr.append(reached[short].long())
             cc.append(short)
-            short = short[reached[short] < rows]
-        r, c = torch.cat(rr), torch.cat(cc)
-        keep = r < rows
-        return _row_major(r[keep], c[keep], self.n_features)
+        return _row_major(torch.cat(rr), torch.cat(cc), self.n_features)
 
     def _fire_dense(self, rows: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         """Correlated or exact-k firing, drawn densely in sub-blocks of bounded size."""
@@ -299,10 +309,9 @@ class World:
         )
 
     def _cached_block(self, b: int, stream: str) -> Block:
-        key = (b, stream)
-        cache = getattr(self, "_cache", None)
-        if cache is None or cache[0] != key:
-            self._cache = (key, self.block(b, stream))
+        """The last block drawn is kept, so consecutive batches inside it cost nothing."""
+        if self._cache is None or self._cache[0] != (b, stream):
+            self._cache = ((b, stream), self.block(b, stream))
         return self._cache[1]
 
     def batches(
