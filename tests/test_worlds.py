@@ -273,4 +273,5 @@ def test_streaming_a_16k_world_stays_in_bounded_memory(tmp_path: Path):
     dense_bytes = r["rows"] * 16384 * 4
     peak_bytes = r["peak_kb"] * 1024
     assert r["rows"] >= n and r["nnz"] / r["rows"] > 25  # it really drew ~34 actives per row
-    assert peak_bytes < 1.5e9 < dense_bytes / 4, (peak_bytes, dense_bytes)
+    growth = peak_bytes - r["base_kb"] * 1024  # above the interpreter and torch
+    assert peak_bytes < 1e9 and growth < dense_bytes / 10, (peak_bytes, growth, dense_bytes)
