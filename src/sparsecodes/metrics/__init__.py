@@ -5,6 +5,20 @@ dense tensors/arrays ``[n_samples, n_latents]`` or :class:`~sparsecodes.codes.Sp
 """
 
 from sparsecodes.metrics.evaluate import evaluate
+from sparsecodes.metrics.features import (
+    Absorption,
+    AbsorptionCounter,
+    FiringCounter,
+    FiringScores,
+    Uniqueness,
+    absorption,
+    code_shrinkage,
+    firing_scores,
+    match_latents,
+    norm_shrinkage,
+    recovery_rate,
+    uniqueness,
+)
 from sparsecodes.metrics.matching import max_weight_matching
 from sparsecodes.metrics.mcc import MCCResult, code_mcc, dictionary_mcc
 from sparsecodes.metrics.reconstruction import (
@@ -24,10 +38,17 @@ from sparsecodes.metrics.sparsity import (
 )
 
 __all__ = [
+    "Absorption",
+    "AbsorptionCounter",
+    "FiringCounter",
+    "FiringScores",
     "MCCResult",
+    "Uniqueness",
     "abs_correlation",
     "abs_cosine",
+    "absorption",
     "code_mcc",
+    "code_shrinkage",
     "cosine_similarity",
     "dead_latents",
     "dense_latents",
@@ -35,10 +56,15 @@ __all__ = [
     "evaluate",
     "explained_variance",
     "feature_density",
+    "firing_scores",
     "fvu",
     "fvu_from_sums",
     "l0",
+    "match_latents",
     "max_weight_matching",
     "mse",
+    "norm_shrinkage",
+    "recovery_rate",
     "support_metrics",
+    "uniqueness",
 ]

@@ -92,7 +92,8 @@ def code_mcc(
     return res if return_matching else res.mcc
 
 
-def _atoms(x: Any, name: str) -> Tensor | np.ndarray:
+def atoms_of(x: Any, name: str) -> Tensor | np.ndarray:
+    """``[n_atoms, d_in]`` atoms of a tensor/array, a ``Dictionary`` or a ``SparseCoder``."""
     if isinstance(x, Dictionary):
         return x.W_dec.detach()
     inner = getattr(x, "dictionary", None)  # a SparseCoder
@@ -129,6 +130,6 @@ def dictionary_mcc(
         return_matching: return an :class:`MCCResult`.
         method: matching solver, as in :func:`code_mcc`.
     """
-    sim = abs_cosine(_atoms(true_atoms, "true_atoms"), _atoms(atoms, "atoms"))
+    sim = abs_cosine(atoms_of(true_atoms, "true_atoms"), atoms_of(atoms, "atoms"))
     res = _match(sim, method)
     return res if return_matching else res.mcc
