@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "data",
             "synthetic",
             "provenance",
+            "worlds",
         ),
     ),
     ("blocks", ("dictionary", "encoders", "metrics", "activations", "models")),

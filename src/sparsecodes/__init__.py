@@ -4,7 +4,7 @@ The dictionary and the inference procedure are separate, swappable parts: train 
 infer with any other on the same dictionary, and measure the gap.
 """
 
-from sparsecodes import encoders, metrics, synthetic
+from sparsecodes import encoders, metrics, synthetic, worlds
 from sparsecodes.codes import SparseCodes
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.loading import load
@@ -23,4 +23,5 @@ __all__ = [
     "load",
     "metrics",
     "synthetic",
+    "worlds",
 ]
