@@ -255,10 +255,6 @@ def test_lista_flops_grow_with_iters():
 
 def test_lista_before_training_matches_ista_encoder(problem):
     """Same objective convention as the ``ista`` inference (0.5 ||r - zD||^2 + l1 |z|_1)."""
-    from sparsecodes.encoders import available_encoders
-
-    if "ista" not in available_encoders():
-        pytest.skip("the ista encoder is not registered")
     x, _, atoms = problem
     model = sc.SparseCoder(D_IN, N, "lista", seed=0, iters=4, l1=0.05)
     model.set_dictionary(atoms)

@@ -186,8 +186,14 @@ def test_embedded_corpus_windows_with_tiny_llama_tokenizer(tok, embedded):
     for w in token_windows(embedded[:20], tok, 128):
         ws.append(w)
     assert len(ws) > 100
-    keep_frac = torch.stack([w.keep for w in ws]).float().mean()
-    assert 0.95 < keep_frac < 1.0
+    ids, keep = torch.stack([w.input_ids for w in ws]), torch.stack([w.keep for w in ws])
+    # kept: every token but the BOS of each window and the EOS between documents
+    assert torch.equal(keep, ~torch.isin(ids, torch.tensor(tok.all_special_ids)))
+    assert (
+        not keep[:, 0].any()
+        and keep[:, 1:].sum() == keep[:, 1:].numel() - (ids[:, 1:] == tok.eos_token_id).sum()
+    )
+    assert 0 < int((ids == tok.eos_token_id).sum()) < 20  # at most one separator per document
 
 
 @pytest.mark.skipif(not is_installed("minilm-l6"), reason="MiniLM tokenizer not installed")

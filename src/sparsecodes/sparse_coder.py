@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from sparsecodes.codes import Codes, SparseCodes, to_dense
 from sparsecodes.devices import resolve_device
 from sparsecodes.dictionary import Dictionary
-from sparsecodes.encoders import make_encoder
+from sparsecodes.encoders import get_encoder_class, make_encoder
 from sparsecodes.encoders.base import Encoder
 from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
@@ -201,13 +201,12 @@ class SparseCoder(nn.Module):
                     f"inference parameters {sorted(params)} need inference=<iterative encoder>"
                 )
             return self.encoder
-        enc = make_encoder(inference, self.d_in, self.n_latents, **params)
-        if enc.kind != "iterative":
+        if get_encoder_class(inference).kind != "iterative":  # before its config is checked
             raise ValueError(
                 f"inference={inference!r} is an amortised encoder with its own parameters; only "
                 "iterative encoders can run on a trained dictionary (e.g. 'fista', 'mp', 'omp')"
             )
-        return enc.to(self.device)
+        return make_encoder(inference, self.d_in, self.n_latents, **params).to(self.device)
 
     @torch.no_grad()
     def encode(

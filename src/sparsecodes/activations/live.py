@@ -32,6 +32,8 @@ class LiveModelSource:
         seed: seeds the shuffles. The corpus is cycled when exhausted (epochs).
     """
 
+    KEEP_PASSES = 2
+
     def __init__(
         self,
         adapter: Any,
@@ -51,8 +53,8 @@ class LiveModelSource:
         self.windows_per_pass = windows_per_pass
         self.seed = seed
         self.d_in = {h: int(torch.tensor(adapter.hook_shape(h)).prod()) for h in self.hooks}
-        self._pass = 0  # index of the forward pass whose rows are being consumed
-        self._current: dict[str, Tensor] | None = None
+        # the last KEEP_PASSES forward passes' rows: views in lockstep straddle at most two
+        self._recent: dict[int, dict[str, Tensor]] = {}
         self._windows: Iterator[tuple[Tensor, Tensor]] | None = None
         self._next_window_pass = 0
 
@@ -92,6 +94,15 @@ class LiveModelSource:
             out[h] = rows[perm.to(rows.device)].float().cpu()
         return out
 
+    def pass_rows(self, index: int) -> dict[str, Tensor]:
+        """Rows of forward pass ``index`` for every hook, computed once while recent."""
+        rows = self._recent.get(index)
+        if rows is None:
+            rows = self._recent[index] = self._compute_pass(index)
+            while len(self._recent) > self.KEEP_PASSES:
+                del self._recent[min(self._recent)]
+        return rows
+
     def hook_source(self, hook: str) -> _HookView:
         if hook not in self.hooks:
             raise ValueError(f"hook {hook!r} is not streamed by this source; it has {self.hooks}")
@@ -113,11 +124,7 @@ class _HookView:
         self.pos = 0
 
     def _rows_of(self, index: int) -> Tensor:
-        p = self.parent
-        if p._current is None or p._pass != index:
-            p._current = p._compute_pass(index)
-            p._pass = index
-        return p._current[self.hook]
+        return self.parent.pass_rows(index)[self.hook]
 
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         while True:

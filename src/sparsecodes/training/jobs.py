@@ -8,6 +8,7 @@ coder. Notes go to the ``sparsecodes.training.jobs`` logger.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from pathlib import Path
@@ -48,16 +49,18 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def _sample(source: Any, rows: int) -> Any:
+def _samples(sources: list[Any], rows: int) -> list[Any]:
+    """The first ``rows`` rows of each source, drawn in lockstep (live views share passes)."""
     import torch
 
-    parts, got = [], 0
-    for x, _ in source.batches(min(rows, 4096)):
-        parts.append(x)
-        got += x.shape[0]
-        if got >= rows:
-            break
-    return torch.cat(parts)[:rows]
+    iters = [s.batches(min(rows, 4096)) for s in sources]
+    parts: list[list[Any]] = [[] for _ in sources]
+    got = 0
+    while sources and got < rows:
+        for part, it in zip(parts, iters, strict=True):
+            part.append(next(it)[0])
+        got += parts[0][-1].shape[0]
+    return [torch.cat(p)[:rows] for p in parts]
 
 
 def train_coders(
@@ -107,7 +110,9 @@ def train_coders(
             require_tensorboard()
         except RuntimeError as e:
             raise JobSpecError("tensorboard_dir", str(e)) from e
-    sources: list[tuple[str, Any, Any, dict[str, Any]]] = []  # (label, source, sampler, meta)
+    # (label, new source, sampler, meta): every coder gets its own source (the same rows in the
+    # same order), so coders of one hook never split its batches between them
+    sources: list[tuple[str, Any, Any, dict[str, Any]]] = []
     if stores:
         from sparsecodes.activations.reader import StoreSource
         from sparsecodes.activations.store import read_manifest
@@ -115,9 +120,9 @@ def train_coders(
         for path in stores:
             m = read_manifest(path)
             meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
-            src = StoreSource(path, seed=seed)
             sampler = StoreSource(path, seed=seed + 1)
-            sources.append((slug(m.hook), src, sampler, meta))
+            new_src = functools.partial(StoreSource, path, seed=seed)
+            sources.append((slug(m.hook), new_src, sampler, meta))
     else:
         from sparsecodes.activations.live import LiveModelSource
         from sparsecodes.data import load_texts
@@ -136,7 +141,8 @@ def train_coders(
                 "corpus": corpus or "embedded",
                 "context_size": context_size,
             }
-            sources.append((slug(h), live.hook_source(h), sampler_live.hook_source(h), meta))
+            new_view = functools.partial(live.hook_source, h)  # views in lockstep share passes
+            sources.append((slug(h), new_view, sampler_live.hook_source(h), meta))
 
     from sparsecodes.encoders import get_encoder_class
 
@@ -155,10 +161,11 @@ def train_coders(
         )
 
     jobs = []
-    for label, src, sampler, meta in sources:
-        sample = _sample(sampler, NORMALISER_SAMPLE_ROWS)
-        d_in = src.d_in
+    samples = _samples([sampler for _, _, sampler, _ in sources], NORMALISER_SAMPLE_ROWS)
+    for (label, new_src, sampler, meta), sample in zip(sources, samples, strict=True):
+        d_in = sampler.d_in
         for enc in encoders:
+            src = new_src()
             coder = SparseCoder(
                 d_in,
                 n_latents or 8 * d_in,
