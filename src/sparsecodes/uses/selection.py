@@ -20,11 +20,14 @@ Scoring touches only a document's active latents: with ``x`` sparse and ``c >= 0
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,8 +43,11 @@ __all__ = [
     "generalised_jaccard",
     "jaccard_to_centroid",
     "parse_top",
+    "select_documents",
     "select_top",
+    "selection_rows",
     "target_centroid",
+    "write_selection",
 ]
 
 
@@ -277,3 +283,30 @@ def select_documents(
 
     chosen = select_top(centroid, stream(), k, progress=progress, total=n_pool)
     return chosen, centroid
+
+
+def selection_rows(selected: Iterable[Selected]) -> list[dict[str, Any]]:
+    """JSON-ready rows: ``rank`` (1 = best), ``score``, ``pool_index`` and, for
+    :class:`~sparsecodes.uses.documents.Record` items, ``line`` and the record's own fields
+    (its ``text`` or whole JSON object; our keys win a name clash)."""
+    from sparsecodes.uses.documents import Record
+
+    rows = []
+    for rank, s in enumerate(selected, start=1):
+        ours: dict[str, Any] = {"rank": rank, "score": s.score, "pool_index": s.index}
+        if isinstance(s.item, Record):
+            ours["line"] = s.item.line
+            rows.append({**s.item.fields, **ours})
+        elif isinstance(s.item, str):
+            rows.append({"text": s.item, **ours})
+        else:
+            rows.append(ours)
+    return rows
+
+
+def write_selection(path: str | os.PathLike[str], selected: Iterable[Selected]) -> Path:
+    """Write :func:`selection_rows` as JSON Lines to ``path``, atomically."""
+    from sparsecodes.files import write_text
+
+    lines = [json.dumps(r, ensure_ascii=False) for r in selection_rows(selected)]
+    return write_text(path, "".join(line + "\n" for line in lines))

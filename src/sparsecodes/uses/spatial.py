@@ -268,9 +268,9 @@ def local_morans_i(
     with torch.no_grad():
         lag = w.lag(z)
         Is = (n - 1) * z * lag / den
-        quad = torch.where(
-            z > 0, torch.where(lag > 0, 1, 4), torch.where(lag > 0, 2, 3)
-        ).to(torch.int8)
+        quad = torch.where(z > 0, torch.where(lag > 0, 1, 4), torch.where(lag > 0, 2, 3)).to(
+            torch.int8
+        )
         n_l = z.shape[1]
         larger = torch.zeros(n, n_l, dtype=torch.long, device=device)
         gen = generator(seed, "moran-local")
@@ -318,9 +318,7 @@ class SpatialTable:
     metric: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def rows(
-        self, labels: Sequence[str] | None = None, top_docs: int = 5
-    ) -> list[dict[str, Any]]:
+    def rows(self, labels: Sequence[str] | None = None, top_docs: int = 5) -> list[dict[str, Any]]:
         """One dict per latent, most autocorrelated (highest I) first: ``latent``, ``I``,
         ``p_sim``, ``z_sim``, ``active_docs``, ``mean_activation`` and, with ``labels`` (one per
         document), the ``top_documents`` where the latent is highest."""
