@@ -55,7 +55,7 @@ def language_pool(n_per: int, n_target: int, seed: int) -> tuple[list[str], list
         f = Faker(loc)
         f.seed_instance(derive_seed(seed, f"faker-{loc}") % 2**32)
         for _ in range(n_per + n_target):
-            texts.append(f.text(max_nb_chars=160).replace("\n", " "))
+            texts.append(f.text(max_nb_chars=120).replace("\n", " "))
             labels.append(loc)
     return texts, labels
 
@@ -172,8 +172,8 @@ def _rank(scores: torch.Tensor) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-per-language", type=int, default=150)
-    ap.add_argument("--n-per-continent", type=int, default=150)
+    ap.add_argument("--n-per-language", type=int, default=80)
+    ap.add_argument("--n-per-continent", type=int, default=80)
     ap.add_argument("--n-target", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/sparsecodes_uses"))

@@ -93,8 +93,15 @@ class KNNWeights:
         return self.sparse().to_dense()
 
     def lag(self, z: Tensor) -> Tensor:
-        """Spatial lag ``W z``: ``[n, L]`` -> ``[n, L]`` (mean over each point's neighbours)."""
-        return torch.sparse.mm(self.sparse(z.device), z)
+        """Spatial lag ``W z``: ``[n, L]`` -> ``[n, L]`` (mean over each point's neighbours).
+
+        ``k`` row gathers, faster on CPU than a sparse matmul.
+        """
+        nb = self.neighbours.to(z.device)
+        out = z.index_select(0, nb[:, 0])
+        for m in range(1, self.k):
+            out += z.index_select(0, nb[:, m])
+        return out / self.k
 
 
 def _pairwise(a: Tensor, b: Tensor, metric: str) -> Tensor:
@@ -191,9 +198,8 @@ def morans_i(
     z = _as_values(y, n).to(device)
     z = z - z.mean(0)
     den = (z * z).sum(0)
-    W = w.sparse(device)
     with torch.no_grad():
-        obs = (z * torch.sparse.mm(W, z)).sum(0) / den
+        obs = (z * w.lag(z)).sum(0) / den
         n_l = z.shape[1]
         larger = torch.zeros(n_l, dtype=torch.long, device=device)
         s1 = torch.zeros(n_l, dtype=torch.float64, device=device)
@@ -201,8 +207,8 @@ def morans_i(
         gen = generator(seed, "moran-global")
         for _ in range(permutations):
             perm = torch.randperm(n, generator=gen).to(device)
-            zp = z[perm]
-            sim = (zp * torch.sparse.mm(W, zp)).sum(0) / den
+            zp = z.index_select(0, perm)
+            sim = (zp * w.lag(zp)).sum(0) / den
             larger += sim >= obs
             s1 += sim
             s2 += sim * sim
