@@ -11,7 +11,8 @@ they are highest and their LISA clusters. Two text variants:
 - ``city``: "We flew into Lyon on Monday." (only the city named: any geography in the codes
   comes from what the model knows about the name).
 
-Run: ``python benchmarks/spatial_cities.py [--n-cities 1000] [--cache-dir DIR]``; writes
+Run: ``OMP_NUM_THREADS=1 python benchmarks/spatial_cities.py [--n-cities 600] [--cache-dir DIR]``
+(one thread: on a busy 2-core machine two threads made each permutation 30x slower); writes
 ``benchmarks/results/spatial_cities.json``.
 """
 
@@ -70,7 +71,9 @@ def run_variant(coder, adapter, mention: str, args) -> dict:
         "example_texts": ct.texts[:3],
         "latents_tested": int(table.latents.numel()),
         "n_significant_p_lt_0.01": int((p < 0.01).sum()),
-        "n_significant_bonferroni_0.05": int((p * p.numel() < 0.05).sum()),
+        # 999 permutations cannot reach a Bonferroni level over ~1000 latents (p >= 0.001);
+        # z_sim > 4 is about p < 3e-5 under the permutation null's normal approximation
+        "n_z_sim_gt_4": int((table.moran.z_sim > 4).sum()),
         "min_attainable_p": 1 / (args.permutations + 1),
         "median_I": float(table.moran.I.nanmedian()),
         "seconds": round(seconds, 1),
@@ -110,11 +113,11 @@ def main() -> None:
     write_json(args.out, result)
     for v in result["variants"]:
         logger.info(
-            "%s: %d latents tested, %d with p < 0.01 (%d Bonferroni)",
+            "%s: %d latents tested, %d with p < 0.01, %d with z_sim > 4",
             v["mention"],
             v["latents_tested"],
             v["n_significant_p_lt_0.01"],
-            v["n_significant_bonferroni_0.05"],
+            v["n_z_sim_gt_4"],
         )
         for r in v["top_latents"][:6]:
             logger.info(
