@@ -83,7 +83,7 @@ def run_variant(coder, adapter, mention: str, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-cities", type=int, default=1000)
+    ap.add_argument("--n-cities", type=int, default=600)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--permutations", type=int, default=999)
     ap.add_argument("--min-docs", type=int, default=10)
