@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "browse": "sparsecodes.cli.browse:browse",
     "serve": "sparsecodes.cli.browse:serve",
     "inspect": "sparsecodes.cli.browse:inspect",
+    "select": "sparsecodes.cli.select:select",
 }
 
 HELP = {
@@ -38,6 +39,7 @@ HELP = {
     "browse": "Build a static feature browser (top contexts, histograms, logit effects).",
     "serve": "Serve the feature browser with a live text box (localhost JSON API).",
     "inspect": "Show which latents fire on each token of a text, in the terminal.",
+    "select": "Select pool documents whose sparse codes resemble a target set's (data selection).",
 }
 
 
