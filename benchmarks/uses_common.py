@@ -38,15 +38,15 @@ def ensure_sae(root: Path, adapter: Any, recipe: SAERecipe | None = None) -> Any
     from sparsecodes.activations.cache import cache_activations
     from sparsecodes.activations.reader import StoreSource
     from sparsecodes.data import load_texts
+    from sparsecodes.loading import load
     from sparsecodes.sparse_coder import SparseCoder
     from sparsecodes.training.run import train_run
     from sparsecodes.training.trainer import TrainConfig
-    from sparsecodes.uses.documents import load_coder
 
     r = recipe or SAERecipe()
     run_dir = root / "sae"
     if (run_dir / "final" / "sparsecodes.json").is_file():
-        coder, _, _ = load_coder(run_dir)
+        coder = load(run_dir)
         return coder
     texts = [t for i, t in enumerate(load_texts(None)) if i % 20]  # every 20th held out
     cache = cache_activations(

@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "experiments",
             "training.jobs",
             "loading",
+            "uses",
         ),
     ),
     ("cli", ("cli",)),

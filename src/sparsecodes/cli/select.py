@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from sparsecodes.cli.options import coder_hook_option, coder_model_option, device_option
+
 
 @click.command(
     help=(
@@ -46,8 +48,8 @@ import click
     required=True,
     help="Output JSON Lines file (written atomically).",
 )
-@click.option("--model", default=None, help="Model (default: the one recorded with the coder).")
-@click.option("--hook", default=None, help="Hook point (default: the one recorded).")
+@coder_model_option()
+@coder_hook_option
 @click.option("--text-field", default="text", show_default=True, help="JSON Lines text field.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Documents per pass.")
 @click.option(
@@ -57,7 +59,7 @@ import click
     show_default=True,
     help="Tokens read per document (its first ones, BOS included).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@device_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def select(
     sae_dir: Path,
@@ -73,16 +75,14 @@ def select(
     device: str,
     progress: bool,
 ) -> None:
-    from sparsecodes.models import load_model
-    from sparsecodes.uses.documents import count_documents, load_coder, read_documents
+    from sparsecodes.loading import load_with_model
+    from sparsecodes.uses.documents import count_documents, read_documents
     from sparsecodes.uses.selection import parse_top, select_documents, write_selection
 
     logging.basicConfig(level=logging.WARNING)
     n_pool = count_documents(pool, text_field)
     k = parse_top(top, n_pool)  # fail on a bad --top before loading anything
-    coder, model_name, hook_name = load_coder(sae_dir, model_name=model, hook_name=hook)
-    adapter = load_model(model_name, device=device)
-    coder.to(adapter.device)
+    coder, adapter, hook_name = load_with_model(sae_dir, model=model, hook=hook, device=device)
     chosen, _ = select_documents(
         coder,
         adapter,

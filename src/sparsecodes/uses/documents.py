@@ -11,7 +11,7 @@ streams in bounded memory.
 JSON Lines with a ``"text"`` field (``.jsonl`` files, or any file whose first non-blank line
 starts with ``{``). Blank lines are skipped.
 
-:func:`load_coder` is the one place this package opens a coder directory.
+Coder directories are opened with :func:`sparsecodes.load` (the one loader).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ __all__ = [
     "count_documents",
     "document_codes",
     "iter_document_codes",
-    "load_coder",
     "read_documents",
 ]
 
@@ -104,25 +103,6 @@ def read_documents(path: str | os.PathLike[str], text_field: str = "text") -> It
 def count_documents(path: str | os.PathLike[str], text_field: str = "text") -> int:
     """Number of documents :func:`read_documents` yields for ``path`` (one streamed pass)."""
     return sum(1 for _ in read_documents(path, text_field))
-
-
-def load_coder(
-    path: str | os.PathLike[str],
-    *,
-    model_name: str | None = None,
-    hook_name: str | None = None,
-    device: str | None = None,
-) -> tuple[Any, str, str]:
-    """``(coder, model_name, hook_name)`` for the coder directory ``path``.
-
-    Explicit ``model_name`` / ``hook_name`` override what the coder recorded; a ValueError names
-    the option to pass when neither gives one.
-    """
-    from sparsecodes.interp.loading import load_sae_dir
-
-    loaded = load_sae_dir(path, model_name=model_name, hook_name=hook_name, device=device)
-    model, hook = loaded.require_source()
-    return loaded.coder, model, hook
 
 
 @dataclass(frozen=True)
