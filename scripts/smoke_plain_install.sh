@@ -34,6 +34,14 @@ outside = [p for p in site.getsitepackages() if not p.startswith(sys.prefix)]
 assert not outside and sys.prefix != sys.base_prefix, f"not a clean venv: {outside}"
 print("smoke: python", sys.executable, "sparsecodes", sparsecodes.__file__)
 PY
+# every module imports (extras are imported lazily inside functions: tests/test_dependencies.py)
+python3 - <<'PY'
+import importlib, pkgutil, sparsecodes
+names = [m.name for m in pkgutil.walk_packages(sparsecodes.__path__, "sparsecodes.")]
+for name in names:
+    importlib.import_module(name)
+print(f"smoke: all {len(names)} modules import")
+PY
 sparsecodes --help > "$WORK/help.txt"
 mapfile -t CMDS < <(python3 -c 'from sparsecodes.cli import COMMANDS; print("\n".join(COMMANDS))')
 [[ ${#CMDS[@]} -gt 0 ]] || { echo "smoke: no commands in sparsecodes.cli.COMMANDS"; exit 1; }
