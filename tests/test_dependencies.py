@@ -173,3 +173,15 @@ def test_missing_corpus_package_error_names_the_extra(tmp_path, monkeypatch, blo
         spec.write_bytes(b"PAR1")
     with pytest.raises(ValueError, match=re.escape(f"pip install 'sparsecodes[{extra}]'")):
         list(load_texts(spec))
+
+
+def test_require_skips_locally_and_fails_under_ci(monkeypatch):
+    from conftest import require
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no_such_module_xyz"):
+        require("no_such_module_xyz")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true but no_such_module_xyz"):
+        require("no_such_module_xyz")
+    assert require("json").dumps([1]) == "[1]"
