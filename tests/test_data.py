@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import require
 from sparsecodes.data import (
     EMBEDDED_CHARS,
     Window,
@@ -18,7 +19,7 @@ from sparsecodes.data import (
     token_windows,
 )
 from sparsecodes.data import corpus as corpus_mod
-from sparsecodes.models.embedded import byte_tokenizer, is_installed, weights_path
+from sparsecodes.models.embedded import byte_tokenizer, weights_path
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,8 @@ def test_jsonl_with_default_and_custom_field(tmp_path):
 
 
 def test_parquet_column(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    pa = require("pyarrow")
+    pq = require("pyarrow.parquet")
     p = tmp_path / "c.parquet"
     pq.write_table(pa.table({"text": ["alpha", "beta", None, "gamma"], "n": [1, 2, 3, 4]}), p)
     assert list(load_texts(p)) == ["alpha", "beta", "gamma"]
@@ -108,7 +109,7 @@ def test_bad_specs_give_clear_errors(tmp_path):
 
 
 def test_datasets_name_offline_error(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
 
     def offline(*a, **k):
         raise ConnectionError("Couldn't reach the hub")
@@ -196,7 +197,7 @@ def test_embedded_corpus_windows_with_tiny_llama_tokenizer(tok, embedded):
     assert 0 < int((ids == tok.eos_token_id).sum()) < 20  # at most one separator per document
 
 
-@pytest.mark.skipif(not is_installed("minilm-l6"), reason="MiniLM tokenizer not installed")
+@pytest.mark.requires_model("minilm-l6")
 def test_bert_tokenizer_uses_cls_and_is_not_truncated():
     from transformers import AutoTokenizer
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from conftest import require
 from sparsecodes.activations import StoreSource
 from sparsecodes.experiments.demo import DemoConfig, format_table, run_demo
 from sparsecodes.sparse_coder import SparseCoder
@@ -109,7 +110,7 @@ def test_demo_pipeline_tiny_model(tmp_path, embedding_calls):
 @pytest.mark.slow
 @pytest.mark.embedded
 def test_demo_smollm2_small(tmp_path):
-    pytest.importorskip("gguf")
+    require("gguf")
     cfg = DemoConfig(
         train_tokens=4096,
         eval_tokens=512,

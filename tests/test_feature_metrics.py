@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require
 from sparsecodes.metrics import (
     AbsorptionCounter,
     FiringCounter,
@@ -145,8 +146,8 @@ def test_firing_scores_count_false_positives_and_misses():
 # ------------------------------------------------------------------ agreement with SAELens
 @pytest.fixture(scope="module")
 def saelens_setup(tmp_path_factory):
-    sl = pytest.importorskip("sae_lens", reason="sae-lens is not installed (peers extra)")
-    syn = pytest.importorskip("sae_lens.synthetic")
+    sl = require("sae_lens", reason="sae-lens is not installed (peers extra)")
+    syn = require("sae_lens.synthetic")
     torch.manual_seed(0)
     model = syn.SyntheticModel(
         syn.SyntheticModelConfig(

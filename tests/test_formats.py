@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import require
 from sparsecodes.encoders import available_encoders
 from sparsecodes.formats import load_saelens, load_sparsify, save_saelens
 from sparsecodes.formats.saelens import ENCODER_TO_ARCH
@@ -50,12 +51,12 @@ def _random_model(encoder: str, normalize: str = "none", seed: int = 0) -> Spars
 
 @pytest.fixture(scope="module")
 def sae_lens():
-    return pytest.importorskip("sae_lens", reason="sae-lens is not installed (test extra)")
+    return require("sae_lens", reason="sae-lens is not installed (test extra)")
 
 
 @pytest.fixture(scope="module")
 def sparsify():
-    return pytest.importorskip("sparsify", reason="eai-sparsify is not installed (test extra)")
+    return require("sparsify", reason="eai-sparsify is not installed (test extra)")
 
 
 # ------------------------------------------------------------------ ours -> SAELens

@@ -16,7 +16,6 @@ from sparsecodes.circuits.groundtruth import (
     label_separation,
     task_activations,
 )
-from sparsecodes.circuits.groundtruth.tracr_models import tracr_available
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +89,7 @@ def test_induction_model_learns_and_ablation_finds_heads():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not tracr_available(), reason="tracr/jax/dm-haiku not installed (optional)")
+@pytest.mark.requires("tracr", "jax", "haiku")
 def test_tracr_conversion_reproduces_tracr():
     from sparsecodes.circuits.groundtruth import tracr_models as tm
 

@@ -8,9 +8,7 @@ Also here: the hook-name translation table, the shared CLI parameter types and o
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 import sparsecodes as sc
+from conftest import require
 from sparsecodes.cli import COMMANDS, main
 from sparsecodes.cli.options import LatentRange, NameValue, params_dict
 from sparsecodes.evaluation.core import collect_rows
@@ -37,9 +36,7 @@ TEXT = (
 
 def _peer(name: str, dist: str) -> ModuleType:
     """The installed peer package; skipped where absent, but a failure when ``CI=true``."""
-    if os.environ.get("CI") == "true":
-        return importlib.import_module(name)
-    return pytest.importorskip(name, reason=f"{dist} is not installed (extra 'peers')")
+    return require(name, f"{dist} is not installed (extra 'peers')")
 
 
 @pytest.fixture(scope="module")

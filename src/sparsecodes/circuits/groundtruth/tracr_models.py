@@ -1,7 +1,7 @@
 """RASP programs compiled by tracr, converted to torch, with ground-truth circuits by construction.
 
-Optional: needs ``tracr-pypi``, ``jax`` and ``dm-haiku`` (``pip install -c /tmp/torchpin.txt
-tracr-pypi jax==0.10.2 dm-haiku==0.0.17``); never imported by the core. :func:`tracr_available`
+Optional: needs ``tracr-pypi``, ``jax`` and ``dm-haiku`` (the ``tracr`` extra:
+``pip install 'sparsecodes[tracr]'``); never imported by the core. :func:`tracr_available`
 says whether they are installed.
 
 - :func:`compile_program` compiles one of :data:`PROGRAMS` (each ~7-10 s on CPU).
@@ -51,8 +51,8 @@ def tracr_available() -> bool:
 def _require() -> None:
     if not tracr_available():
         raise ImportError(
-            "tracr, jax and dm-haiku are needed for compiled RASP models: pip install -c "
-            "/tmp/torchpin.txt tracr-pypi jax==0.10.2 dm-haiku==0.0.17 (optional extra)"
+            "tracr, jax and dm-haiku are needed for compiled RASP models: "
+            "pip install 'sparsecodes[tracr]'"
         )
 
 
