@@ -45,7 +45,8 @@ from sparsecodes.cli.options import coder_hook_option, coder_model_option, devic
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
+    default=Path("runs/select/selected.jsonl"),
+    show_default=True,
     help="Output JSON Lines file (written atomically).",
 )
 @coder_model_option()
