@@ -37,6 +37,7 @@ __all__ = [
     "aip_coherence",
     "aip_gram",
     "aip_norms",
+    "coherence_pair",
     "threshold_recovery_condition",
     "uniqueness_bound",
     "whitening_from_moments",
@@ -166,13 +167,34 @@ def aip_gram(atoms: Any, s: Any) -> Tensor:
     return aip(atoms, atoms, s)
 
 
+def coherence_pair(atoms: Any, s: Any = None, *, block_size: int = 2048) -> tuple[float, int, int]:
+    """``(mu, i, j)``: the coherence of the atoms ``[n, d]`` under ``S`` (Euclidean when ``s`` is
+    None) and a pair ``i < j`` attaining it; ``(0.0, -1, -1)`` for fewer than two atoms.
+
+    The Gram matrix is formed ``block_size`` rows at a time, so memory is ``O(block_size n)``.
+    """
+    a = _as_2d(atoms, "atoms")
+    n, d = a.shape
+    if n < 2:
+        return 0.0, -1, -1
+    s = torch.eye(d, dtype=torch.float64) if s is None else _check_s(s, d)
+    unit = a / aip_norms(a, s)[:, None]
+    sv = unit @ s  # [n, d]
+    best, bi, bj = -1.0, -1, -1
+    for start in range(0, n, block_size):
+        g = (sv[start : start + block_size] @ unit.T).abs()
+        rows = torch.arange(g.shape[0])
+        g[rows, rows + start] = -1.0  # drop each atom's inner product with itself
+        flat = int(g.argmax())
+        r, c = divmod(flat, n)
+        if float(g[r, c]) > best:
+            best, bi, bj = float(g[r, c]), start + r, c
+    return best, min(bi, bj), max(bi, bj)
+
+
 def aip_coherence(atoms: Any, s: Any) -> float:
     """``mu = max_{i != j} |<d_i, d_j>_S| / (||d_i||_S ||d_j||_S)``; 0 for a single atom."""
-    g = aip_gram(atoms, s).abs()
-    if g.shape[0] < 2:
-        return 0.0
-    g.fill_diagonal_(0.0)
-    return float(g.max())
+    return coherence_pair(atoms, s)[0]
 
 
 def uniqueness_bound(k: float) -> float:
