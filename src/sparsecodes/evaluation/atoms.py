@@ -20,9 +20,11 @@ See ``docs/atoms.md``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from sparsecodes.codes import to_dense
 from sparsecodes.metrics.atoms import (
@@ -37,7 +39,7 @@ from sparsecodes.validation import as_activations
 if TYPE_CHECKING:
     from sparsecodes.sparse_coder import SparseCoder
 
-__all__ = ["AtomsReport", "check_atoms"]
+__all__ = ["AtomsReport", "check_atoms", "check_atoms_on_store"]
 
 
 @dataclass
@@ -188,3 +190,39 @@ def check_atoms(
         thresholds_admitted=admitted,
         recovery_holds=cond.feasible and admitted is not False,
     )
+
+
+def check_atoms_on_store(
+    sae_dir: str | Path,
+    stores: str | Path | list[str | Path],
+    *,
+    max_tokens: int = 20_000,
+    seed: int = 0,
+    device: str | None = None,
+    center: bool = True,
+    ridge: float = 1e-6,
+) -> AtomsReport:
+    """:func:`check_atoms` on the coder in ``sae_dir`` (any layout :func:`sparsecodes.load`
+    reads) with the first ``max_tokens`` rows (at most the stores' rows) (in the reader's shuffled order) of activation
+    stores written by ``sparsecodes cache``."""
+    from sparsecodes.activations.reader import StoreSource
+    from sparsecodes.loading import load
+
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
+    coder = load(sae_dir, device=device)
+    source = StoreSource(stores, seed=seed)
+    if source.d_in != coder.d_in:
+        raise ValueError(
+            f"the store rows have width {source.d_in} but the coder in {sae_dir} reads "
+            f"d_in={coder.d_in}; give a store cached at the coder's hook"
+        )
+    max_tokens = min(max_tokens, len(source))  # the reader cycles: never count a row twice
+    rows: list[Tensor] = []
+    n = 0
+    for xb, _ in source.batches(min(max_tokens, 8192)):
+        rows.append(xb[: max_tokens - n])
+        n += rows[-1].shape[0]
+        if n >= max_tokens:
+            break
+    return check_atoms(coder, torch.cat(rows), center=center, ridge=ridge)

@@ -108,7 +108,7 @@ def whitening_from_moments(
     return 0.5 * (s + s.T)
 
 
-def whitening_matrix(x: Any, *, center: bool = True, ridge: float = 1e-6) -> Tensor:
+def whitening_matrix(x: Any, *, center: bool = True, ridge: float = 0.0) -> Tensor:
     """``[d, d]`` float64 whitening matrix ``S`` of activations ``x`` ``[n, d]``.
 
     ``x`` may also be an iterable of ``[batch, d]`` chunks (streamed; memory ``O(d^2)``).
