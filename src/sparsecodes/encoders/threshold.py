@@ -152,7 +152,7 @@ class ThresholdEncoder(AmortisedEncoder):
         the atoms' AIP norms ``n`` ``[n_latents]``."""
         w = dictionary.W_dec @ self.S.to(dictionary.W_dec.dtype)  # [N, d]: rows S d_j (S symmetric)
         norms = (w * dictionary.W_dec).sum(dim=1).clamp_min(1e-30).sqrt()
-        p = ((x - dictionary.b_dec) @ w.T) / norms
+        p = ((x.to(w.dtype) - dictionary.b_dec) @ w.T) / norms
         return p, norms
 
     def encode(self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None) -> Codes:

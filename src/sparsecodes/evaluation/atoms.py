@@ -127,7 +127,7 @@ def check_atoms(
     Returns:
         :class:`AtomsReport`.
     """
-    x = as_activations(x, "x", coder.d_in)
+    x = as_activations(x, "x", coder.d_in).float()
     if x.shape[0] < 2:
         raise ValueError(f"x needs at least 2 rows to check the atoms, got {x.shape[0]}")
     atoms = coder.dictionary.W_dec.detach().double().cpu()
