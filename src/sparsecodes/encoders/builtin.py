@@ -8,5 +8,6 @@ from sparsecodes.encoders import (  # noqa: F401
     mlp,
     pursuit,
     relu,
+    threshold,
     topk,
 )

@@ -8,11 +8,13 @@ The SAE is loaded with :func:`sparsecodes.load` (checked against the model and h
 :func:`sparsecodes.loading.resolve_target` and :func:`~sparsecodes.loading.check_width`).
 Modules: :mod:`.corpus` (held-out and
 calibration text), :mod:`.core` (FVU, MSE, cosine, L0, dead/dense latents, density),
-:mod:`.splice` (CE-loss and KL scores with the reconstruction spliced in), :mod:`.gap` (the SAE's
+:mod:`.atoms` (the atoms paper's
+uniqueness and exact-recovery conditions on a dictionary), :mod:`.splice` (CE-loss and KL scores with the reconstruction spliced in), :mod:`.gap` (the SAE's
 encoder vs FISTA/MP/OMP at matched L0), :mod:`.report` (JSON and PNGs), :mod:`.run` (all of it).
 See ``docs/evaluation.md``.
 """
 
+from sparsecodes.evaluation.atoms import AtomsReport, check_atoms
 from sparsecodes.evaluation.core import ReconstructionAccumulator, reconstruction_pass
 from sparsecodes.evaluation.gap import GapRow, Method, calibrate_methods, match_l0
 from sparsecodes.evaluation.run import EvalConfig, GapSetup, evaluate, run_eval
@@ -26,6 +28,7 @@ from sparsecodes.evaluation.splice import (
 )
 
 __all__ = [
+    "AtomsReport",
     "DownstreamResult",
     "EvalConfig",
     "GapRow",
@@ -35,6 +38,7 @@ __all__ = [
     "Variant",
     "calibrate_methods",
     "ce_loss_score",
+    "check_atoms",
     "downstream_scores",
     "evaluate",
     "kl_score",

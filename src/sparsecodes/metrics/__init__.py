@@ -4,6 +4,16 @@ Definitions are written out in ``docs/metrics.md`` (the code follows them exactl
 dense tensors/arrays ``[n_samples, n_latents]`` or :class:`~sparsecodes.codes.SparseCodes`.
 """
 
+from sparsecodes.metrics.atoms import (
+    aip,
+    aip_coherence,
+    aip_gram,
+    aip_norms,
+    coherence_pair,
+    threshold_recovery_condition,
+    uniqueness_bound,
+    whitening_matrix,
+)
 from sparsecodes.metrics.evaluate import evaluate
 from sparsecodes.metrics.features import (
     Absorption,
@@ -47,8 +57,13 @@ __all__ = [
     "abs_correlation",
     "abs_cosine",
     "absorption",
+    "aip",
+    "aip_coherence",
+    "aip_gram",
+    "aip_norms",
     "code_mcc",
     "code_shrinkage",
+    "coherence_pair",
     "cosine_similarity",
     "dead_latents",
     "dense_latents",
@@ -66,5 +81,8 @@ __all__ = [
     "norm_shrinkage",
     "recovery_rate",
     "support_metrics",
+    "threshold_recovery_condition",
     "uniqueness",
+    "uniqueness_bound",
+    "whitening_matrix",
 ]
