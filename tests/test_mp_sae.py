@@ -70,15 +70,21 @@ def test_residual_threshold_stops_a_row():
 
 
 def test_stop_on_repeat_stops_after_a_re_pick():
-    # two atoms 60 degrees apart: MP alternates between them; a re-pick ends the row
-    dic = Dictionary.from_atoms(torch.tensor([[1.0, 0.0], [0.5, 3**0.5 / 2]]))
-    x = torch.tensor([[1.0, 1.0]])
-    free = to_dense(make_encoder("mp_sae", 2, 2, k=2).encode(x, dic))
-    steps = []
-    for k in (1, 2):
-        steps.append(to_dense(make_encoder("mp_sae", 2, 2, k=k, stop_on_repeat=True).encode(x, dic)))
-    assert (free != 0).sum() == 2  # two different atoms in two steps
-    assert torch.equal(steps[1], free)  # no repeat yet: the same two steps
+    # two atoms 60 degrees apart carry x; signed MP alternates a, b, a, b (atoms 2, 3 never
+    # correlate)
+    atoms = torch.tensor(
+        [[1.0, 0.0, 0.0], [0.5, 3**0.5 / 2, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]]
+    )
+    dic = Dictionary.from_atoms(atoms)
+    x = torch.tensor([[1.0, 1.0, 0.0]])
+
+    def run(k: int, **kw) -> torch.Tensor:
+        return to_dense(make_encoder("mp_sae", 3, 4, k=k, nonneg=False, **kw).encode(x, dic))
+
+    assert not torch.equal(run(3), run(4))  # a 4th step changes the codes ...
+    # ... but the 3rd step re-picks an atom, so with stop_on_repeat the row stops after it
+    assert torch.equal(run(4, stop_on_repeat=True), run(3))
+    assert torch.equal(run(2, stop_on_repeat=True), run(2))  # no repeat within two steps
 
 
 def test_gradient_flows_through_the_pursuit_and_matches_finite_differences():

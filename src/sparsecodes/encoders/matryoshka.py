@@ -28,6 +28,7 @@ summing to 1; widths are the rounded cumulative sums). Default: ``group_fraction
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import ClassVar
 
 from torch import Tensor
@@ -81,7 +82,7 @@ class MatryoshkaBatchTopKConfig(BatchTopKConfig):
                     f"group_fractions must be positive and sum to 1, got {self.group_fractions!r}"
                 )
         w = self.prefix_widths(n_latents)
-        if w[0] < 1 or any(b <= a for a, b in zip(w, w[1:], strict=False)):
+        if w[0] < 1 or any(b <= a for a, b in pairwise(w)):
             raise ValueError(
                 f"prefix widths must be strictly increasing and >= 1, got {w} (from widths="
                 f"{self.widths!r}, group_fractions={self.group_fractions!r}); use fewer or "
