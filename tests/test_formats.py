@@ -152,7 +152,8 @@ def test_save_writes_atomically_and_overwrites(tmp_path, monkeypatch):
 
 
 def test_save_refuses_what_saelens_cannot_hold(tmp_path):
-    assert sorted(ENCODER_TO_ARCH) == sorted(SAELENS_ENCODERS)
+    # matryoshka_batchtopk and mp_sae: tests/test_matryoshka.py, tests/test_mp_sae.py
+    assert sorted(ENCODER_TO_ARCH) == sorted([*SAELENS_ENCODERS, "matryoshka_batchtopk", "mp_sae"])
     others = sorted(set(available_encoders()) - set(ENCODER_TO_ARCH))
     assert {"fista", "lista", "omp"} <= set(others)
     for name in others:

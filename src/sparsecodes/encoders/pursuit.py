@@ -16,10 +16,20 @@ Per row, with ``r = x - b_dec`` and atoms ``d_j`` = rows of ``W_dec`` ``[n_laten
 
 Both give at most ``k`` nonzeros per row, exact zeros elsewhere, returned as
 :class:`~sparsecodes.codes.SparseCodes` ``[batch, k]`` (unused slots hold value 0). A row stops
-early when its squared residual falls to ``tol * ||r||^2`` or below, when it is numerically zero
+early when its squared residual falls to ``tol * ||r||^2`` or below, when its residual norm falls
+to ``residual_threshold`` or below (an absolute norm in normalised input units, SAELens's
+matching-pursuit rule), with MP's ``stop_on_repeat`` once a step re-picks an atom already in
+its support (that step is applied; SAELens's ``stop_on_duplicate_support``), when it is numerically zero
 (``(64 eps)^2 ||r||^2``, so exact fits do not pick noise atoms), with ``nonneg`` when no atom
 correlates positively, and in signed OMP when the best atom is already in the support (the
 residual is then numerically orthogonal to every atom, as in scikit-learn's OMP). All rows run together: one ``[batch, d] x [d, n]`` product per step.
+
+Differentiable MP (:func:`mp_step`, used by the ``mp_sae`` encoder): the selection (argmax) runs
+without gradient, while each step's coefficient ``<res, d_j> / ||d_j||^2`` and the residual
+update ``res - c d_j`` are differentiable w.r.t. the atoms and ``b_dec`` (``r = x - b_dec``).
+With unit-norm atoms (``| ||d_j|| - 1 | < 1e-4``) the division is skipped, so the gradient leaves
+out the component along each atom, which only changes its norm (the trainer removes that
+component anyway, see :meth:`~sparsecodes.dictionary.Dictionary.remove_parallel_grad_`).
 
 Warm start: ``init`` (dense ``[batch, n_latents]`` or SparseCodes) gives each row's starting
 support and values: its ``k`` largest-magnitude nonzeros (negative ones dropped when
@@ -49,15 +59,32 @@ from sparsecodes.validation import check_k, check_positive
 @dataclass
 class PursuitConfig(EncoderConfig):
     """``k``: steps (and the most nonzeros per row); ``tol``: stop a row once its residual
-    ``||res||^2 <= tol * ||x - b_dec||^2`` (0: run all ``k`` steps); ``nonneg``: codes ``>= 0``."""
+    ``||res||^2 <= tol * ||x - b_dec||^2`` (0: run all ``k`` steps); ``nonneg``: codes ``>= 0``;
+    ``residual_threshold``: stop a row once ``||res|| <= residual_threshold`` (absolute, in
+    normalised input units; 0: off)."""
 
     k: int = 8
     tol: float = 0.0
     nonneg: bool = False
+    residual_threshold: float = 0.0
 
     def validate(self, d_in: int, n_latents: int) -> None:
         check_k(self.k, n_latents, "k")
         check_positive("tol", self.tol, allow_zero=True)
+        check_positive("residual_threshold", self.residual_threshold, allow_zero=True)
+
+
+@dataclass
+class MPConfig(PursuitConfig):
+    """:class:`PursuitConfig` plus ``stop_on_repeat``: a row stops after a step that re-picks
+    an atom already in its support (SAELens's ``stop_on_duplicate_support``)."""
+
+    stop_on_repeat: bool = False
+
+    def validate(self, d_in: int, n_latents: int) -> None:
+        super().validate(d_in, n_latents)
+        if not isinstance(self.stop_on_repeat, bool):
+            raise ValueError(f"stop_on_repeat must be True or False, got {self.stop_on_repeat!r}")
 
 
 def _zero_floor(dtype: torch.dtype) -> float:
@@ -85,13 +112,24 @@ class _Pursuit(IterativeEncoder):
 
     config_cls = PursuitConfig
 
-    def _prepare(self, x: Tensor, dictionary: Dictionary) -> _Problem:
-        W = dictionary.W_dec.detach()
-        r = x.detach().to(W.dtype) - dictionary.b_dec.detach()
+    def _prepare(
+        self, x: Tensor, dictionary: Dictionary, *, differentiable: bool = False
+    ) -> _Problem:
+        """The problem for ``x`` ``[B, d]``; with ``differentiable`` ``W``, ``r``, ``norms`` and
+        ``inv_norms`` keep their graph to ``W_dec`` and ``b_dec`` (``Wt`` and ``stop`` never do)."""
+        W = dictionary.W_dec if differentiable else dictionary.W_dec.detach()
+        b = dictionary.b_dec if differentiable else dictionary.b_dec.detach()
+        r = x.detach().to(W.dtype) - b
         norms = W.norm(dim=1).clamp_min(1e-30)
-        unit = bool(((norms - 1.0).abs() < 1e-4).all())
-        stop = r.pow(2).sum(dim=1) * max(self.config.tol, _zero_floor(W.dtype))  # type: ignore[attr-defined]
-        return _Problem(W, W.T.contiguous(), r, norms, None if unit else 1.0 / norms, stop)
+        unit = bool(((norms.detach() - 1.0).abs() < 1e-4).all())
+        cfg = self.config
+        r2 = r.detach().pow(2).sum(dim=1)
+        stop = r2 * max(cfg.tol, _zero_floor(W.dtype))  # type: ignore[attr-defined]
+        thr = float(cfg.residual_threshold)  # type: ignore[attr-defined]
+        if thr > 0:
+            stop = stop.clamp_min(thr * thr)
+        Wt = W.detach().T.contiguous()
+        return _Problem(W, Wt, r, norms, None if unit else 1.0 / norms, stop)
 
     @torch.no_grad()
     def encode(
@@ -111,14 +149,15 @@ class _Pursuit(IterativeEncoder):
         sp = to_sparse(z, k)
         return sp.indices, sp.values
 
-    def _pick(self, p: _Problem, res: Tensor, exclude: Tensor | None) -> tuple[Tensor, ...]:
-        """Best atom per row: ``(index [B], correlation <res, d_j> [B], usable [B] bool)``.
+    @torch.no_grad()
+    def _pick(self, p: _Problem, res: Tensor, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Best atom per row: ``(index [B], usable [B] bool)``, never differentiated.
 
         The score is ``<res, d_j> / ||d_j||`` (division skipped for unit-norm atoms); excluded
         atoms score 0 and a row with no nonzero (positive, if ``nonneg``) score is not usable.
         """
-        corr = res @ p.Wt  # [B, n]
-        score = corr if p.inv_norms is None else corr * p.inv_norms
+        corr = res.detach() @ p.Wt  # [B, n]
+        score = corr if p.inv_norms is None else corr * p.inv_norms.detach()
         if exclude is not None:
             score = score.masked_fill_(exclude, 0.0)  # picked atoms are never excluded ones
         hi, j = score.max(dim=1)
@@ -127,7 +166,7 @@ class _Pursuit(IterativeEncoder):
             lo, j_lo = score.min(dim=1)
             neg = -lo > hi
             j, best = torch.where(neg, j_lo, j), torch.where(neg, -lo, hi)
-        return j, corr.gather(1, j[:, None]).squeeze(1), best > 0
+        return j, best > 0
 
     # ------------------------------------------------------------------ FLOPs
     def train_step_flops(self, batch: int = 1) -> int:
@@ -138,44 +177,65 @@ class _Pursuit(IterativeEncoder):
         return self.inference_flops(b) + dec + flops.backward_of(dec) + flops.adam(n * d + d)
 
 
+def mp_step(p: _Problem, res: Tensor, j: Tensor, live: Tensor) -> tuple[Tensor, Tensor]:
+    """One matching-pursuit update for the picked atoms ``j`` ``[B]`` of rows ``live`` ``[B]``.
+
+    Returns ``(delta [B], new residual [B, d])``: ``delta = <res, d_j> / ||d_j||^2`` (0 where not
+    live; no division for unit-norm atoms) and ``res - delta d_j``. Differentiable w.r.t. ``res``
+    and the atoms when ``p`` was prepared with ``differentiable=True``; ``j`` carries no gradient.
+    """
+    w = p.W[j]  # [B, d]
+    c = (res * w).sum(dim=1)
+    step = c if p.inv_norms is None else c * p.inv_norms[j].pow(2)
+    delta = torch.where(live, step, torch.zeros_like(step))
+    return delta, res - delta[:, None] * w
+
+
 @register
 class MatchingPursuitEncoder(_Pursuit):
     """Matching pursuit, ``k`` greedy steps (see the module docstring)."""
 
     name: ClassVar[str] = "mp"
+    config_cls = MPConfig
 
     def _pursue(self, p: _Problem, init: Codes | None) -> SparseCodes:
-        """``k`` MP steps from zero or from ``init``'s support; SparseCodes ``[batch, k]``."""
+        """``k`` MP steps from zero or from ``init``'s support; SparseCodes ``[batch, k]``.
+
+        Differentiable through :func:`mp_step` when ``p`` is (the selection never is)."""
         k = self.config.k  # type: ignore[attr-defined]
+        on_repeat = bool(getattr(self.config, "stop_on_repeat", False))
         B = p.r.shape[0]
         z = p.r.new_zeros(B, self.n_latents)
         if init is not None:
-            idx0, val0 = self._init_support(init, p.r)
+            idx0, val0 = self._init_support(init, p.r.detach())
             z.scatter_(1, idx0, val0)
             res = p.r - z @ p.W
         else:
-            res = p.r.clone()
+            res = p.r
         rows = torch.arange(B, device=p.r.device)
+        done = torch.zeros(B, dtype=torch.bool, device=p.r.device)
         for _ in range(k):
-            exclude = None
-            if init is not None:  # cold rows cannot fill k atoms within k steps
-                full = (z != 0).sum(dim=1, keepdim=True) >= k
-                exclude = full & (z == 0)  # a full row may only re-pick its own atoms
-            j, c, usable = self._pick(p, res, exclude)
-            live = usable & (res.pow(2).sum(dim=1) > p.stop)
-            if not bool(live.any()):
-                break
-            step = c if p.inv_norms is None else c * p.inv_norms[j].pow(2)
-            delta = torch.where(live, step, 0.0)  # [B]
-            z.index_put_((rows, j), delta, accumulate=True)
-            res -= delta[:, None] * p.W[j]
+            with torch.no_grad():
+                exclude = None
+                if init is not None:  # cold rows cannot fill k atoms within k steps
+                    full = (z != 0).sum(dim=1, keepdim=True) >= k
+                    exclude = full & (z == 0)  # a full row may only re-pick its own atoms
+                j, usable = self._pick(p, res, exclude)
+                live = usable & ~done & (res.detach().pow(2).sum(dim=1) > p.stop)
+                if not bool(live.any()):
+                    break
+                if on_repeat:
+                    done |= live & (z.detach()[rows, j] != 0)
+            delta, res = mp_step(p, res, j, live)
+            z = z.index_put((rows, j), delta, accumulate=True)
         return to_sparse(z, k)
 
     def inference_flops(self, batch: int = 1) -> int:
-        """``k * (2 B N d + 6 B N + 3 B d) + B d``: per step the correlations ``res W^T``, score,
-        masks and argmax (``~6 B N``), residual norm and update (``3 B d``); linear in ``k``."""
+        """``k * (2 B N d + 6 B N + 5 B d) + B d``: per step the correlations ``res W^T``, score,
+        masks and argmax (``~6 B N``), the picked atom's coefficient ``<res, d_j>`` (``2 B d``),
+        residual norm and update (``3 B d``); linear in ``k``."""
         b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
-        return k * (flops.matmul(b, d, n) + 6 * b * n + 3 * b * d) + b * d
+        return k * (flops.matmul(b, d, n) + 6 * b * n + 5 * b * d) + b * d
 
 
 @register
@@ -225,7 +285,7 @@ class OMPEncoder(_Pursuit):
             # the residual is orthogonal to the support, so signed OMP needs no mask: if its best
             # atom is already selected, the row is numerically done. Nonneg refits can leave a
             # dropped atom correlated, so there the support is masked out.
-            j, _c, usable = self._pick(p, res, in_support if nonneg else None)
+            j, usable = self._pick(p, res, in_support if nonneg else None)
             live = free.any(dim=1) & usable & (res.pow(2).sum(dim=1) > p.stop)
             if not nonneg:
                 live &= ~in_support[rows, j]

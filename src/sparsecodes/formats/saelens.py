@@ -10,8 +10,15 @@ Tensors (SAELens names and orientations, the same as ours):
 ``r_mag``, ``b_mag`` ``[d_sae]``.
 
 Encoder <-> architecture: relu <-> ``standard``, topk <-> ``topk`` (``k`` in cfg), jumprelu <->
-``jumprelu`` (``threshold = exp(log_threshold)``), gated <-> ``gated``, batchtopk -> ``jumprelu``
-with its inference threshold (SAELens saves its own BatchTopK SAEs the same way).
+``jumprelu`` (``threshold = exp(log_threshold)``), gated <-> ``gated``, batchtopk and
+matryoshka_batchtopk -> ``jumprelu`` with their inference threshold (SAELens saves its own
+BatchTopK and Matryoshka BatchTopK SAEs the same way), mp_sae <-> ``matching_pursuit`` (tied:
+``W_dec`` and ``b_dec`` only; ``max_iterations = k``, ``residual_threshold``,
+``stop_on_duplicate_support = stop_on_repeat``). SAELens's pursuit has non-negative codes, no
+relative tolerance and no input scaling (its atoms must stay unit-norm), so only an mp_sae with
+``nonneg=True``, ``tol=0`` and ``normalize="none"`` is written. One difference remains: SAELens
+always takes the first step, so a row whose centred input is already within
+``residual_threshold`` gets one atom there and none here.
 
 Input scaling (``normalize="expected_norm"``): SAELens v6 applies *no* scaling at inference for
 ``normalize_activations="expected_average_only_in"`` (its trainer folds the factor into the weights
@@ -63,20 +70,29 @@ ENCODER_TO_ARCH = {
     "jumprelu": "jumprelu",
     "gated": "gated",
     "batchtopk": "jumprelu",
+    "matryoshka_batchtopk": "jumprelu",
+    "mp_sae": "matching_pursuit",
 }
+#: encoders saved as ``jumprelu`` with one shared threshold (their BatchTopK inference rule)
+THRESHOLD_ENCODERS = ("batchtopk", "matryoshka_batchtopk")
 #: SAELens inference architecture -> our encoder (when the file has no sparsecodes metadata)
-ARCH_TO_ENCODER = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+ARCH_TO_ENCODER = {
+    "standard": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "matching_pursuit": "mp_sae",
+}
 #: SAELens per-token normalisations that have no scalar equivalent
 _RUNTIME_NORMS = ("constant_norm_rescale", "layer_norm", "covariance_whitening")
 
 
 def _arch_tensors(arch: str, d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
     """Expected SAELens tensor names and shapes of an architecture."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "W_enc": (d_in, d_sae),
-        "W_dec": (d_sae, d_in),
-        "b_dec": (d_in,),
-    }
+    shapes: dict[str, tuple[int, ...]] = {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if arch == "matching_pursuit":  # tied: the encoder is W_dec itself
+        return shapes
+    shapes["W_enc"] = (d_in, d_sae)
     if arch == "gated":
         shapes.update(b_gate=(d_sae,), r_mag=(d_sae,), b_mag=(d_sae,))
     else:
@@ -96,7 +112,7 @@ def _batchtopk_threshold(model: SparseCoder) -> Tensor:
     enc = model.encoder
     if int(enc.threshold_updates) == 0:  # type: ignore[arg-type]
         raise ValueError(
-            "the batchtopk encoder has no inference threshold yet (it falls back to per-row "
+            f"the {enc.name} encoder has no inference threshold yet (it falls back to per-row "
             "top-k until trained); train the model before saving it in SAELens layout"
         )
     thr = enc.threshold.detach().float().cpu()  # type: ignore[union-attr]
@@ -123,10 +139,12 @@ def _saelens_tensors(model: SparseCoder, scale: float) -> dict[str, Tensor]:
         return (t.detach().cpu().double() * factor).to(dtype)
 
     out = {
-        "W_enc": folded(get("W_enc"), scale),
         "W_dec": folded(model.dictionary.W_dec, 1.0 / scale),
         "b_dec": folded(model.dictionary.b_dec, 1.0 / scale),
     }
+    if name == "mp_sae":
+        return {k: v.contiguous() for k, v in out.items()}
+    out["W_enc"] = folded(get("W_enc"), scale)
     if name == "gated":
         for p in ("b_gate", "r_mag", "b_mag"):
             out[p] = get(p).cpu().clone()
@@ -134,7 +152,7 @@ def _saelens_tensors(model: SparseCoder, scale: float) -> dict[str, Tensor]:
         out["b_enc"] = get("b_enc").cpu().clone()
     if name == "jumprelu":
         out["threshold"] = get("threshold").cpu().float().clone()
-    elif name == "batchtopk":
+    elif name in THRESHOLD_ENCODERS:
         out["threshold"] = _batchtopk_threshold(model)
     return {k: v.contiguous() for k, v in out.items()}
 
@@ -175,6 +193,8 @@ def save_saelens(
     scale = float(model.normaliser.scale.item()) if model.normaliser.kind != "none" else 1.0
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"the model's normaliser scale is {scale}; refit the model first")
+    if name == "mp_sae":
+        _check_mp_sae_exportable(model, scale)
     tensors = _saelens_tensors(model, scale)
 
     cfg_model = model.config()
@@ -195,7 +215,7 @@ def save_saelens(
             },
         }
     )
-    if name == "batchtopk":
+    if name in THRESHOLD_ENCODERS:
         updates = int(model.encoder.threshold_updates)  # type: ignore[arg-type]
         meta[METADATA_KEY]["threshold_updates"] = updates
     cfg: dict[str, Any] = {
@@ -212,6 +232,11 @@ def save_saelens(
     if arch == "topk":
         cfg["k"] = int(model.encoder.config.k)  # type: ignore[attr-defined]
         cfg["rescale_acts_by_decoder_norm"] = False
+    if arch == "matching_pursuit":
+        ec = model.encoder.config
+        cfg["residual_threshold"] = float(ec.residual_threshold)  # type: ignore[attr-defined]
+        cfg["max_iterations"] = int(ec.k)  # type: ignore[attr-defined]
+        cfg["stop_on_duplicate_support"] = bool(ec.stop_on_repeat)  # type: ignore[attr-defined]
     try:
         text = json.dumps(cfg, indent=2)
     except TypeError as e:
@@ -222,6 +247,29 @@ def save_saelens(
     atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
     write_text(path / CFG_NAME, text)
     return path
+
+
+def _check_mp_sae_exportable(model: SparseCoder, scale: float) -> None:
+    """Refuse an mp_sae that SAELens's ``matching_pursuit`` would encode differently."""
+    ec = model.encoder.config
+    problems = []
+    if not ec.nonneg:  # type: ignore[attr-defined]
+        problems.append("nonneg=False (SAELens's pursuit keeps only positive coefficients)")
+    if ec.tol != 0:  # type: ignore[attr-defined]
+        problems.append(f"tol={ec.tol} (SAELens has only the absolute residual_threshold)")  # type: ignore[attr-defined]
+    if scale != 1.0:
+        problems.append(
+            f"input scale {scale} (folding it would make the atoms non-unit, which SAELens's "
+            "pursuit does not divide by); train with normalize='none'"
+        )
+    norms = model.dictionary.W_dec.detach().norm(dim=1)
+    if not bool(((norms - 1).abs() < 1e-4).all()):
+        problems.append("atoms that are not unit-norm")
+    if problems:
+        raise ValueError(
+            "this mp_sae cannot be written as a SAELens matching_pursuit SAE: "
+            + "; ".join(problems)
+        )
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -257,8 +305,7 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
     ``b_enc`` and ``W_dec`` (the atoms become unit-norm, the codes are unchanged). Files written by
     :func:`save_saelens` come back with their encoder config, normaliser and training config.
 
-    Raises ``ValueError`` for architectures we cannot represent (transcoders, temporal, matching
-    pursuit, ...), for per-token input normalisations, and for corrupt files or tensors that do
+    Raises ``ValueError`` for architectures we cannot represent (transcoders, temporal, ...), for per-token input normalisations, and for corrupt files or tensors that do
     not match ``cfg.json`` (the error names the file).
     """
     path = Path(path)
@@ -311,6 +358,9 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
             stacklevel=2,
         )
 
+    if arch == "matching_pursuit":
+        return _load_matching_pursuit(cfg, cfg_path, t, ours, d_in, d_sae, path, device)
+
     # --- bring the SAELens computation to ours: pre = (x - b_dec) @ W_enc + b_enc
     if not cfg.get("apply_b_dec_to_input", True):
         shift = t["b_dec"] @ t["W_enc"]
@@ -358,7 +408,7 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
         params["encoder.b_enc"] = t["b_enc"]
     if encoder == "jumprelu":
         params["encoder.log_threshold"] = _exact_log(raw["threshold"].float())
-    elif encoder == "batchtopk":
+    elif encoder in THRESHOLD_ENCODERS:
         params.update(_batchtopk_threshold_params(raw["threshold"].float(), ours, cfg_path))
     return build_coder(
         d_in=d_in,
@@ -368,6 +418,57 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
         params=params,
         normalize=normalize,
         scale=scale,
+        seed=seed,
+        train_config=train_config,
+        device=device,
+        source=path,
+    )
+
+
+def _load_matching_pursuit(
+    cfg: Mapping[str, Any],
+    cfg_path: Path,
+    t: dict[str, Tensor],
+    ours: Any,
+    d_in: int,
+    d_sae: int,
+    path: Path,
+    device: str | None,
+) -> SparseCoder:
+    """A SAELens ``matching_pursuit`` SAE as an ``mp_sae`` coder (see the module docstring)."""
+    k = cfg.get("max_iterations")
+    k = d_in if k is None else k
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+        raise ValueError(
+            f"{cfg_path}: matching_pursuit max_iterations={cfg.get('max_iterations')!r} gives "
+            f"{k!r} steps; sparsecodes' mp_sae needs 1 <= k <= d_sae={d_sae} (a step budget "
+            "above d_sae can re-pick atoms past d_sae, which mp_sae's k does not allow)"
+        )
+    thr = cfg.get("residual_threshold", 1e-2)
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not thr >= 0:
+        raise ValueError(f"{cfg_path}: bad residual_threshold={thr!r}")
+    encoder_config: dict[str, Any] = {
+        "k": k,
+        "residual_threshold": float(thr),
+        "stop_on_repeat": bool(cfg.get("stop_on_duplicate_support", True)),
+        "nonneg": True,
+        "tol": 0.0,
+    }
+    b_dec = t["b_dec"] if cfg.get("apply_b_dec_to_input", True) else torch.zeros_like(t["b_dec"])
+    seed, train_config = 0, {}
+    if ours:
+        _enc, cfg_enc, _norm, _scale, seed, train_config = _our_metadata(
+            ours, "matching_pursuit", {"k": k}, cfg_path
+        )
+        encoder_config = {**cfg_enc, **encoder_config}
+    return build_coder(
+        d_in=d_in,
+        n_latents=d_sae,
+        encoder="mp_sae",
+        encoder_config=encoder_config,
+        params={"dictionary.W_dec": t["W_dec"], "dictionary.b_dec": b_dec},
+        normalize="none",
+        scale=1.0,
         seed=seed,
         train_config=train_config,
         device=device,
