@@ -23,8 +23,8 @@ from torch import Tensor
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.encoders.base import Encoder, TrainStepInput
-from sparsecodes.seeding import derive_seed
 from sparsecodes.files import atomic_write
+from sparsecodes.seeding import derive_seed
 
 if TYPE_CHECKING:
     from sparsecodes.activations.source import ActivationSource
