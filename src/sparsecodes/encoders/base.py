@@ -147,6 +147,19 @@ class Encoder(nn.Module):
     def after_step(self) -> None:
         """Called after each optimiser step (e.g. to clamp thresholds). Optional."""
 
+    def resample_latents(
+        self, idx: Tensor, directions: Tensor, scale: float
+    ) -> list[tuple[nn.Parameter, int]]:
+        """Re-initialise the encoder side of latents ``idx`` ``[r]`` toward ``directions``
+        ``[r, d_in]`` (unit rows) for dead-latent resampling (docs/training.md); ``scale`` is the
+        new encoder weights' norm relative to the other latents'. Returns ``(parameter, dim)``
+        pairs, ``dim`` the latent axis of that parameter, whose optimiser state the Trainer
+        resets at ``idx``. Iterative encoders have nothing to reset; amortised encoders that do
+        not override this cannot be resampled."""
+        if self.kind == "iterative":
+            return []
+        raise NotImplementedError(f"encoder {self.name!r} does not support dead-latent resampling")
+
     def inference_flops(self, batch: int = 1) -> int:
         """Analytical FLOPs (multiply-add = 2) to encode ``batch`` rows; see ``docs/flops.md``."""
         raise NotImplementedError(f"{type(self).__name__} does not state its inference FLOPs")

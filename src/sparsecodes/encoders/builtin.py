@@ -2,6 +2,7 @@
 
 from sparsecodes.encoders import (  # noqa: F401
     gated,
+    gba,
     ista,
     jumprelu,
     lista,

@@ -29,6 +29,21 @@ class ReLUConfig(EncoderConfig):
         check_positive("l1", self.l1, allow_zero=True)
 
 
+@torch.no_grad()
+def resample_linear(
+    W_enc: Tensor, b_enc: Tensor, idx: Tensor, directions: Tensor, scale: float
+) -> None:
+    """Resampling of a linear encoder (``W_enc`` ``[d_in, N]``, ``b_enc`` ``[N]``) in place:
+    ``W_enc[:, idx] = directions.T * s``, ``s`` = ``scale`` times the mean column norm of the
+    latents not in ``idx`` (of all, if every latent is in ``idx``), and ``b_enc[idx] = 0``."""
+    keep = torch.ones(W_enc.shape[1], dtype=torch.bool, device=W_enc.device)
+    keep[idx.to(W_enc.device)] = False
+    cols = W_enc[:, keep] if bool(keep.any()) else W_enc
+    s = scale * float(cols.norm(dim=0).mean())
+    W_enc[:, idx] = directions.T.to(W_enc.dtype) * s
+    b_enc[idx] = 0.0
+
+
 class LinearEncoderParams(AmortisedEncoder):
     """Shared parameters of one-layer SAE encoders: ``W_enc`` ``[d_in, n_latents]``, ``b_enc``."""
 
@@ -45,6 +60,14 @@ class LinearEncoderParams(AmortisedEncoder):
     def pre_acts(self, x: Tensor, dictionary: Dictionary) -> Tensor:
         """``[batch, n_latents]`` pre-activations ``(x - b_dec) @ W_enc + b_enc``."""
         return (x - dictionary.b_dec) @ self.W_enc + self.b_enc
+
+    def resample_latents(
+        self, idx: Tensor, directions: Tensor, scale: float
+    ) -> list[tuple[nn.Parameter, int]]:
+        """``W_enc[:, idx] = directions.T * s`` (``s`` = ``scale`` times the mean norm of the other
+        columns), ``b_enc[idx] = 0``; see :meth:`Encoder.resample_latents`."""
+        resample_linear(self.W_enc, self.b_enc, idx, directions, scale)
+        return [(self.W_enc, 1), (self.b_enc, 0)]
 
 
 @register

@@ -3,7 +3,9 @@
 Per step: the encoder's ``train_step`` gives the loss; backward; the gradient component parallel
 to each atom is removed; Adam steps; atoms are projected back to unit norm; the encoder's
 ``after_step`` runs. Dead latents (no activation for ``dead_after_tokens`` tokens) are tracked
-and handed to the encoder (TopK uses them for AuxK). The Trainer holds no global state.
+and handed to the encoder (TopK uses them for AuxK). With ``resample_every`` set, latents silent
+for the last ``resample_window`` steps are resampled toward high-loss inputs every
+``resample_every`` steps (:meth:`Trainer.resample_dead`). The Trainer holds no global state.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch
 from torch import Tensor
 
 from sparsecodes.codes import SparseCodes
-from sparsecodes.encoders.base import TrainStepInput
+from sparsecodes.encoders.base import Encoder, TrainStepInput
 from sparsecodes.files import atomic_write
+from sparsecodes.seeding import derive_seed
 
 if TYPE_CHECKING:
     from sparsecodes.activations.source import ActivationSource
@@ -42,6 +45,10 @@ class TrainConfig:
     ``b_dec_init``: ``"mean"`` sets the decoder bias to the first batch's mean before the first
     step of a fresh run with a trained dictionary (as SAELens's ``b_dec_init_method="mean"``);
     ``"zeros"`` leaves it (the synthetic model ``x = s D`` has no offset).
+    ``resample_every``: every this many steps (0 = never), latents that have not fired in the last
+    ``resample_window`` steps (None = ``resample_every``) are re-initialised toward high-loss
+    inputs of that step's batch, their encoder weights at ``resample_scale`` times the mean norm
+    of the others' (Anthropic's dead-neuron resampling; docs/training.md).
     """
 
     steps: int = 1000
@@ -55,6 +62,9 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = False
     b_dec_init: str = "mean"
+    resample_every: int = 0
+    resample_window: int | None = None
+    resample_scale: float = 0.2
 
     def validate(self) -> None:
         for name in ("steps", "batch_size"):
@@ -69,6 +79,15 @@ class TrainConfig:
             raise ValueError(f"decay_fraction must be in [0, 1], got {self.decay_fraction!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if not isinstance(self.resample_every, int) or self.resample_every < 0:
+            raise ValueError(
+                f"resample_every must be an integer >= 0 (0 = off), got {self.resample_every!r}"
+            )
+        w = self.resample_window
+        if w is not None and (not isinstance(w, int) or w < 1):
+            raise ValueError(f"resample_window must be a positive integer or None, got {w!r}")
+        if not (self.resample_scale > 0 and math.isfinite(self.resample_scale)):
+            raise ValueError(f"resample_scale must be positive, got {self.resample_scale!r}")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -119,6 +138,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, config)
         )
+        if config.resample_every and coder.encoder.kind == "amortised":
+            enc = type(coder.encoder)
+            if enc.resample_latents is Encoder.resample_latents:
+                raise ValueError(
+                    f"encoder {coder.encoder.name!r} does not support dead-latent resampling "
+                    "(resample_every > 0); set resample_every=0 or use AuxK (topk/batchtopk)"
+                )
         n = coder.n_latents
         self.tokens_since_fired = torch.zeros(n, dtype=torch.long)
         self.state = TrainState()
@@ -177,6 +203,10 @@ class Trainer:
         l0 = self._update_firing(codes, x.shape[0])
         self.state.step += 1
         self.state.tokens += x.shape[0]
+        resampled = {}
+        if cfg.resample_every and self.state.step % cfg.resample_every == 0:
+            n_res = self.resample_dead(x, out.x_hat.detach())
+            resampled = {"resampled": float(n_res)}
         return {
             "step": float(self.state.step),
             "tokens": float(self.state.tokens),
@@ -185,7 +215,56 @@ class Trainer:
             "dead_frac": float(self.dead_mask().float().mean()),
             "lr": float(self.scheduler.get_last_lr()[0]),
             **{k: float(v.detach()) for k, v in out.losses.items()},
+            **resampled,
         }
+
+    def resample_window_dead(self) -> Tensor:
+        """``[n_latents]`` bool: latents that have not fired in the last ``resample_window``
+        steps (``resample_every`` when None) at this run's batch size."""
+        cfg = self.config
+        window = cfg.resample_window or cfg.resample_every
+        return self.tokens_since_fired >= window * cfg.batch_size
+
+    @torch.no_grad()
+    def resample_dead(self, x: Tensor, x_hat: Tensor) -> int:
+        """Resample the latents dead for the window toward high-loss inputs; returns how many.
+
+        ``x``, ``x_hat`` ``[batch, d_in]``: a (normalised) batch and its reconstruction. Each dead
+        latent draws one row ``j`` (with replacement) with probability proportional to
+        ``||x_j - x_hat_j||^2``; its atom becomes ``(x_j - b_dec) / ||x_j - b_dec||``, its encoder
+        side is re-initialised by ``encoder.resample_latents`` (encoder weights along the same
+        direction at ``resample_scale`` times the other latents' mean norm, encoder bias 0), the
+        Adam moments of those rows are zeroed and their dead counters restart. The draw uses a
+        generator seeded from ``(seed, "resample", step)``, so a resumed run draws the same rows.
+        """
+        coder = self.coder
+        dead = self.resample_window_dead()
+        idx = dead.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return 0
+        device = coder.dictionary.W_dec.device
+        err = (x - x_hat).pow(2).sum(dim=1).double().cpu()
+        if not bool(err.sum() > 0):
+            return 0
+        g = torch.Generator().manual_seed(
+            derive_seed(self.config.seed, f"resample:{self.state.step}")
+        )
+        rows = torch.multinomial(err, idx.numel(), replacement=True, generator=g)
+        centred = x[rows.to(x.device)] - coder.dictionary.b_dec
+        directions = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        idx_d = idx.to(device)
+        touched: list[tuple[Tensor, int]] = []
+        if not self.freeze_dictionary:
+            coder.dictionary.W_dec[idx_d] = directions.to(coder.dictionary.W_dec.dtype)
+            touched.append((coder.dictionary.W_dec, 0))
+        touched += coder.encoder.resample_latents(idx_d, directions, self.config.resample_scale)
+        for p, dim in touched:
+            state = self.optimizer.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key].index_fill_(dim, idx_d, 0.0)
+        self.tokens_since_fired[idx] = 0
+        return int(idx.numel())
 
     def fit(
         self,
