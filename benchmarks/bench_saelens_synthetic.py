@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.time()
     world = build_world(args)
+    torch.manual_seed(args.world_seed)  # SAELens samples from the global generator
     x, true_l0 = draw(world, args.samples)
     sample_s = time.time() - t0
     if args.k is None:
