@@ -201,6 +201,15 @@ def test_encoders_registered_later_are_picked_up(monkeypatch):
     assert study.sparsity_knob("topk") == study.SparsityKnob("k", "count")
 
 
+def test_table_flags_cells_whose_l0_was_not_matched():
+    cell = {"encoder": "relu", "target_l0": 4.0, "seed": 0, "knob": {"train_l0": 9.0},
+            "matched": False, "metrics": {"code_mcc": 0.5, "l0": 9.0}}  # fmt: skip
+    rows = study.summarise([cell, {**cell, "seed": 1, "matched": True}])
+    assert rows[0]["matched"] is False  # one unmatched seed taints the row
+    table = study.format_table({"summary": rows, "paper": None})
+    assert table.splitlines()[2].endswith("(L0 not matched)")
+
+
 def test_every_amortised_encoder_has_a_sparsity_knob():
     missing = [e for e in study.amortised_encoders() if study.sparsity_knob(e) is None]
     assert missing == [], f"declare a SparsityKnob for {missing} in experiments/worlds.py"

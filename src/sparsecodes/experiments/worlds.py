@@ -596,6 +596,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['encoder']:20s} {r['target_l0']:5g} {f(r['train_l0'], 7)} {f(r['l0'])} "
             f"{f(r['code_mcc'])} {f(r['dict_mcc'])} {f(r['f1'])} {f(r['absorption'])} "
             f"{f(r['code_shrinkage'])} {f(r['recovery_rate'])} {f(r['fvu'])}"
+            + ("" if r["matched"] else "  (L0 not matched)")
         )
     paper = report.get("paper")
     if paper:
