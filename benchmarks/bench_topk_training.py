@@ -17,6 +17,12 @@ Every tool gets the same batches, in the same order, with the same Adam lr; no l
 (so FVU is meaningful: a perfect SAE reaches 0). FVU (variance about the mean) is measured on
 held-out rows after every tool has trained on the same ``(warmup + steps) * batch`` tokens.
 
+Other encoders: every amortised encoder registered in sparsecodes (``--encoders``, default all
+of them but ``topk``, which is the ``sparsecodes`` row) runs the same ``Trainer.step`` on the same
+batches as ``encoder:<name>``, so encoders added later appear without editing this file. A
+count-type sparsity knob (``k``) is set to ``--k``; penalty-type encoders keep their default
+penalty (their L0 is whatever it gives and is reported as ``l0_eval``).
+
 The CPU may be shared: the JSON records the load average before and after. Re-run on a quiet
 machine for publishable numbers::
 
@@ -26,7 +32,6 @@ machine for publishable numbers::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -80,6 +85,32 @@ def sparsecodes_tool(args, variant: str):
         return model.reconstruct(x)
 
     return step, reconstruct, {"matmul_dtype": str(mm).replace("torch.", ""), **params}
+
+
+def encoder_tool(args, encoder: str):
+    """Any registered amortised encoder's ``Trainer.step`` (its count knob set to ``--k``)."""
+    from sparsecodes import SparseCoder
+    from sparsecodes.experiments.worlds import sparsity_knob
+    from sparsecodes.training.trainer import TrainConfig, Trainer
+
+    knob = sparsity_knob(encoder)
+    params = {knob.field: args.k} if knob is not None and knob.kind == "count" else {}
+    model = SparseCoder(args.d_in, args.n_latents, encoder, seed=args.seed, **params)
+    trainer = Trainer(model, TrainConfig(steps=10**9, lr=args.lr, batch_size=args.batch))
+
+    def step(x: torch.Tensor) -> None:
+        trainer.step(x)
+
+    @torch.no_grad()
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        return model.reconstruct(x)
+
+    @torch.no_grad()
+    def l0(x: torch.Tensor) -> float:
+        return float((model.encode(x) != 0).sum(dim=1).float().mean())
+
+    info = {"encoder": encoder, "encoder_config": model.encoder.config.to_dict(), "l0_fn": l0}
+    return step, reconstruct, info
 
 
 def saelens_tool(args):
@@ -156,6 +187,7 @@ def run_tool(
     warmup: int,
 ) -> dict:
     step, reconstruct, info = build()
+    l0_fn = info.pop("l0_fn", None)
     times = []
     for i, x in enumerate(batches):
         t0 = time.perf_counter()
@@ -177,6 +209,8 @@ def run_tool(
         "train_tokens": batch * len(batches),
         "fvu_eval": fvu(x_eval, reconstruct(x_eval)),
     }
+    if l0_fn is not None:
+        res["l0_eval"] = l0_fn(x_eval)
     print(
         f"{name:26s} {res['step_ms_median']:8.1f} ms/step  {res['tokens_per_s']:9.0f} tok/s  "
         f"FVU {res['fvu_eval']:.4f}",
@@ -204,6 +238,12 @@ def main(argv: list[str] | None = None) -> dict:
         default="sparsecodes,sparsecodes-fast-fp32,sparsecodes-eager-fp32,sparsify,sae-lens",
         help="comma-separated subset to run",
     )
+    p.add_argument(
+        "--encoders",
+        default="all",
+        help="comma-separated registered amortised encoders to time as 'encoder:<name>' rows; "
+        "'all' (default): every one registered except topk (the 'sparsecodes' row); 'none'",
+    )
     p.add_argument("--out", type=Path, default=RESULT)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -222,7 +262,22 @@ def main(argv: list[str] | None = None) -> dict:
         "sparsify": lambda: sparsify_tool(args),
         "sae-lens": lambda: saelens_tool(args),
     }
+    from sparsecodes.encoders import available_encoders
+
+    amortised = available_encoders("amortised")
+    if args.encoders == "all":
+        encoders = [e for e in amortised if e != "topk"]
+    elif args.encoders == "none":
+        encoders = []
+    else:
+        encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+        bad = sorted(set(encoders) - set(amortised))
+        if bad:
+            p.error(f"not registered amortised encoders: {bad}; choose from {amortised}")
+    for e in encoders:
+        builders[f"encoder:{e}"] = lambda e=e: encoder_tool(args, e)
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
+    wanted += [f"encoder:{e}" for e in encoders if f"encoder:{e}" not in wanted]
     unknown = sorted(set(wanted) - set(builders))
     if unknown:
         p.error(f"unknown tools {unknown}; choose from {sorted(builders)}")
@@ -233,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     by = {r["tool"]: r for r in results}
     ratios = {}
     if "sparsecodes" in by:
-        for peer in ("sparsify", "sae-lens"):
+        for peer in ("sparsify", "sae-lens", *[f"encoder:{e}" for e in encoders]):
             if peer in by:
                 ratios[f"sparsecodes_vs_{peer}"] = (
                     by["sparsecodes"]["tokens_per_s"] / by[peer]["tokens_per_s"]
@@ -264,8 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for name, r in ratios.items():
         print(f"{name}: {r:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    from sparsecodes.files import write_json
+
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
 

@@ -48,6 +48,15 @@ DIR/<setting>_mcc_vs_flops.png and DIR/<setting>_mcc_vs_steps.png.
 \b
 Example (the paper's defaults, N=16, M=8, K=3, 5 seeds):
   sparsecodes synth --out synth_results
+
+With --world NAME: every amortised encoder (or --methods) on that world at each target L0
+(--l0), its sparsity parameter matched on training rows; trained on the world's train stream,
+scored on its test stream (MCC, absorption, firing F1, shrinkage, recovery). Writes
+DIR/results.json (resumable: cells already there are skipped), DIR/mcc_vs_l0.png and
+DIR/absorption_vs_l0.png.
+
+\b
+  sparsecodes synth --world hierarchy --l0 4,8,16 --steps 2000 --out synth_hierarchy
 """
 )
 @click.option(
@@ -151,6 +160,46 @@ Example (the paper's defaults, N=16, M=8, K=3, 5 seeds):
     type=click.IntRange(min=1),
     help="torch CPU threads (1 is fastest for small N).",
 )
+@click.option(
+    "--world",
+    default=None,
+    metavar="NAME",
+    help="Run every amortised encoder on this world (sparsecodes.worlds preset: paper, "
+    "hierarchy, zipf-correlated, synthsaebench-16k) at matched L0 instead of the paper's study.",
+)
+@click.option(
+    "--l0",
+    "l0_targets",
+    default=None,
+    help="With --world: comma-separated target L0s [default: the world's L0 x 0.5, 1, 2].",
+)
+@click.option(
+    "--world-seed",
+    default=None,
+    type=int,
+    help="With --world: the world's seed (dictionary, trees, streams) [default: the preset's].",
+)
+@click.option(
+    "--eval-rows",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="With --world: held-out test-stream rows scored.",
+)
+@click.option(
+    "--calib-trials",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --world: most training runs of the penalty search per (encoder, L0).",
+)
+@click.option(
+    "--calib-steps",
+    default=None,
+    type=click.IntRange(min=1),
+    help="With --world: steps of each search trial [default: --steps, and the kept trial is "
+    "the final model].",
+)
 @out_option("synth_results", "Output directory.", dest="out_dir")
 @click.option("--no-plots", is_flag=True, help="Write results.json only.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-run lines, only the table.")
@@ -173,10 +222,33 @@ def synth(
     params: tuple[tuple[tuple[str, str], Any], ...],
     curve_points: int,
     threads: int,
+    world: str | None,
+    l0_targets: str | None,
+    world_seed: int | None,
+    eval_rows: int,
+    calib_trials: int,
+    calib_steps: int | None,
     out_dir: Path,
     no_plots: bool,
     quiet: bool,
 ) -> None:
+    ctx = click.get_current_context()
+    explicit = {
+        name
+        for name in ctx.params
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    if world is not None:
+        _synth_world(ctx, explicit, world, l0_targets, world_seed, methods, seeds, n_latents,
+                     steps, lr, batch_size, params, eval_rows, calib_trials, calib_steps,
+                     threads, out_dir, no_plots, quiet)  # fmt: skip
+        return
+    world_only = sorted(
+        explicit & {"l0_targets", "world_seed", "eval_rows", "calib_trials", "calib_steps"}
+    )
+    if world_only:
+        flags = ", ".join("--" + n.replace("_targets", "").replace("_", "-") for n in world_only)
+        raise click.UsageError(f"{flags} only apply with --world NAME")
     from sparsecodes.experiments import synth as study
 
     setting_list = _split_list(settings, "--setting")
@@ -234,5 +306,95 @@ def synth(
     for s in report["skipped"]:
         click.echo(f"skipped {s['method']}: {s['reason']}")
     click.echo(f"\n{len(report['results'])} runs in {report['environment']['total_seconds']:.1f}s")
+    for f in report["files"]:
+        click.echo(f"wrote {f}")
+
+
+#: options of the paper's study that have no meaning on a world (the world fixes them)
+_STUDY_ONLY = {
+    "settings": "--setting",
+    "n_dims": "--n-dims",
+    "k": "--k",
+    "n_train": "--n-train",
+    "n_test": "--n-test",
+    "noise": "--noise",
+    "zipf_exponent": "--zipf",
+    "signed": "--signed",
+    "correlation": "--correlation",
+    "curve_points": "--curve-points",
+}
+
+
+def _synth_world(
+    ctx: click.Context,
+    explicit: set[str],
+    world: str,
+    l0_targets: str | None,
+    world_seed: int | None,
+    methods: str | None,
+    seeds: int,
+    n_latents: int,
+    steps: int | None,
+    lr: float | None,
+    batch_size: int | None,
+    params: tuple[tuple[tuple[str, str], Any], ...],
+    eval_rows: int,
+    calib_trials: int,
+    calib_steps: int | None,
+    threads: int,
+    out_dir: Path,
+    no_plots: bool,
+    quiet: bool,
+) -> None:
+    """``synth --world NAME``: parse, run :func:`sparsecodes.experiments.worlds.run_world`."""
+    from sparsecodes.experiments import worlds as study
+    from sparsecodes.worlds import available_worlds
+
+    bad = sorted(flag for name, flag in _STUDY_ONLY.items() if name in explicit)
+    if bad:
+        raise click.UsageError(
+            f"{', '.join(bad)} do not apply with --world (the world sets its own data); "
+            "drop them, or run without --world for the paper's study"
+        )
+    if world not in available_worlds():
+        raise click.BadParameter(
+            f"unknown world {world!r}; choose from {', '.join(available_worlds())}",
+            param_hint="--world",
+        )
+    targets = None
+    if l0_targets:
+        try:
+            targets = [float(v) for v in _split_list(l0_targets, "--l0")]
+        except ValueError as e:
+            raise click.BadParameter(f"target L0s must be numbers: {e}", param_hint="--l0") from e
+    encoders = _split_list(methods, "--methods") if methods else None
+    train = {
+        name: value
+        for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size))
+        if value is not None
+    }
+    try:
+        report = study.run_world(
+            world,
+            encoders=encoders,
+            targets=targets,
+            seeds=list(range(seeds)),
+            world_overrides={"seed": world_seed} if world_seed is not None else None,
+            n_latents=n_latents if "n_latents" in explicit else None,
+            eval_rows=eval_rows,
+            calibration=study.Calibration(max_trials=calib_trials, steps=calib_steps),
+            params=params_dict(params),
+            out=out_dir,
+            plots=not no_plots,
+            threads=threads,
+            log=None if quiet else click.echo,
+            **train,
+        )
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo("")
+    click.echo(study.format_table(report))
+    for s in report["skipped"]:
+        click.echo(f"skipped {s['encoder']}: {s['reason']}")
     for f in report["files"]:
         click.echo(f"wrote {f}")
