@@ -301,12 +301,23 @@ def synth(
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from e
+    _echo_report(
+        study.format_table(report["summary"]),
+        [f"skipped {s['method']}: {s['reason']}" for s in report["skipped"]],
+        report["files"],
+        f"\n{len(report['results'])} runs in {report['environment']['total_seconds']:.1f}s",
+    )
+
+
+def _echo_report(table: str, skipped: list[str], files: list[Any], footer: str = "") -> None:
+    """Print a study's table, what it skipped, an optional footer and the files it wrote."""
     click.echo("")
-    click.echo(study.format_table(report["summary"]))
-    for s in report["skipped"]:
-        click.echo(f"skipped {s['method']}: {s['reason']}")
-    click.echo(f"\n{len(report['results'])} runs in {report['environment']['total_seconds']:.1f}s")
-    for f in report["files"]:
+    click.echo(table)
+    for line in skipped:
+        click.echo(line)
+    if footer:
+        click.echo(footer)
+    for f in files:
         click.echo(f"wrote {f}")
 
 
@@ -392,9 +403,8 @@ def _synth_world(
         )
     except ValueError as e:
         raise click.ClickException(str(e)) from e
-    click.echo("")
-    click.echo(study.format_table(report))
-    for s in report["skipped"]:
-        click.echo(f"skipped {s['encoder']}: {s['reason']}")
-    for f in report["files"]:
-        click.echo(f"wrote {f}")
+    _echo_report(
+        study.format_table(report),
+        [f"skipped {s['encoder']}: {s['reason']}" for s in report["skipped"]],
+        report["files"],
+    )
