@@ -110,3 +110,20 @@ def _restore_torch_global_state():
     torch.set_grad_enabled(grad)
     torch.set_num_threads(threads)
     assert not leaked, "a test left torch grad mode disabled"
+
+
+#: a small vocabulary for made-up corpora in CLI and browser tests
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "def",
+    "class",
+    "return",
+    "import",
+    "print",
+    "value",
+    "token",
+    "model",
+]

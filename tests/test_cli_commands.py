@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import WORDS
 from sparsecodes.activations import read_manifest, store_path
 from sparsecodes.cli import main
 from sparsecodes.data import batch_windows, load_texts, token_windows
@@ -26,20 +27,6 @@ from sparsecodes.models import load_model
 from sparsecodes.sparse_coder import SparseCoder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "def",
-    "class",
-    "return",
-    "import",
-    "print",
-    "value",
-    "token",
-    "model",
-]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import WORDS
 from sparsecodes.data import batch_windows, token_windows
 from sparsecodes.interp import annotate, collect, logit_lens, read_explanations
 from sparsecodes.interp.serve import AnnotateServer, start_in_thread
@@ -29,20 +30,7 @@ CTX = 32
 
 
 def _texts() -> list[str]:
-    words = [
-        "alpha",
-        "beta",
-        "gamma",
-        "delta",
-        "def",
-        "class",
-        "return",
-        "import",
-        "print",
-        "value",
-        "token",
-        "model",
-    ]
+    words = WORDS
     g = torch.Generator().manual_seed(1)
     docs = []
     for _ in range(30):
