@@ -12,7 +12,8 @@ unembedding) never run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -186,6 +187,25 @@ class ModelAdapter:
     ) -> Tensor:
         """Clean full forward pass: logits ``[B, T, vocab]`` (encoders: last hidden state)."""
         return self._forward(input_ids, attention_mask, [], {}, {}, None, grad)
+
+    @contextmanager
+    def editing(self, edits: Mapping[str, Edit]) -> Iterator[None]:
+        """Keep ``{hook: fn}`` edits attached to every forward pass inside the ``with`` block.
+
+        Unlike :meth:`run_with_edits` the edits stay on across calls, so they act in
+        ``adapter.model.generate`` too (with a KV cache each step's activation is only the new
+        positions, ``[B, t, *hook_shape]``). The hooks are removed on exit, also on an exception.
+        """
+        handles: list[Any] = []
+        try:
+            for name, fn in edits.items():
+                self._add_hook(
+                    parse_hook(name, self.n_layers), self._checked_edit(name, fn), handles
+                )
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     # ---------------------------------------------------------------- internals
     def _check_ids(self, input_ids: Tensor, attention_mask: Tensor | None) -> dict[str, Tensor]:
