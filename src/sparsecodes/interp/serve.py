@@ -5,7 +5,13 @@ Routes: every static file of the site directory, and
 - ``POST /api/annotate`` with JSON ``{"text": str, "top_n": int (optional)}``, or
   ``GET /api/annotate?text=...&top_n=...``: returns :meth:`Annotation.to_json` (tokens, special
   flags, per-token ``[[latent, activation], ...]``), 400 with ``{"error": ...}`` on bad input;
-- ``GET /api/info``: model, hook, number of latents.
+- ``POST /api/steer`` with JSON ``{"prompt": str, "latent": int, "alpha": float (optional,
+  default 8), "clamp": float (optional: clamp instead of add), "max_new_tokens": int
+  (optional)}``, or the same as ``GET`` query parameters: the greedy continuation of the prompt
+  without and with the latent steered, and the next-token logits that moved most
+  (:meth:`sparsecodes.uses.steering.SteerResult.to_json`); 400 with ``{"error": ...}`` on bad
+  input (the steer box of the latent pages, ``assets/steer.js``);
+- ``GET /api/info``: model, hook, number of latents, whether the model can generate.
 
 It binds ``127.0.0.1`` by default: the endpoint runs a model on request, so exposing it on
 other interfaces is left to an explicit ``host``. Model calls are serialised with a lock
@@ -27,6 +33,8 @@ from sparsecodes.interp.annotate import TokenStrings, annotate
 
 MAX_BODY_BYTES = 1_000_000
 MAX_TOP_N = 50
+MAX_NEW_TOKENS = 64
+DEFAULT_ALPHA = 8.0
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -68,11 +76,47 @@ class _Handler(SimpleHTTPRequestHandler):
             return
         self._json(HTTPStatus.OK, result)
 
+    def _steer(self, params: dict[str, Any]) -> None:
+        prompt = params.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "give 'prompt' as a non-empty string"})
+            return
+        try:
+            latent = int(params["latent"])
+            alpha = params.get("alpha")
+            alpha = DEFAULT_ALPHA if alpha in (None, "") else float(alpha)
+            clamp = params.get("clamp")
+            clamp = None if clamp in (None, "") else float(clamp)
+            n_new = int(params.get("max_new_tokens", 20))
+        except (KeyError, TypeError, ValueError):
+            self._json(
+                HTTPStatus.BAD_REQUEST,
+                {
+                    "error": "give 'latent' as an integer; 'alpha', 'clamp' as numbers and "
+                    "'max_new_tokens' as an integer (optional)"
+                },
+            )
+            return
+        if not 1 <= n_new <= MAX_NEW_TOKENS:
+            self._json(
+                HTTPStatus.BAD_REQUEST,
+                {"error": f"'max_new_tokens' must be in 1..{MAX_NEW_TOKENS}"},
+            )
+            return
+        try:
+            result = self.server.steer(prompt, latent, alpha, clamp=clamp, max_new_tokens=n_new)
+        except ValueError as e:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            return
+        self._json(HTTPStatus.OK, result)
+
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/api/annotate":
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             self._annotate(q)
+        elif url.path == "/api/steer":
+            self._steer({k: v[0] for k, v in parse_qs(url.query).items()})
         elif url.path == "/api/info":
             self._json(HTTPStatus.OK, self.server.info)
         elif url.path.startswith("/api/"):
@@ -82,7 +126,8 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
-        if url.path != "/api/annotate":
+        routes = {"/api/annotate": self._annotate, "/api/steer": self._steer}
+        if url.path not in routes:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no POST endpoint {url.path}"})
             return
         try:
@@ -100,9 +145,9 @@ class _Handler(SimpleHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": "body is not valid JSON"})
             return
         if not isinstance(params, dict):
-            self._json(HTTPStatus.BAD_REQUEST, {"error": 'body must be {"text": "..."}'})
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
             return
-        self._annotate(params)
+        routes[url.path](params)
 
 
 class AnnotateServer(ThreadingHTTPServer):
@@ -133,6 +178,7 @@ class AnnotateServer(ThreadingHTTPServer):
             "hook_name": hook,
             "n_latents": coder.n_latents,
             "d_in": coder.d_in,
+            "can_generate": bool(getattr(adapter, "is_causal", False)),
         }
 
     @property
@@ -144,6 +190,33 @@ class AnnotateServer(ThreadingHTTPServer):
         with self._lock:
             return annotate(
                 self.coder, self.adapter, self.hook, text, top_n=top_n, strings=self._strings
+            ).to_json()
+
+    def steer(
+        self,
+        prompt: str,
+        latent: int,
+        alpha: float = DEFAULT_ALPHA,
+        *,
+        clamp: float | None = None,
+        max_new_tokens: int = 20,
+    ) -> dict[str, Any]:
+        """Continuations of ``prompt`` without and with ``latent`` steered (added with weight
+        ``alpha``, or clamped to ``clamp``): :func:`sparsecodes.uses.steering.compare` as JSON."""
+        from sparsecodes.uses.steering import compare
+
+        edit: dict[str, Any] = (
+            {"clamp": {latent: clamp}} if clamp is not None else {"add": {latent: alpha}}
+        )
+        with self._lock:
+            return compare(
+                self.adapter,
+                self.coder,
+                prompt,
+                self.hook,
+                max_new_tokens=max_new_tokens,
+                token_string=self._strings,
+                **edit,
             ).to_json()
 
 

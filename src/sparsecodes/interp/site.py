@@ -6,7 +6,7 @@ Layout of the output directory::
     latents/{i}.html      one page per latent: stats, histogram (inline SVG), logit effects,
                           top and quantile-sampled contexts (data inline, drawn by latent.js)
     live.html             type text, see latents fire (only through ``sparsecodes serve``)
-    assets/               style.css, common.js, index.js, latent.js, live.js (package data)
+    assets/               style.css, common.js, index.js, latent.js, live.js, steer.js (package data)
     site.json             what was built from what (model, hook, tokens, sizes)
 
 No external resources: every script and style is a relative file, data are ``<script>`` files

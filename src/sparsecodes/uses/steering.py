@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsecodes.interp.annotate import TokenStrings
 from sparsecodes.loading import check_width, source_of
 from sparsecodes.models.hooks import translate_hook_name
 from sparsecodes.seeding import derive_seed
@@ -362,7 +363,8 @@ def compare(
 ) -> SteerResult:
     """Generate from ``prompt`` without and with the edit; the change in next-token logits.
 
-    ``token_string(id) -> str`` shows a token (default: ``tokenizer.decode([id])``). Both
+    ``token_string(id) -> str`` shows a token (default: :class:`~sparsecodes.interp.annotate.
+    TokenStrings`, which escapes partial UTF-8 bytes). Both
     generations use the same ``seed``.
     """
     if not isinstance(prompt, str) or not prompt:
@@ -370,7 +372,7 @@ def compare(
     if not isinstance(top_n, int) or top_n < 1:
         raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
     name = resolve_hook(coder, adapter, hook)
-    show = token_string or (lambda i: adapter.tokenizer.decode([i]))
+    show = token_string or TokenStrings(adapter.tokenizer)
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     base_logits = next_token_logits(adapter, prompt)
     base_text = generate(adapter, prompt, **gen)
