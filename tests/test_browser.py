@@ -159,6 +159,38 @@ def test_live_page_through_serve(built, browser, tmp_path):
         thread.join(timeout=10)
 
 
+def test_steer_box_on_latent_page_through_serve(built, browser):
+    from sparsecodes.interp.serve import AnnotateServer, start_in_thread
+    from sparsecodes.uses.steering import compare
+
+    site, _, coder, lm = built
+    page, errors = _page(browser)
+    page.goto((site / "latents" / "5.html").as_uri())  # from file:// it says what to do
+    assert "sparsecodes serve" in page.text_content("#steer")
+    server = AnnotateServer(site, coder, lm, HOOK, port=0)
+    thread = start_in_thread(server)
+    try:
+        page.goto(server.url + "latents/5.html")
+        page.fill("#steer-prompt", "return alpha")
+        page.fill("#steer-alpha", "40")
+        page.fill("#steer-n", "6")
+        page.click("#steer-go")
+        page.wait_for_function("document.querySelectorAll('#steer-out .steer-text').length === 2")
+        want = compare(lm, coder, "return alpha", HOOK, add={5: 40.0}, max_new_tokens=6)
+        shown = page.locator("#steer-out .steer-text").all_text_contents()
+        show = [
+            t.replace("\n", "\u21b5\n").replace("\t", "\u2192")
+            for t in (want.unsteered, want.steered)
+        ]
+        assert shown == show and show[0] != show[1]
+        assert not errors, errors
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 # ---------------------------------------------------------------- escaping: tricky tokens
 # single tokens of the test tokenizer (added to the byte-level one), and text whose characters a
 # byte-level tokenizer splits over several tokens
