@@ -41,7 +41,6 @@ from sparsecodes.uses.steering import compare, steering
 from uses_common import HOOK, MODEL, ensure_sae, environment
 
 logger = logging.getLogger("bench_steering")
-MULTIPLES = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
 def digit_tokens(tokenizer: Any, vocab_size: int) -> list[int]:
@@ -71,6 +70,7 @@ def choose_latent(adapter: Any, coder: Any, texts: list[str], is_digit: torch.Te
         n_tok += dig.numel()
         if n_tok >= args.select_tokens:
             break
+        logger.info("selection: %d tokens", n_tok)
     f1 = 2 * tp / (fire + n_digit).clamp(min=1)
     precision = tp / fire.clamp(min=1)
     best = int(f1.argmax())
@@ -137,18 +137,25 @@ def paired(diff: torch.Tensor, seed: int) -> dict[str, float]:
     return {
         "mean_change": float(diff.mean()),
         "ci95": [lo, hi],
-        "cohens_d_paired": float(diff.mean()) / sd if sd > 0 else float("inf"),
+        "cohens_d_paired": float(diff.mean()) / sd if sd > 0 else None,  # no change at all
         "fraction_rose": float((diff > 0).float().mean()),
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--select-tokens", type=int, default=20_000)
+    ap.add_argument("--select-tokens", type=int, default=16_000)
     ap.add_argument("--select-context", type=int, default=128)
-    ap.add_argument("--n-prompts", type=int, default=128)
-    ap.add_argument("--context", type=int, default=32)
+    ap.add_argument("--n-prompts", type=int, default=64)
+    ap.add_argument("--context", type=int, default=24)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument(
+        "--multiples",
+        type=float,
+        nargs="+",
+        default=[0.0, 1.0, 2.0, 4.0, 8.0],
+        help="alpha as multiples of the digit latent's largest activation",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/sparsecodes_uses"))
     ap.add_argument(
@@ -169,11 +176,12 @@ def main() -> None:
     best, control, top5, n_tok, n_digit = choose_latent(smol, coder, train, is_digit, args)
     logger.info("chosen latent %s; control %s", best, control)
     rows = prompts_from(smol, held, args)
+    logger.info("%d prompts; unsteered pass", len(rows))
     base = next_token_stats(smol, rows, digits, args.batch)
     curves: dict[str, list[dict[str, Any]]] = {}
     for role, lat in (("digit_latent", best), ("control_latent", control)):
         curves[role] = []
-        for m in MULTIPLES:
+        for m in args.multiples:
             alpha = m * best["max_activation"]  # same alpha for both latents
             with steering(smol, coder, HOOK, add={lat["latent"]: alpha}):
                 st = next_token_stats(smol, rows, digits, args.batch)
