@@ -20,6 +20,11 @@ def _fmt_token(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
+def _one_line(s: str) -> str:
+    """Generated text on one line: newlines and tabs made visible (as in the browser)."""
+    return s.replace("\n", "\u21b5").replace("\t", "\u2192")
+
+
 @click.command(
     help=(
         "Generate from --prompt with the model the coder in --sae reads, once as is and once "
@@ -109,8 +114,8 @@ def steer(
         return
     click.echo(f"{adapter.name} · {hook_name} · {coder.n_latents} latents · {res.edit}")
     click.echo(f"prompt:    {prompt}")
-    click.echo(f"unsteered: {res.unsteered}")
-    click.echo(f"steered:   {res.steered}")
+    click.echo(f"unsteered: {_one_line(res.unsteered)}")
+    click.echo(f"steered:   {_one_line(res.steered)}")
     click.echo("\nnext token, top probabilities (unsteered | steered):")
     for (a, pa), (b, pb) in zip(res.top_before, res.top_after, strict=True):
         click.echo(f"  {_fmt_token(a):>16} {pa:6.3f}   | {_fmt_token(b):>16} {pb:6.3f}")
