@@ -11,7 +11,7 @@ Routes: every static file of the site directory, and
   without and with the latent steered, and the next-token logits that moved most
   (:meth:`sparsecodes.uses.steering.SteerResult.to_json`); 400 with ``{"error": ...}`` on bad
   input (the steer box of the latent pages, ``assets/steer.js``);
-- ``GET /api/info``: model, hook, number of latents, whether the model can generate.
+- ``GET /api/info``: model, hook, number of latents.
 
 It binds ``127.0.0.1`` by default: the endpoint runs a model on request, so exposing it on
 other interfaces is left to an explicit ``host``. Model calls are serialised with a lock
@@ -178,7 +178,6 @@ class AnnotateServer(ThreadingHTTPServer):
             "hook_name": hook,
             "n_latents": coder.n_latents,
             "d_in": coder.d_in,
-            "can_generate": bool(getattr(adapter, "is_causal", False)),
         }
 
     @property
