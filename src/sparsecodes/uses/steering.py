@@ -50,6 +50,7 @@ __all__ = [
     "SteerResult",
     "compare",
     "generate",
+    "next_token_logits",
     "resolve_hook",
     "steering",
 ]
