@@ -40,6 +40,7 @@ from sparsecodes.autointerp.pipeline import (
     AutointerpReport,
     LatentResult,
     interpret_latent,
+    read_explanations,
     run_autointerp,
 )
 from sparsecodes.autointerp.scorers import (
@@ -95,6 +96,7 @@ __all__ = [
     "explain_messages",
     "fuzz",
     "interpret_latent",
+    "read_explanations",
     "intruder",
     "parse_detection",
     "parse_explanation",
