@@ -24,6 +24,7 @@ Run: ``python benchmarks/bench_autointerp_scorers.py [--sae DIR] [--n-latents 40
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import sys
@@ -102,6 +103,8 @@ def main() -> None:
     ap.add_argument("--n-held-out", type=int, default=6)
     ap.add_argument("--n-non-activating", type=int, default=6)
     ap.add_argument("--no-detection", action="store_true")
+    ap.add_argument("--detection-latents", type=int, default=16,
+                    help="latents scored by the (slow) local detection judge")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
                     "autointerp_scorers.json")  # fmt: skip
@@ -138,12 +141,16 @@ def main() -> None:
     logger.info("%d usable latents of %d candidates (%.0f s)", len(usable), len(exs),
                 time.perf_counter() - t0)  # fmt: skip
     explainer = LocalChatBackend.from_adapter(adapter, max_new_tokens=32, seed=args.seed)
+    cache_file = args.work_dir / f"explanations_{sae_dir.name}_{args.seed}.json"
+    cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     llm_expl = []
     for e in usable:
-        text, _ = call_with_retries(
-            explainer, explain_messages(e.top), parse_explanation, attempts=2, backoff=0.0
-        )
-        llm_expl.append(text)
+        if str(e.latent) not in cached:
+            cached[str(e.latent)], _ = call_with_retries(
+                explainer, explain_messages(e.top), parse_explanation, attempts=2, backoff=0.0
+            )
+            write_json(cache_file, cached)  # resumable: a rerun skips explained latents
+        llm_expl.append(cached[str(e.latent)])
     tok_expl = [top_tokens_explanation(e) for e in usable]
     logger.info("explained (%.0f s)", time.perf_counter() - t0)
     perm = derangement(len(usable), args.seed)
@@ -156,17 +163,6 @@ def main() -> None:
                                 e.non_activating).score for i, e in enumerate(usable)]  # fmt: skip
         results[f"embedding/{name}"] = separation(own, shuf)
         logger.info("embedding/%s: %s", name, results[f"embedding/{name}"])
-    if not args.no_detection:
-        judge = LocalChatBackend.from_adapter(adapter, max_new_tokens=3, seed=args.seed)
-        own, shuf = [], []
-        for i, e in enumerate(usable):
-            kw = dict(answer_format="yesno", attempts=2, backoff=0.0, seed=args.seed)
-            own.append(detect(judge, llm_expl[i], e.held_out_activating, e.non_activating,
-                              **kw).score)  # fmt: skip
-            shuf.append(detect(judge, llm_expl[perm[i]], e.held_out_activating,
-                               e.non_activating, **kw).score)  # fmt: skip
-        results["detection/llm"] = separation(own, shuf)
-        logger.info("detection/llm: %s", results["detection/llm"])
     report = {
         "what": "separation of own vs shuffled explanations by offline scorers (AUROC over "
         "latents, stratified bootstrap 95% interval)",
@@ -181,8 +177,26 @@ def main() -> None:
             for i, e in enumerate(usable[:10])
         ],
         "torch_threads": torch.get_num_threads(),
-        "elapsed_s": round(time.perf_counter() - t0, 1),
     }
+    report["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    write_json(args.out, report)  # the embedding results, before the slow detection runs
+    if not args.no_detection:
+        judge = LocalChatBackend.from_adapter(adapter, max_new_tokens=3, seed=args.seed)
+        own, shuf, failed = [], [], 0
+        for i, e in enumerate(usable[: args.detection_latents]):
+            kw = dict(answer_format="yesno", attempts=2, backoff=0.0, seed=args.seed)
+            try:  # a latent whose either call fails is left out (never scored 0)
+                a = detect(judge, llm_expl[i], e.held_out_activating, e.non_activating, **kw)
+                b = detect(judge, llm_expl[perm[i]], e.held_out_activating, e.non_activating,
+                           **kw)  # fmt: skip
+            except ChatCallError:
+                failed += 1
+                continue
+            own.append(a.score)
+            shuf.append(b.score)
+        results["detection/llm"] = {**separation(own, shuf), "n_failed": failed}
+        logger.info("detection/llm: %s", results["detection/llm"])
+    report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, report)
     logger.info("wrote %s (%.0f s)", args.out, time.perf_counter() - t0)
 
