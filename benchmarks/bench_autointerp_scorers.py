@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from sparsecodes.autointerp import (
+    ChatCallError,
     LocalChatBackend,
     SentenceEmbedder,
     collect_examples,
