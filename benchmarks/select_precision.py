@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.files import write_json
-from sparsecodes.models import load_model
+from sparsecodes.models import embed_sentences, load_model
 from sparsecodes.seeding import derive_seed
 from sparsecodes.uses.documents import iter_document_codes
 from sparsecodes.uses.selection import select_top, target_centroid
@@ -85,21 +85,6 @@ def sae_features(coder, adapter, texts: list[str]) -> tuple[list[SparseCodes], t
     return codes, torch.cat(acts)
 
 
-def minilm_embeddings(adapter, texts: list[str]) -> torch.Tensor:
-    """[n, 384] normalised mean-pooled MiniLM embeddings."""
-    out = []
-    tok, model = adapter.tokenizer, adapter.model
-    for i in range(0, len(texts), 64):
-        enc = tok(
-            texts[i : i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt"
-        )
-        with torch.no_grad():
-            h = model(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        out.append(F.normalize((h * m).sum(1) / m.sum(1), dim=-1))
-    return torch.cat(out)
-
-
 def split(labels: list[str], n_target: int, seed: int) -> tuple[dict[str, list[int]], list[int]]:
     """Per class, ``n_target`` target indices; the rest is the pool."""
     rng = random.Random(derive_seed(seed, "select-split"))
@@ -120,7 +105,7 @@ def evaluate(name, texts, labels, coder, smol, minilm, args) -> dict:
     t0 = time.perf_counter()
     codes, acts = sae_features(coder, smol, texts)
     dense_codes = torch.cat([c.to_dense() for c in codes])  # small pools only (for slicing)
-    emb = minilm_embeddings(minilm, texts)
+    emb = embed_sentences(minilm, texts)
     feat_s = time.perf_counter() - t0
     targets, pool = split(labels, args.n_target, args.seed)
     pool_labels = [labels[i] for i in pool]

@@ -41,7 +41,7 @@ from sparsecodes.autointerp import (
     run_autointerp,
 )
 from sparsecodes.autointerp.client import parse_retry_after
-from sparsecodes.autointerp.detect import parse_yesno
+from sparsecodes.autointerp.classify import parse_yesno
 
 # ---------------------------------------------------------------------------- scripted server
 

@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import require
-from sparsecodes.circuits.metrics import (
-    average_precision_from_arrays,
-    pr_auc,
-    roc_auc,
-    roc_auc_from_arrays,
-)
+from sparsecodes.circuits.metrics import pr_auc, roc_auc
+from sparsecodes.metrics.ranking import average_precision_from_arrays, roc_auc_from_arrays
 
 
 def _random_cases(n_cases: int = 300):

@@ -1,4 +1,5 @@
-"""Automated interpretability: explain latents from their top contexts, score by detection.
+"""Automated interpretability: explain latents from their top contexts; score the explanations by
+detection, fuzzing, embedding similarity or simulation, and the latents by intruder detection.
 
 >>> from sparsecodes.autointerp import OpenAIChatClient, collect_examples, run_autointerp
 >>> examples = collect_examples(coder, adapter, "blocks.3.resid_post", texts, range(20))
@@ -6,9 +7,12 @@
 >>> report = run_autointerp(examples, client)            # or LocalChatBackend() offline
 >>> report.save("explanations.json")
 
-See ``docs/autointerp.md`` for the prompts, the scoring and the output file.
+Other scorers: ``run_autointerp(examples, client, scorers=[DetectionScorer(client),
+EmbeddingScorer(SentenceEmbedder())])``. See ``docs/autointerp.md`` for the prompts, the scorers,
+their intervals and the output file.
 """
 
+from sparsecodes.autointerp.classify import Classification, balanced_accuracy
 from sparsecodes.autointerp.client import (
     ChatBackend,
     ChatCallError,
@@ -16,14 +20,10 @@ from sparsecodes.autointerp.client import (
     Message,
     OpenAIChatClient,
     call_with_retries,
+    retry_call,
 )
-from sparsecodes.autointerp.detect import (
-    Detection,
-    balanced_accuracy,
-    detect,
-    detect_messages,
-    parse_detection,
-)
+from sparsecodes.autointerp.detect import Detection, detect, detect_messages, parse_detection
+from sparsecodes.autointerp.embedding import SentenceEmbedder, embedding_score
 from sparsecodes.autointerp.examples import (
     Context,
     LatentExamples,
@@ -32,39 +32,77 @@ from sparsecodes.autointerp.examples import (
     window_activations,
 )
 from sparsecodes.autointerp.explain import explain_messages, parse_explanation, render_context
+from sparsecodes.autointerp.fuzz import fuzz
+from sparsecodes.autointerp.intruder import intruder
 from sparsecodes.autointerp.local import LocalChatBackend
 from sparsecodes.autointerp.pipeline import (
     AutointerpConfig,
     AutointerpReport,
     LatentResult,
     interpret_latent,
+    read_explanations,
     run_autointerp,
+)
+from sparsecodes.autointerp.scorers import (
+    SCORER_NAMES,
+    DetectionScorer,
+    EmbeddingScorer,
+    FuzzScorer,
+    IntruderScorer,
+    LatentScorer,
+    ScoreRecord,
+    SimulationScorer,
+)
+from sparsecodes.autointerp.simulation import (
+    CompletionsSimulator,
+    LocalSimulator,
+    Simulator,
+    simulation_score,
 )
 
 __all__ = [
+    "SCORER_NAMES",
     "AutointerpConfig",
     "AutointerpReport",
     "ChatBackend",
     "ChatCallError",
+    "Classification",
+    "CompletionsSimulator",
     "Context",
     "Detection",
+    "DetectionScorer",
+    "EmbeddingScorer",
     "EndpointUnreachableError",
+    "FuzzScorer",
+    "IntruderScorer",
     "LatentExamples",
     "LatentResult",
+    "LatentScorer",
     "LocalChatBackend",
+    "LocalSimulator",
     "Message",
     "OpenAIChatClient",
+    "ScoreRecord",
+    "SentenceEmbedder",
+    "SimulationScorer",
+    "Simulator",
     "balanced_accuracy",
     "call_with_retries",
     "collect_examples",
     "detect",
     "detect_messages",
+    "embedding_score",
     "examples_from_activations",
     "explain_messages",
+    "fuzz",
     "interpret_latent",
+    "intruder",
     "parse_detection",
     "parse_explanation",
+    "read_explanations",
     "render_context",
+    "retry_call",
     "run_autointerp",
+    "simulation_score",
     "window_activations",
 ]

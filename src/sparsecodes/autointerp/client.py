@@ -31,6 +31,7 @@ import tenacity
 
 Message = dict[str, str]
 T = TypeVar("T")
+A = TypeVar("A")
 
 API_KEY_ENV = "SPARSECODES_LLM_API_KEY"
 """Environment variable read for the API key when none is given (then ``OPENAI_API_KEY``)."""
@@ -172,17 +173,35 @@ class OpenAIChatClient:
         }
         if self.seed is not None:
             body["seed"] = self.seed
+        data = self.post_json(self.url, body)
+        try:
+            content = data["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise ChatCallError(
+                f"{self.url} returned no chat answer (expected choices[0].message.content): "
+                f"{str(data)[:200]!r}"
+            ) from e
+        if not isinstance(content, str):
+            raise ChatCallError(f"{self.url} returned a non-text answer: {content!r}")
+        return content
+
+    def post_json(self, url: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` as JSON to ``url`` (with this client's key and timeout); the parsed reply.
+
+        Raises :class:`EndpointUnreachableError` when no server answers, :class:`ChatCallError`
+        for an HTTP error status, a timeout, a broken connection or a reply that is not JSON.
+        """
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
-            resp = self._http.post(self.url, json=body, headers=headers)
+            resp = self._http.post(url, json=body, headers=headers)
         except httpx.ConnectError as e:
-            raise EndpointUnreachableError(f"cannot reach the chat endpoint {self.url}: {e}") from e
+            raise EndpointUnreachableError(f"cannot reach the chat endpoint {url}: {e}") from e
         except httpx.TimeoutException as e:
-            raise ChatCallError(f"timed out after {self.timeout:g} s waiting for {self.url}") from e
+            raise ChatCallError(f"timed out after {self.timeout:g} s waiting for {url}") from e
         except httpx.TransportError as e:  # reset mid-response, protocol error, ...
-            raise ChatCallError(f"connection to {self.url} failed: {e}") from e
+            raise ChatCallError(f"connection to {url} failed: {e}") from e
         if resp.status_code >= 400:
             status = resp.status_code
             detail = resp.content[:300].decode("utf-8", "replace").strip()
@@ -191,25 +210,19 @@ class OpenAIChatClient:
                 parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
             )
             raise ChatCallError(
-                f"HTTP {status} {resp.reason_phrase} from {self.url}"
+                f"HTTP {status} {resp.reason_phrase} from {url}"
                 + (f": {detail}" if detail else "")
                 + ("" if retryable else " (not retried: fix the request, key or URL)"),
                 status=status,
                 retryable=retryable,
                 retry_after=retry_after,
             )
-        raw = resp.content
         try:
-            data = resp.json()
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+            return resp.json()
+        except ValueError as e:
             raise ChatCallError(
-                f"{self.url} returned no chat answer (expected choices[0].message.content): "
-                f"{raw[:200].decode('utf-8', 'replace')!r}"
+                f"{url} returned no JSON: {resp.content[:200].decode('utf-8', 'replace')!r}"
             ) from e
-        if not isinstance(content, str):
-            raise ChatCallError(f"{self.url} returned a non-text answer: {content!r}")
-        return content
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -304,6 +317,34 @@ def call_with_retries(
     server, else :class:`ChatCallError` naming the attempts and the last reason (with the last
     failure's ``status``). ``sleep``, ``clock`` and ``rng`` are injectable for tests.
     """
+    return retry_call(
+        lambda: backend.complete(messages),
+        parse,
+        attempts=attempts,
+        backoff=backoff,
+        max_delay=max_delay,
+        max_total=max_total,
+        sleep=sleep,
+        clock=clock,
+        rng=rng,
+    )
+
+
+def retry_call(
+    request: Callable[[], A],
+    parse: Callable[[A], T],
+    *,
+    attempts: int = 3,
+    backoff: float = 1.0,
+    max_delay: float = 60.0,
+    max_total: float | None = 300.0,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> tuple[T, A]:
+    """``(parse(answer), answer)`` from the first of up to ``attempts`` calls of ``request()``
+    that succeeds, with the retry policy of :func:`call_with_retries` (any request that raises
+    :class:`ChatCallError` / :class:`EndpointUnreachableError`, e.g. a completions call)."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     if backoff < 0:
@@ -319,7 +360,7 @@ def call_with_retries(
     def once() -> tuple[T, str]:
         nonlocal unreachable
         try:
-            answer = backend.complete(messages)
+            answer = request()
         except EndpointUnreachableError as e:
             unreachable += 1
             reasons.append(str(e))
@@ -330,7 +371,8 @@ def call_with_retries(
         try:
             return parse(answer), answer
         except ValueError as e:
-            reasons.append(f"unparseable answer ({e}): {answer[:200]!r}")
+            shown = answer[:200] if isinstance(answer, str) else str(answer)[:200]
+            reasons.append(f"unparseable answer ({e}): {shown!r}")
             raise _Unparseable(reasons[-1]) from e
 
     retrying = tenacity.Retrying(

@@ -28,7 +28,7 @@ EXPLAIN_SYSTEM = (
 )
 
 
-def _display(token: str) -> str:
+def display_token(token: str) -> str:
     """A token made safe for a one-line excerpt (newlines and tabs shown escaped)."""
     return token.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
 
@@ -44,7 +44,7 @@ def render_context(ctx: Context, *, mark: bool = True, threshold: float = 0.0) -
         elif not active and inside:
             parts.append(CLOSE)
         inside = active
-        parts.append(_display(tok))
+        parts.append(display_token(tok))
     if inside:
         parts.append(CLOSE)
     return "".join(parts).strip()

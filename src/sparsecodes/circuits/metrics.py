@@ -16,7 +16,8 @@ from collections.abc import Hashable, Mapping, Set
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+
+from sparsecodes.metrics.ranking import average_precision_from_arrays, roc_auc_from_arrays
 
 
 def _arrays(scores: Mapping[Any, float], reference: Set[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,40 +37,6 @@ def _arrays(scores: Mapping[Any, float], reference: Set[Any]) -> tuple[np.ndarra
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite")
     return y, s
-
-
-def roc_auc_from_arrays(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC AUC of scores ``s`` ``[n]`` for binary labels ``y`` ``[n]`` (both classes present).
-
-    The Mann-Whitney U statistic over ``n_pos * n_neg``: the probability that a random member
-    outscores a random non-member, ties counting 1/2 (average ranks). Equals scikit-learn's
-    ``roc_auc_score`` (the trapezoidal area under the ROC curve).
-    """
-    y = np.asarray(y, dtype=bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    ranks = rankdata(np.asarray(s, dtype=np.float64), method="average")
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
-    return float(u / (n_pos * n_neg))
-
-
-def average_precision_from_arrays(y: np.ndarray, s: np.ndarray) -> float:
-    """Average precision of scores ``s`` ``[n]`` for binary labels ``y`` ``[n]`` (members present).
-
-    As scikit-learn's ``average_precision_score`` defines it: ``sum_k (R_k - R_{k-1}) P_k`` over
-    the distinct score thresholds ``k`` taken from the highest down (tied scores enter together),
-    with ``R_0 = 0``; no interpolation.
-    """
-    y = np.asarray(y, dtype=bool)
-    s = np.asarray(s, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    # the last position of each run of equal scores: one threshold per distinct score
-    ends = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
-    tps = np.cumsum(y_sorted)[ends].astype(np.float64)
-    precision = tps / (ends + 1)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
 def roc_auc(scores: Mapping[Any, float], reference: Set[Any]) -> float:

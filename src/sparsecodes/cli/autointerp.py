@@ -19,11 +19,16 @@ from sparsecodes.cli.options import (
 
 @click.command(
     help=(
-        "Explain latents of the coder in SAE_DIR from their top contexts and score each "
-        "explanation by detection (balanced accuracy of telling held-out activating from "
-        "non-activating contexts). Uses any OpenAI-compatible chat endpoint (--endpoint, "
-        "--model), else the embedded SmolLM2-135M-Instruct locally (offline; its scores are weak). "
-        "Writes --out as JSON: summary, config and one record per latent."
+        "Explain latents of the coder in SAE_DIR from their top contexts and score them. "
+        "Scorers (--scorers): detection (balanced accuracy of telling held-out activating from "
+        "non-activating contexts), fuzz (are the marked tokens the right ones), intruder (find "
+        "the non-activating context among activating ones; needs no explanation), embedding "
+        "(ROC AUC of explanation-context similarity with the embedded MiniLM; needs no chat "
+        "model) and simulation (correlation of predicted and true per-token activations). Each "
+        "score comes with a 95% interval; a failed call is never a score of 0. Uses any "
+        "OpenAI-compatible endpoint (--endpoint, --model), else the embedded "
+        "SmolLM2-135M-Instruct locally (offline; its scores are weak). Writes --out as JSON: "
+        "summary, config and one record per latent."
     )
 )
 @click.argument("sae_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -74,6 +79,28 @@ from sparsecodes.cli.options import (
 @click.option(
     "--detect-batch-size", default=10, show_default=True, help="Excerpts per 'list' prompt."
 )
+@click.option(
+    "--scorers",
+    default="detection",
+    show_default=True,
+    help="Comma-separated scorers: detection, fuzz, intruder, embedding, simulation. The first "
+    "gives each latent's 'score' and 'status'.",
+)
+@click.option(
+    "--explanations",
+    "explanations_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Score the explanations in this earlier output file instead of writing new ones "
+    "(no explainer calls; with --scorers embedding no chat model is used at all).",
+)
+@click.option("--intruder-shown", default=5, show_default=True, help="Excerpts per intruder trial.")
+@click.option(
+    "--embedding-model",
+    default="minilm-l6",
+    show_default=True,
+    help="Sentence encoder of the embedding scorer (an embedded name or a local directory).",
+)
 @click.option("--attempts", default=3, show_default=True, help="Tries per chat call.")
 @click.option("--backoff", default=1.0, show_default=True, help="First retry delay (s), doubling.")
 @seed_option()
@@ -103,6 +130,10 @@ def autointerp(
     n_non_activating: int,
     detect_format: str | None,
     detect_batch_size: int,
+    scorers: str,
+    explanations_file: Path | None,
+    intruder_shown: int,
+    embedding_model: str,
     attempts: int,
     backoff: float,
     seed: int,
@@ -114,17 +145,33 @@ def autointerp(
     import torch
 
     from sparsecodes.autointerp import (
+        SCORER_NAMES,
         AutointerpConfig,
         LocalChatBackend,
         OpenAIChatClient,
         collect_examples,
         run_autointerp,
     )
+    from sparsecodes.autointerp.pipeline import build_scorers, read_explanations
     from sparsecodes.data import load_texts
     from sparsecodes.loading import load_with_model
 
     ids = latents
     out = out or sae_dir / "explanations.json"
+    names = [n.strip() for n in scorers.split(",") if n.strip()]
+    bad = [n for n in names if n not in SCORER_NAMES]
+    if bad or not names:
+        raise click.BadParameter(
+            f"unknown scorer(s) {bad}; choose from {', '.join(SCORER_NAMES)}",
+            param_hint="--scorers",
+        )
+    given = read_explanations(explanations_file) if explanations_file else {}
+    missing = [i for i in ids if i not in given]
+    if explanations_file and missing:
+        click.echo(
+            f"note: {explanations_file} has no explanation for latents {missing[:10]}; they are "
+            "explained now"
+        )
     if llm and not endpoint:
         raise click.UsageError("--model names the model at --endpoint; give --endpoint too")
     if endpoint and not llm:
@@ -157,8 +204,12 @@ def autointerp(
         n_non_activating=n_non_activating,
         seed=seed,
     )
+    chat_needed = bool(missing) or any(n in names for n in ("detection", "fuzz", "intruder"))
+    backend: Any = None
     if endpoint:
-        backend: Any = OpenAIChatClient(endpoint, llm or "", api_key=api_key, timeout=timeout)
+        backend = OpenAIChatClient(endpoint, llm or "", api_key=api_key, timeout=timeout)
+    elif not chat_needed and "simulation" not in names:
+        backend = None  # e.g. embedding of given explanations: no chat model at all
     elif local_model == adapter.name:
         backend = LocalChatBackend.from_adapter(adapter, max_new_tokens=max_new_tokens, seed=seed)
     else:
@@ -176,12 +227,31 @@ def autointerp(
     def show(r: Any) -> None:
         score = f"{r.score:.3f}" if r.score is not None else "-"
         tail = f"  [{r.error}]" if r.error else ""
+        others = " ".join(
+            f"{k} {v.score:.3f}" if v.score is not None else f"{k} {v.status}"
+            for k, v in list(r.scores.items())[1:]
+        )
+        tail = (f"  ({others})" if others else "") + tail
         click.echo(
             f"latent {r.latent:>6}  {r.status:<7} score {score:>5} "
             f"(n_pos {r.n_pos}, n_neg {r.n_neg})  {r.explanation or ''}{tail}"
         )
 
-    report = run_autointerp(examples, backend, config=cfg, on_result=show)
+    chosen = build_scorers(
+        names,
+        backend,
+        cfg,
+        endpoint=endpoint,
+        model=llm,
+        api_key=api_key,
+        timeout=timeout,
+        intruder_shown=intruder_shown,
+        embedding_model=embedding_model,
+        device=device,
+    )
+    report = run_autointerp(
+        examples, backend, config=cfg, scorers=chosen, explanations=given, on_result=show
+    )
     report.config.update(
         {
             "sae_dir": str(sae_dir),
@@ -199,6 +269,13 @@ def autointerp(
     s = report.summary()
     mean = f"{s['mean_score']:.3f}" if s["mean_score"] is not None else "n/a"
     click.echo(
-        f"{out}: {s['n_ok']} scored (mean balanced accuracy {mean}, chance 0.5), "
+        f"{out}: {s['n_ok']} scored by {names[0]} (mean {mean}), "
         f"{s['n_failed']} failed, {s['n_skipped']} skipped; {s['elapsed_s']:.1f} s"
     )
+    for name, b in s["scorers"].items():
+        m = "n/a" if b["mean"] is None else f"{b['mean']:.3f}"
+        ci = "" if b["mean_low"] is None else f" [{b['mean_low']:.3f}, {b['mean_high']:.3f}]"
+        click.echo(
+            f"  {name:<10} mean {m}{ci} (chance {b['chance']}) over {b['n_ok']} latents; "
+            f"{b['n_failed']} failed, {b['n_skipped']} skipped"
+        )

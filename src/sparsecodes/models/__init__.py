@@ -19,6 +19,7 @@ from sparsecodes.models.embedded import (
 )
 from sparsecodes.models.hooks import HOOK_KINDS, HOOK_PATTERN, HookPoint, hook_name, parse_hook
 from sparsecodes.models.loading import load_model
+from sparsecodes.models.sentence import embed_sentences
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -29,6 +30,7 @@ __all__ = [
     "HookPoint",
     "ModelAdapter",
     "ModelNotFoundError",
+    "embed_sentences",
     "hook_name",
     "is_installed",
     "load_model",
