@@ -136,3 +136,97 @@ def test_dfa_terms_sum_to_preactivation_smollm2():
     coder = _coder(576, 64, "topk", k=8)
     _, rel, rel_heads = _check_dfa(coder, it, mask, 64)
     assert rel < 1e-5 and rel_heads < 1e-5
+
+
+# ------------------------------------------------------------------ browser data
+HOOK = "blocks.1.attn.heads"
+
+
+@pytest.fixture(scope="module")
+def attn_site(lm, tmp_path_factory):
+    """Stats and site of a random topk coder on the tiny llama's block-1 attention heads."""
+    from conftest import WORDS
+    from sparsecodes.interp.site import write_site
+    from sparsecodes.interp.stats import collect
+
+    coder = _coder(64, 24, "topk", k=4)
+    texts = [" ".join(WORDS[(i * j) % len(WORDS)] for j in range(9)) for i in range(30)]
+    # windows of 16 tokens and 16 tokens of left context: every example's whole prefix is kept
+    stats = collect(coder, lm, texts, HOOK, 400, context_size=16, batch_size=4, ctx_left=16)
+    out = tmp_path_factory.mktemp("attn_site")
+    write_site(stats, lm.tokenizer, out)
+    return coder, stats, out
+
+
+def _page_data(path):
+    import json
+    import re
+
+    m = re.search(r"window\.SC_LATENT = (.*?);</script>", path.read_text())
+    return json.loads(m.group(1))
+
+
+def test_stats_keep_head_shares_and_the_exact_top_sources(lm, attn_site):
+    coder, stats, _ = attn_site
+    torch.testing.assert_close(stats.head_shares, head_shares(coder, 4))
+    assert stats.meta["n_heads"] == 4
+    center, checked = stats.ctx_left, 0
+    for f in range(0, 24, 3):
+        for j in range(2):
+            if not stats.top.valid()[f, j]:
+                continue
+            ids = stats.top.ctx_ids[f, j, : center + 1]
+            ids = ids[ids >= 0]  # the window's tokens up to and including the example
+            it = attention_internals(lm, ids[None], None, 1)
+            dfa = direct_feature_attribution(coder, it, [0], [len(ids) - 1], [f])
+            assert len(ids) - 1 == int(stats.top.pos[f, j])
+            # the top source's value recomputed from scratch, and the same ranking
+            per_src = dfa.terms.sum(1)[0]
+            pos = stats.top.src_pos[f, j]
+            pos = pos[pos >= 0]
+            torch.testing.assert_close(
+                per_src[pos].float(), stats.top.src_val[f, j, : len(pos)], atol=1e-5, rtol=1e-4
+            )
+            assert len(pos) == min(5, len(ids))
+            assert float(per_src.max()) == pytest.approx(float(stats.top.src_val[f, j, 0]), 1e-4)
+            assert torch.equal(stats.top.src_ids[f, j, : len(pos)], ids[pos])
+            # the activation is the DFA total for a firing topk latent
+            assert float(dfa.pre[0]) == pytest.approx(float(stats.top.acts[f, j]), rel=1e-4)
+            checked += 1
+    assert checked >= 8
+
+
+def test_site_pages_carry_head_shares_and_sources(lm, attn_site):
+    from sparsecodes.interp.annotate import TokenStrings
+
+    _, stats, out = attn_site
+    strings = TokenStrings(lm.tokenizer)
+    f = int(stats.fire_count.argmax())
+    data = _page_data(out / "latents" / f"{f}.html")
+    shares = data["heads"]["shares"]
+    assert shares == [round(v, 4) for v in stats.head_shares[f].tolist()]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+    n_top = int(stats.top.valid()[f].sum())
+    assert len(data["heads"]["sources"]) == len(data["top"]) == n_top
+    rows = data["heads"]["sources"][0]
+    p0, dest = int(stats.top.src_pos[f, 0, 0]), int(stats.top.pos[f, 0])
+    assert rows[0] == [
+        strings(int(stats.top.src_ids[f, 0, 0])),
+        round(float(stats.top.src_val[f, 0, 0]), 4),
+        p0 - dest,
+    ]
+    assert all(r[2] <= 0 for rs in data["heads"]["sources"] for r in rs)  # causal: none later
+    assert "heads.js" in (out / "latents" / f"{f}.html").read_text()
+    assert (out / "assets" / "heads.js").is_file()
+
+
+def test_residual_coder_pages_have_no_head_data(lm, tmp_path):
+    from sparsecodes.interp.site import write_site
+    from sparsecodes.interp.stats import collect
+
+    coder = SparseCoder(64, 8, "topk", seed=0, k=2)
+    texts = ["alpha beta gamma delta epsilon zeta"] * 4
+    stats = collect(coder, lm, texts, "blocks.1.resid_post", 20, context_size=16, batch_size=4)
+    assert stats.head_shares is None and stats.top.src_pos is None
+    write_site(stats, lm.tokenizer, tmp_path)
+    assert _page_data(tmp_path / "latents" / "0.html")["heads"] is None

@@ -17,7 +17,14 @@ from string import Template
 
 __all__ = ["ASSETS", "asset", "page"]
 
-ASSETS: tuple[str, ...] = ("style.css", "common.js", "index.js", "latent.js", "live.js")
+ASSETS: tuple[str, ...] = (
+    "style.css",
+    "common.js",
+    "index.js",
+    "latent.js",
+    "heads.js",
+    "live.js",
+)
 """The files copied verbatim into a site's ``assets/`` directory."""
 
 PAGES: tuple[str, ...] = ("index.html", "latent.html", "live.html", "no_index.html")
