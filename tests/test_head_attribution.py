@@ -230,3 +230,34 @@ def test_residual_coder_pages_have_no_head_data(lm, tmp_path):
     assert stats.head_shares is None and stats.top.src_pos is None
     write_site(stats, lm.tokenizer, tmp_path)
     assert _page_data(tmp_path / "latents" / "0.html")["heads"] is None
+
+
+@pytest.mark.slow
+def test_cache_train_export_on_attn_heads_end_to_end(tmp_path):
+    """`cache` and `train --store` on blocks.1.attn.heads; the SAELens export is hook_z."""
+    import json
+
+    from click.testing import CliRunner
+
+    import sparsecodes
+    from sparsecodes.cli import main
+
+    run = CliRunner().invoke
+    args = ["cache", "--model", "tiny-llama", "--hook", HOOK, "--max-tokens", "1500"]
+    r = run(main, [*args, "--context-size", "32", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    store = tmp_path / "c" / "tiny-llama" / HOOK
+    assert json.loads((store / "manifest.json").read_text())["shape"] == [4, 16]
+    args = ["train", "--store", str(store), "--param", "k=4", "--n-latents", "32"]
+    args += ["--steps", "5", "--batch-size", "128", "--device", "cpu"]
+    r = run(main, [*args, "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    coder = sparsecodes.load(tmp_path / "run")
+    assert (coder.d_in, coder.source.hook_name) == (64, HOOK)
+    cfg = json.loads((tmp_path / "run" / "final_saelens" / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.1.attn.hook_z"
+    assert cfg["reshape_activations"] == "hook_z"
+    back = sparsecodes.load(tmp_path / "run" / "final_saelens")
+    assert back.source.hook_name == HOOK  # hook_z is read back as ours
+    x = torch.randn(10, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(back.encode(x), coder.encode(x), atol=1e-5, rtol=1e-5)
