@@ -166,8 +166,11 @@ def direct_feature_attribution(
         rr, tt, ff = r[i : i + chunk], t[i : i + chunk], f[i : i + chunk]
         vw = torch.einsum("mshd,mhd->mhs", v[rr].double(), w_heads[ff])  # [m, H, S]
         terms[i : i + chunk] = a[rr, :, tt, :].double() * vw
-    pre = preactivation(coder, z[r, t].flatten(1).float())  # [M, L]
-    pre_f = pre.gather(1, f.to(pre.device)[:, None])[:, 0].double().to(a.device)
+    # the coder's own pre-activations, once per distinct (row, position): [U, L]
+    flat = r * n_t + t
+    uniq, which = torch.unique(flat, return_inverse=True)
+    pre = preactivation(coder, z[uniq // n_t, uniq % n_t].flatten(1).float())
+    pre_f = pre[which.to(pre.device), f.to(pre.device)].double().to(a.device)
     return DFA(terms=terms, bias=b.to(a.device)[f], pre=pre_f)
 
 
