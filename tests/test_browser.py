@@ -341,3 +341,47 @@ def test_live_page_shows_tricky_text_literally(tricky, browser):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def attn_built(tmp_path_factory):
+    """A site for a random topk coder on the tiny llama's block-1 attention heads (4 heads)."""
+    from sparsecodes.interp import collect
+    from sparsecodes.interp.site import write_site
+    from sparsecodes.models import load_model
+    from sparsecodes.sparse_coder import SparseCoder
+
+    lm = load_model("tiny-llama", device="cpu")
+    coder = SparseCoder(64, 12, "topk", seed=2, k=3).eval()
+    with torch.no_grad():  # latent 0 lives on head 2's block (d_head 16): share 1.0 there
+        coder.dictionary.W_dec[0, :32] = 0
+        coder.dictionary.W_dec[0, 48:] = 0
+    texts = [f"def f{i}(x): return x * {i} + alpha" for i in range(20)]
+    stats = collect(coder, lm, texts, "blocks.1.attn.heads", 300, context_size=32, batch_size=4)
+    out = tmp_path_factory.mktemp("attn_site")
+    write_site(stats, lm.tokenizer, out)
+    return out, stats
+
+
+def test_attention_latent_page_draws_head_bars_and_sources(attn_built, browser, tmp_path):
+    site, stats = attn_built
+    page, errors = _page(browser)
+    page.goto((site / "latents" / "0.html").as_uri())
+    bars = page.locator("#heads .head-row")
+    assert bars.count() == 4
+    widths = [
+        bars.nth(h).locator(".head-fill").evaluate("e => e.getBoundingClientRect().width")
+        for h in range(4)
+    ]
+    full = bars.nth(2).locator(".head-bar").evaluate("e => e.getBoundingClientRect().width")
+    assert widths[2] == pytest.approx(full, abs=1) and max(widths[:2] + widths[3:]) == 0
+    assert bars.nth(2).locator(".head-val").text_content() == "1.00"
+    n_top = int(stats.top.valid()[0].sum())
+    assert n_top > 0 and page.locator("#heads .sources").count() == n_top
+    first = page.locator("#heads .sources").first.locator(".src")
+    assert first.count() == int((stats.top.src_pos[0, 0] >= 0).sum())
+    shot = _artifact_dir(tmp_path) / "browser_attention_latent.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    assert not errors, errors
+    page.close()

@@ -60,6 +60,30 @@ def sparsify():
 
 
 # ------------------------------------------------------------------ ours -> SAELens
+def test_attn_heads_coder_exports_as_hook_z_and_saelens_takes_per_head_inputs(sae_lens, tmp_path):
+    m = _random_model("topk", "expected_norm")  # d_in 12 = 3 heads x 4
+    save_saelens(m, tmp_path, model_name="tiny", hook_name="blocks.2.attn.heads")
+    sae = sae_lens.SAE.load_from_disk(tmp_path)
+    assert sae.cfg.metadata.hook_name == "blocks.2.attn.hook_z"
+    assert sae.cfg.reshape_activations == "hook_z"
+    x = _inputs()
+    with torch.no_grad():
+        z_theirs = sae.encode(x.view(-1, 3, 4))  # SAELens flattens [..., n_heads, d_head]
+        r_theirs = sae.decode(z_theirs)
+    torch.testing.assert_close(z_theirs, m.encode(x), rtol=1e-5, atol=1e-5)
+    assert r_theirs.shape == (len(x), 3, 4)
+    torch.testing.assert_close(r_theirs.flatten(1), m.reconstruct(x), rtol=1e-5, atol=1e-5)
+    back = load_saelens(tmp_path)
+    torch.testing.assert_close(back.encode(x), m.encode(x), rtol=1e-5, atol=1e-5)
+    # other hooks are written as given, with no reshaping
+    save_saelens(m, tmp_path / "r", hook_name="blocks.2.hook_resid_post")
+    cfg = json.loads((tmp_path / "r" / "cfg.json").read_text())
+    assert (cfg["metadata"]["hook_name"], cfg["reshape_activations"]) == (
+        "blocks.2.hook_resid_post",
+        "none",
+    )
+
+
 @pytest.mark.parametrize("normalize", ["none", "expected_norm"])
 @pytest.mark.parametrize("encoder", SAELENS_ENCODERS)
 def test_saved_file_reproduces_our_outputs_in_saelens(sae_lens, tmp_path, encoder, normalize):

@@ -27,6 +27,11 @@ written and ``normalize_activations="none"``, so SAELens reproduces ``SparseCode
 ``SparseCoder.reconstruct`` on raw inputs. The scale and our encoder config go to
 ``cfg["metadata"]["sparsecodes"]``, and :func:`load_saelens` undoes the fold (exact to float32
 rounding, one multiply and one divide per weight).
+
+Attention-output coders: a coder on our ``blocks.{i}.attn.heads`` is written with
+``hook_name="blocks.{i}.attn.hook_z"`` and ``reshape_activations="hook_z"``, so SAELens takes
+``[..., n_heads, d_head]`` inputs and flattens them to our ``d_in = n_heads * d_head`` (head ``h`` in
+columns ``h * d_head : (h + 1) * d_head``, the same order).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from sparsecodes.formats._common import (
     require_files,
     require_int,
 )
+from sparsecodes.models.hooks import translate_hook_name
 from sparsecodes.sparse_coder import SparseCoder, register_save_format
 
 CFG_NAME = "cfg.json"
@@ -198,11 +204,12 @@ def save_saelens(
     tensors = _saelens_tensors(model, scale)
 
     cfg_model = model.config()
+    hook, reshape = saelens_hook(hook_name if hook_name is not None else meta.get("hook_name"))
     meta.update(
         {
             "sae_lens_version": meta.get("sae_lens_version", SAELENS_LAYOUT_VERSION),
             "model_name": model_name if model_name is not None else meta.get("model_name"),
-            "hook_name": hook_name if hook_name is not None else meta.get("hook_name"),
+            "hook_name": hook,
             METADATA_KEY: {
                 "metadata_version": METADATA_VERSION,
                 "encoder": name,
@@ -226,7 +233,7 @@ def save_saelens(
         "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
-        "reshape_activations": "none",
+        "reshape_activations": reshape,
         "metadata": meta,
     }
     if arch == "topk":
@@ -247,6 +254,20 @@ def save_saelens(
     atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
     write_text(path / CFG_NAME, text)
     return path
+
+
+def saelens_hook(hook: str | None) -> tuple[str | None, str]:
+    """SAELens's ``(hook_name, reshape_activations)`` for a hook name we record.
+
+    Our ``blocks.{i}.attn.heads`` (per-head outputs ``[..., n_heads, d_head]``) is
+    TransformerLens's ``blocks.{i}.attn.hook_z``; SAELens flattens it to ``n_heads * d_head``
+    before encoding when ``reshape_activations="hook_z"``. Every other name is kept as given.
+    """
+    if isinstance(hook, str) and translate_hook_name(hook).endswith(".attn.heads"):
+        layer = translate_hook_name(hook).split(".")[1]
+        if layer.isdigit():
+            return f"blocks.{layer}.attn.hook_z", "hook_z"
+    return hook, "none"
 
 
 def _check_mp_sae_exportable(model: SparseCoder, scale: float) -> None:

@@ -4,7 +4,9 @@ Layout of the output directory::
 
     index.html            searchable, sortable table of latents (data/index.js)
     latents/{i}.html      one page per latent: stats, histogram (inline SVG), logit effects,
-                          top and quantile-sampled contexts (data inline, drawn by latent.js)
+                          top and quantile-sampled contexts (data inline, drawn by latent.js);
+                          attention-output coders add per-head shares and the source tokens
+                          that wrote each top activation (drawn by heads.js)
     live.html             type text, see latents fire (only through ``sparsecodes serve``)
     assets/               style.css, common.js, index.js, latent.js, live.js, steer.js (package data)
     site.json             what was built from what (model, hook, tokens, sizes)
@@ -141,6 +143,22 @@ def context_strings(decode: TokenStrings, ids: list[int]) -> list[str | None]:
     return out
 
 
+def source_rows(
+    sources: tuple[list, list, list, list], i: int, j: int, strings: TokenStrings
+) -> list[list[Any]]:
+    """Latent ``i``'s top example ``j``: ``[[token, dfa, offset], ...]`` largest DFA first.
+
+    ``offset`` is the source position minus the example's position (0: the token itself,
+    negative: earlier); ``token`` is the source token decoded alone.
+    """
+    pos, ids, vals, dest = sources
+    return [
+        [strings(t), v, p - dest[i][j]]
+        for p, t, v in zip(pos[i][j], ids[i][j], vals[i][j], strict=True)
+        if p >= 0
+    ]
+
+
 def write_shell(
     out_dir: str | os.PathLike[str],
     title: str,
@@ -225,6 +243,17 @@ def write_site(
     top_valid, top_acts, top_ids, top_ctx, _ = examples(stats.top)
     s_valid, s_acts, s_ids, s_ctx, _ = examples(stats.samples)
     center = stats.ctx_left
+    shares = None
+    if stats.head_shares is not None:
+        shares = np.round(stats.head_shares.numpy().astype(np.float64), 4).tolist()
+    sources = None
+    if stats.top.src_pos is not None:
+        sources = (
+            stats.top.src_pos.tolist(),
+            stats.top.src_ids.tolist(),
+            np.round(stats.top.src_val.numpy().astype(np.float64), 4).tolist(),
+            stats.top.pos.tolist(),
+        )
     logits = None
     if stats.logit_pos_ids is not None:
         logits = (
@@ -267,6 +296,15 @@ def write_site(
                 "pos": [[strings(t), v] for t, v in zip(logits[0][i], logits[1][i], strict=True)],
                 "neg": [[strings(t), v] for t, v in zip(logits[2][i], logits[3][i], strict=True)],
             }
+        heads = None
+        if shares is not None:
+            heads = {"shares": shares[i], "sources": None}
+            if sources is not None:
+                heads["sources"] = [
+                    source_rows(sources, i, j, strings)
+                    for j in range(len(top_valid[i]))
+                    if top_valid[i][j]
+                ]
         e = explanations.get(i, {})
         data = {
             "id": i,
@@ -281,6 +319,7 @@ def write_site(
             "top": top,
             "samples": bands,
             "logits": lg,
+            "heads": heads,
         }
         page = templates.page(
             "latent.html",

@@ -11,7 +11,11 @@ with a coder and keeps, for every latent:
 - a histogram over fixed log-spaced bins (bin 0 counts the tokens where the latent is off), the
   firing density, the maximum and the mean activation when active;
 - for causal LMs, the logit lens: the tokens its decoder direction promotes and suppresses
-  (:func:`logit_lens`).
+  (:func:`logit_lens`);
+- for an attention-output coder (hook ``blocks.{i}.attn.heads`` of a llama-style model, linear
+  encoder): each latent's share per head (decoder norm per head block) and, for every top
+  example, the ``n_sources`` source positions whose direct feature attribution (summed over heads)
+  is largest (:mod:`sparsecodes.uses.head_attribution`).
 
 Both kinds of examples live in a :class:`TopKBuffer`: fixed ``[n_latents, k]`` tensors merged
 with each batch by one ``torch.topk`` over the batch dimension and one over the concatenation,
@@ -26,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +57,14 @@ class TopKBuffer:
     whatever the number of tokens.
     """
 
-    def __init__(self, n_latents: int, k: int, ctx_len: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        n_latents: int,
+        k: int,
+        ctx_len: int,
+        device: torch.device | str = "cpu",
+        n_sources: int = 0,
+    ):
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.k = k
@@ -63,6 +74,16 @@ class TopKBuffer:
         self.pos = torch.full((n_latents, k), -1, dtype=torch.long, device=device)
         self.ctx_ids = torch.full((n_latents, k, ctx_len), -1, dtype=torch.long, device=device)
         self.ctx_acts = torch.zeros((n_latents, k, ctx_len), device=device)
+        # attention coders: top source positions of each entry (absolute in its window, -1 =
+        # none), their token ids and direct feature attributions ``[L, k, n_sources]``
+        self.src_pos: Tensor | None = None
+        self.src_ids: Tensor | None = None
+        self.src_val: Tensor | None = None
+        if n_sources > 0:
+            shape = (n_latents, k, n_sources)
+            self.src_pos = torch.full(shape, -1, dtype=torch.long, device=device)
+            self.src_ids = torch.full(shape, -1, dtype=torch.long, device=device)
+            self.src_val = torch.zeros(shape, device=device)
 
     @torch.no_grad()
     def update(self, scores: Tensor, batch: _Batch) -> None:
@@ -93,6 +114,16 @@ class TopKBuffer:
         ids_new, acts_ctx_new = batch.context(r_new, lat_new)
         ctx_ids[from_batch] = ids_new
         ctx_acts[from_batch] = acts_ctx_new
+        if self.src_pos is not None and batch.sources is not None:
+            src = []
+            for t in (self.src_pos, self.src_ids, self.src_val):
+                moved = t.gather(1, old_slot[..., None].expand_as(t))
+                src.append(moved)
+            if len(r_new):
+                new = batch.sources(r_new, lat_new)
+                for moved, fresh in zip(src, new, strict=True):
+                    moved[from_batch] = fresh.to(moved.device, moved.dtype)
+            self.src_pos, self.src_ids, self.src_val = src
         self.scores, self.acts, self.window, self.pos = new_scores, acts, window, pos
         self.ctx_ids, self.ctx_acts = ctx_ids, ctx_acts
 
@@ -101,10 +132,9 @@ class TopKBuffer:
         return torch.isfinite(self.scores)
 
     def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for t in (self.scores, self.acts, self.window, self.pos, self.ctx_ids, self.ctx_acts)
-        )
+        tensors = (self.scores, self.acts, self.window, self.pos, self.ctx_ids, self.ctx_acts)
+        extra = (self.src_pos, self.src_ids, self.src_val)
+        return sum(t.numel() * t.element_size() for t in (*tensors, *extra) if t is not None)
 
 
 @dataclass
@@ -124,6 +154,8 @@ class _Batch:
     window0: int
     ctx_left: int
     ctx_right: int
+    sources: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
+    """``(rows [M], latents [M]) -> (src_pos, src_ids, src_val)`` each ``[M, n_sources]``."""
 
     def context(self, rows: Tensor, latents: Tensor) -> tuple[Tensor, Tensor]:
         """Token ids ``[M, C]`` (-1 off the window) and ``latents``' activations ``[M, C]``."""
@@ -149,6 +181,8 @@ class FeatureStats:
     counted in column 1, above the last in the last column), so each row sums to ``n_tokens``.
     ``top`` / ``samples``: :class:`TopKBuffer` contents (see there). ``logit_*``: ``[L, logit_k]``
     promoted (``pos``) and suppressed (``neg``) token ids and logit effects; None for encoders.
+    ``head_shares`` ``[L, n_heads]`` (attention-output coders, else None): each latent's decoder
+    norm per head block, rows summing to 1; ``top.src_*`` then hold the top examples' sources.
     """
 
     n_latents: int
@@ -168,6 +202,7 @@ class FeatureStats:
     logit_pos_vals: Tensor | None = None
     logit_neg_ids: Tensor | None = None
     logit_neg_vals: Tensor | None = None
+    head_shares: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -182,6 +217,7 @@ class FeatureStats:
 
     # -------------------------------------------------------------- persistence
     _BUFFER_FIELDS = ("scores", "acts", "window", "pos", "ctx_ids", "ctx_acts")
+    _SOURCE_FIELDS = ("src_pos", "src_ids", "src_val")
     _TENSOR_FIELDS = (
         "fire_count",
         "max_act",
@@ -192,6 +228,7 @@ class FeatureStats:
         "logit_pos_vals",
         "logit_neg_ids",
         "logit_neg_vals",
+        "head_shares",
     )
     _INT_FIELDS = ("n_latents", "n_tokens", "n_windows", "context_size", "ctx_left", "ctx_right")
 
@@ -205,8 +242,9 @@ class FeatureStats:
             if t is not None:
                 tensors[name] = t
         for prefix, buf in (("top", self.top), ("samples", self.samples)):
-            for name in self._BUFFER_FIELDS:
-                tensors[f"{prefix}.{name}"] = getattr(buf, name)
+            for name in self._BUFFER_FIELDS + self._SOURCE_FIELDS:
+                if getattr(buf, name) is not None:
+                    tensors[f"{prefix}.{name}"] = getattr(buf, name)
         flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         atomic_write(p / STATS_TENSORS, write_path=lambda tmp: save_file(flat, tmp))
         meta = {name: getattr(self, name) for name in self._INT_FIELDS}
@@ -228,6 +266,8 @@ class FeatureStats:
             buf = TopKBuffer(ids.shape[0], ids.shape[1], ids.shape[2])
             for name in cls._BUFFER_FIELDS:
                 setattr(buf, name, t[f"{prefix}.{name}"])
+            for name in cls._SOURCE_FIELDS:
+                setattr(buf, name, t.get(f"{prefix}.{name}"))
             bufs.append(buf)
         return cls(
             **{name: int(meta[name]) for name in cls._INT_FIELDS},
@@ -329,6 +369,7 @@ def collect(
     skip_windows: int = 0,
     seed: int = 0,
     progress: bool = False,
+    n_sources: int = 5,
 ) -> FeatureStats:
     """One streamed pass: statistics of every latent of ``sae`` over ``n_tokens`` tokens.
 
@@ -344,11 +385,20 @@ def collect(
         n_bins / hist_range: the log-spaced histogram bins.
         logit_k: promoted/suppressed tokens per latent (causal LMs only; 0 disables).
         seed: seeds the sampling keys.
+        n_sources: for an attention-output coder, source positions kept per top example (by
+            direct feature attribution; 0 disables). Needs a llama-style model and a linear
+            encoder; the attention pattern is then read with eager attention in the same pass.
 
     Memory is bounded by ``n_latents * (top_k + n_samples) * (ctx_left + 1 + ctx_right)`` plus one
     batch's codes ``[batch_size * context_size, n_latents]``.
     """
     from sparsecodes.data import batch_windows, token_windows
+    from sparsecodes.models.attention import attention_internals
+    from sparsecodes.uses.head_attribution import (
+        attention_layer,
+        head_shares,
+        linear_preactivation,
+    )
 
     for name, v in (("n_tokens", n_tokens), ("batch_size", batch_size)):
         if not isinstance(v, int) or v < 1:
@@ -365,7 +415,15 @@ def collect(
     device = sae.device
     n_latents = sae.n_latents
     ctx_len = ctx_left + 1 + ctx_right
-    top = TopKBuffer(n_latents, top_k, ctx_len, device)
+    layer = attention_layer(hook)
+    shares = head_shares(sae, adapter.n_heads).cpu() if layer is not None else None
+    dfa_ok = layer is not None and n_sources > 0 and getattr(adapter, "family", None) == "llama"
+    if dfa_ok:
+        try:
+            linear_preactivation(sae)
+        except ValueError:
+            dfa_ok = False
+    top = TopKBuffer(n_latents, top_k, ctx_len, device, n_sources=n_sources if dfa_ok else 0)
     samples = TopKBuffer(n_latents, n_samples, ctx_len, device)
     edges = hist_edges(n_bins, *hist_range)
     hist = torch.zeros((n_bins + 1, n_latents), dtype=torch.long, device=device)  # transposed
@@ -386,7 +444,13 @@ def collect(
             raise ValueError(f"the corpus has fewer than skip_windows={skip_windows} windows")
     for ids, keep in batch_windows(windows, batch_size):
         ids, keep = ids.to(adapter.device), keep.to(adapter.device)
-        acts = adapter.run(ids, None, [hook])[hook]
+        sources = None
+        if dfa_ok:
+            internals = attention_internals(adapter, ids, None, layer)
+            acts = internals.z
+            sources = _source_fn(internals, ids, keep, sae, n_sources)
+        else:
+            acts = adapter.run(ids, None, [hook])[hook]
         acts = acts.flatten(2) if acts.dim() > 3 else acts
         b_idx, t_idx = keep.nonzero(as_tuple=True)
         x = acts[b_idx, t_idx].float().to(device)
@@ -402,6 +466,7 @@ def collect(
             window0=n_windows,
             ctx_left=ctx_left,
             ctx_right=ctx_right,
+            sources=sources,
         )
         # work on the firing entries only: sparse codes touch k of n_latents per token
         rows, lats = (codes > 0).nonzero(as_tuple=True)
@@ -449,9 +514,11 @@ def collect(
         logit_pos_vals=lens[1],
         logit_neg_ids=lens[2],
         logit_neg_vals=lens[3],
+        head_shares=shares,
         meta={
             "model_name": getattr(adapter, "name", None),
             "hook_name": hook,
+            "n_heads": getattr(adapter, "n_heads", None) if layer is not None else None,
             "seconds": round(time.perf_counter() - t0, 2),
             "skip_windows": skip_windows,
             "seed": seed,
@@ -459,7 +526,27 @@ def collect(
     )
 
 
+def _source_fn(
+    internals: Any, ids: Tensor, keep: Tensor, sae: Any, n_sources: int
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """The :attr:`_Batch.sources` of one batch: top DFA sources of (code row, latent) pairs."""
+    from sparsecodes.uses.head_attribution import direct_feature_attribution, top_sources
+
+    b_idx, t_idx = keep.nonzero(as_tuple=True)
+
+    def sources(rows: Tensor, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        rows = rows.to(b_idx.device)
+        b, t = b_idx[rows], t_idx[rows]
+        dfa = direct_feature_attribution(sae, internals, b, t, latents.to(b.device))
+        pos, val = top_sources(dfa, n_sources)
+        src_ids = torch.where(pos >= 0, ids[b[:, None], pos.clamp(min=0)], -1)
+        return pos, src_ids, val
+
+    return sources
+
+
 def _to_cpu(buf: TopKBuffer) -> TopKBuffer:
-    for name in FeatureStats._BUFFER_FIELDS:
-        setattr(buf, name, getattr(buf, name).cpu())
+    for name in FeatureStats._BUFFER_FIELDS + FeatureStats._SOURCE_FIELDS:
+        t = getattr(buf, name)
+        setattr(buf, name, None if t is None else t.cpu())
     return buf

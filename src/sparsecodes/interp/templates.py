@@ -22,6 +22,7 @@ ASSETS: tuple[str, ...] = (
     "common.js",
     "index.js",
     "latent.js",
+    "heads.js",
     "live.js",
     "steer.js",
 )
