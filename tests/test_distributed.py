@@ -17,12 +17,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from sparsecodes.activations.cache import cache_activations
 from sparsecodes.activations.source import TensorSource
 from sparsecodes.distributed import RankSlice
 from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.training.trainer import TrainConfig, Trainer
 
 WORLD = 2
+HOOKS = ["blocks.0.resid_post", "blocks.1.mlp_out"]
 ATOL = 1e-5
 D, N_LAT = 16, 64
 
@@ -44,6 +46,7 @@ def config(steps: int = 12) -> TrainConfig:
 
 
 def run_workers(fn, tmp_path: Path, *args) -> None:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     """Run ``fn(rank, init_file, *args)`` in two processes; raises if any fails."""
     init = tmp_path / "rendezvous"
     mp.spawn(fn, args=(str(init), *args), nprocs=WORLD, join=True)
@@ -80,17 +83,68 @@ def scenarios_worker(rank: int, init_file: str, out: str) -> None:
         trainer.fit(TensorSource(data(), seed=1))
         whole = gather_coder(part, dist.group.WORLD)
         results["lp-topk"] = {"state": whole.state_dict(), "history": trainer.state.history}
+        # distributed caching: shards split between the ranks, one manifest at the end
+        res = cache(Path(out).parent / "cache-two")
+        results["cache"] = {"rows": res.rows, "new_rows": res.new_rows}
         if rank == 0:
             torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
 
+def corpus() -> list[str]:
+    from conftest import WORDS
+
+    return [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(12 + i % 9)) for i in range(40)]
+
+
+def cache(out: Path, **kw):
+    """The same cache job everywhere: tiny llama, two hooks, 100-row shards, float32."""
+    from sparsecodes.models import load_model
+
+    torch.set_num_threads(1)  # the same float arithmetic in every process
+    return cache_activations(
+        load_model("tiny-llama"),
+        corpus(),
+        HOOKS,
+        out,
+        context_size=16,
+        batch_size=4,
+        dtype="float32",
+        shard_rows=100,
+        corpus_fingerprint="fp",
+        progress=False,
+        **kw,
+    )
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (manifests without their ``created`` stamp) by relative path."""
+    import json
+
+    out = {}
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            data = f.read_bytes()
+            if f.name == "manifest.json":
+                m = json.loads(data)
+                m.pop("created")
+                data = json.dumps(m).encode()
+            out[str(f.relative_to(root))] = data
+    return out
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("two_ranks")
     run_workers(scenarios_worker, tmp, str(tmp / "results.pt"))
-    return torch.load(tmp / "results.pt", weights_only=False)
+    results = torch.load(tmp / "results.pt", weights_only=False)
+    results["dir"] = tmp
+    return results
+
+
+def tmp_path_of(results: dict) -> Path:
+    return results["dir"]
 
 
 def single_process(encoder: str, **kw) -> Trainer:
@@ -129,3 +183,106 @@ def test_latent_parallel_topk_equals_one_process_holding_every_latent(two_ranks)
     for a, b in zip(got["history"], trainer.state.history, strict=True):
         assert a["l0"] == b["l0"] == 4.0  # k latents per row in total, summed over the slices
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_distributed_cache_writes_the_store_one_process_writes(two_ranks, tmp_path):
+    single = cache(tmp_path / "one", rank=0, world_size=1)
+    two = tmp_path_of(two_ranks) / "cache-two"
+    got, want = store_files(two), store_files(tmp_path / "one")
+    shards = [k for k in want if k.endswith(".npy")]
+    assert len(shards) >= 2 * 4  # several shards per hook, so both ranks wrote some
+    assert got == want  # byte-identical shards, same manifest (but its creation stamp)
+    assert two_ranks["cache"]["rows"] == single.rows
+    # each rank computed about its half of the rows (plus the batches straddling shard edges)
+    assert two_ranks["cache"]["new_rows"] < 0.75 * single.rows
+
+
+def test_a_killed_cache_rank_resumes_its_own_shards_only(tmp_path, monkeypatch):
+    """Ranks run one after the other in this process (no group: barriers are no-ops)."""
+    import sparsecodes.activations.store as store_mod
+    from sparsecodes.activations.store import read_manifest
+
+    monkeypatch.setattr(store_mod, "DURABLE", False)
+    whole = cache(tmp_path / "one", rank=0, world_size=1)
+    out = tmp_path / "two"
+
+    written = []
+    real = store_mod.write_shard
+
+    def dying(store, index, rows):
+        if len(written) == 2 * len(HOOKS) + 1:  # killed between the hooks of its third shard
+            raise KeyboardInterrupt
+        written.append(index)
+        return real(store, index, rows)
+
+    import sparsecodes.activations.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        cache(out, rank=1, world_size=2)
+    monkeypatch.setattr(cache_mod, "write_shard", real)
+    assert written == [1, 1, 3, 3, 5]  # shard 5 of the first hook only
+    assert not (out / "tiny-llama" / HOOKS[0] / "manifest.json").exists()
+    again = cache(out, rank=1, world_size=2)  # the restarted rank 1
+    n_shards = -(-whole.rows // 100)
+    odd = [j for j in range(n_shards) if j % 2 == 1]
+    assert again.new_rows == sum(min(100, whole.rows - 100 * j) for j in odd[2:])
+    first = cache(out, rank=0, world_size=2)  # rank 0 last: it writes the manifests
+    assert first.rows == whole.rows
+    assert store_files(out) == store_files(tmp_path / "one")
+    assert read_manifest(out / "tiny-llama" / HOOKS[0]).complete
+
+
+class DyingSlice(RankSlice):
+    """Rank 1 dies (``os._exit``, as a kill would) when asked for batch ``die_at``."""
+
+    def __init__(self, source, rank: int, world_size: int, die_at: int | None) -> None:
+        super().__init__(source, rank, world_size)
+        self.die_at = die_at
+
+    def batches(self, batch_size: int):
+        for i, item in enumerate(super().batches(batch_size)):
+            if self.rank == 1 and i == self.die_at:
+                os._exit(1)
+            yield item
+
+
+def train_worker(rank: int, init_file: str, run_dir: str, die_at: int | None) -> None:
+    from sparsecodes.training.run import train_run
+
+    init(rank, init_file)
+    try:
+        source = DyingSlice(TensorSource(data(), seed=1), rank, WORLD, die_at)
+        train_run(make_coder("topk"), source, config(), run_dir, checkpoint_every=4)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_killed_rank_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
+    import shutil
+
+    from sparsecodes.sparse_coder import SparseCoder
+    from sparsecodes.training.run import train_run
+
+    run = tmp_path / "run"
+    with pytest.raises(mp.ProcessExitedException):
+        run_workers(train_worker, tmp_path / "a", str(run), 7)  # dies in step 8; checkpoint: 4
+    blob = torch.load(run / "checkpoint" / "trainer.pt", weights_only=False)
+    assert blob["state"]["step"] == 4 and not (run / "final").exists()
+    shutil.copytree(run, tmp_path / "run-one")
+    run_workers(train_worker, tmp_path / "b", str(run), None)  # the same two ranks resume
+
+    ref = train_run(make_coder("topk"), TensorSource(data(), seed=1), config(), tmp_path / "ref")
+    # the other world size: one process resumes the two-rank checkpoint
+    one = train_run(
+        make_coder("topk"), TensorSource(data(), seed=1), config(), tmp_path / "run-one"
+    )
+    want = ref.state_dict()
+    for got in (SparseCoder.load(run / "final").state_dict(), one.state_dict()):
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
+    import csv
+
+    with open(run / "metrics.csv") as f:  # rank 0's log: steps 4 (first run), 8, 12 (resumed)
+        assert [float(r["step"]) for r in csv.DictReader(f)] == [4.0, 8.0, 12.0]
