@@ -286,3 +286,22 @@ def test_killed_rank_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
 
     with open(run / "metrics.csv") as f:  # rank 0's log: steps 4 (first run), 8, 12 (resumed)
         assert [float(r["step"]) for r in csv.DictReader(f)] == [4.0, 8.0, 12.0]
+
+
+def test_store_ranks_read_disjoint_shards_that_cover_the_epoch(tmp_path):
+    import numpy as np
+
+    from conftest import fake_store
+    from sparsecodes.activations.reader import StoreSource
+
+    store = fake_store(tmp_path / "s", rows=5 * 1024, d=4)  # 5 shards of 1024 rows
+    rows = {}
+    for rank in range(WORLD):
+        src = StoreSource(store, seed=3, shuffle_buffer_shards=1, rank=rank, world_size=WORLD)
+        it, got = src.batches(256), []
+        while src.state_dict()["epoch"] == 0:  # this rank's epoch
+            got.append(next(it)[0].numpy())
+        rows[rank] = np.concatenate(got)
+    a, b = ({tuple(r) for r in rows[k]} for k in range(WORLD))
+    assert len(a) + len(b) == 5 * 1024 and not a & b  # disjoint, every row once in the epoch
+    assert {len(rows[0]), len(rows[1])} == {2 * 1024, 3 * 1024}  # whole shards per rank
