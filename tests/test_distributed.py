@@ -1,7 +1,8 @@
 """Training and caching over two CPU processes (gloo), against one process doing the same work.
 
-Each test spawns two processes with ``torch.multiprocessing`` and a file rendezvous, so it runs
-in CI without ``torchrun``. Tolerances: the data-parallel gradient is the mean of two half-batch
+The two-rank scenarios run in one pair of processes spawned with ``torch.multiprocessing`` and a
+file rendezvous (the ``two_ranks`` fixture: process start-up dominates the cost), so they run in
+CI without ``torchrun``; the kill-and-resume test needs two more pairs and is marked slow. Tolerances: the data-parallel gradient is the mean of two half-batch
 means instead of one full-batch mean, so the float32 sums are taken in another order (relative
 error ~ 1e-7 per step); Adam divides each update by the gradient's running RMS, so a weight can
 differ by at most ``lr * steps`` times that error, far below ``ATOL``.
@@ -162,7 +163,6 @@ def assert_same_weights(got: dict, trainer: Trainer, encoder: str) -> None:
         torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["topk", "relu"])
 def test_data_parallel_training_equals_one_process_with_the_global_batch(two_ranks, encoder):
     got = two_ranks[f"dp-{encoder}"]
@@ -175,7 +175,6 @@ def test_data_parallel_training_equals_one_process_with_the_global_batch(two_ran
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
-@pytest.mark.slow
 def test_latent_parallel_topk_equals_one_process_holding_every_latent(two_ranks):
     got = two_ranks["lp-topk"]
     trainer = single_process("topk", aux=0.0)

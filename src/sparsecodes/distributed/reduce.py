@@ -21,6 +21,13 @@ def group_size(group: Any = None) -> int:
     return dist.get_world_size(group) if active() else 1
 
 
+def comm_device(group: Any = None) -> torch.device:
+    """Where tensors must be for the group's backend: this rank's GPU for nccl, else the CPU."""
+    if active() and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_(tensors: Sequence[Tensor], group: Any = None) -> None:
     """Replace each tensor (same dtype, floating) by its mean over the ranks, in place."""
     n = group_size(group)
@@ -54,16 +61,16 @@ def any_(mask: Tensor, group: Any = None) -> Tensor:
     """Elementwise OR of a bool tensor over the ranks (a latent fired on any rank)."""
     if group_size(group) == 1:
         return mask
-    m = mask.to(torch.uint8)
+    m = mask.to(comm_device(group), torch.uint8)
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    return m.bool()
+    return m.bool().to(mask.device)
 
 
 def mean_floats(values: Sequence[float], group: Any = None) -> list[float]:
     """Mean over the ranks of a few Python floats (one small collective)."""
     if group_size(group) == 1:
         return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64)
+    t = torch.tensor(list(values), dtype=torch.float64, device=comm_device(group))
     dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return (t / group_size(group)).tolist()
 
