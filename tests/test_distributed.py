@@ -304,3 +304,24 @@ def test_store_ranks_read_disjoint_shards_that_cover_the_epoch(tmp_path):
     a, b = ({tuple(r) for r in rows[k]} for k in range(WORLD))
     assert len(a) + len(b) == 5 * 1024 and not a & b  # disjoint, every row once in the epoch
     assert {len(rows[0]), len(rows[1])} == {2 * 1024, 3 * 1024}  # whole shards per rank
+
+
+def test_live_ranks_run_the_model_on_alternate_forward_passes():
+    from sparsecodes.activations.live import LiveModelSource
+    from sparsecodes.models import load_model
+
+    lm = load_model("tiny-llama")
+    kw = {"context_size": 16, "windows_per_pass": 2, "seed": 5}
+    one = LiveModelSource(lm, corpus(), HOOKS[:1], **kw)
+    ranks = [
+        LiveModelSource(lm, corpus(), HOOKS[:1], rank=r, world_size=WORLD, **kw) for r in (0, 1)
+    ]
+    for i in range(2):  # pass i of rank r is pass 2 i + r of the one-process stream
+        for r in (0, 1):
+            torch.testing.assert_close(
+                ranks[r].pass_rows(i)[HOOKS[0]],
+                one.pass_rows(WORLD * i + r)[HOOKS[0]],
+                rtol=0,
+                atol=0,
+            )
+    assert not torch.equal(ranks[0].pass_rows(0)[HOOKS[0]][:4], ranks[1].pass_rows(0)[HOOKS[0]][:4])

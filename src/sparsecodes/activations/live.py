@@ -129,6 +129,7 @@ class _HookView:
         self.parent = parent
         self.hook = hook
         self.d_in = parent.d_in[hook]
+        self.world_size = parent.world_size  # data-parallel ranks the parent splits passes for
         self.pass_index = 0
         self.pos = 0
 

@@ -466,6 +466,14 @@ def train_lockstep(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
+    for s, t in zip(sources, trainers, strict=True):
+        if t.data_ranks > 1 and getattr(s, "world_size", 1) != t.data_ranks:
+            raise ValueError(
+                f"data-parallel training over {t.data_ranks} ranks needs a source that gives "
+                "each rank its own rows (StoreSource(rank=, world_size=), LiveModelSource(rank=, "
+                "world_size=) or sparsecodes.distributed.RankSlice); this one would feed every "
+                "rank the same rows"
+            )
     batch_iters = [s.batches(t.local_batch_size) for s, t in zip(sources, trainers, strict=True)]
     t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
     for step in range(start, cfg.steps):
