@@ -1,12 +1,11 @@
 """Data-parallel training throughput on the CPU: tokens/s with 1 and 2 processes under torchrun.
 
 Writes a float32 activation store of ``--rows`` random rows of width ``--d`` (shards of
-``--shard-rows``), then runs, for each process count N in ``--procs``,
+``--shard-rows``), then runs, for each ``NxT`` in ``--runs`` (N processes of T threads),
 
     torchrun --standalone --nproc-per-node N -m sparsecodes train --store S --encoder topk ...
 
-with the same global batch, steps and seed, ``OMP_NUM_THREADS = --threads // N`` per process (all
-runs use the same cores), and reads the throughput (global tokens/s, ``tokens_per_s`` of the last
+with the same global batch, steps and seed and ``OMP_NUM_THREADS=T`` per process, and reads the throughput (global tokens/s, ``tokens_per_s`` of the last
 row of ``metrics.csv``) and the wall time of the whole command (process start, gloo rendezvous
 and the final save included). On one machine with few cores the 2-process run shows the cost of
 data parallelism (an all-reduce of every gradient per step, through gloo over loopback) rather
@@ -57,8 +56,9 @@ def make_store(path: Path, rows: int, d: int, shard_rows: int) -> None:
     w.close()
 
 
-def run(store: Path, out: Path, n: int, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // n))}
+def run(store: Path, out: Path, spec: str, args: argparse.Namespace) -> dict:
+    n, threads = (int(v) for v in spec.split("x"))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
@@ -75,7 +75,7 @@ def run(store: Path, out: Path, n: int, args: argparse.Namespace) -> dict:
         last = list(csv.DictReader(f))[-1]
     return {
         "processes": n,
-        "threads_per_process": max(1, args.threads // n),
+        "threads_per_process": threads,
         "tokens_per_s": float(last["tokens_per_s"]),
         "wall_s": wall,
         "final_mse": float(last["mse"]),
@@ -92,8 +92,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--runs", nargs="+", default=["1x2", "1x1", "2x1"], help="NxT: N procs, T threads"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
@@ -101,7 +102,7 @@ def main() -> None:
         store = tmp / "store"
         make_store(store, args.rows, args.d, args.shard_rows)
         load_before = os.getloadavg()
-        runs = [run(store, tmp / f"run{n}", n, args) for n in args.procs]
+        runs = [run(store, tmp / f"run{spec}", spec, args) for spec in args.runs]
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,9 +118,10 @@ def main() -> None:
         "runs": runs,
         "python": sys.version.split()[0],
         "note": (
-            "all runs share the same cores (threads split between processes), so on one small "
-            "machine the ratio shows data parallelism's overhead (gradient all-reduce through "
-            "gloo, process start-up), not a speed-up; the machine was shared with other jobs"
+            "all runs share the same cores, so on one small machine the 2-process figure shows "
+            "data parallelism's overhead (gradient all-reduce through gloo) beside 1 process "
+            "with 1 and with 2 threads, not a scaling result; the machine was shared with other "
+            "jobs (load average recorded), which penalises multi-threaded runs most"
         ),
     }
     text = json.dumps(result, indent=1)

@@ -229,7 +229,8 @@ class Trainer:
         if step == 0 and cfg.b_dec_init == "mean" and not self.freeze_dictionary:
             with torch.no_grad():
                 mean = x.mean(dim=0)
-                dist_reduce.mean_([mean], self.data_group if self.data_ranks > 1 else None)
+                if self.data_ranks > 1:
+                    dist_reduce.mean_([mean], self.data_group)
                 coder.dictionary.b_dec.copy_(mean)
         inp = TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
         if self.latent_group is not None:
@@ -238,7 +239,10 @@ class Trainer:
             out = latent_train_step(coder.encoder, inp, self.latent_group)
         else:
             out = coder.encoder.train_step(inp)
-        if not torch.isfinite(out.loss):
+        finite = bool(torch.isfinite(out.loss))
+        if self.data_ranks > 1:  # every rank stops together, none waits in a collective
+            finite = dist_reduce.mean_floats([float(finite)], self.data_group)[0] == 1.0
+        if not finite:
             parts = {k: float(v.detach()) for k, v in out.losses.items()}
             raise FloatingPointError(
                 f"loss became {out.loss.item()} at step {step} (parts: {parts}); lower lr "
