@@ -325,3 +325,30 @@ def test_live_ranks_run_the_model_on_alternate_forward_passes():
                 atol=0,
             )
     assert not torch.equal(ranks[0].pass_rows(0)[HOOKS[0]][:4], ranks[1].pass_rows(0)[HOOKS[0]][:4])
+
+
+def test_store_position_resumes_per_rank_and_restarts_the_epoch_for_another_world(tmp_path):
+    from conftest import fake_store
+    from sparsecodes.activations.reader import StoreSource
+
+    store = fake_store(tmp_path / "s", rows=5 * 1024, d=4)
+    srcs = [StoreSource(store, seed=3, rank=r, world_size=WORLD) for r in range(WORLD)]
+    its = [s.batches(300) for s in srcs]
+    for it in its:  # rank r moves to some position of epoch 0
+        next(it)
+    positions = [{k: s.state_dict()[k] for k in ("epoch", "group", "pos")} for s in srcs]
+    saved = {**srcs[0].state_dict(), "ranks": positions}  # what the gathered checkpoint holds
+    ahead = [next(it)[0] for it in its]
+    for r in range(WORLD):  # same world: each rank continues exactly
+        again = StoreSource(store, seed=3, rank=r, world_size=WORLD)
+        again.load_state_dict(saved)
+        assert torch.equal(next(again.batches(300))[0], ahead[r])
+    # one process: the earliest saved epoch, from its start
+    later = [{"epoch": 2, "group": 0, "pos": 5}, {"epoch": 1, "group": 1, "pos": 7}]
+    one = StoreSource(store, seed=3)
+    one.load_state_dict({**saved, "ranks": later})
+    want = StoreSource(store, seed=3)
+    want.load_state_dict({**want.state_dict(), "epoch": 1})
+    epoch0 = next(StoreSource(store, seed=3).batches(300))[0]
+    got = next(one.batches(300))[0]
+    assert torch.equal(got, next(want.batches(300))[0]) and not torch.equal(got, epoch0)
