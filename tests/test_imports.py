@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "worlds",
         ),
     ),
-    ("blocks", ("dictionary", "encoders", "metrics", "activations", "models")),
+    ("blocks", ("dictionary", "encoders", "metrics", "activations", "models", "distributed")),
     ("training loop", ("training",)),
     ("coder", ("sparse_coder",)),
     ("formats", ("formats",)),
@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "uses",
         ),
     ),
-    ("cli", ("cli",)),
+    ("cli", ("cli", "__main__")),
 ]
 
 

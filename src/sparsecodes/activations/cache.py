@@ -11,14 +11,24 @@ re-tokenises (cheap), skips without running the model every batch whose rows are
 already, recomputes the batch that straddles the durable end (same windows, same batch shape, so
 the same numbers) and lets each writer drop the rows it already holds. A job killed at any moment
 and restarted with the same arguments therefore writes byte-identical shards.
+
+Several processes (``torchrun ... -m sparsecodes cache``): shard ``j`` (global rows
+``[j * shard_rows, (j + 1) * shard_rows)``) belongs to rank ``j % world_size``. Every rank
+tokenises the whole stream (cheap) to know each batch's rows, runs the model only on the batches
+that overlap its own shards (the same batches, so the same numbers, as one process) and writes
+those shards straight into the store, recording each in ``parts/<world>-<rank>.json``. When all
+ranks are done, rank 0 writes the one ``manifest.json`` (shards in order) and removes ``parts/``:
+the store is byte-identical to one written by a single process. A killed job restarted with the
+same arguments (any number of ranks) skips every shard recorded in any part file.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsecodes.activations.store import DEFAULT_SHARD_ROWS, StoreWriter
+from sparsecodes import distributed as dist_ctx
+from sparsecodes.activations.store import (
+    DEFAULT_SHARD_ROWS,
+    MANIFEST,
+    Manifest,
+    ShardInfo,
+    StoreWriter,
+    check_identity,
+    created_info,
+    encode_rows,
+    read_manifest,
+    shard_file_ok,
+    write_shard,
+)
+from sparsecodes.files import write_bytes, write_json
 
 
 @dataclass
@@ -127,6 +151,8 @@ def cache_activations(
     windows: Iterable[Any] | None = None,
     verify: bool = False,
     progress: bool = True,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> CacheResult:
     """Cache activations at ``hooks`` for the token windows of ``texts`` into ``out_dir``.
 
@@ -156,6 +182,9 @@ def cache_activations(
             windowing); each has ``input_ids`` [T] and ``keep`` [T] or is an ``(ids, keep)`` pair.
         verify: checksum existing shards when reopening a store.
         progress: show a tqdm progress bar (tokens/s and the store's share of time).
+        rank, world_size: this process's share of the shards (module docstring); None = from
+            the process group ``torchrun`` started (rank 0 of 1 without one). Every rank calls
+            this with the same arguments.
     """
     if not hooks:
         raise ValueError("hooks is empty; give at least one hook, e.g. blocks.12.resid_post")
@@ -181,6 +210,36 @@ def cache_activations(
         corpus_fingerprint = fingerprint(corpus_spec, texts)
     t_start = time.perf_counter()
     info = {"batch_size": batch_size, "max_tokens": max_tokens, "corpus": corpus_spec}
+    if world_size is None or rank is None:
+        w = dist_ctx.world()
+        rank, world_size = w.rank, w.size
+    if world_size > 1:
+        wanted = {
+            h: Manifest(
+                model=name,
+                hook=h,
+                shape=[int(v) for v in model_adapter.hook_shape(h)],
+                dtype=dtype,
+                corpus_fingerprint=corpus_fingerprint,
+                context_size=int(context_size),
+                shard_rows=int(shard_rows),
+                info=dict(info),
+            )
+            for h in hooks
+        }
+        return _cache_ranked(
+            model_adapter,
+            texts,
+            wanted,
+            out_dir,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            windows=windows,
+            verify=verify,
+            rank=rank,
+            world_size=world_size,
+            t_start=t_start,
+        )
     writers = {
         h: StoreWriter(
             store_path(out_dir, name, h),
@@ -266,6 +325,148 @@ def cache_activations(
         bar.close()
     manifests = [w.close(complete=True, corpus_exhausted=exhausted) for w in writers.values()]
     result.rows = min(m.rows for m in manifests)
+    result.complete = True
+    result.corpus_exhausted = exhausted
+    result.seconds_total = time.perf_counter() - t_start
+    return result
+
+
+def _part_file(store: Path, world_size: int, rank: int) -> Path:
+    return store / "parts" / f"{world_size}-{rank}.json"
+
+
+def _done_shards(store: Path, wanted: Manifest, verify: bool) -> dict[int, ShardInfo]:
+    """Shards already on disk: those of an existing manifest and of every rank's part file."""
+    done: dict[int, ShardInfo] = {}
+    if (store / MANIFEST).exists():
+        existing = read_manifest(store)
+        check_identity(existing, wanted, store)
+        for j, sh in enumerate(existing.shards):
+            if sh.rows == wanted.shard_rows or existing.complete:
+                done[j] = sh
+    parts = store / "parts"
+    if parts.is_dir():
+        import json
+
+        for f in sorted(parts.glob("*.json")):
+            for j, sh in json.loads(f.read_text())["shards"].items():
+                done[int(j)] = ShardInfo(**sh)
+    return {j: sh for j, sh in done.items() if shard_file_ok(store, sh, wanted, verify)}
+
+
+def _cache_ranked(
+    model_adapter: Any,
+    texts: Iterable[str],
+    wanted: dict[str, Manifest],
+    out_dir: str | Path,
+    *,
+    batch_size: int,
+    max_tokens: int | None,
+    windows: Iterable[Any] | None,
+    verify: bool,
+    rank: int,
+    world_size: int,
+    t_start: float,
+) -> CacheResult:
+    """This rank's shards of every hook's store, then (rank 0) the manifests; module docstring."""
+    hooks = list(wanted)
+    m0 = wanted[hooks[0]]
+    sr = m0.shard_rows
+    stores = {h: store_path(out_dir, m.model, h) for h, m in wanted.items()}
+    result = CacheResult(stores=stores, rows=0, extra={"rank": rank, "world_size": world_size})
+    for path in stores.values():
+        path.mkdir(parents=True, exist_ok=True)
+    finished = [read_manifest(p) for p in stores.values() if (p / MANIFEST).exists()]
+    if len(finished) == len(hooks) and all(m.complete for m in finished):
+        for h, m in zip(hooks, finished, strict=True):
+            check_identity(m, wanted[h], stores[h])
+        result.rows = min(m.rows for m in finished)
+        result.complete = True
+        result.corpus_exhausted = all(m.corpus_exhausted for m in finished)
+        result.seconds_total = time.perf_counter() - t_start
+        return result
+    done_per_hook = [_done_shards(stores[h], wanted[h], verify) for h in hooks]
+    done = set.intersection(*(set(d) for d in done_per_hook))
+    mine_done = {
+        h: {j: d[j] for j in d if j % world_size == rank and j in done}
+        for h, d in zip(hooks, done_per_hook, strict=True)
+    }
+    part_files = {h: _part_file(stores[h], world_size, rank) for h in hooks}
+
+    def record(h: str, j: int, rows: Any) -> None:
+        mine_done[h][j] = write_shard(stores[h], j, encode_rows(rows, wanted[h].dtype))
+        entries = {str(i): asdict(sh) for i, sh in sorted(mine_done[h].items())}
+        write_json(part_files[h], {"shards": entries})
+
+    if windows is None:
+        from sparsecodes.data import token_windows
+
+        windows = token_windows(texts, model_adapter.tokenizer, m0.context_size)
+    tokenizer = getattr(model_adapter, "tokenizer", None)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+    device = torch.device(getattr(model_adapter, "device", None) or "cpu")
+    pending: dict[int, dict[str, list[Tensor]]] = {}
+    row = 0
+    exhausted = True
+    for batch in _chunks(iter(windows), batch_size):
+        parts = [_window_parts(w) for w in batch]
+        n_keep = sum(int(k.sum()) for _, k in parts)
+        limit = n_keep if max_tokens is None else min(n_keep, max_tokens - row)
+        lo, hi = row, row + limit
+        touched = range(lo // sr, (hi - 1) // sr + 1) if hi > lo else range(0)
+        mine = [j for j in touched if j % world_size == rank and j not in done]
+        if mine:
+            ids, attn, keep = _collate(parts, pad_id)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                acts = model_adapter.run(ids.to(device), attention_mask=attn, hooks=hooks)
+            t1 = time.perf_counter()
+            keep_dev = keep.to(device)
+            rows_h = {h: acts[h][keep_dev][:limit].cpu() for h in hooks}
+            for j in mine:
+                s0, s1 = max(lo, j * sr), min(hi, (j + 1) * sr)
+                for h in hooks:
+                    pending.setdefault(j, {}).setdefault(h, []).append(rows_h[h][s0 - lo : s1 - lo])
+                result.new_rows += s1 - s0
+                if s1 == (j + 1) * sr:  # shard j is whole
+                    for h in hooks:
+                        record(h, j, torch.cat(pending[j][h]))
+                    del pending[j]
+            result.seconds_model += t1 - t0
+            result.seconds_store += time.perf_counter() - t1
+            result.batches_run += 1
+        else:
+            result.batches_skipped += 1
+        row = hi
+        if max_tokens is not None and row >= max_tokens:
+            exhausted = False
+            break
+    for j, per_hook in pending.items():  # the short last shard (only at the end of the rows)
+        for h in hooks:
+            record(h, j, torch.cat(per_hook[h]))
+    dist_ctx.barrier()  # every rank's shards are on disk
+    if rank == 0:
+        for h, path in stores.items():
+            shards = _done_shards(path, wanted[h], False)
+            n_shards = -(-row // sr)
+            missing = [j for j in range(n_shards) if j not in shards]
+            if missing:
+                raise RuntimeError(
+                    f"{path}: shards {missing[:5]} of {n_shards} were not written by any rank; "
+                    "run the same command again to compute them"
+                )
+            m = read_manifest(path) if (path / MANIFEST).exists() else wanted[h]
+            if not m.created:
+                m.created = created_info()
+            m.info.update(wanted[h].info)
+            m.shards = [shards[j] for j in range(n_shards)]
+            m.rows = sum(sh.rows for sh in m.shards)
+            m.complete = True
+            m.corpus_exhausted = exhausted
+            write_bytes(path / MANIFEST, m.to_json().encode())
+            shutil.rmtree(path / "parts", ignore_errors=True)
+    dist_ctx.barrier()  # the manifests exist before any rank returns
+    result.rows = row
     result.complete = True
     result.corpus_exhausted = exhausted
     result.seconds_total = time.perf_counter() - t_start

@@ -30,6 +30,9 @@ class LiveModelSource:
         hooks: hook names; rows of a per-head hook ``[n_heads, d_head]`` are flattened.
         context_size: tokens per window. windows_per_pass: windows per forward pass.
         seed: seeds the shuffles. The corpus is cycled when exhausted (epochs).
+        rank, world_size: data-parallel ranks: pass ``i`` of this rank is forward pass
+            ``i * world_size + rank`` of the window stream, so ranks run the model on disjoint
+            windows (each tokenises the whole stream, which is cheap).
     """
 
     KEEP_PASSES = 2
@@ -43,7 +46,12 @@ class LiveModelSource:
         context_size: int = 128,
         windows_per_pass: int = 32,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.rank, self.world_size = rank, world_size
         if not hooks:
             raise ValueError("hooks is empty; name at least one hook point")
         self.adapter = adapter
@@ -76,6 +84,7 @@ class LiveModelSource:
 
     def _compute_pass(self, index: int) -> dict[str, Tensor]:
         """Rows of forward pass ``index`` for every hook, shuffled: ``{hook: [rows, d]}``."""
+        index = index * self.world_size + self.rank  # this rank's passes of the window stream
         if self._windows is None or index < self._next_window_pass:
             self._windows = self._window_batches()
             self._next_window_pass = 0
@@ -120,6 +129,7 @@ class _HookView:
         self.parent = parent
         self.hook = hook
         self.d_in = parent.d_in[hook]
+        self.world_size = parent.world_size  # data-parallel ranks the parent splits passes for
         self.pass_index = 0
         self.pos = 0
 

@@ -12,10 +12,18 @@ when an epoch's rows do not divide evenly, the last batch of the epoch is comple
 first rows of the next epoch (the remainder is carried over, never dropped or repeated).
 Everything is a function of ``(seed, epoch, group)``, so the same seed gives the same batches
 and :meth:`StoreSource.state_dict` (epoch, group, position) resumes them exactly.
+
+Data-parallel ranks (``rank``, ``world_size``): each epoch's shard order is drawn as above and
+rank ``r`` takes every ``world_size``-th shard of it from position ``r``, so the ranks read
+disjoint shards (each row once per epoch over all ranks) and each shuffles its own. Under a
+process group ``state_dict`` gathers every rank's position (call it on all ranks); a checkpoint
+loaded with the same number of ranks resumes each exactly, with another number every rank
+starts the earliest saved epoch afresh (logged).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +43,9 @@ from sparsecodes.activations.store import (
     to_float32,
     verify_shard,
 )
+from sparsecodes.distributed.reduce import gather_objects
+
+log = logging.getLogger(__name__)
 
 
 class StoreSource:
@@ -52,6 +63,7 @@ class StoreSource:
             command that repairs the store, before any of its rows is served. Every reader in
             sparsecodes verifies; ``False`` exists only to measure the checksum's cost.
         device: where the batches are put (default CPU).
+        rank, world_size: read only this data-parallel rank's shards (module docstring).
     """
 
     def __init__(
@@ -62,6 +74,8 @@ class StoreSource:
         shuffle_buffer_shards: int = 4,
         verify: bool = True,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if isinstance(paths, str | Path):
             paths = [paths]
@@ -89,6 +103,14 @@ class StoreSource:
             for j, s in enumerate(m.shards)
             if s.rows > 0
         ]
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        if world_size > len(self._units):
+            raise StoreError(
+                f"{len(self._units)} shards cannot be split between {world_size} ranks; cache "
+                "with a smaller --shard-rows or train with fewer processes"
+            )
+        self.rank, self.world_size = rank, world_size
         self.n_rows = sum(u[2] for u in self._units)
         self.seed = int(seed)
         self.shuffle_buffer_shards = int(shuffle_buffer_shards)
@@ -109,7 +131,8 @@ class StoreSource:
 
     @property
     def n_groups(self) -> int:
-        return -(-len(self._units) // self.shuffle_buffer_shards)
+        mine = len(range(self.rank, len(self._units), self.world_size))
+        return -(-mine // self.shuffle_buffer_shards)
 
     # -- the plan -------------------------------------------------------------------------
 
@@ -118,7 +141,7 @@ class StoreSource:
         return rng.permutation(len(self._units))
 
     def _group_units(self, epoch: int, group: int) -> list[tuple[int, int, int]]:
-        order = self._shard_order(epoch)
+        order = self._shard_order(epoch)[self.rank :: self.world_size]
         s = self.shuffle_buffer_shards
         return [self._units[i] for i in order[group * s : (group + 1) * s]]
 
@@ -156,7 +179,8 @@ class StoreSource:
             read_into((si, j, raw))
             dst[:] = to_float32(raw, m.dtype)
             del raw
-        rng = np.random.default_rng([self.seed, epoch, group + 1])
+        key = [self.seed, epoch, group + 1] + ([self.rank] if self.world_size > 1 else [])
+        rng = np.random.default_rng(key)
         self._perm = rng.permutation(rows)
         self._buf = buf
         self._loaded = (epoch, group)
@@ -197,7 +221,7 @@ class StoreSource:
             yield self._to_tensor(rows), None
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "epoch": self._epoch,
             "group": self._group,
             "pos": self._pos,
@@ -205,6 +229,9 @@ class StoreSource:
             "n_rows": self.n_rows,
             "shuffle_buffer_shards": self.shuffle_buffer_shards,
         }
+        if self.world_size > 1:  # a collective: every rank saves every rank's position
+            state["ranks"] = gather_objects({k: state[k] for k in ("epoch", "group", "pos")})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("n_rows", "shuffle_buffer_shards"):
@@ -213,7 +240,23 @@ class StoreSource:
                     f"state was saved with {name}={state[name]} but this source has "
                     f"{name}={getattr(self, name)}; the batches could not be resumed exactly"
                 )
-        self._epoch, self._group, self._pos = state["epoch"], state["group"], state["pos"]
+        ranks = state.get("ranks")
+        if self.world_size == 1 and ranks is None:
+            self._epoch, self._group, self._pos = state["epoch"], state["group"], state["pos"]
+        elif ranks is not None and len(ranks) == self.world_size:
+            mine = ranks[self.rank]
+            self._epoch, self._group, self._pos = mine["epoch"], mine["group"], mine["pos"]
+        else:
+            epoch = min(r["epoch"] for r in ranks) if ranks else state["epoch"]
+            saved = len(ranks) if ranks else 1
+            log.warning(
+                "state saved by %d rank(s) loaded by %d: rank %d restarts epoch %d",
+                saved,
+                self.world_size,
+                self.rank,
+                epoch,
+            )
+            self._epoch, self._group, self._pos = epoch, 0, 0
         self.seed = state["seed"]
         self._loaded = None
 

@@ -220,6 +220,42 @@ def _write_npy_atomic(path: Path, arr: np.ndarray) -> str:
     return hashed[0].h.hexdigest()
 
 
+def write_shard(store: str | Path, index: int, rows: np.ndarray) -> ShardInfo:
+    """Write rows (already in the stored dtype) as shard ``index`` of ``store``, atomically.
+
+    For writers that own a set of shard indices (one rank of a distributed cache job); the
+    caller records the returned entry in a manifest.
+    """
+    name = shard_name(index, int(rows.shape[0]))
+    digest = _write_npy_atomic(Path(store) / name, rows)
+    return ShardInfo(file=name, rows=int(rows.shape[0]), sha256=digest)
+
+
+def shard_file_ok(store: str | Path, shard: ShardInfo, manifest: Manifest, verify: bool) -> bool:
+    """Whether ``shard``'s file exists with the size its rows need (and, with ``verify``,
+    its checksum)."""
+    p = Path(store) / shard.file
+    if not p.is_file():
+        return False
+    shape = (shard.rows, *manifest.shape)
+    np_dtype = STORE_DTYPES[manifest.dtype]
+    size = len(_npy_header(shape, np_dtype)) + int(np.prod(shape)) * np_dtype.itemsize
+    if p.stat().st_size != size:
+        return False
+    return not verify or file_sha256(p) == shard.sha256
+
+
+def created_info() -> dict[str, Any]:
+    """When, where and with what a store is first made (``Manifest.created``)."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "sparsecodes": _package_version(),
+    }
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 (hex) of a file, read in chunks."""
     h = hashlib.sha256()
@@ -462,7 +498,8 @@ def to_float32(a: np.ndarray, dtype: str) -> np.ndarray:
 # writer
 
 
-def _check_identity(existing: Manifest, wanted: Manifest, path: Path) -> None:
+def check_identity(existing: Manifest, wanted: Manifest, path: Path) -> None:
+    """Raise :class:`StoreMismatchError` naming the first identity field that differs."""
     for name in IDENTITY_FIELDS:
         old, new = getattr(existing, name), getattr(wanted, name)
         if old != new:
@@ -531,17 +568,11 @@ class StoreWriter:
         )
         if (self.path / MANIFEST).exists():
             existing = read_manifest(self.path)
-            _check_identity(existing, wanted, self.path)
+            check_identity(existing, wanted, self.path)
             existing.info.update(wanted.info)
             self.manifest = existing
         else:
-            wanted.created = {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "host": platform.node(),
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "sparsecodes": _package_version(),
-            }
+            wanted.created = created_info()
             self.manifest = wanted
         self._np_dtype = STORE_DTYPES[dtype]
         self._row_shape = tuple(self.manifest.shape)

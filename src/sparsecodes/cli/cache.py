@@ -23,6 +23,10 @@ it at any time (Ctrl-C, kill -9): running the same command again verifies the st
 (model, hook, corpus, dtype, context size, shard rows), skips what is stored and continues, and
 ends with the same bytes as an uninterrupted run. A larger --max-tokens extends a finished store.
 Read a store with sparsecodes.activations.StoreSource(path) or `sparsecodes train`.
+
+\b
+Several processes: torchrun --nproc-per-node N -m sparsecodes cache ... splits the shards
+between N ranks (shard j on rank j mod N); the store is the same bytes as one process writes.
 """
 
 
@@ -110,12 +114,21 @@ def cache(
     progress: bool,
 ) -> None:
     """Cache a model's activations at hook points to resumable sharded on-disk stores."""
+    from sparsecodes import distributed
     from sparsecodes.activations.cache import cache_activations
     from sparsecodes.activations.store import StoreError
     from sparsecodes.data import corpus_fingerprint, load_texts
     from sparsecodes.models import ModelNotFoundError, load_model
 
     spec = None if corpus == "embedded" else corpus
+    if distributed.launched():  # started by torchrun: join its process group
+        from sparsecodes.devices import resolve_device
+
+        dev = resolve_device(device)
+        distributed.init_from_env(str(dev))
+        device = distributed.local_device(str(dev))
+    main = distributed.world().main
+    progress = progress and main
     try:
         lm = load_model(model, device=device)
         # hf datasets are fingerprinted by name only (hashing a remote stream means reading it all)
@@ -139,6 +152,10 @@ def cache(
         )
     except (ModelNotFoundError, StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e
+    finally:
+        distributed.shutdown()
+    if not main:  # rank 0 reports
+        return
     rate = res.new_rows / res.seconds_total if res.seconds_total > 0 else 0.0
     click.echo(
         f"{res.rows} rows per hook ({res.new_rows} new, {rate:,.0f} tokens/s; "

@@ -22,7 +22,9 @@ _FLAGS = {
     help=(
         "Train sparse coders on activations from STORE directories (written by `sparsecodes "
         "cache`) or streamed from --model at --hook points (one forward pass feeds every coder). "
-        "One coder per (hook or store) x encoder; each gets a resumable run directory under --out."
+        "One coder per (hook or store) x encoder; each gets a resumable run directory under --out. "
+        "Under torchrun (torchrun --nproc-per-node N -m sparsecodes train ...) training is "
+        "data-parallel: --batch-size is the global batch, rank 0 writes (docs/distributed.md)."
     )
 )
 @click.option(
@@ -99,12 +101,24 @@ _FLAGS = {
 )
 @out_option("runs/train", "Run directory (with several coders: OUT/<hook>/<encoder>).")
 def train(params: tuple[tuple[str, Any], ...], **kw: Any) -> None:
+    from sparsecodes import distributed
     from sparsecodes.training.jobs import JobSpecError, train_coders
 
+    if distributed.launched():  # started by torchrun: join its process group
+        from sparsecodes.devices import resolve_device
+
+        device = resolve_device(kw["device"])
+        distributed.init_from_env(str(device))
+        kw["device"] = distributed.local_device(str(device))
+    main = distributed.world().main
     try:
         runs = train_coders(encoder_params=params_dict(params), **kw)
     except JobSpecError as e:
         raise click.UsageError(f"{_FLAGS.get(e.param, e.param)}: {e}") from e
+    finally:
+        distributed.shutdown()
+    if not main:  # rank 0 reports
+        return
     for run in runs:
         if run.saelens_error is not None:
             click.echo(f"note: no SAELens export for {run.run_dir}: {run.saelens_error}", err=True)

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sparsecodes import distributed as dist_ctx
 from sparsecodes.devices import resolve_device
 from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.training.log import WandbLogger, require_tensorboard
@@ -100,7 +101,13 @@ def train_coders(
 
     Raises :class:`JobSpecError` (a ``ValueError``) before any model is loaded when the choices
     do not fit together.
+
+    Under ``torchrun`` (a process group initialised, see :mod:`sparsecodes.distributed`) every
+    rank calls this with the same arguments: training is data-parallel with ``batch_size`` as
+    the global batch, each rank reading its own shards of each store or its own forward passes
+    of the corpus; rank 0 writes the run directories.
     """
+    w = dist_ctx.world()
     if bool(stores) == bool(model):
         raise JobSpecError("stores", "give either activation stores or a model with hooks")
     if model and not hooks:
@@ -121,7 +128,9 @@ def train_coders(
             m = read_manifest(path)
             meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
             sampler = StoreSource(path, seed=seed + 1)
-            new_src = functools.partial(StoreSource, path, seed=seed)
+            new_src = functools.partial(
+                StoreSource, path, seed=seed, rank=w.rank, world_size=w.size
+            )
             sources.append((slug(m.hook), new_src, sampler, meta))
     else:
         from sparsecodes.activations.live import LiveModelSource
@@ -130,7 +139,15 @@ def train_coders(
 
         adapter = load_model(model, device=device)
         texts = list(load_texts(corpus))
-        live = LiveModelSource(adapter, texts, hooks, context_size=context_size, seed=seed)
+        live = LiveModelSource(
+            adapter,
+            texts,
+            hooks,
+            context_size=context_size,
+            seed=seed,
+            rank=w.rank,
+            world_size=w.size,
+        )
         sampler_live = LiveModelSource(
             adapter, texts, hooks, context_size=context_size, seed=seed + 1
         )
@@ -182,7 +199,7 @@ def train_coders(
             if tensorboard_dir is not None:
                 tb_dir = tensorboard_dir / f"{label}-{enc}" if several else tensorboard_dir
             loggers = []
-            if wandb_project:
+            if wandb_project and w.main:
                 loggers.append(
                     WandbLogger(wandb_project, {**meta, **coder.config()}, f"{label}-{enc}")
                 )
@@ -194,14 +211,14 @@ def train_coders(
         warmup_steps=warmup_steps,
         decay_fraction=decay_fraction,
         seed=seed,
-        progress=progress,
+        progress=progress and w.main,
         log_every=max(1, min(50, steps // 20)),
     )
     coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
     results = []
     for job, coder in zip(jobs, coders, strict=True):
         sl_dir, sl_error = None, None
-        if saelens:
+        if saelens and w.main:
             meta = job.extra_config["source"]
             try:
                 sl_dir = coder.save(

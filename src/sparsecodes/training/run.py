@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sparsecodes import distributed as dist_ctx
 from sparsecodes.files import write_json
 from sparsecodes.training.log import CSVLogger, TensorBoardLogger
 from sparsecodes.training.trainer import TrainConfig, Trainer, train_lockstep
@@ -53,8 +54,11 @@ def train_runs(
     """Train every job for ``config.steps`` steps in lockstep, resuming from checkpoints.
 
     A fresh coder's normaliser must already be fitted (``coder.normaliser.fit(sample)``).
-    Returns the trained coders (also saved to ``run_dir/final``).
+    Returns the trained coders (also saved to ``run_dir/final``). Under ``torchrun`` every rank
+    calls it with the same jobs; rank 0 alone writes ``run.json``, logs, checkpoints and
+    ``final/`` (the other ranks' loggers are not called).
     """
+    main = dist_ctx.world().main
     trainers: list[Trainer] = []
     csvs: list[CSVLogger] = []
     run_loggers: list[list[Callable[[dict[str, float]], None]]] = []  # per job, after the CSV
@@ -69,8 +73,11 @@ def train_runs(
                 trainer.load_checkpoint(ckpt, job.source)
                 resumed = trainer.state.step
             info = {"train": trainer.config_dict(), "model": job.coder.config(), **job.extra_config}
-            write_json(job.run_dir / "run.json", info, default=str)
             trainers.append(trainer)
+            if not main:
+                run_loggers.append([])
+                continue
+            write_json(job.run_dir / "run.json", info, default=str)
             csvs.append(CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed))
             lgs: list[Callable[[dict[str, float]], None]] = list(job.loggers)
             if job.tensorboard_dir is not None:
@@ -89,7 +96,7 @@ def train_runs(
         train_lockstep(
             trainers,
             [job.source for job in jobs],
-            loggers=[[c, *lgs] for c, lgs in zip(csvs, run_loggers, strict=True)],
+            loggers=[[c, *lgs] for c, lgs in zip(csvs, run_loggers, strict=True)] if main else None,
             after_step=checkpoint,
         )
         out = []
@@ -99,11 +106,14 @@ def train_runs(
             coder.history = trainer.state.history
             coder.mark_fitted()
             coder.eval()
-            coder.save(job.run_dir / "final")
+            if main:
+                coder.save(job.run_dir / "final")
             out.append(coder)
+        dist_ctx.barrier()  # final/ is whole before any rank returns
         return out
     finally:  # also on errors and interrupts, so TensorBoard's pending events reach the disk
-        every = [lg for lgs in run_loggers for lg in lgs] + [lg for j in jobs for lg in j.loggers]
+        every = [lg for lgs in run_loggers for lg in lgs]
+        every += [lg for j in jobs for lg in j.loggers] if main else []
         for lg in {id(lg): lg for lg in every}.values():
             close = getattr(lg, "close", None)
             if close is not None:

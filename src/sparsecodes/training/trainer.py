@@ -6,6 +6,12 @@ to each atom is removed; Adam steps; atoms are projected back to unit norm; the 
 and handed to the encoder (TopK uses them for AuxK). With ``resample_every`` set, latents silent
 for the last ``resample_window`` steps are resampled toward high-loss inputs every
 ``resample_every`` steps (:meth:`Trainer.resample_dead`). The Trainer holds no global state.
+
+Under ``torchrun`` (a process group is initialised) the trainer is data-parallel by default:
+``config.batch_size`` is the global batch, each rank steps on its share, gradients are averaged,
+the firing that decides dead latents is OR-reduced, float encoder buffers (running thresholds)
+and logged scalars are averaged, and only rank 0 writes checkpoints. With ``latent_group`` it
+is latent-parallel instead (:mod:`sparsecodes.distributed.latent`). See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from sparsecodes import distributed as dist_ctx
 from sparsecodes.codes import SparseCodes
+from sparsecodes.distributed import reduce as dist_reduce
 from sparsecodes.encoders.base import Encoder, TrainStepInput
 from sparsecodes.files import atomic_write
 from sparsecodes.seeding import derive_seed
@@ -115,16 +123,48 @@ class Trainer:
         coder: the model to train (its dictionary is trained unless ``freeze_dictionary``).
         config: run hyperparameters.
         freeze_dictionary: keep the dictionary fixed (known-dictionary setting).
+        data_parallel: average over the ranks of ``data_group`` (None: whenever a process group
+            is initialised and there is no ``latent_group``).
+        data_group: the data-parallel process group (None = all ranks).
+        latent_group: the group whose ranks each hold a slice of the latents (``coder`` is this
+            rank's slice, see :func:`sparsecodes.distributed.latent.shard_coder`); None = off.
     """
 
-    def __init__(self, coder: SparseCoder, config: TrainConfig, *, freeze_dictionary: bool = False):
+    def __init__(
+        self,
+        coder: SparseCoder,
+        config: TrainConfig,
+        *,
+        freeze_dictionary: bool = False,
+        data_parallel: bool | None = None,
+        data_group: Any = None,
+        latent_group: Any = None,
+    ):
         config.validate()
         self.coder = coder
         self.config = config
         self.freeze_dictionary = freeze_dictionary
+        self.latent_group = latent_group
+        if data_parallel is None:
+            data_parallel = dist_ctx.active() and latent_group is None
+        self.data_group = data_group
+        self.data_ranks = dist_reduce.group_size(data_group) if data_parallel else 1
+        if config.batch_size % self.data_ranks:
+            raise ValueError(
+                f"batch_size={config.batch_size} (the global batch) must be divisible by the "
+                f"{self.data_ranks} data-parallel ranks"
+            )
+        if (self.data_ranks > 1 or latent_group is not None) and config.resample_every:
+            raise ValueError(
+                "resample_every > 0 is not supported with several processes (it draws rows of "
+                "one rank's batch); set resample_every=0 or use AuxK (topk/batchtopk)"
+            )
         for p in coder.dictionary.parameters():
             p.requires_grad_(not freeze_dictionary)
         params = [p for p in coder.parameters() if p.requires_grad]
+        self.params = params
+        if self.data_ranks > 1:  # every rank starts from rank 0's weights and normaliser
+            dist_reduce.broadcast_module_(coder, group=data_group)
         if not params:
             raise ValueError(
                 f"nothing to train: encoder {coder.encoder.name!r} has no parameters and the "
@@ -149,6 +189,11 @@ class Trainer:
         self.tokens_since_fired = torch.zeros(n, dtype=torch.long)
         self.state = TrainState()
 
+    @property
+    def local_batch_size(self) -> int:
+        """Rows this rank steps on: the global ``batch_size`` over the data-parallel ranks."""
+        return self.config.batch_size // self.data_ranks
+
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.config.dead_after_tokens
 
@@ -161,6 +206,9 @@ class Trainer:
             nz = codes != 0
             fired = nz.any(dim=0).cpu()
             l0 = nz.sum(dim=1).float().mean()
+        if self.data_ranks > 1:  # fired on any rank; the tokens of the global batch
+            fired = dist_reduce.any_(fired, self.data_group)
+            batch *= self.data_ranks
         self.tokens_since_fired += batch
         self.tokens_since_fired[fired] = 0
         return l0
@@ -180,11 +228,21 @@ class Trainer:
         step = self.state.step
         if step == 0 and cfg.b_dec_init == "mean" and not self.freeze_dictionary:
             with torch.no_grad():
-                coder.dictionary.b_dec.copy_(x.mean(dim=0))
-        out = coder.encoder.train_step(
-            TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
-        )
-        if not torch.isfinite(out.loss):
+                mean = x.mean(dim=0)
+                if self.data_ranks > 1:
+                    dist_reduce.mean_([mean], self.data_group)
+                coder.dictionary.b_dec.copy_(mean)
+        inp = TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
+        if self.latent_group is not None:
+            from sparsecodes.distributed.latent import latent_train_step
+
+            out = latent_train_step(coder.encoder, inp, self.latent_group)
+        else:
+            out = coder.encoder.train_step(inp)
+        finite = bool(torch.isfinite(out.loss))
+        if self.data_ranks > 1:  # every rank stops together, none waits in a collective
+            finite = dist_reduce.mean_floats([float(finite)], self.data_group)[0] == 1.0
+        if not finite:
             parts = {k: float(v.detach()) for k, v in out.losses.items()}
             raise FloatingPointError(
                 f"loss became {out.loss.item()} at step {step} (parts: {parts}); lower lr "
@@ -192,6 +250,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if self.data_ranks > 1:
+            dist_reduce.average_gradients_(self.params, self.data_group)
         if not self.freeze_dictionary:
             coder.dictionary.remove_parallel_grad_()
         self.optimizer.step()
@@ -199,22 +259,31 @@ class Trainer:
         if not self.freeze_dictionary:
             coder.dictionary.project_()
         coder.encoder.after_step()
+        if self.data_ranks > 1:  # running thresholds and other float state: the ranks' mean
+            floats = [b for b in coder.encoder.buffers() if b.is_floating_point()]
+            dist_reduce.mean_(floats, self.data_group)
         codes = out.codes.detach()
         l0 = self._update_firing(codes, x.shape[0])
+        if self.latent_group is not None:  # each rank counted its own slice's active latents
+            l0 = sum(dist_reduce.gather_objects(float(l0), self.latent_group))
         self.state.step += 1
-        self.state.tokens += x.shape[0]
+        self.state.tokens += x.shape[0] * self.data_ranks
         resampled = {}
         if cfg.resample_every and self.state.step % cfg.resample_every == 0:
             n_res = self.resample_dead(x, out.x_hat.detach())
             resampled = {"resampled": float(n_res)}
+        names = ["loss", "l0", *out.losses]
+        values = [float(out.loss.detach()), float(l0)]
+        values += [float(v.detach()) for v in out.losses.values()]
+        if self.data_ranks > 1:
+            values = dist_reduce.mean_floats(values, self.data_group)
         return {
             "step": float(self.state.step),
             "tokens": float(self.state.tokens),
-            "loss": float(out.loss.detach()),
-            "l0": float(l0),
+            **dict(zip(names[:2], values[:2], strict=True)),
             "dead_frac": float(self.dead_mask().float().mean()),
             "lr": float(self.scheduler.get_last_lr()[0]),
-            **{k: float(v.detach()) for k, v in out.losses.items()},
+            **dict(zip(names[2:], values[2:], strict=True)),
             **resampled,
         }
 
@@ -287,9 +356,19 @@ class Trainer:
         """Write a resumable checkpoint to directory ``path`` atomically (old one kept until done).
 
         Layout: ``path/model`` (SparseCoder.save) and ``path/trainer.pt`` (optimiser, schedule,
-        counters, history, the source's state).
+        counters, history, the source's state). Under data parallelism every rank calls it (the
+        source's state may gather every rank's position) and rank 0 alone writes.
         """
+        if self.latent_group is not None:
+            raise NotImplementedError(
+                "checkpoints of latent-parallel runs are not written yet; gather the coder with "
+                "sparsecodes.distributed.latent.gather_coder and save it on rank 0"
+            )
+        source_state = source.state_dict() if source is not None else None
         path = Path(path)
+        if not dist_ctx.world().main:
+            dist_ctx.barrier()  # rank 0 is writing; nobody reads it before it is whole
+            return path
         tmp = path.with_name(f".{path.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -301,7 +380,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "tokens_since_fired": self.tokens_since_fired,
             "state": asdict(self.state),
-            "source": source.state_dict() if source is not None else None,
+            "source": source_state,
             "config": self.config_dict(),
         }
         atomic_write(tmp / "trainer.pt", lambda f: torch.save(blob, f))
@@ -313,6 +392,7 @@ class Trainer:
         tmp.rename(path)
         if old.exists():
             shutil.rmtree(old)
+        dist_ctx.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path, source: ActivationSource | None = None) -> None:
@@ -390,7 +470,15 @@ def train_lockstep(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True)
-    batch_iters = [s.batches(cfg.batch_size) for s in sources]
+    for s, t in zip(sources, trainers, strict=True):
+        if t.data_ranks > 1 and getattr(s, "world_size", 1) != t.data_ranks:
+            raise ValueError(
+                f"data-parallel training over {t.data_ranks} ranks needs a source that gives "
+                "each rank its own rows (StoreSource(rank=, world_size=), LiveModelSource(rank=, "
+                "world_size=) or sparsecodes.distributed.RankSlice); this one would feed every "
+                "rank the same rows"
+            )
+    batch_iters = [s.batches(t.local_batch_size) for s, t in zip(sources, trainers, strict=True)]
     t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
     for step in range(start, cfg.steps):
         rows: dict[int, dict[str, float]] = {}
