@@ -97,6 +97,8 @@ class PruneResult:
     kept_influence_fraction: float
     """Share of the total influence carried by the nodes kept by the node threshold."""
     seconds: float
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
 
 
 def prune(
@@ -126,7 +128,15 @@ def prune(
         node_mask[:nf] &= edge_mask[:nf].any(1)
         if bool((node_mask == before).all()):
             break
-    return PruneResult(node_mask, edge_mask, infl, kept_fraction, time.perf_counter() - t0)
+    return PruneResult(
+        node_mask,
+        edge_mask,
+        infl,
+        kept_fraction,
+        time.perf_counter() - t0,
+        node_threshold,
+        edge_threshold,
+    )
 
 
 @dataclass

@@ -17,10 +17,17 @@ from string import Template
 
 __all__ = ["ASSETS", "asset", "page"]
 
-ASSETS: tuple[str, ...] = ("style.css", "common.js", "index.js", "latent.js", "live.js")
+ASSETS: tuple[str, ...] = (
+    "style.css",
+    "common.js",
+    "index.js",
+    "latent.js",
+    "live.js",
+    "graph.js",
+)
 """The files copied verbatim into a site's ``assets/`` directory."""
 
-PAGES: tuple[str, ...] = ("index.html", "latent.html", "live.html", "no_index.html")
+PAGES: tuple[str, ...] = ("index.html", "latent.html", "live.html", "no_index.html", "graph.html")
 
 
 @cache
