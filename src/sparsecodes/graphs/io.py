@@ -26,7 +26,14 @@ from sparsecodes.graphs.attribution import AttributionGraph
 from sparsecodes.graphs.prune import GraphScores, PruneResult
 from sparsecodes.graphs.transcoder import DenseTranscoder, Transcoder
 
-__all__ = ["GRAPH_SCHEMA", "graph_json", "load_transcoder", "save_transcoder", "write_graph"]
+__all__ = [
+    "GRAPH_SCHEMA",
+    "graph_json",
+    "load_transcoder",
+    "recorded_model",
+    "save_transcoder",
+    "write_graph",
+]
 
 TRANSCODER_FORMAT = "sparsecodes.dense_transcoder/1"
 GRAPH_SCHEMA = "sparsecodes.attribution_graph/1"
@@ -195,3 +202,9 @@ def graph_json(
 def write_graph(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
     """Write graph JSON ``data`` atomically to ``path``."""
     return write_json(path, data, indent=None, allow_nan=False)
+
+
+def recorded_model(path: str | os.PathLike[str]) -> str | None:
+    """The model a transcoder directory records (``transcoder.json``'s ``model``), or None."""
+    cfg = Path(path) / "transcoder.json"
+    return json.loads(cfg.read_text()).get("model") if cfg.is_file() else None
