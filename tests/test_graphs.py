@@ -66,6 +66,20 @@ def test_replacement_model_with_error_terms_reproduces_the_logits(lm, setup):
     # the error terms carry what the transcoders miss: without them the logits move a lot
     no_err = rm.forward(run, error=torch.zeros_like(run.error))
     assert (no_err - ref).abs().max() > 1e-2 * ref.abs().max()
+    # the MLP inputs and outputs it replaces are the model's own (adapter hook, module input)
+    seen = {}
+    handles = [
+        b.mlp.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0]))
+        for i, b in enumerate(lm.blocks)
+    ]
+    try:
+        outs = lm.run(ids[None], hooks=[f"blocks.{i}.mlp_out" for i in range(lm.n_layers)])
+    finally:
+        for h in handles:
+            h.remove()
+    for i in range(lm.n_layers):
+        assert torch.allclose(run.mlp_out[i], outs[f"blocks.{i}.mlp_out"][0], atol=1e-5)
+        assert torch.allclose(run.mlp_in[i], seen[i], atol=1e-5)
 
 
 def test_every_node_input_is_rebuilt_by_its_edges(setup):

@@ -129,7 +129,8 @@ class ReplacementModel:
         a_s, m_s, pats, m_in, m_out = [], [], [], [], []
         for block in self.adapter.blocks:
             at = block.self_attn
-            s1 = torch.rsqrt(x.float().pow(2).mean(-1) + block.input_layernorm.variance_epsilon)
+            eps1 = block.input_layernorm.variance_epsilon
+            s1 = torch.rsqrt(x.float().pow(2).mean(-1) + eps1).to(x.dtype)
             a_in = block.input_layernorm.weight * (x * s1[:, None])
             q = at.q_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
             k = at.k_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
@@ -146,7 +147,7 @@ class ReplacementModel:
             z = (pat @ v).transpose(0, 1).reshape(T, -1)
             x = x + at.o_proj(z)
             norm = block.post_attention_layernorm
-            s2 = torch.rsqrt(x.float().pow(2).mean(-1) + norm.variance_epsilon)
+            s2 = torch.rsqrt(x.float().pow(2).mean(-1) + norm.variance_epsilon).to(x.dtype)
             mi = norm.weight * (x * s2[:, None])
             mo = block.mlp(mi)
             x = x + mo
@@ -155,7 +156,7 @@ class ReplacementModel:
             pats.append(pat)
             m_in.append(mi)
             m_out.append(mo)
-        sf = torch.rsqrt(x.float().pow(2).mean(-1) + self.eps_final)
+        sf = torch.rsqrt(x.float().pow(2).mean(-1) + self.eps_final).to(x.dtype)
         logits = (self.g_final * (x * sf[:, None])) @ self.W_U.T
         if self.b_U is not None:
             logits = logits + self.b_U
