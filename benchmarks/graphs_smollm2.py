@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--layers", default="all")
     ap.add_argument("--n-latents", type=int, default=1024)
     ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--ridge", type=float, default=0.1)
     ap.add_argument("--fit-texts", type=int, default=40)
     ap.add_argument("--ctx", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -107,7 +108,9 @@ def main() -> None:
     xh, yh = collect(rm0, lm, held, a.ctx)
     tcs, fvu = [], {}
     for layer in layers:
-        tc = fit_transcoder(x[layer], y[layer], layer, a.n_latents, k=a.k, seed=layer)
+        tc = fit_transcoder(
+            x[layer], y[layer], layer, a.n_latents, k=a.k, seed=layer, ridge=a.ridge
+        )
         tcs.append(tc)
         resid = ((yh[layer] - tc(xh[layer])) ** 2).sum()
         skip_only = yh[layer] - xh[layer] @ tc.W_skip
@@ -145,6 +148,7 @@ def main() -> None:
             "layers": layers,
             "n_latents": a.n_latents,
             "k": a.k,
+            "ridge": a.ridge,
             "fit": "least squares (fit_transcoder), not gradient-trained",
             "fit_tokens": int(x.shape[1]),
             "heldout_tokens": int(xh.shape[1]),

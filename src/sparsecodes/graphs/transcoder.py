@@ -162,7 +162,7 @@ def fit_transcoder(
     k: int = 8,
     skip: bool = True,
     seed: int = 0,
-    ridge: float = 1e-3,
+    ridge: float = 0.1,
 ) -> DenseTranscoder:
     """A quickly fitted TopK transcoder of ``y_out [N, d_out]`` from ``x_in [N, d_in]``.
 
@@ -170,6 +170,8 @@ def fit_transcoder(
     encoder rows are ``n_latents`` unit-normalised inputs drawn with ``seed`` (so each feature
     fires on inputs like one seen), and the decoder is the least-squares fit of what the skip
     path leaves. Good enough to exercise attribution; not a well-trained transcoder.
+    ``ridge`` scales the ridge penalty of both fits (relative to the mean variance of their
+    inputs); 0.1 gave the lowest held-out FVU of 1e-3, 0.1 and 1 on three SmolLM2 layers.
     """
     if x_in.dim() != 2 or y_out.dim() != 2 or len(x_in) != len(y_out):
         raise ValueError(
