@@ -189,9 +189,11 @@ def test_scores_are_one_when_transcoders_are_exact_and_below_otherwise(lm, setup
 def test_graph_cli_writes_the_documented_json_and_page(lm, tmp_path):
     from sparsecodes.cli import main
 
-    dirs = []
-    for tc in fitted(lm):
-        dirs += ["--transcoders", str(save_transcoder(tc, tmp_path / f"tc{tc.layer}"))]
+    tcs = fitted(lm)
+    save_transcoder(tcs[0], tmp_path / "one")  # a single directory ...
+    for tc in tcs[1:]:  # ... and a directory of them
+        save_transcoder(tc, tmp_path / "many" / f"l{tc.layer}", model="tiny-llama")
+    dirs = ["--transcoders", str(tmp_path / "one"), "--transcoders", str(tmp_path / "many")]
     out = tmp_path / "g"
     args = ["graph", "--model", "tiny-llama", *dirs, "--prompt", PROMPTS[0]]
     res = CliRunner().invoke(main, [*args, "--target", "M", "--contrast", "J", "--out", str(out)])
@@ -209,6 +211,7 @@ def test_graph_cli_writes_the_documented_json_and_page(lm, tmp_path):
     assert sum(x["kind"] == "embedding" for x in data["nodes"]) == ids.shape[1]
     assert [x["kind"] for x in data["nodes"]].count("target") == 1
     assert "replacement score" in res.output and (out / "graph.html").is_file()
+    assert [t["layer"] for t in data["transcoders"]] == list(LAYERS)
     # a multi-token target is refused with the fix
     res = CliRunner().invoke(main, [*args, "--target", " Mary", "--out", str(out)])
     assert res.exit_code != 0 and "single token" in res.output

@@ -12,13 +12,15 @@ from sparsecodes.cli.options import device_option, out_option
 EPILOG = """
 \b
 Examples:
-  sparsecodes graph --transcoders tc/l0 tc/l1 tc/l2 --prompt "When John and Mary went to the
-      store, John gave a drink to" --target " Mary" --contrast " John" --out graphs/ioi
-  sparsecodes graph --model smollm2-135m --transcoders tc/* --prompt "..." --target " 1"
+  sparsecodes graph --transcoders tc/ --prompt "When John and Mary went to the store, John
+      gave a drink to" --target " Mary" --contrast " John" --out graphs/ioi
+  sparsecodes graph --model smollm2-135m --transcoders tc/l0 --transcoders tc/l3 \\
+      --prompt "The war lasted from the year 1732 to the year 17" --target 5 --contrast 2
 
 \b
 Each DIR is one layer's transcoder (reads blocks.{i}.mlp_in, writes blocks.{i}.mlp_out; the
-directory layout is in docs/graphs.md). MLPs without a transcoder count wholly as error nodes.
+directory layout is in docs/graphs.md) or a directory of them. MLPs without a transcoder
+count wholly as error nodes.
 Writes OUT/graph.json (schema in docs/graphs.md) and OUT/graph.html (open it in a browser;
 feature nodes link to --browser sites). Prints the graph's size and its replacement and
 completeness scores.
@@ -32,7 +34,7 @@ completeness scores.
     multiple=True,
     required=True,
     type=click.Path(exists=True, file_okay=False),
-    help="Transcoder directories, one per layer (repeat the flag or list several).",
+    help="A transcoder directory, or a directory of them (one per layer). Repeatable.",
 )
 @click.option("--prompt", required=True, help="The prompt; the graph explains its last position.")
 @click.option("--target", required=True, help="Target token (one token, e.g. ' Mary').")
@@ -67,10 +69,11 @@ def graph(
     """Compute, prune and score the attribution graph of PROMPT for TARGET; write JSON + page."""
     from sparsecodes.devices import resolve_device
     from sparsecodes.graphs import build_graph, load_transcoder, write_graph, write_graph_page
-    from sparsecodes.graphs.io import recorded_model
+    from sparsecodes.graphs.io import find_transcoders, recorded_model
     from sparsecodes.models import load_model
 
     dev = resolve_device(device)
+    transcoder_dirs = tuple(str(p) for d in transcoder_dirs for p in find_transcoders(d))
     recorded = {m for m in (recorded_model(d) for d in transcoder_dirs) if m}
     if model is None:
         if len(recorded) != 1:

@@ -28,6 +28,7 @@ from sparsecodes.graphs.transcoder import DenseTranscoder, Transcoder
 
 __all__ = [
     "GRAPH_SCHEMA",
+    "find_transcoders",
     "graph_json",
     "load_transcoder",
     "recorded_model",
@@ -208,3 +209,17 @@ def recorded_model(path: str | os.PathLike[str]) -> str | None:
     """The model a transcoder directory records (``transcoder.json``'s ``model``), or None."""
     cfg = Path(path) / "transcoder.json"
     return json.loads(cfg.read_text()).get("model") if cfg.is_file() else None
+
+
+def find_transcoders(path: str | os.PathLike[str]) -> list[Path]:
+    """``[path]`` if it is a transcoder directory, else its subdirectories that are (sorted)."""
+    p = Path(path)
+    if (p / "transcoder.json").is_file():
+        return [p]
+    found = sorted(d for d in p.iterdir() if (d / "transcoder.json").is_file())
+    if not found:
+        raise FileNotFoundError(
+            f"{p} is neither a transcoder directory (transcoder.json + weights.safetensors) nor "
+            "a directory of them; see docs/graphs.md"
+        )
+    return found
