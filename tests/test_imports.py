@@ -57,6 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "training.jobs",
             "loading",
             "uses",
+            "graphs",
         ),
     ),
     ("cli", ("cli", "__main__")),

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "serve": "sparsecodes.cli.browse:serve",
     "inspect": "sparsecodes.cli.browse:inspect",
     "select": "sparsecodes.cli.select:select",
+    "graph": "sparsecodes.cli.graph:graph",
     "steer": "sparsecodes.cli.steer:steer",
 }
 
@@ -43,6 +44,7 @@ HELP = {
     "serve": "Serve the feature browser with a live text box (localhost JSON API).",
     "inspect": "Show which latents fire on each token of a text, in the terminal.",
     "select": "Select pool documents whose sparse codes resemble a target set's (data selection).",
+    "graph": "Attribution graph of a prompt from per-layer transcoders (JSON + graph page).",
     "steer": "Generate with a latent added, clamped or ablated at the coder's hook, beside as is.",
 }
 

@@ -22,13 +22,14 @@ ASSETS: tuple[str, ...] = (
     "common.js",
     "index.js",
     "latent.js",
+    "graph.js",
     "heads.js",
     "live.js",
     "steer.js",
 )
 """The files copied verbatim into a site's ``assets/`` directory."""
 
-PAGES: tuple[str, ...] = ("index.html", "latent.html", "live.html", "no_index.html")
+PAGES: tuple[str, ...] = ("index.html", "latent.html", "live.html", "no_index.html", "graph.html")
 
 
 @cache

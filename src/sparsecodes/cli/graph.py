@@ -1,0 +1,118 @@
+"""``sparsecodes graph``: an attribution graph of a prompt from per-layer transcoders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from sparsecodes.cli.options import device_option, out_option
+
+EPILOG = """
+\b
+Examples:
+  sparsecodes graph --transcoders tc/ --prompt "When John and Mary went to the store, John
+      gave a drink to" --target " Mary" --contrast " John" --out graphs/ioi
+  sparsecodes graph --model smollm2-135m --transcoders tc/l0 --transcoders tc/l3 \\
+      --prompt "The war lasted from the year 1732 to the year 17" --target 5 --contrast 2
+
+\b
+Each DIR is one layer's transcoder (reads blocks.{i}.mlp_in, writes blocks.{i}.mlp_out; the
+directory layout is in docs/graphs.md) or a directory of them. MLPs without a transcoder
+count wholly as error nodes.
+Writes OUT/graph.json (schema in docs/graphs.md) and OUT/graph.html (open it in a browser;
+feature nodes link to --browser sites). Prints the graph's size and its replacement and
+completeness scores.
+"""
+
+
+@click.command("graph", epilog=EPILOG)
+@click.option(
+    "--transcoders",
+    "transcoder_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A transcoder directory, or a directory of them (one per layer). Repeatable.",
+)
+@click.option("--prompt", required=True, help="The prompt; the graph explains its last position.")
+@click.option("--target", required=True, help="Target token (one token, e.g. ' Mary').")
+@click.option("--contrast", default=None, help="Contrast token: attribute target minus this.")
+@click.option("--model", default=None, help="Model [default: the one the transcoders record].")
+@click.option("--node-threshold", type=click.FloatRange(0, 1), default=0.8, show_default=True)
+@click.option("--edge-threshold", type=click.FloatRange(0, 1), default=0.98, show_default=True)
+@click.option(
+    "--browser",
+    "browsers",
+    multiple=True,
+    metavar="LAYER:DIR",
+    help="Feature browser site (sparsecodes browse) of the transcoder of LAYER; its feature "
+    "nodes link to DIR/latents/{i}.html. Repeatable.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@out_option("graph", "Output directory.")
+@device_option
+def graph(
+    transcoder_dirs: tuple[str, ...],
+    prompt: str,
+    target: str,
+    contrast: str | None,
+    model: str | None,
+    node_threshold: float,
+    edge_threshold: float,
+    browsers: tuple[str, ...],
+    batch_size: int,
+    out: Path,
+    device: str,
+) -> None:
+    """Compute, prune and score the attribution graph of PROMPT for TARGET; write JSON + page."""
+    from sparsecodes.devices import resolve_device
+    from sparsecodes.graphs import build_graph, load_transcoder, write_graph, write_graph_page
+    from sparsecodes.graphs.io import find_transcoders, recorded_model
+    from sparsecodes.models import load_model
+
+    dev = resolve_device(device)
+    transcoder_dirs = tuple(str(p) for d in transcoder_dirs for p in find_transcoders(d))
+    recorded = {m for m in (recorded_model(d) for d in transcoder_dirs) if m}
+    if model is None:
+        if len(recorded) != 1:
+            raise click.UsageError(
+                "give --model: the transcoders record "
+                + (f"several models {sorted(recorded)}" if recorded else "no model")
+            )
+        model = recorded.pop()
+    pages: dict[int, str] = {}
+    for spec in browsers:
+        layer, sep, site = spec.partition(":")
+        if not sep or not layer.isdigit() or not Path(site).is_dir():
+            raise click.UsageError(f"--browser {spec!r}: give LAYER:DIR with an existing DIR")
+        pages[int(layer)] = os.path.relpath(Path(site) / "latents", out).replace(os.sep, "/") + "/"
+    adapter = load_model(model, device=dev)
+    tcs = [load_transcoder(d, device=dev) for d in transcoder_dirs]
+    data = build_graph(
+        adapter,
+        tcs,
+        prompt,
+        target,
+        contrast,
+        node_threshold=node_threshold,
+        edge_threshold=edge_threshold,
+        batch_size=batch_size,
+        feature_pages=pages,
+    )
+    write_graph(out / "graph.json", data)
+    page = write_graph_page(data, out)
+    size, sc, pr = data["size"], data["scores"], data["pruning"]
+    click.echo(
+        f"{size['n_features']} active features, {size['n_nodes']} nodes, {size['n_edges']} "
+        f"nonzero edges; kept {size['n_nodes_kept']} nodes ({size['n_features_kept']} features), "
+        f"{size['n_edges_kept']} edges"
+    )
+    click.echo(
+        f"target {data['target']['value']:.4f}; replacement score {sc['replacement']:.3f}, "
+        f"completeness {sc['completeness']:.3f} (pruned {sc['pruned_replacement']:.3f}, "
+        f"{sc['pruned_completeness']:.3f}); attribution {pr['attribution_seconds']:.2f} s, "
+        f"pruning {pr['pruning_seconds']:.2f} s"
+    )
+    click.echo(f"wrote {out / 'graph.json'} and {page}")

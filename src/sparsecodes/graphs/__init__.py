@@ -1,0 +1,36 @@
+"""Attribution graphs from transcoders: the replacement model, graphs, pruning, scores, viewer.
+
+See docs/graphs.md. ``build_graph(adapter, transcoders, prompt, target, contrast)`` is the one
+call; the pieces are :class:`ReplacementModel` (frozen, linear replacement of a llama-family
+model), :func:`attribute` (the full graph), :func:`prune` and :func:`graph_scores`.
+"""
+
+from sparsecodes.graphs.attribution import AttributionGraph, attribute
+from sparsecodes.graphs.build import build_graph, single_token
+from sparsecodes.graphs.io import graph_json, load_transcoder, save_transcoder, write_graph
+from sparsecodes.graphs.prune import GraphScores, PruneResult, graph_scores, influence, prune
+from sparsecodes.graphs.replacement import ReplacementModel, ReplacementRun
+from sparsecodes.graphs.transcoder import DenseTranscoder, Transcoder, fit_transcoder
+from sparsecodes.graphs.viewer import write_graph_page
+
+__all__ = [
+    "AttributionGraph",
+    "DenseTranscoder",
+    "GraphScores",
+    "PruneResult",
+    "ReplacementModel",
+    "ReplacementRun",
+    "Transcoder",
+    "attribute",
+    "build_graph",
+    "fit_transcoder",
+    "graph_json",
+    "graph_scores",
+    "influence",
+    "load_transcoder",
+    "prune",
+    "save_transcoder",
+    "single_token",
+    "write_graph",
+    "write_graph_page",
+]

@@ -1,0 +1,228 @@
+"""Attribution graphs on the tiny random llama: replacement model, exactness, pruning, scores, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import require_model
+from sparsecodes.graphs import (
+    ReplacementModel,
+    attribute,
+    fit_transcoder,
+    graph_scores,
+    influence,
+    prune,
+    save_transcoder,
+)
+from sparsecodes.graphs.prune import normalise_rows, threshold_for
+from sparsecodes.models import load_model
+
+PROMPTS = [
+    "When John and Mary went to the store, John gave a drink to",
+    "def f(x): return x * 2 + alpha; the quick brown fox jumps over the lazy dog",
+    "In 1732 the war lasted from the year 1732 to the year 17",
+]
+LAYERS = (0, 1, 3)  # layer 2 has no transcoder: all of its MLP output is error
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("tiny-llama", device="cpu")
+
+
+def fitted(lm, layers=LAYERS, n=48, k=4):
+    """Transcoders fitted by least squares on three prompts; skip paths on even layers."""
+    rm = ReplacementModel(lm, [])
+    runs = [rm.run(lm.encode(p)[0][0]) for p in PROMPTS]
+    x = torch.cat([r.mlp_in for r in runs], 1)
+    y = torch.cat([r.mlp_out for r in runs], 1)
+    return [fitted_one(x[i], y[i], i, n, k) for i in layers]
+
+
+def fitted_one(x, y, layer, n, k):
+    return fit_transcoder(x, y, layer, n, k=k, skip=layer % 2 == 0, seed=layer)
+
+
+@pytest.fixture(scope="module")
+def setup(lm):
+    tcs = fitted(lm)
+    rm = ReplacementModel(lm, tcs)
+    ids = lm.encode(PROMPTS[0])[0][0]
+    run = rm.run(ids)
+    tid, cid = (lm.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "MJ")
+    graph = attribute(rm, run, tid, cid, batch_size=16)
+    return rm, run, graph, ids
+
+
+def test_replacement_model_with_error_terms_reproduces_the_logits(lm, setup):
+    rm, run, _, ids = setup
+    ref = lm.logits(ids[None])[0]
+    out = rm.forward(run)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    # the error terms carry what the transcoders miss: without them the logits move a lot
+    no_err = rm.forward(run, error=torch.zeros_like(run.error))
+    assert (no_err - ref).abs().max() > 1e-2 * ref.abs().max()
+    # the MLP inputs and outputs it replaces are the model's own (adapter hook, module input)
+    seen = {}
+    handles = [
+        b.mlp.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][0]))
+        for i, b in enumerate(lm.blocks)
+    ]
+    try:
+        outs = lm.run(ids[None], hooks=[f"blocks.{i}.mlp_out" for i in range(lm.n_layers)])
+    finally:
+        for h in handles:
+            h.remove()
+    for i in range(lm.n_layers):
+        assert torch.allclose(run.mlp_out[i], outs[f"blocks.{i}.mlp_out"][0], atol=1e-5)
+        assert torch.allclose(run.mlp_in[i], seen[i], atol=1e-5)
+
+
+def test_every_node_input_is_rebuilt_by_its_edges(setup):
+    """Each feature's pre-activation and the target's logit difference equal the sum of their
+    incoming edges plus their bias, to 1e-4 of the sum of the terms' sizes (float32)."""
+    _, run, graph, _ = setup
+    m = ~graph.node_input.isnan()
+    assert int(m.sum()) == graph.n_features + 1 > 100
+    scale = graph.adjacency.abs().sum(1) + graph.bias.abs()
+    err = (graph.reconstruction() - graph.node_input).abs()
+    assert (err[m] / scale[m]).max() <= 1e-4
+    # and to 1e-4 of the input itself wherever the input is not a near-cancellation (>= 0.05)
+    big = m & (graph.node_input.abs() >= 0.05)
+    assert int(big.sum()) > 0.8 * int(m.sum())
+    assert (err[big] / graph.node_input[big].abs()).max() <= 1e-4
+    # the target's input is the model's own logit difference
+    tid, cid = graph.target_id, graph.contrast_id
+    assert graph.node_input[-1] == pytest.approx(
+        float(run.logits[-1, tid] - run.logits[-1, cid]), abs=1e-5
+    )
+    # sources never act on nodes at or below their own layer
+    feats = graph.features
+    later = feats[:, 0][:, None] <= feats[:, 0][None, :]
+    assert graph.adjacency[: graph.n_features, : graph.n_features][later].abs().max() == 0
+
+
+def test_an_edge_into_the_target_is_the_effect_of_removing_its_source(setup):
+    """Zeroing one feature's activation in the frozen linear model (other features held) moves
+    the target by exactly the edge from that feature, and zeroing one error node likewise."""
+    rm, run, graph, _ = setup
+    tid, cid = graph.target_id, graph.contrast_id
+    base = rm.forward(run)
+    j = int(graph.adjacency[-1, : graph.n_features].abs().argmax())
+    layer, pos, lat = (int(v) for v in graph.features[j])
+    codes = run.codes[layer].clone()
+    codes[pos, lat] = 0
+    out = rm.forward(run, codes={layer: codes})
+    moved = (base[-1, tid] - base[-1, cid]) - (out[-1, tid] - out[-1, cid])
+    assert float(moved) == pytest.approx(float(graph.adjacency[-1, j]), rel=1e-3, abs=1e-5)
+    assert abs(float(graph.adjacency[-1, j])) > 1e-3
+    err = run.error.clone()
+    err[2, 5] = 0  # layer 2 (no transcoder), position 5
+    out = rm.forward(run, error=err)
+    moved = (base[-1, tid] - base[-1, cid]) - (out[-1, tid] - out[-1, cid])
+    e_col = graph.n_features + 2 * graph.n_pos + 5
+    assert float(moved) == pytest.approx(float(graph.adjacency[-1, e_col]), rel=1e-3, abs=1e-5)
+
+
+def test_influence_is_the_sum_of_all_path_products(setup):
+    _, _, graph, _ = setup
+    a = normalise_rows(graph.adjacency).double()
+    w = torch.zeros(graph.n_nodes, dtype=torch.float64)
+    w[-1] = 1
+    dense = w @ (torch.linalg.inv(torch.eye(len(a), dtype=a.dtype) - a) - torch.eye(len(a)))
+    got = influence(normalise_rows(graph.adjacency), w.float())
+    assert torch.allclose(got.double(), dense, atol=1e-5)
+
+
+def test_pruning_keeps_the_stated_fraction_of_influence(setup):
+    _, _, graph, _ = setup
+    pr = prune(graph, 0.8, 0.98)
+    infl = pr.influence
+    chosen = infl >= threshold_for(infl, 0.8)
+    total = float(infl.sum())
+    kept = float(infl[chosen].sum())
+    assert kept >= 0.8 * total and pr.kept_influence_fraction == pytest.approx(kept / total)
+    # the fewest: without its weakest node the set falls below the fraction
+    assert kept - float(infl[chosen].min()) < 0.8 * total
+    assert 0 < int(chosen[: graph.n_features].sum()) < graph.n_features
+    # every kept feature has a kept edge in and out; embeddings and the target are always kept
+    nf = graph.n_features
+    kept_f = pr.node_mask[:nf]
+    assert pr.edge_mask[:nf][kept_f].any(1).all() and pr.edge_mask[:, :nf][:, kept_f].any(0).all()
+    assert pr.node_mask[graph.embed_slice].all() and pr.node_mask[-1]
+    # the kept edges carry at least the edge fraction of the edge scores
+    p2 = prune(graph, 1.0, 0.5)
+    assert int(p2.edge_mask.sum()) < int(pr.edge_mask.sum())
+
+
+class TranscoderMLP(torch.nn.Module):
+    def __init__(self, tc):
+        super().__init__()
+        self.tc = tc
+
+    def forward(self, x):
+        return self.tc(x)
+
+
+def test_scores_are_one_when_transcoders_are_exact_and_below_otherwise(lm, setup):
+    _, _, graph, ids = setup
+    s = graph_scores(graph)
+    assert 0 < s.replacement < 0.99 and 0 < s.completeness < 0.99
+    # a model whose MLPs are its transcoders: every error is (float32 rounding of) zero
+    tiny = load_model("tiny-llama", device="cpu")
+    tcs = fitted(tiny, layers=range(tiny.n_layers))
+    for block, tc in zip(tiny.blocks, tcs, strict=True):
+        block.mlp = TranscoderMLP(tc)
+    rm = ReplacementModel(tiny, tcs)
+    run = rm.run(ids)
+    assert run.error.abs().max() < 1e-5
+    g = attribute(rm, run, graph.target_id, graph.contrast_id)
+    exact = graph_scores(g)
+    assert exact.replacement == pytest.approx(1.0, abs=1e-5)
+    assert exact.completeness == pytest.approx(1.0, abs=1e-5)
+
+
+def test_graph_cli_writes_the_documented_json_and_page(lm, tmp_path):
+    from sparsecodes.cli import main
+
+    tcs = fitted(lm)
+    save_transcoder(tcs[0], tmp_path / "one")  # a single directory ...
+    for tc in tcs[1:]:  # ... and a directory of them
+        save_transcoder(tc, tmp_path / "many" / f"l{tc.layer}", model="tiny-llama")
+    dirs = ["--transcoders", str(tmp_path / "one"), "--transcoders", str(tmp_path / "many")]
+    out = tmp_path / "g"
+    args = ["graph", "--model", "tiny-llama", *dirs, "--prompt", PROMPTS[0]]
+    res = CliRunner().invoke(main, [*args, "--target", "M", "--contrast", "J", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "graph.json").read_text())
+    assert data["schema"] == "sparsecodes.attribution_graph/1"
+    ids = lm.encode(PROMPTS[0])[0]
+    logits = lm.logits(ids)[0, -1]
+    tid, cid = data["target"]["id"], data["target"]["contrast_id"]
+    assert data["target"]["value"] == pytest.approx(float(logits[tid] - logits[cid]), abs=1e-4)
+    assert len(data["tokens"]) == len(data["token_ids"]) == ids.shape[1]
+    n = len(data["nodes"])
+    assert n == data["size"]["n_nodes_kept"] and len(data["edges"]) == data["size"]["n_edges_kept"]
+    assert all(0 <= s < n and 0 <= t < n for s, t, _ in data["edges"])
+    assert sum(x["kind"] == "embedding" for x in data["nodes"]) == ids.shape[1]
+    assert [x["kind"] for x in data["nodes"]].count("target") == 1
+    assert "replacement score" in res.output and (out / "graph.html").is_file()
+    assert [t["layer"] for t in data["transcoders"]] == list(LAYERS)
+    # a multi-token target is refused with the fix
+    res = CliRunner().invoke(main, [*args, "--target", " Mary", "--out", str(out)])
+    assert res.exit_code != 0 and "single token" in res.output
+
+
+@pytest.mark.slow
+def test_replacement_model_reproduces_smollm2_logits():
+    require_model("smollm2-135m")
+    lm = load_model("smollm2-135m", device="cpu")
+    ids = lm.encode(PROMPTS[0])[0]
+    rm = ReplacementModel(lm, [])
+    run = rm.run(ids[0])
+    ref = lm.logits(ids)[0]
+    assert (rm.forward(run) - ref).abs().max() <= 1e-4 * ref.abs().max()
