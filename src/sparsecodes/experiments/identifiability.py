@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from sparsecodes.codes import to_dense
 from sparsecodes.metrics import code_mcc
 from sparsecodes.seeding import derive_seed, generator
+from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.worlds import FiringSpec, MagnitudeSpec, World, WorldConfig
 
 logger = logging.getLogger(__name__)
@@ -48,17 +49,17 @@ CODERS = ("neurons", "topk", "omp")
 class IdentifiabilityConfig:
     """Sizes of the probe. ``seeds``: one world, network and coder per seed."""
 
-    n_features: int = 64
-    n_dims: int = 32
+    n_features: int = 48
+    n_dims: int = 24
     l0: float = 3.0
-    hidden: int = 64
-    net_steps: int = 1500
+    hidden: int = 48
+    net_steps: int = 800
     net_lr: float = 3e-3
-    coder_latents: int = 128
-    coder_steps: int = 1500
+    coder_latents: int = 96
+    coder_steps: int = 800
     coder_lr: float = 3e-3
     batch_size: int = 256
-    n_train: int = 16384
+    n_train: int = 8192
     n_test: int = 4096
     ridge: float = 1e-3
     networks: tuple[str, ...] = NETWORKS
@@ -148,8 +149,6 @@ def probe_hidden(
 ) -> dict[str, dict[str, float]]:
     """Code ``hidden`` activations three ways (``CODERS``); R^2 and MCC of each on held-out
     rows."""
-    from sparsecodes import SparseCoder
-
     k = max(1, round(cfg.l0))
     sae = SparseCoder(hid_train.shape[1], cfg.coder_latents, "topk", k=k, seed=seed)
     sae.fit(hid_train, steps=cfg.coder_steps, batch_size=cfg.batch_size, lr=cfg.coder_lr)
@@ -194,17 +193,23 @@ def run_seed(cfg: IdentifiabilityConfig, seed: int) -> dict[str, Any]:
 def run_identifiability(cfg: IdentifiabilityConfig) -> dict[str, Any]:
     """All seeds; ``summary[network][coder][metric] = [mean, std]`` over seeds."""
     cfg.validate()
-    runs = {seed: run_seed(cfg, seed) for seed in cfg.seeds}
+    runs = {str(seed): run_seed(cfg, seed) for seed in cfg.seeds}
+    return {"config": asdict(cfg), "runs": runs, "summary": summarise(runs)}
+
+
+def summarise(runs: dict[str, Any]) -> dict[str, Any]:
+    """``summary[network][coder][metric] = [mean, std]`` over the seeds of ``runs``."""
+    seeds = list(runs)
     summary: dict[str, Any] = {}
-    for kind in cfg.networks:
+    for kind in runs[seeds[0]]:
         summary[kind] = {}
         for coder in CODERS:
             summary[kind][coder] = {}
             for metric in ("r2", "mcc"):
-                vals = [runs[s][kind][coder][metric] for s in cfg.seeds]
+                vals = [runs[s][kind][coder][metric] for s in seeds]
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 summary[kind][coder][metric] = [statistics.fmean(vals), sd]
-    return {"config": asdict(cfg), "runs": {str(s): r for s, r in runs.items()}, "summary": summary}
+    return summary
 
 
 def plot_identifiability(result: dict[str, Any]) -> Any:
