@@ -18,7 +18,7 @@ the bias window is 10 steps (paper: 50) and the output scale starts at 0.01 (the
 regime of the paper's theory). Scores on 8192 held-out rows: FRR at 0.8 and 0.9, L0, FVU, dead
 fraction.
 
-    python benchmarks/bench_gba.py                       # 3 seeds, ~15 min on 2 idle cores
+    python benchmarks/bench_gba.py                       # 3 seeds (~30 min per seed, loaded)
     python benchmarks/bench_gba.py --seeds 0 --out /tmp/a.json
     python benchmarks/bench_gba.py --merge /tmp/a.json /tmp/b.json   # one JSON from parts
 """
