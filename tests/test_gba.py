@@ -57,15 +57,30 @@ def test_rbar_is_group_mean_of_positive_peaks():
     torch.testing.assert_close(enc.b_enc, torch.tensor([-3.0, -3.0, -2.8, -2.8]))
 
 
-def test_loss_is_the_plain_reconstruction_and_bias_gets_no_gradient():
-    coder = SparseCoder(8, 16, "gba", n_groups=2)
+@pytest.mark.parametrize(("tied", "params"), [(True, {"scale"}), (False, {"W_enc"})])
+def test_loss_is_the_plain_reconstruction_and_bias_gets_no_gradient(tied, params):
+    coder = SparseCoder(8, 16, "gba", n_groups=2, tied=tied, activation="relu")
     x = torch.randn(32, 8)
     out = coder.encoder.train_step(TrainStepInput(x, coder.dictionary))
-    x_hat = coder.dictionary.decode(torch.relu(coder.encoder.pre_acts(x, coder.dictionary)))
+    w = coder.dictionary.W_dec.T if tied else coder.encoder.W_enc
+    z = torch.relu(x @ w + coder.encoder.b_enc) * (0.01 if tied else 1.0)
+    x_hat = coder.dictionary.decode(z)
     assert set(out.losses) == {"mse"}
     torch.testing.assert_close(out.loss, (x - x_hat).pow(2).sum(dim=1).mean())
     names = {n for n, _ in coder.encoder.named_parameters()}
-    assert names == {"W_enc"}  # b_enc is a buffer, moved only by bias adaptation
+    assert names == params  # b_enc is a buffer, moved only by bias adaptation
+
+
+def test_tied_jumprelu_code_is_scaled_projection_gated_by_bias():
+    """Tied + JumpReLU: a firing latent's code is ``scale * w_m . x`` (the bias gates, it does
+    not shrink); a latent whose ``w_m . x + b_m <= 0`` is exactly 0."""
+    coder = SparseCoder(4, 3, "gba", n_groups=1, htf=0.5, ltf=0.5, scale_init=2.0)
+    with torch.no_grad():
+        coder.dictionary.W_dec.copy_(torch.eye(4)[:3])
+        coder.encoder.b_enc.copy_(torch.tensor([-0.5, -0.5, -0.5]))
+    x = torch.tensor([[1.0, 0.4, -2.0, 7.0]])
+    z = coder.encode(x)
+    torch.testing.assert_close(z, torch.tensor([[2.0, 0.0, 0.0]]))
 
 
 def _world(seed: int = 0) -> World:
@@ -97,7 +112,7 @@ def test_frozen_weights_group_rates_reach_targets_within_2x():
         seed=0,
     )
     enc = coder.encoder
-    w0 = enc.W_enc.detach().clone()
+    w0 = coder.dictionary.W_dec.detach().clone()
     test_x = world.sample(8192, stream="test").x
 
     def group_rates() -> torch.Tensor:
@@ -114,7 +129,7 @@ def test_frozen_weights_group_rates_reach_targets_within_2x():
         with torch.no_grad():
             enc.train_step(TrainStepInput(x, coder.dictionary))
         enc.after_step()
-    assert torch.equal(enc.W_enc, w0)
+    assert torch.equal(coder.dictionary.W_dec, w0)
     rates = group_rates()
     ratio = rates / enc.targets
     assert bool(((ratio > 0.5) & (ratio < 2.0)).all()), (rates.tolist(), enc.targets.tolist())
@@ -157,14 +172,20 @@ def test_save_load_round_trip_bit_exact(tmp_path):
     assert torch.equal(back.encode(x), coder.encode(x))
 
 
-def test_flops_linear_in_batch_and_adam_without_bias():
-    enc = make_encoder("gba", 16, 64)
+@pytest.mark.parametrize(
+    ("kw", "per_row", "n_params"),
+    [
+        ({}, 2 * 16 * 64 + 16 + 2 * 64 + 2 * 64 + 64, 16 * 64 + 64 + 16),
+        ({"tied": False, "activation": "relu"}, 2 * 16 * 64 + 16 + 2 * 64, 2 * 16 * 64 + 16),
+    ],
+)
+def test_flops_linear_in_batch_and_adam_without_bias(kw, per_row, n_params):
+    enc = make_encoder("gba", 16, 64, **kw)
     f1, f2 = enc.flops(1), enc.flops(2)
-    n, d = 64, 16
-    assert f1["inference"] == 2 * d * n + d + 2 * n
+    assert f1["inference"] == per_row
     assert f2["inference"] == 2 * f1["inference"]
-    # the batch-independent part is Adam over W_enc, W_dec, b_dec (b_enc is not a parameter)
-    assert 2 * f1["train_step"] - f2["train_step"] == flops.adam(2 * d * n + d)
+    # the batch-independent part is Adam over the trained parameters (b_enc is not one)
+    assert 2 * f1["train_step"] - f2["train_step"] == flops.adam(n_params)
 
 
 @pytest.mark.parametrize(
@@ -175,6 +196,8 @@ def test_flops_linear_in_batch_and_adam_without_bias():
         ({"htf": 0.01, "ltf": 0.1}, "ltf"),
         ({"update_every": 0}, "update_every"),
         ({"gamma_minus": -1.0}, "gamma_minus"),
+        ({"activation": "gelu"}, "activation"),
+        ({"scale_init": 0.0}, "scale_init"),
     ],
 )
 def test_invalid_config_names_field(params, field):
