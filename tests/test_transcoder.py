@@ -98,7 +98,9 @@ def test_skip_path_gets_gradient_and_learns_a_linear_map():
     assert torch.equal(tc.skip, torch.zeros(10, 14))
     tc.fit(x, y, steps=400, lr=1e-2, batch_size=200)
     assert tc.skip.abs().max() > 0.1  # gradient reached it
-    no_skip = Transcoder(10, 32, "topk", d_out=14, k=2).fit(x, y, steps=400, lr=1e-2, batch_size=200)
+    no_skip = Transcoder(10, 32, "topk", d_out=14, k=2).fit(
+        x, y, steps=400, lr=1e-2, batch_size=200
+    )
     assert fvu(y, tc.reconstruct(x)) < 0.02 < fvu(y, no_skip.reconstruct(x))
 
 
@@ -131,12 +133,16 @@ def test_save_load_round_trip_is_exact(tmp_path):
     back = Transcoder.load(tmp_path / "tc")
     x = torch.randn(30, 8)
     assert torch.equal(back.forward_out(x), tc.forward_out(x))
-    assert (back.in_hook, back.out_hook, back.fitted) == ("blocks.2.mlp_in", "blocks.2.mlp_out", True)
+    assert (back.in_hook, back.out_hook, back.fitted) == (
+        "blocks.2.mlp_in",
+        "blocks.2.mlp_out",
+        True,
+    )
     from sparsecodes import load
 
     opened = load(tmp_path / "tc")
     assert isinstance(opened, Transcoder) and torch.equal(opened.forward_out(x), tc.forward_out(x))
-    assert opened.source.hook == "blocks.2.mlp_in"
+    assert opened.source.hook_name == "blocks.2.mlp_in"
 
 
 def test_crosscoder_shapes_and_round_trip(tmp_path):
@@ -161,3 +167,69 @@ def test_crosscoder_shapes_and_round_trip(tmp_path):
     assert back.out_hooks == tuple(hooks_out) and back.in_widths == (8, 8, 8)
     x = torch.cat(xs, dim=1)
     assert torch.equal(back.forward_out(x), cc.forward_out(x))
+
+
+def _trained(encoder: str, skip: bool, **kw) -> Transcoder:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(600, 12, generator=g) * 3, torch.randn(600, 9, generator=g) + 1
+    tc = Transcoder(
+        12,
+        40,
+        encoder,
+        d_out=9,
+        skip=skip,
+        in_hooks="blocks.1.mlp_in",
+        out_hooks="blocks.1.mlp_out",
+        normalize="expected_norm",
+        **kw,
+    )
+    tc.fit(x, y, steps=30, batch_size=100)
+    if skip:
+        with torch.no_grad():
+            tc.skip.add_(torch.randn(tc.skip.shape, generator=g) * 0.1)
+    return tc
+
+
+SAELENS_CASES = [("relu", False, {}), ("relu", True, {}), ("jumprelu", True, {})]
+SAELENS_CASES += [("batchtopk", False, {"k": 5})]
+
+
+@pytest.mark.parametrize(("encoder", "skip", "kw"), SAELENS_CASES)
+def test_saelens_layout_round_trip(tmp_path, encoder, skip, kw):
+    from sparsecodes import load
+
+    tc = _trained(encoder, skip, **kw)
+    tc.save(tmp_path / "sl", format="saelens", model_name="tiny-llama")
+    back = load(tmp_path / "sl")
+    assert isinstance(back, Transcoder) and back.source.format == "saelens"
+    assert (back.in_hook, back.out_hook) == ("blocks.1.mlp_in", "blocks.1.mlp_out")
+    assert back.source.model_name == "tiny-llama"
+    x = torch.randn(50, 12) * 3
+    torch.testing.assert_close(back.forward_out(x), tc.forward_out(x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(back.encode(x) != 0, tc.encode(x) != 0)
+
+
+@pytest.mark.requires("sae_lens")
+@pytest.mark.parametrize(("encoder", "skip", "kw"), SAELENS_CASES)
+def test_sae_lens_loads_our_transcoder_and_agrees(tmp_path, encoder, skip, kw):
+    from sae_lens import SAE
+
+    tc = _trained(encoder, skip, **kw)
+    tc.save(tmp_path / "sl", format="saelens")
+    sae = SAE.load_from_disk(str(tmp_path / "sl"), device="cpu")
+    expected = {False: "Transcoder", True: "SkipTranscoder"}[skip]
+    if encoder != "relu":
+        expected = "JumpReLU" + expected
+    assert type(sae).__name__ == expected
+    x = torch.randn(50, 12) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x), tc.forward_out(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sae.encode(x), tc.encode(x), atol=1e-5, rtol=1e-5)
+
+
+def test_topk_and_crosscoders_have_no_saelens_layout(tmp_path):
+    with pytest.raises(ValueError, match="no SAELens layout"):
+        Transcoder(8, 16, "topk", k=2).save(tmp_path / "a", format="saelens")
+    cc = Transcoder(8, 16, "relu", in_hooks=["blocks.0.mlp_in", "blocks.1.mlp_in"])
+    with pytest.raises(ValueError, match="crosscoder has no SAELens layout"):
+        cc.save(tmp_path / "b", format="saelens")

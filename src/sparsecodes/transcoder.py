@@ -167,7 +167,9 @@ class Transcoder(nn.Module):
         self.normaliser = Normaliser(normalize)
         self.normaliser_out = Normaliser(normalize)
         self.dictionary = TranscoderDictionary(d_in, d_out, n_latents, generator=g)
-        self.encoder: Encoder = make_encoder(encoder, d_in, n_latents, generator=g, **encoder_params)
+        self.encoder: Encoder = make_encoder(
+            encoder, d_in, n_latents, generator=g, **encoder_params
+        )
         # no init_from_dictionary: the atoms live in the output space, not the input's
         self.skip = nn.Parameter(torch.zeros(d_in, d_out)) if skip else None
         self.history: list[dict[str, float]] = []
