@@ -60,7 +60,7 @@ def _passes_for(rows: int, pass_rows: list[int]) -> int:
 
 @pytest.mark.slow
 def test_train_transcoders_for_two_layers_share_forward_passes(tmp_path):
-    steps, batch, ctx = 30, 256, 64
+    steps, batch, ctx = 30, 256, 128  # a batch spans at most two passes (LiveModelSource)
     tokenizer = load_model("tiny-llama").tokenizer
     per_pass = inspect.signature(LiveModelSource).parameters["windows_per_pass"].default
     pass_rows = [
