@@ -233,3 +233,34 @@ def test_topk_and_crosscoders_have_no_saelens_layout(tmp_path):
     cc = Transcoder(8, 16, "relu", in_hooks=["blocks.0.mlp_in", "blocks.1.mlp_in"])
     with pytest.raises(ValueError, match="crosscoder has no SAELens layout"):
         cc.save(tmp_path / "b", format="saelens")
+
+
+def test_transcoder_splice_with_the_mlp_itself_reproduces_clean_ce(lm):
+    import copy
+    from types import SimpleNamespace
+
+    from sparsecodes.data import load_texts, token_windows
+    from sparsecodes.evaluation.splice import Variant, downstream_scores, transcoder_variant
+    from sparsecodes.evaluation.splice import zero_ablation
+
+    windows = list(token_windows(list(load_texts(None))[:60], lm.tokenizer, 32))[:8]
+    # a stand-in "transcoder" that is the MLP exactly (a copy: the model's own MLP is hooked)
+    exact = [
+        SimpleNamespace(
+            in_hook=f"blocks.{i}.mlp_in",
+            out_hook=f"blocks.{i}.mlp_out",
+            forward_out=copy.deepcopy(lm.blocks[i].mlp),
+        )
+        for i in (0, 2)
+    ]
+    variants = {
+        "exact": transcoder_variant(exact),
+        "zero": transcoder_variant(exact, zero=True),
+        "zero0": transcoder_variant(exact[:1], zero=True),
+        "zero_hook0": Variant(zero_ablation),  # the one-hook path at blocks.0.mlp_out
+    }
+    res = downstream_scores(lm, "blocks.0.mlp_out", windows, variants)
+    assert abs(res.ce["exact"] - res.ce_clean) < 1e-5 and res.kl["exact"] < 1e-8
+    assert res.ce["zero0"] == res.ce["zero_hook0"]  # the same edit through both paths
+    assert abs(res.ce["zero"] - res.ce["zero0"]) > 1e-3  # layer 2 is zeroed too
+    assert res.ce_loss_score("exact") == pytest.approx(1.0, abs=1e-4)
