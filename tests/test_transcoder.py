@@ -240,8 +240,12 @@ def test_transcoder_splice_with_the_mlp_itself_reproduces_clean_ce(lm):
     from types import SimpleNamespace
 
     from sparsecodes.data import load_texts, token_windows
-    from sparsecodes.evaluation.splice import Variant, downstream_scores, transcoder_variant
-    from sparsecodes.evaluation.splice import zero_ablation
+    from sparsecodes.evaluation.splice import (
+        Variant,
+        downstream_scores,
+        transcoder_variant,
+        zero_ablation,
+    )
 
     windows = list(token_windows(list(load_texts(None))[:60], lm.tokenizer, 32))[:8]
     # a stand-in "transcoder" that is the MLP exactly (a copy: the model's own MLP is hooked)
