@@ -75,6 +75,7 @@ def test_unsupported_encoder_is_refused():
 
 
 # ----------------------------------------------------------------- training on the tiny llama
+@pytest.mark.slow
 def test_transcoder_learns_the_mlp_and_a_misaligned_pair_does_not(mlp_acts):
     x, y = mlp_acts["blocks.1.mlp_in"], mlp_acts["blocks.1.mlp_out"]
     (xtr, xte), (ytr, yte) = _split(x), _split(y)
