@@ -238,7 +238,8 @@ def test_grad_flows_when_asked(lm, batch):
 )
 def test_unknown_hook_lists_valid_ones(lm, batch, bad):
     with pytest.raises(
-        ValueError, match=r"blocks\.\{i\}\.\{resid_pre,attn\.heads,attn_out,mlp_in,mlp_out,resid_post\}"
+        ValueError,
+        match=r"blocks\.\{i\}\.\{resid_pre,attn\.heads,attn_out,mlp_in,mlp_out,resid_post\}",
     ):
         lm.run(batch[0], hooks=[bad])
 
