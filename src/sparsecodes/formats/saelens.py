@@ -317,6 +317,8 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
             " (a SAELens training checkpoint; save it with TrainingSAE.save_inference_model, "
             "which writes it as 'jumprelu')"
             if arch in ("batchtopk", "matryoshka_batchtopk")
+            else " (a transcoder: open it with sparsecodes.load or load_saelens_transcoder)"
+            if "transcoder" in str(arch)
             else ""
         )
         raise ValueError(
