@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("blocks", ("dictionary", "encoders", "metrics", "activations", "models", "distributed")),
     ("training loop", ("training",)),
-    ("coder", ("sparse_coder",)),
+    ("coder", ("sparse_coder", "transcoder")),
     ("formats", ("formats",)),
     (
         "applications",

@@ -39,7 +39,7 @@ def _all(lm, ids, mask=None):
 # ---------------------------------------------------------------- names and shapes
 def test_hook_points_and_shapes(lm, batch):
     ids, mask = batch
-    assert lm.hook_points()[:5] == [f"blocks.0.{k}" for k in HOOK_KINDS]
+    assert lm.hook_points()[: len(HOOK_KINDS)] == [f"blocks.0.{k}" for k in HOOK_KINDS]
     assert len(lm.hook_points()) == lm.n_layers * len(HOOK_KINDS)
     acts = _all(lm, ids, mask)
     B, T = ids.shape
@@ -75,6 +75,41 @@ def test_llama_residual_is_additive(lm, batch):
         torch.testing.assert_close(
             a["resid_pre"] + a["attn_out"] + a["mlp_out"], a["resid_post"], atol=ATOL, rtol=0
         )
+
+
+def test_mlp_of_mlp_in_is_mlp_out_exactly(lm, batch):
+    acts = _all(lm, *batch)
+    for i in range(lm.n_layers):
+        block = lm.blocks[i]
+        mlp_in = acts[f"blocks.{i}.mlp_in"]
+        # mlp_in is the normalised residual after attention, not the raw one
+        raw = acts[f"blocks.{i}.resid_pre"] + acts[f"blocks.{i}.attn_out"]
+        assert not torch.allclose(mlp_in, raw, atol=1e-3)
+        torch.testing.assert_close(mlp_in, block.post_attention_layernorm(raw), atol=ATOL, rtol=0)
+        with torch.no_grad():
+            assert torch.equal(block.mlp(mlp_in), acts[f"blocks.{i}.mlp_out"])
+
+
+def test_mlp_in_edit_changes_the_mlp_output(lm, batch):
+    ids, mask = batch
+    zero = lm.run_with_edit(ids, "blocks.1.mlp_in", torch.zeros_like, attention_mask=mask)
+    same = lm.run_with_edit(ids, "blocks.1.mlp_in", lambda x: x, attention_mask=mask)
+    torch.testing.assert_close(same, lm.logits(ids, mask))
+    assert (zero - same).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours"),
+    [
+        ("blocks.2.hook_mlp_in", "blocks.2.mlp_in"),
+        ("blocks.2.ln2.hook_normalized", "blocks.2.mlp_in"),
+        ("blocks.5.hook_mlp_out", "blocks.5.mlp_out"),
+    ],
+)
+def test_transformerlens_mlp_names_translate(theirs, ours):
+    from sparsecodes.models.hooks import translate_hook_name
+
+    assert translate_hook_name(theirs) == ours
 
 
 def test_heads_through_o_proj_sum_to_attn_out(lm, batch):
@@ -203,7 +238,8 @@ def test_grad_flows_when_asked(lm, batch):
 )
 def test_unknown_hook_lists_valid_ones(lm, batch, bad):
     with pytest.raises(
-        ValueError, match=r"blocks\.\{i\}\.\{resid_pre,attn\.heads,attn_out,mlp_out,resid_post\}"
+        ValueError,
+        match=r"blocks\.\{i\}\.\{resid_pre,attn\.heads,attn_out,mlp_in,mlp_out,resid_post\}",
     ):
         lm.run(batch[0], hooks=[bad])
 
@@ -297,6 +333,12 @@ def test_bert_family_hooks():
         mid = layer.attention.output.LayerNorm(
             acts[f"blocks.{i}.resid_pre"] + acts[f"blocks.{i}.attn_out"]
         )
+        torch.testing.assert_close(acts[f"blocks.{i}.mlp_in"], mid, atol=ATOL, rtol=0)
+        with torch.no_grad():
+            assert torch.equal(
+                layer.output.dense(layer.intermediate(acts[f"blocks.{i}.mlp_in"])),
+                acts[f"blocks.{i}.mlp_out"],
+            )
         post = layer.output.LayerNorm(mid + acts[f"blocks.{i}.mlp_out"])
         torch.testing.assert_close(post, acts[f"blocks.{i}.resid_post"], atol=ATOL, rtol=0)
     last = bert.logits(ids)
@@ -321,6 +363,10 @@ def test_gpt2_family_hooks():
         torch.testing.assert_close(
             gpt.blocks[i].attn.c_proj(a["attn.heads"].flatten(-2)), a["attn_out"]
         )
+        with torch.no_grad():
+            assert torch.equal(gpt.blocks[i].mlp(a["mlp_in"]), a["mlp_out"])
+            mid = gpt.blocks[i].ln_2(a["resid_pre"] + a["attn_out"])
+        torch.testing.assert_close(a["mlp_in"], mid, atol=ATOL, rtol=0)
 
 
 def test_unsupported_architecture_is_refused():

@@ -10,6 +10,7 @@ from sparsecodes.dictionary import Dictionary
 from sparsecodes.loading import load
 from sparsecodes.provenance import CoderSource
 from sparsecodes.sparse_coder import SparseCoder
+from sparsecodes.transcoder import Transcoder
 
 __version__ = "0.1.0"
 
@@ -18,6 +19,7 @@ __all__ = [
     "Dictionary",
     "SparseCoder",
     "SparseCodes",
+    "Transcoder",
     "__version__",
     "encoders",
     "load",

@@ -59,6 +59,13 @@ class Dictionary(nn.Module):
                 d.b_dec.copy_(torch.as_tensor(bias, dtype=atoms.dtype))
         return d
 
+    @property
+    def input_bias(self) -> Tensor:
+        """The bias amortised encoders subtract from their input ``x`` before encoding: ``b_dec``
+        ``[d_in]`` here (input and reconstruction share a space); a transcoder's dictionary, whose
+        atoms live in another space than its input, returns zeros ``[d_in of the input]``."""
+        return self.b_dec
+
     def decode(self, codes: Codes) -> Tensor:
         """``[batch, d_in]`` reconstruction from dense ``[batch, n_latents]`` or sparse codes."""
         if isinstance(codes, SparseCodes):

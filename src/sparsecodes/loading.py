@@ -7,6 +7,9 @@
 - a ``sparsecodes train`` run directory: its ``final/``, else its ``final_saelens/``;
 - SAELens's layout: ``cfg.json`` + ``sae_weights.safetensors`` (v6 and pre-v6 configs,
   ours or SAELens's own ``save_model``);
+- transcoders, skip transcoders and crosscoders (:class:`~sparsecodes.transcoder.Transcoder`) in
+  our format or SAELens's transcoder layouts: ``load`` returns a ``Transcoder`` then, whose
+  ``source.hook_name`` is the hook it reads (``in_hook``; ``out_hook`` is on the transcoder);
 - EleutherAI sparsify's layout: ``cfg.json`` + ``sae.safetensors`` (one hookpoint), or a
   sparsify run/checkpoint directory holding one such sub-directory per hookpoint (with one
   hookpoint it is used; with several the error lists them).
@@ -26,7 +29,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sparsecodes.formats import load_saelens, load_sparsify, read_json
+from sparsecodes.formats import (
+    is_saelens_transcoder,
+    load_saelens,
+    load_saelens_transcoder,
+    load_sparsify,
+    read_json,
+)
 from sparsecodes.formats.saelens import CFG_NAME as SAELENS_CFG
 from sparsecodes.formats.saelens import WEIGHTS_NAME as SAELENS_WEIGHTS
 from sparsecodes.formats.sparsify import CFG_NAME as SPARSIFY_CFG
@@ -34,6 +43,8 @@ from sparsecodes.formats.sparsify import WEIGHTS_NAME as SPARSIFY_WEIGHTS
 from sparsecodes.models.hooks import is_hook_name, translate_hook_name
 from sparsecodes.provenance import CoderFormat, CoderSource
 from sparsecodes.sparse_coder import CONFIG_NAME, WEIGHTS_NAME, SparseCoder
+from sparsecodes.transcoder import FORMAT as TRANSCODER_FORMAT
+from sparsecodes.transcoder import Transcoder
 
 __all__ = [
     "CoderSource",
@@ -162,19 +173,23 @@ def _sparsify_record(d: Path) -> dict[str, Any]:
     return out
 
 
-def load(path: str | os.PathLike[str], *, device: str | None = None) -> SparseCoder:
-    """Load the coder in ``path`` (any layout in the module docstring), in eval mode.
+def load(path: str | os.PathLike[str], *, device: str | None = None) -> Any:
+    """Load the coder in ``path`` (any layout in the module docstring), in eval mode: a
+    :class:`SparseCoder`, or a :class:`~sparsecodes.transcoder.Transcoder` for transcoder files.
 
     ``coder.source`` (a :class:`CoderSource`) says what the files record about it. Raises
     ``FileNotFoundError``/``ValueError`` naming the file and the problem for missing, corrupt or
     unsupported files.
     """
     d, fmt = locate(path)
+    coder: Any
     if fmt == "sparsecodes":
-        coder = SparseCoder.load(d, device=device)
+        is_tc = read_json(d / CONFIG_NAME).get("format") == TRANSCODER_FORMAT
+        coder = (Transcoder if is_tc else SparseCoder).load(d, device=device)
         rec = _from_train_config(coder.train_config or {})
     elif fmt == "saelens":
-        coder = load_saelens(d, device=device)
+        is_tc = is_saelens_transcoder(read_json(d / SAELENS_CFG))
+        coder = (load_saelens_transcoder if is_tc else load_saelens)(d, device=device)
         rec = _saelens_record(d)
         ours = _from_train_config(coder.train_config or {})  # our files also carry train_config
         rec = {k: rec.get(k) if rec.get(k) is not None else ours.get(k) for k in {*rec, *ours}}
@@ -182,6 +197,8 @@ def load(path: str | os.PathLike[str], *, device: str | None = None) -> SparseCo
         coder = load_sparsify(d, device=device)
         rec = _sparsify_record(d)
     coder.eval()
+    if isinstance(coder, Transcoder) and coder.in_hook:
+        rec["hook_name"] = coder.in_hook
     recorded_hook = _text(rec.get("hook_name"))
     coder.source = CoderSource(
         path=d,

@@ -5,7 +5,9 @@ non-special positions, shuffles each forward pass's tokens (seeded by the pass i
 them into batches. It is deterministic and resumable: its state is the number of forward passes
 done and the position inside the current one, and a resumed source recomputes that pass.
 :meth:`LiveModelSource.hook_source` gives an :class:`~sparsecodes.activations.ActivationSource`
-view for one hook; views of one source share its forward passes.
+view for one hook, :meth:`LiveModelSource.pair_source` one that yields ``(input, output)`` pairs
+of hooks (transcoders; several hooks per side, concatenated, for crosscoders); views of one
+source share its forward passes, and a pair's rows are the same tokens on both sides.
 """
 
 from __future__ import annotations
@@ -117,6 +119,17 @@ class LiveModelSource:
             raise ValueError(f"hook {hook!r} is not streamed by this source; it has {self.hooks}")
         return _HookView(self, hook)
 
+    def pair_source(self, in_hooks: Sequence[str], out_hooks: Sequence[str]) -> _PairView:
+        """A view yielding ``(x [batch, d_in], y [batch, d_out])``: ``in_hooks`` and ``out_hooks``
+        rows of the same tokens, each side the concatenation of its hooks in order."""
+        missing = [h for h in (*in_hooks, *out_hooks) if h not in self.hooks]
+        if missing or not in_hooks or not out_hooks:
+            raise ValueError(
+                f"pair hooks {missing or [in_hooks, out_hooks]} are not streamed by this source; "
+                f"it has {self.hooks}"
+            )
+        return _PairView(self, tuple(in_hooks), tuple(out_hooks))
+
 
 class _HookView:
     """One hook's batches from a shared :class:`LiveModelSource` (an ActivationSource).
@@ -157,3 +170,30 @@ class _HookView:
         if state.get("hook") != self.hook:
             raise ValueError(f"state is for hook {state.get('hook')!r}, not {self.hook!r}")
         self.pass_index, self.pos = int(state["pass"]), int(state["pos"])
+
+
+class _PairView(_HookView):
+    """``(input, output)`` batches of hook groups from a shared :class:`LiveModelSource`: rows
+    ``[batch, d_in]`` of ``in_hooks`` and ``[batch, d_out]`` of ``out_hooks`` at the same tokens
+    (each side concatenated over its hooks). State and pacing as :class:`_HookView`."""
+
+    def __init__(
+        self, parent: LiveModelSource, in_hooks: tuple[str, ...], out_hooks: tuple[str, ...]
+    ):
+        super().__init__(parent, in_hooks[0])
+        self.in_hooks, self.out_hooks = in_hooks, out_hooks
+        self.hook = "+".join(in_hooks) + "->" + "+".join(out_hooks)
+        self.d_in = sum(parent.d_in[h] for h in in_hooks)
+        self.d_out = sum(parent.d_in[h] for h in out_hooks)
+        self._joined: tuple[int, Tensor] | None = None
+
+    def _rows_of(self, index: int) -> Tensor:
+        if self._joined is None or self._joined[0] != index:
+            rows = self.parent.pass_rows(index)
+            both = torch.cat([rows[h] for h in (*self.in_hooks, *self.out_hooks)], dim=1)
+            self._joined = (index, both)
+        return self._joined[1]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for rows, _ in super().batches(batch_size):
+            yield rows[:, : self.d_in], rows[:, self.d_in :]

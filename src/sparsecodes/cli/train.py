@@ -15,7 +15,55 @@ _FLAGS = {
     "hooks": "--hook",
     "encoder_params": "--param",
     "tensorboard_dir": "--tensorboard",
+    "transcoders": "--transcoder",
+    "skip": "--skip",
+    "encoders": "--encoder",
 }
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"0-3"`` -> [0, 1, 2, 3]; ``"0,2,5-6"`` -> [0, 2, 5, 6]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, _, b = part.strip().partition("-")
+            lo, hi = int(a), int(b) if b else int(a)
+            if lo < 0 or hi < lo:
+                raise ValueError
+            out.extend(range(lo, hi + 1))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not a layer list; use e.g. 0-3 or 0,2,5-6", param_hint="--layers"
+        ) from None
+    return list(dict.fromkeys(out))
+
+
+def transcoder_pairs(
+    specs: tuple[str, ...], layers: str | None, crosscoder: bool
+) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]:
+    """``--transcoder IN:OUT`` specs (``{i}`` expanded over ``--layers``) as (in, out) hook
+    groups: one pair per spec and layer, or with ``crosscoder`` one group over all of them."""
+    pairs: list[tuple[str, str]] = []
+    for spec in specs:
+        ins, sep, outs = spec.partition(":")
+        if not sep or not ins or not outs:
+            raise click.BadParameter(
+                f"{spec!r} is not IN:OUT, e.g. blocks.{{i}}.mlp_in:blocks.{{i}}.mlp_out",
+                param_hint="--transcoder",
+            )
+        if "{i}" in spec:
+            if layers is None:
+                raise click.UsageError("--transcoder with {i} needs --layers (e.g. --layers 0-3)")
+            pairs += [(ins.format(i=i), outs.format(i=i)) for i in parse_layers(layers)]
+        else:
+            pairs.append((ins, outs))
+    if crosscoder:
+        if not pairs:
+            raise click.UsageError("--crosscoder needs --transcoder IN:OUT specs")
+        ins_all = tuple(dict.fromkeys(i for i, _ in pairs))
+        outs_all = tuple(dict.fromkeys(o for _, o in pairs))
+        return ((ins_all, outs_all),)
+    return tuple(((i,), (o,)) for i, o in pairs)
 
 
 @click.command(
@@ -24,7 +72,10 @@ _FLAGS = {
         "cache`) or streamed from --model at --hook points (one forward pass feeds every coder). "
         "One coder per (hook or store) x encoder; each gets a resumable run directory under --out. "
         "Under torchrun (torchrun --nproc-per-node N -m sparsecodes train ...) training is "
-        "data-parallel: --batch-size is the global batch, rank 0 writes (docs/distributed.md)."
+        "data-parallel: --batch-size is the global batch, rank 0 writes (docs/distributed.md). "
+        "Transcoders: --transcoder 'blocks.{i}.mlp_in:blocks.{i}.mlp_out' --layers 0-3 trains one "
+        "transcoder per layer from the same forward passes (--skip adds a linear skip path; "
+        "--crosscoder makes one dictionary reading every IN hook and writing every OUT hook)."
     )
 )
 @click.option(
@@ -42,6 +93,23 @@ _FLAGS = {
     "hooks",
     multiple=True,
     help="Hook point to stream (repeatable), e.g. blocks.12.resid_post.",
+)
+@click.option(
+    "--transcoder",
+    "transcoder_specs",
+    multiple=True,
+    metavar="IN:OUT",
+    help=(
+        "Train a transcoder reading hook IN and reconstructing hook OUT (repeatable); {i} is "
+        "replaced by each of --layers, e.g. blocks.{i}.mlp_in:blocks.{i}.mlp_out."
+    ),
+)
+@click.option("--layers", default=None, metavar="LIST", help="Layers for {i}: 0-3 or 0,2,5-6.")
+@click.option("--skip", is_flag=True, help="Transcoders get a trained linear skip path W_skip.")
+@click.option(
+    "--crosscoder",
+    is_flag=True,
+    help="One crosscoder over all --transcoder pairs: reads every IN hook, writes every OUT hook.",
 )
 @click.option(
     "--corpus",
@@ -100,10 +168,19 @@ _FLAGS = {
     ),
 )
 @out_option("runs/train", "Run directory (with several coders: OUT/<hook>/<encoder>).")
-def train(params: tuple[tuple[str, Any], ...], **kw: Any) -> None:
+def train(
+    params: tuple[tuple[str, Any], ...],
+    transcoder_specs: tuple[str, ...],
+    layers: str | None,
+    crosscoder: bool,
+    **kw: Any,
+) -> None:
     from sparsecodes import distributed
     from sparsecodes.training.jobs import JobSpecError, train_coders
 
+    if layers is not None and not transcoder_specs:
+        raise click.UsageError("--layers expands {i} in --transcoder; add --transcoder IN:OUT")
+    pairs = transcoder_pairs(transcoder_specs, layers, crosscoder)
     if distributed.launched():  # started by torchrun: join its process group
         from sparsecodes.devices import resolve_device
 
@@ -112,7 +189,7 @@ def train(params: tuple[tuple[str, Any], ...], **kw: Any) -> None:
         kw["device"] = distributed.local_device(str(device))
     main = distributed.world().main
     try:
-        runs = train_coders(encoder_params=params_dict(params), **kw)
+        runs = train_coders(encoder_params=params_dict(params), transcoders=pairs, **kw)
     except JobSpecError as e:
         raise click.UsageError(f"{_FLAGS.get(e.param, e.param)}: {e}") from e
     finally:

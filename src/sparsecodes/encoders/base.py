@@ -43,6 +43,9 @@ class TrainStepInput:
         step: index of this step, from 0.
         dead_mask: ``[n_latents]`` bool, latents that have not fired for the dead window, or None.
         target_codes: ``[batch, n_latents]`` true codes in the supervised (known-codes) setting.
+        y: ``[batch, d_out]`` what the decoder must reconstruct when it differs from ``x`` (a
+            transcoder's output activations); None: ``x`` itself. Encoders encode ``x`` and
+            reconstruct :attr:`target_out`.
     """
 
     x: Tensor
@@ -50,6 +53,12 @@ class TrainStepInput:
     step: int = 0
     dead_mask: Tensor | None = None
     target_codes: Tensor | None = None
+    y: Tensor | None = None
+
+    @property
+    def target_out(self) -> Tensor:
+        """``[batch, d_out]`` the reconstruction target: ``y``, or ``x`` when ``y`` is None."""
+        return self.x if self.y is None else self.y
 
 
 @dataclass
@@ -119,7 +128,7 @@ class Encoder(nn.Module):
             return self.supervised_step(inp)
         codes = self.encode(inp.x, inp.dictionary)
         x_hat = inp.dictionary.decode(codes)
-        mse = mse_per_token(inp.x, x_hat)
+        mse = mse_per_token(inp.target_out, x_hat)
         losses = {"mse": mse, **self.penalties(inp, codes, x_hat)}
         return TrainStepOutput(sum(losses.values()), x_hat, codes, losses)  # type: ignore[arg-type]
 

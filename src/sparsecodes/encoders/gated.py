@@ -69,7 +69,7 @@ class GatedEncoder(AmortisedEncoder):
 
     def pre_acts(self, x: Tensor, dictionary: Dictionary) -> tuple[Tensor, Tensor]:
         """``(pi_gate, pi_mag)``, each ``[batch, n_latents]``."""
-        h = (x - dictionary.b_dec) @ self.W_enc
+        h = (x - dictionary.input_bias) @ self.W_enc
         pi_gate = h + self.b_gate
         pi_mag = h * self.r_mag.exp() + self.b_mag
         return pi_gate, pi_mag
@@ -96,15 +96,15 @@ class GatedEncoder(AmortisedEncoder):
         codes = self._codes(pi_gate, pi_mag)
         x_hat = inp.dictionary.decode(codes)
         losses = {
-            "mse": mse_per_token(inp.x, x_hat),
-            **self._gate_losses(inp.x, inp.dictionary, pi_gate),
+            "mse": mse_per_token(inp.target_out, x_hat),
+            **self._gate_losses(inp.target_out, inp.dictionary, pi_gate),
         }
         return TrainStepOutput(sum(losses.values()), x_hat, codes, losses)  # type: ignore[arg-type]
 
     def penalties(self, inp: TrainStepInput, codes: Codes, x_hat: Tensor) -> dict[str, Tensor]:
         """Gate L1 and auxiliary terms (recomputes ``pi_gate``; ``train_step`` avoids that)."""
         pi_gate, _ = self.pre_acts(inp.x, inp.dictionary)
-        return self._gate_losses(inp.x, inp.dictionary, pi_gate)
+        return self._gate_losses(inp.target_out, inp.dictionary, pi_gate)
 
     def inference_flops(self, batch: int = 1) -> int:
         """Centre, one shared matmul, gate bias, magnitude scale+bias, relu, mask:

@@ -135,7 +135,7 @@ class JumpReLUEncoder(LinearEncoderParams):
         theta = self.threshold.to(pre.dtype)
         codes = jumprelu(pre, theta, self.config.bandwidth)
         x_hat = inp.dictionary.decode(codes)
-        mse = mse_per_token(inp.x, x_hat)
+        mse = mse_per_token(inp.target_out, x_hat)
         losses = {"mse": mse, **self._l0_penalty(pre, theta)}
         return TrainStepOutput(sum(losses.values()), x_hat, codes, losses)  # type: ignore[arg-type]
 

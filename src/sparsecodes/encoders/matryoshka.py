@@ -118,15 +118,15 @@ class MatryoshkaBatchTopKEncoder(BatchTopKEncoder):
         n_dead = 0 if dead_idx is None else int(dead_idx.numel())
         codes, aux = self._train_codes(inp.x, inp.dictionary, dead_idx)
         x_hat = self._decode(codes, inp.dictionary)
-        mse = mse_per_token(inp.x, x_hat)
+        mse = mse_per_token(inp.target_out, x_hat)
         losses: dict[str, Tensor] = {"mse": mse}
         total = mse
         for w in self.prefix_widths[:-1]:
             x_w = self._decode(self.prefix_codes(codes, w), inp.dictionary)
-            term = mse_per_token(inp.x, x_w)
+            term = mse_per_token(inp.target_out, x_w)
             losses[f"mse_prefix_{w}"] = term
             total = total + term
-        auxk = self.auxk_loss(inp.x, x_hat, aux, inp.dictionary, n_dead)
+        auxk = self.auxk_loss(inp.target_out, x_hat, aux, inp.dictionary, n_dead)
         losses["auxk"] = auxk
         return TrainStepOutput(total + auxk, x_hat, codes, losses)
 

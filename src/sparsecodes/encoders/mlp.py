@@ -67,7 +67,7 @@ class MLPEncoder(AmortisedEncoder):
             self.layers.append(layer)
 
     def encode(self, x: Tensor, dictionary: Dictionary, *, init: Codes | None = None) -> Codes:
-        h = x - dictionary.b_dec
+        h = x - dictionary.input_bias
         for layer in self.layers:
             h = torch.relu(layer(h))
         return h

@@ -59,7 +59,7 @@ class LinearEncoderParams(AmortisedEncoder):
 
     def pre_acts(self, x: Tensor, dictionary: Dictionary) -> Tensor:
         """``[batch, n_latents]`` pre-activations ``(x - b_dec) @ W_enc + b_enc``."""
-        return (x - dictionary.b_dec) @ self.W_enc + self.b_enc
+        return (x - dictionary.input_bias) @ self.W_enc + self.b_enc
 
     def resample_latents(
         self, idx: Tensor, directions: Tensor, scale: float

@@ -145,7 +145,7 @@ class TopKEncoder(LinearEncoderParams):
             x,
             self.W_enc,
             self.b_enc,
-            dictionary.b_dec,
+            dictionary.input_bias,
             select,
             matmul_dtype=self.matmul_dtype(x.shape[0]),
             fast=self.config.fast,
@@ -216,8 +216,8 @@ class TopKEncoder(LinearEncoderParams):
         n_dead = 0 if dead_idx is None else int(dead_idx.numel())
         codes, aux = self._train_codes(inp.x, inp.dictionary, dead_idx)
         x_hat = self._decode(codes, inp.dictionary)
-        mse = mse_per_token(inp.x, x_hat)
-        auxk = self.auxk_loss(inp.x, x_hat, aux, inp.dictionary, n_dead)
+        mse = mse_per_token(inp.target_out, x_hat)
+        auxk = self.auxk_loss(inp.target_out, x_hat, aux, inp.dictionary, n_dead)
         return TrainStepOutput(mse + auxk, x_hat, codes, {"mse": mse, "auxk": auxk})
 
     def _train_codes(

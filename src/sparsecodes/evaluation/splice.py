@@ -17,6 +17,11 @@ BOS position, predictions of separators and the last position of a window are ex
 
 The *error-term* variant splices ``x_hat + (x - x_hat)``, computed in float64 so that it equals
 ``x`` exactly: it must reproduce the clean loss exactly (a check of the splicing machinery).
+
+Transcoders (:func:`transcoder_variant`): a variant may instead edit several hooks of one forward
+pass (``Variant.edits``): for each transcoder the activation at its ``in_hook`` is read as it
+flows past (after any earlier splice) and its ``out_hook`` is replaced at the kept positions by
+``tc.forward_out(in)``; the baseline zeroes every ``out_hook`` at the same positions.
 """
 
 from __future__ import annotations
@@ -38,8 +43,41 @@ Reconstruct = Callable[[Tensor], Tensor]
 class Variant:
     """A replacement at the hook: ``recon`` at the kept positions, plus the error term if asked."""
 
-    recon: Reconstruct
+    recon: Reconstruct | None = None
     error_term: bool = False
+    #: several hooks instead of the scored one: ``edits(keep)`` -> ``{hook: edit}`` for one pass
+    edits: Callable[[Tensor], dict[str, Callable[[Tensor], Tensor]]] | None = None
+
+
+def transcoder_variant(transcoders: Sequence[object], *, zero: bool = False) -> Variant:
+    """Splice every transcoder of ``transcoders`` at once: ``out_hook`` <- ``tc(in_hook)`` at the
+    kept positions (``zero=True``: ``out_hook`` <- 0 there, the baseline). Each transcoder needs
+    ``in_hook``, ``out_hook`` and ``forward_out`` (:class:`~sparsecodes.transcoder.Transcoder`);
+    an ``in_hook`` must run before its ``out_hook`` in the forward pass."""
+
+    def edits(keep: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
+        out: dict[str, Callable[[Tensor], Tensor]] = {}
+        for tc in transcoders:
+            seen: dict[str, Tensor] = {}
+            in_hook, out_hook = tc.in_hook, tc.out_hook  # type: ignore[attr-defined]
+            if zero:
+                out[out_hook] = splice_edit(zero_ablation, keep)
+                continue
+
+            def read(act: Tensor, seen: dict[str, Tensor] = seen) -> Tensor:
+                seen["x"] = act.reshape(*act.shape[:2], -1)[keep.to(act.device)]
+                return act
+
+            def recon(_y: Tensor, seen: dict[str, Tensor] = seen, tc: object = tc) -> Tensor:
+                return tc.forward_out(seen.pop("x").float())  # type: ignore[attr-defined]
+
+            if in_hook in out:
+                raise ValueError(f"two transcoders read or write {in_hook}; splice them apart")
+            out[in_hook] = read
+            out[out_hook] = splice_edit(recon, keep)
+        return out
+
+    return Variant(edits=edits)
 
 
 def zero_ablation(x: Tensor) -> Tensor:
@@ -160,8 +198,12 @@ def downstream_scores(
         p = logp.exp()
         for name, v in variants.items():
             t0 = time.perf_counter()
-            edit = splice_edit(v.recon, keep, error_term=v.error_term)
-            logits = adapter.run_with_edit(ids, hook, edit)  # type: ignore[attr-defined]
+            if v.edits is not None:
+                logits = adapter.run_with_edits(ids, v.edits(keep))  # type: ignore[attr-defined]
+            else:
+                assert v.recon is not None, f"variant {name!r} has neither recon nor edits"
+                edit = splice_edit(v.recon, keep, error_term=v.error_term)
+                logits = adapter.run_with_edit(ids, hook, edit)  # type: ignore[attr-defined]
             logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             del logits
             ce = -logq.gather(-1, target[..., None]).squeeze(-1)

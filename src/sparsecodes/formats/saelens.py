@@ -294,7 +294,7 @@ def _check_mp_sae_exportable(model: SparseCoder, scale: float) -> None:
 
 
 # ---------------------------------------------------------------------------------- loading
-def _exact_log(threshold: Tensor) -> Tensor:
+def exact_log(threshold: Tensor) -> Tensor:
     """``log_threshold`` with ``exp(log_threshold) == threshold`` bit for bit (float32).
 
     ``log`` then ``exp`` can miss the original by an ulp, so the neighbours of ``log(t)`` are tried
@@ -338,6 +338,8 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
             " (a SAELens training checkpoint; save it with TrainingSAE.save_inference_model, "
             "which writes it as 'jumprelu')"
             if arch in ("batchtopk", "matryoshka_batchtopk")
+            else " (a transcoder: open it with sparsecodes.load or load_saelens_transcoder)"
+            if "transcoder" in str(arch)
             else ""
         )
         raise ValueError(
@@ -428,7 +430,7 @@ def load_saelens(path: str | os.PathLike[str], *, device: str | None = None) -> 
     else:
         params["encoder.b_enc"] = t["b_enc"]
     if encoder == "jumprelu":
-        params["encoder.log_threshold"] = _exact_log(raw["threshold"].float())
+        params["encoder.log_threshold"] = exact_log(raw["threshold"].float())
     elif encoder in THRESHOLD_ENCODERS:
         params.update(_batchtopk_threshold_params(raw["threshold"].float(), ours, cfg_path))
     return build_coder(

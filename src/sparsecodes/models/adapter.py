@@ -31,7 +31,7 @@ from sparsecodes.models.hooks import (
 Edit = Callable[[Tensor], Tensor]
 """Maps an activation ``[B, T, *hook_shape]`` to a replacement of the same shape."""
 
-_PRE_KINDS = ("resid_pre", "attn.heads")  # read from a module's input (pre-hook)
+_PRE_KINDS = ("resid_pre", "attn.heads", "mlp_in")  # read from a module's input (pre-hook)
 
 
 def _first(out: Any) -> Tensor:
@@ -240,6 +240,8 @@ class ModelAdapter:
             return block
         if hp.kind == "attn_out":
             return self.arch.attn_out_module(block)
+        if hp.kind == "mlp_in":
+            return self.arch.mlp_in_module(block)
         if hp.kind == "mlp_out":
             return self.arch.mlp_out_module(block)
         return self.arch.heads_module(block)

@@ -6,6 +6,8 @@ outputs are the hook points of :mod:`sparsecodes.models.hooks`:
 - ``resid_pre``  = the block's first input (forward pre-hook on the block)
 - ``resid_post`` = the block's output (forward hook on the block)
 - ``attn_out``   = output of ``attn_out_module`` (first element if it returns a tuple)
+- ``mlp_in``     = first input of ``mlp_in_module`` (the MLP's input: after the norm that
+  precedes it in pre-norm models; forward pre-hook)
 - ``mlp_out``    = output of ``mlp_out_module``
 - ``attn.heads`` = first input of ``heads_module`` (the attention output projection), reshaped
   from ``[..., n_heads * d_head]`` to ``[..., n_heads, d_head]``
@@ -62,6 +64,9 @@ class Architecture:
     heads_module: Callable[[nn.Module], nn.Module]
     additive: bool
     """True when ``resid_post == resid_pre + attn_out + mlp_out`` for every block."""
+    mlp_in_module: Callable[[nn.Module], nn.Module] = lambda b: b.mlp
+    """The module whose first input is ``mlp_in`` (``mlp_out_module`` applied to its output
+    chain gives ``mlp_out``)."""
 
 
 LLAMA = Architecture(
@@ -77,6 +82,7 @@ LLAMA_EXTRA_NORMS = Architecture(
     mlp_out_module=LLAMA.mlp_out_module,
     heads_module=LLAMA.heads_module,
     additive=False,
+    mlp_in_module=LLAMA.mlp_in_module,
 )
 BERT = Architecture(
     family="bert",
@@ -84,6 +90,7 @@ BERT = Architecture(
     mlp_out_module=lambda b: b.output.dense,
     heads_module=lambda b: b.attention.output.dense,
     additive=False,
+    mlp_in_module=lambda b: b.intermediate,
 )
 GPT2 = Architecture(
     family="gpt2",

@@ -6,6 +6,8 @@ A hook point is ``blocks.{i}.{kind}`` with ``kind`` one of :data:`HOOK_KINDS`:
 - ``attn.heads``  per-head attention outputs before the output projection
                   (per *query* head, also with grouped-query attention) ``[B, T, n_heads, d_head]``
 - ``attn_out``    the attention sub-layer's output (after the output projection) ``[B, T, d_model]``
+- ``mlp_in``      the MLP's input (after the norm before it in pre-norm models; BERT: the
+                  attention block's normalised output)                ``[B, T, d_model]``
 - ``mlp_out``     the MLP sub-layer's output                          ``[B, T, d_model]``
 - ``resid_post``  the residual stream leaving block ``i``            ``[B, T, d_model]``
 
@@ -18,13 +20,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-HOOK_KINDS: tuple[str, ...] = ("resid_pre", "attn.heads", "attn_out", "mlp_out", "resid_post")
+HOOK_KINDS: tuple[str, ...] = (
+    "resid_pre",
+    "attn.heads",
+    "attn_out",
+    "mlp_in",
+    "mlp_out",
+    "resid_post",
+)
 """Hook kinds in the order they are computed within one block."""
 
 HOOK_PATTERN = "blocks.{i}.{" + ",".join(HOOK_KINDS) + "}"
 """Human-readable pattern of every hook-point name."""
 
-_NAME_RE = re.compile(r"^blocks\.(\d+)\.(resid_pre|resid_post|attn_out|mlp_out|attn\.heads)$")
+_NAME_RE = re.compile(
+    r"^blocks\.(\d+)\.(resid_pre|resid_post|attn_out|mlp_in|mlp_out|attn\.heads)$"
+)
 
 
 class StopForward(Exception):
@@ -92,6 +103,8 @@ _TL_SUFFIXES: dict[str, str] = {
     "hook_resid_pre": "resid_pre",
     "hook_resid_post": "resid_post",
     "hook_attn_out": "attn_out",
+    "hook_mlp_in": "mlp_in",
+    "ln2.hook_normalized": "mlp_in",
     "hook_mlp_out": "mlp_out",
     "attn.hook_z": "attn.heads",
 }
@@ -116,7 +129,8 @@ def translate_hook_name(name: str) -> str:
     """Our hook-point name for a TransformerLens/SAELens or sparsify hook name.
 
     ``blocks.8.hook_resid_pre`` -> ``blocks.8.resid_pre``, ``blocks.3.attn.hook_z`` ->
-    ``blocks.3.attn.heads``, sparsify's ``layers.8`` (a decoder layer's output) ->
+    ``blocks.3.attn.heads``, ``blocks.2.hook_mlp_in`` / ``blocks.2.ln2.hook_normalized`` ->
+    ``blocks.2.mlp_in``, sparsify's ``layers.8`` (a decoder layer's output) ->
     ``blocks.8.resid_post``, ``layers.8.mlp`` -> ``blocks.8.mlp_out``, ``layers.8.self_attn`` /
     ``h.8.attn`` / ``layers.8.attention`` -> ``blocks.8.attn_out``. Our own names and names with
     no equivalent (e.g. ``blocks.8.hook_resid_mid``) are returned unchanged, so the caller's

@@ -50,8 +50,9 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
-def _samples(sources: list[Any], rows: int) -> list[Any]:
-    """The first ``rows`` rows of each source, drawn in lockstep (live views share passes)."""
+def _samples(sources: list[Any], rows: int) -> list[tuple[Any, Any]]:
+    """``(x, y)``: the first ``rows`` rows of each source, drawn in lockstep (live views share
+    passes); ``y`` the paired outputs of a pair source, else None."""
     import torch
 
     iters = [s.batches(min(rows, 4096)) for s in sources]
@@ -59,9 +60,14 @@ def _samples(sources: list[Any], rows: int) -> list[Any]:
     got = 0
     while sources and got < rows:
         for part, it in zip(parts, iters, strict=True):
-            part.append(next(it)[0])
-        got += parts[0][-1].shape[0]
-    return [torch.cat(p)[:rows] for p in parts]
+            part.append(next(it))
+        got += parts[0][-1][0].shape[0]
+    out = []
+    for p in parts:
+        x = torch.cat([b[0] for b in p])[:rows]
+        y = None if p[0][1] is None else torch.cat([b[1] for b in p])[:rows]
+        out.append((x, y))
+    return out
 
 
 def train_coders(
@@ -89,6 +95,8 @@ def train_coders(
     out: Path,
     tensorboard_dir: Path | None = None,
     progress: bool = True,
+    transcoders: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (),
+    skip: bool = False,
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -98,6 +106,10 @@ def train_coders(
     ``tensorboard_dir``: TensorBoard event files there, or with several coders in
     ``tensorboard_dir/<hook>-<encoder>`` (the wandb run name), one subdirectory per run.
     ``saelens``: also write ``final_saelens/`` where the encoder has a SAELens architecture.
+
+    ``transcoders``: ``(in_hooks, out_hooks)`` pairs streamed from ``model`` beside ``hooks``:
+    one :class:`~sparsecodes.transcoder.Transcoder` per pair and encoder (a crosscoder when a side
+    has several hooks), run directory label ``<in>__<out>``; ``skip`` gives them a skip path.
 
     Raises :class:`JobSpecError` (a ``ValueError``) before any model is loaded when the choices
     do not fit together.
@@ -110,8 +122,23 @@ def train_coders(
     w = dist_ctx.world()
     if bool(stores) == bool(model):
         raise JobSpecError("stores", "give either activation stores or a model with hooks")
-    if model and not hooks:
+    if transcoders and stores:
+        raise JobSpecError(
+            "transcoders", "transcoders stream (input, output) pairs from --model, not stores"
+        )
+    if model and not hooks and not transcoders:
         raise JobSpecError("hooks", "streaming from a model needs at least one hook")
+    if skip and not transcoders:
+        raise JobSpecError("skip", "a skip path is for transcoders; add --transcoder")
+    if transcoders:
+        from sparsecodes.transcoder import TRANSCODER_ENCODERS
+
+        bad = [e for e in encoders if e not in TRANSCODER_ENCODERS]
+        if bad:
+            raise JobSpecError(
+                "encoders",
+                f"{', '.join(bad)} cannot train a transcoder; use {', '.join(TRANSCODER_ENCODERS)}",
+            )
     if tensorboard_dir is not None:
         try:  # before loading any model: fail fast
             require_tensorboard()
@@ -139,17 +166,23 @@ def train_coders(
 
         adapter = load_model(model, device=device)
         texts = list(load_texts(corpus))
+        streamed = list(dict.fromkeys([*hooks, *(h for i, o in transcoders for h in (*i, *o))]))
+        for h in streamed:
+            try:
+                adapter.hook_shape(h)
+            except ValueError as e:
+                raise JobSpecError("transcoders" if h not in hooks else "hooks", str(e)) from e
         live = LiveModelSource(
             adapter,
             texts,
-            hooks,
+            streamed,
             context_size=context_size,
             seed=seed,
             rank=w.rank,
             world_size=w.size,
         )
         sampler_live = LiveModelSource(
-            adapter, texts, hooks, context_size=context_size, seed=seed + 1
+            adapter, texts, streamed, context_size=context_size, seed=seed + 1
         )
         for h in hooks:
             meta = {
@@ -160,6 +193,21 @@ def train_coders(
             }
             new_view = functools.partial(live.hook_source, h)  # views in lockstep share passes
             sources.append((slug(h), new_view, sampler_live.hook_source(h), meta))
+        for ins, outs in transcoders:
+            meta = {
+                "model_name": adapter.name,
+                "hook_name": "+".join(ins),
+                "hook_name_out": "+".join(outs),
+                "in_hooks": list(ins),
+                "out_hooks": list(outs),
+                "in_widths": [live.d_in[h] for h in ins],
+                "out_widths": [live.d_in[h] for h in outs],
+                "corpus": corpus or "embedded",
+                "context_size": context_size,
+            }
+            new_view = functools.partial(live.pair_source, ins, outs)
+            label = slug(f"{'+'.join(ins)}__{'+'.join(outs)}")
+            sources.append((label, new_view, sampler_live.pair_source(ins, outs), meta))
 
     from sparsecodes.encoders import get_encoder_class
 
@@ -179,19 +227,40 @@ def train_coders(
 
     jobs = []
     samples = _samples([sampler for _, _, sampler, _ in sources], NORMALISER_SAMPLE_ROWS)
-    for (label, new_src, sampler, meta), sample in zip(sources, samples, strict=True):
+    for (label, new_src, sampler, meta), (sample, sample_y) in zip(sources, samples, strict=True):
         d_in = sampler.d_in
         for enc in encoders:
             src = new_src()
-            coder = SparseCoder(
-                d_in,
-                n_latents or 8 * d_in,
-                enc,
-                normalize=normalize,
-                seed=seed,
-                device=resolve_device(device),
-                **per_encoder[enc],
-            )
+            coder: Any
+            if sample_y is not None:
+                from sparsecodes.transcoder import Transcoder
+
+                coder = Transcoder(
+                    d_in,
+                    n_latents or 8 * d_in,
+                    enc,
+                    d_out=sampler.d_out,
+                    skip=skip,
+                    in_hooks=meta["in_hooks"],
+                    out_hooks=meta["out_hooks"],
+                    in_widths=meta["in_widths"],
+                    out_widths=meta["out_widths"],
+                    normalize=normalize,
+                    seed=seed,
+                    device=resolve_device(device),
+                    **per_encoder[enc],
+                )
+                coder.normaliser_out.fit(sample_y)
+            else:
+                coder = SparseCoder(
+                    d_in,
+                    n_latents or 8 * d_in,
+                    enc,
+                    normalize=normalize,
+                    seed=seed,
+                    device=resolve_device(device),
+                    **per_encoder[enc],
+                )
             coder.normaliser.fit(sample)
             several = len(encoders) > 1 or len(sources) > 1
             run_dir = out / label / enc if several else out
@@ -203,7 +272,8 @@ def train_coders(
                 loggers.append(
                     WandbLogger(wandb_project, {**meta, **coder.config()}, f"{label}-{enc}")
                 )
-            jobs.append(RunJob(coder, src, run_dir, {"source": meta}, loggers, tb_dir))
+            pairs = sample_y is not None
+            jobs.append(RunJob(coder, src, run_dir, {"source": meta}, loggers, tb_dir, pairs))
     cfg = TrainConfig(
         steps=steps,
         lr=lr,
@@ -226,6 +296,7 @@ def train_coders(
                     format="saelens",
                     model_name=meta.get("model_name"),
                     hook_name=meta.get("hook_name"),
+                    **({"hook_name_out": meta["hook_name_out"]} if job.pairs else {}),
                 )
             except ValueError as e:  # an encoder SAELens has no architecture for, ...
                 sl_error = str(e)

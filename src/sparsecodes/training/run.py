@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sparsecodes import distributed as dist_ctx
 from sparsecodes.files import write_json
 from sparsecodes.training.log import CSVLogger, TensorBoardLogger
-from sparsecodes.training.trainer import TrainConfig, Trainer, train_lockstep
+from sparsecodes.training.trainer import TrainConfig, Trainer, TranscoderTrainer, train_lockstep
 
 if TYPE_CHECKING:
     from sparsecodes.activations.source import ActivationSource
@@ -33,7 +33,9 @@ class RunJob:
     ``loggers`` receive every logged row (after ``metrics.csv``); those with ``flush()`` are
     flushed before each checkpoint, those with ``close()`` closed when training ends.
     ``tensorboard_dir``: also write TensorBoard event files there (resume-aware, see
-    :class:`~sparsecodes.training.log.TensorBoardLogger`).
+    :class:`~sparsecodes.training.log.TensorBoardLogger`). ``pairs``: the coder is a
+    :class:`~sparsecodes.transcoder.Transcoder` and its source yields ``(input, output)`` pairs
+    (trained by :class:`~sparsecodes.training.trainer.TranscoderTrainer`).
     """
 
     coder: SparseCoder
@@ -42,6 +44,7 @@ class RunJob:
     extra_config: dict[str, Any] = field(default_factory=dict)
     loggers: list[Callable[[dict[str, float]], None]] = field(default_factory=list)
     tensorboard_dir: Path | None = None
+    pairs: bool = False
 
 
 def train_runs(
@@ -66,7 +69,7 @@ def train_runs(
         for job in jobs:
             job.run_dir = Path(job.run_dir)
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            trainer = Trainer(job.coder, config)
+            trainer = (TranscoderTrainer if job.pairs else Trainer)(job.coder, config)
             ckpt = job.run_dir / "checkpoint"
             resumed: int | None = None
             if resume and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):

@@ -213,10 +213,15 @@ class Trainer:
         self.tokens_since_fired[fired] = 0
         return l0
 
-    def step(self, x: Tensor, target: Tensor | None = None) -> dict[str, float]:
+    def step(
+        self, x: Tensor, target: Tensor | None = None, *, y: Tensor | None = None
+    ) -> dict[str, float]:
         """One optimisation step on ``x`` ``[batch, d_in]`` (raw scale); returns its scalars.
 
         ``target``: ``[batch, n_latents]`` true codes for the known-codes setting, or None.
+        ``y``: ``[batch, d_out]`` raw output activations a transcoder reconstructs from ``x``
+        (scaled by ``coder.normaliser_out``, minus the coder's skip path,
+        ``coder.dictionary_target``), or None for an autoencoder.
         """
         cfg = self.config
         coder = self.coder
@@ -225,14 +230,17 @@ class Trainer:
         x = coder.normaliser(x.to(device, non_blocking=True).float())
         if target is not None:
             target = target.to(device).float() * coder.normaliser.scale
+        if y is not None:
+            y = coder.normaliser_out(y.to(device, non_blocking=True).float())
+            y = coder.dictionary_target(x, y)
         step = self.state.step
         if step == 0 and cfg.b_dec_init == "mean" and not self.freeze_dictionary:
             with torch.no_grad():
-                mean = x.mean(dim=0)
+                mean = (x if y is None else y).mean(dim=0)
                 if self.data_ranks > 1:
                     dist_reduce.mean_([mean], self.data_group)
                 coder.dictionary.b_dec.copy_(mean)
-        inp = TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target)
+        inp = TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target, y)
         if self.latent_group is not None:
             from sparsecodes.distributed.latent import latent_train_step
 
@@ -426,6 +434,32 @@ class Trainer:
 
     def config_dict(self) -> dict[str, Any]:
         return {**asdict(self.config), "freeze_dictionary": self.freeze_dictionary}
+
+
+class TranscoderTrainer(Trainer):
+    """Trains a :class:`~sparsecodes.transcoder.Transcoder`: its sources yield ``(x_in, y_out)``
+    pairs, so the second element of each batch is the output activations ``y`` (not known codes).
+
+    Dead-latent resampling is refused (its new atoms would be input-space directions).
+    """
+
+    def __init__(self, coder: Any, config: TrainConfig, *, freeze_dictionary: bool = False):
+        if config.resample_every:
+            raise ValueError(
+                "dead-latent resampling (resample_every > 0) is not available for transcoders; "
+                "set resample_every=0 and use AuxK (topk/batchtopk) against dead latents"
+            )
+        super().__init__(coder, config, freeze_dictionary=freeze_dictionary)
+
+    def step(
+        self, x: Tensor, target: Tensor | None = None, *, y: Tensor | None = None
+    ) -> dict[str, float]:
+        """One step on ``x`` ``[batch, d_in]`` toward ``y`` ``[batch, d_out]`` (``target`` is
+        taken as ``y`` when given positionally, as :func:`train_lockstep` does)."""
+        y = target if y is None else y
+        if y is None:
+            raise ValueError("a transcoder step needs the output activations y [batch, d_out]")
+        return super().step(x, y=y)
 
 
 def train_lockstep(
