@@ -226,3 +226,48 @@ def test_replacement_model_reproduces_smollm2_logits():
     run = rm.run(ids[0])
     ref = lm.logits(ids)[0]
     assert (rm.forward(run) - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_trained_transcoders_are_read_through_sparsecodes_load(lm, tmp_path):
+    """A ``Transcoder`` (what ``sparsecodes train --transcoder`` writes), saved in our format and
+    in SAELens's, is found and read by the graph tools and gives an exact graph."""
+    from sparsecodes.graphs import load_transcoder
+    from sparsecodes.graphs.io import find_transcoders
+    from sparsecodes.transcoder import Transcoder
+
+    d = lm.d_model
+    tcs = []
+    for layer in (0, 2):
+        tc = Transcoder(
+            d, 32, "jumprelu", d_out=d, skip=layer == 2, seed=layer,
+            in_hooks=f"blocks.{layer}.mlp_in", out_hooks=f"blocks.{layer}.mlp_out",
+        )  # fmt: skip
+        with torch.no_grad():  # thresholds low enough that some latents fire
+            tc.encoder.log_threshold.fill_(-6.0)
+        tc.mark_fitted()
+        tcs.append(tc)
+    tcs[0].save(tmp_path / "runs" / "l0" / "final")
+    tcs[1].save(tmp_path / "runs" / "l2", format="saelens")
+    found = find_transcoders(tmp_path / "runs")
+    assert [p.name for p in found] == ["l0", "l2"]
+    loaded = [load_transcoder(p) for p in found]
+    ids = lm.encode(PROMPTS[0])[0][0]
+    x = torch.randn(5, d)
+    for a, b in zip(tcs, loaded, strict=True):
+        assert torch.allclose(a.forward_out(x), b.forward_out(x), atol=1e-5)
+    rm = ReplacementModel(lm, loaded)
+    run = rm.run(ids)
+    ref = lm.logits(ids[None])[0]
+    assert (rm.forward(run) - ref).abs().max() <= 1e-4 * ref.abs().max()
+    tid, cid = (lm.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "MJ")
+    graph = attribute(rm, run, tid, cid, batch_size=16)
+    assert graph.n_features > 0
+    m = ~graph.node_input.isnan()
+    scale = graph.adjacency.abs().sum(1) + graph.bias.abs()
+    err = (graph.reconstruction() - graph.node_input).abs()
+    assert (err[m] / scale[m]).max() <= 1e-4
+    with pytest.raises(ValueError, match="not a transcoder"):
+        from sparsecodes import SparseCoder
+
+        SparseCoder(d, 16, "relu").save(tmp_path / "sae")
+        load_transcoder(tmp_path / "sae")

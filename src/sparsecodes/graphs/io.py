@@ -1,7 +1,12 @@
 """Files of the attribution-graph tools: transcoder directories in, graph JSON out.
 
-A **transcoder directory** (until transcoders trained by ``sparsecodes train`` are read through
-:func:`sparsecodes.load`) holds ``transcoder.json`` (``{"format": "sparsecodes.dense_transcoder/1",
+Transcoders come from two places, both read by :func:`load_transcoder`:
+
+- anything :func:`sparsecodes.load` opens as a :class:`sparsecodes.transcoder.Transcoder`: a
+  ``sparsecodes train --transcoder`` run directory (or its ``final/``), a ``Transcoder.save``
+  directory, or a SAELens transcoder / skip-transcoder directory;
+- a **dense transcoder directory** (least-squares transcoders from :func:`fit_transcoder`, quick to
+  fit for a first graph), which holds ``transcoder.json`` (``{"format": "sparsecodes.dense_transcoder/1",
 "in_hook": "blocks.{i}.mlp_in", "out_hook": "blocks.{i}.mlp_out", "k": int | null, "model":
 str | null}``) and ``weights.safetensors`` (``W_enc [d_in, n]``, ``b_enc [n]``,
 ``W_dec_out [n, d_out]``, ``b_dec_out [d_out]``, optional ``W_skip [d_in, d_out]``), all in the
@@ -61,11 +66,53 @@ def save_transcoder(
     return out
 
 
+def _is_dense_dir(p: Path) -> bool:
+    return (p / "transcoder.json").is_file()
+
+
+def _is_trained_dir(p: Path) -> bool:
+    """A directory :func:`sparsecodes.load` opens as a transcoder (ours or SAELens's)."""
+    from sparsecodes.formats.saelens_transcoder import is_saelens_transcoder
+    from sparsecodes.transcoder import FORMAT
+
+    for cfg, check in (
+        (p / "sparsecodes.json", lambda c: c.get("format") == FORMAT),
+        (p / "final" / "sparsecodes.json", lambda c: c.get("format") == FORMAT),
+        (p / "cfg.json", is_saelens_transcoder),
+    ):
+        if cfg.is_file():
+            try:
+                return bool(check(json.loads(cfg.read_text())))
+            except (ValueError, AttributeError):
+                return False
+    return False
+
+
 def load_transcoder(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Transcoder:
-    """Read one transcoder directory (see the module doc) as a :class:`Transcoder`."""
+    """Read one transcoder (see the module doc) as an object of the :class:`Transcoder` protocol.
+
+    A trained transcoder must read one hook and write one (a crosscoder is refused: a graph
+    needs one transcoder per MLP).
+    """
     from safetensors.torch import load_file
 
     d = Path(path)
+    if not _is_dense_dir(d):
+        from sparsecodes.loading import load
+        from sparsecodes.transcoder import Transcoder as TrainedTranscoder
+
+        coder = load(d, device=str(device))
+        if not isinstance(coder, TrainedTranscoder):
+            raise ValueError(
+                f"{d} holds a sparse autoencoder, not a transcoder; train one with "
+                "`sparsecodes train --transcoder IN:OUT` or fit one with fit_transcoder"
+            )
+        if len(coder.in_hooks) != 1 or len(coder.out_hooks) != 1:
+            raise ValueError(
+                f"{d} is a crosscoder ({len(coder.in_hooks)} inputs, {len(coder.out_hooks)} "
+                "outputs); attribution graphs need one transcoder per MLP"
+            )
+        return coder  # type: ignore[return-value]
     cfg_path, w_path = d / "transcoder.json", d / "weights.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
         raise FileNotFoundError(
@@ -206,20 +253,35 @@ def write_graph(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
 
 
 def recorded_model(path: str | os.PathLike[str]) -> str | None:
-    """The model a transcoder directory records (``transcoder.json``'s ``model``), or None."""
-    cfg = Path(path) / "transcoder.json"
-    return json.loads(cfg.read_text()).get("model") if cfg.is_file() else None
+    """The model a transcoder directory records, or None."""
+    p = Path(path)
+    cfg = p / "transcoder.json"
+    if cfg.is_file():
+        return json.loads(cfg.read_text()).get("model")
+    from sparsecodes.loading import load
+
+    src = load(p).source
+    return src.model_name if src is not None else None
 
 
 def find_transcoders(path: str | os.PathLike[str]) -> list[Path]:
-    """``[path]`` if it is a transcoder directory, else its subdirectories that are (sorted)."""
+    """``[path]`` if it is a transcoder (dense, trained or SAELens), else the transcoders below
+    it (any depth, checkpoints skipped; sorted)."""
     p = Path(path)
-    if (p / "transcoder.json").is_file():
+    if _is_dense_dir(p) or _is_trained_dir(p):
         return [p]
-    found = sorted(d for d in p.iterdir() if (d / "transcoder.json").is_file())
+    found = sorted(
+        d
+        for d in p.rglob("*")
+        if d.is_dir()
+        and "checkpoint" not in d.name
+        and d.name != "final"
+        and (_is_dense_dir(d) or _is_trained_dir(d))
+    )
     if not found:
         raise FileNotFoundError(
-            f"{p} is neither a transcoder directory (transcoder.json + weights.safetensors) nor "
-            "a directory of them; see docs/graphs.md"
+            f"{p} holds no transcoder: neither a `sparsecodes train --transcoder` run, a "
+            "transcoder or SAELens transcoder directory, nor a dense transcoder directory "
+            "(transcoder.json + weights.safetensors); see docs/graphs.md"
         )
     return found
