@@ -13,6 +13,7 @@ writes ``benchmarks/results/saebench_suite_smollm2.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--sae", default="sparsecodes_demo/sae/final")
     ap.add_argument("--hook", default=None, help="default: the hook the SAE records")
     ap.add_argument("--words", type=int, default=1000, help="vocabulary words for absorption")
+    ap.add_argument("--icl", type=int, default=10, help="in-context examples per prompt")
     ap.add_argument("--only", default="absorption,probing,scr,tpp,ravel")
     ap.add_argument("--out", default=str(RESULTS / "saebench_suite_smollm2.json"))
     args = ap.parse_args()
@@ -53,10 +55,14 @@ def main() -> None:
         "metrics": {},
         "seconds": {},
     }
+    if Path(args.out).exists():  # a run of other metrics: keep what is there
+        old = json.loads(Path(args.out).read_text())
+        if old.get("sae") == result["sae"] and old.get("hook") == hook:
+            result["metrics"], result["seconds"] = old["metrics"], old["seconds"]
     only = set(args.only.split(","))
     bios = profession_gender(60, seed=0) if {"scr", "tpp"} & only else None
     jobs = {
-        "absorption": lambda: absorption(coder, lm, hook, max_words=args.words, n_icl=10),
+        "absorption": lambda: absorption(coder, lm, hook, max_words=args.words, n_icl=args.icl),
         "probing": lambda: sparse_probing(
             coder,
             lm,
