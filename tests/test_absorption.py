@@ -121,3 +121,38 @@ def test_alpha_tokens_keeps_space_led_alphabetic_tokens_only():
     tok = PreTrainedTokenizerFast(tokenizer_object=tk)
     # kept: " cat", " C"; dropped: no space, digits, a non-ASCII letter, a hyphen, a bare space
     assert alpha_tokens(tok) == [(1, " cat"), (3, " C")]
+
+
+def word_level_llama():
+    """The tiny random llama with a word-level tokenizer: whole words are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from sparsecodes.models import ModelAdapter, tiny_llama
+
+    words = [f"\u0120{a}{b}" for a in "abcdefgh" for b in "aeiou"]
+    pieces = ["<pad>", "<s>", "</s>", "\u0120has", "\u0120the", "\u0120first", "\u0120letter", ":"]
+    pieces += [c for c in "ABCDEFGH"] + ["\u0120" + c for c in "ABCDEFGH"] + ["\u010a", *words]
+    tk = Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    model, _ = tiny_llama(0, vocab_size=len(pieces))
+    return ModelAdapter(model, tok, name="tiny-words")
+
+
+def test_first_letter_activations_read_the_word_token_whatever_the_padding():
+    from sparsecodes.evaluation.absorption import first_letter_activations
+
+    lm = word_level_llama()
+    hook = "blocks.1.resid_post"
+    acts, words = first_letter_activations(lm, hook, max_words=12, n_icl=3, batch_size=5, seed=0)
+    assert acts.shape == (12, lm.d_model) and len(set(words)) == 12
+    ids, mask = lm.encode([words[0]])
+    alone = lm.run(ids, mask, [hook])[hook][0, -1]
+    # in-context lines before the word change its activation (the model attends to them)
+    assert not torch.allclose(acts[0], alone, atol=1e-4)
+    again, _ = first_letter_activations(lm, hook, max_words=12, n_icl=3, batch_size=12, seed=0)
+    assert torch.allclose(acts, again, atol=1e-5)  # batch size (padding) does not matter
