@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--hook", default=None, help="default: the hook the SAE records")
     ap.add_argument("--words", type=int, default=1000, help="vocabulary words for absorption")
     ap.add_argument("--icl", type=int, default=10, help="in-context examples per prompt")
+    ap.add_argument("--entities", type=int, default=300, help="cities for RAVEL")
+    ap.add_argument("--pairs", type=int, default=150, help="RAVEL pairs per attribute")
     ap.add_argument("--only", default="absorption,probing,scr,tpp,ravel")
     ap.add_argument("--out", default=str(RESULTS / "saebench_suite_smollm2.json"))
     args = ap.parse_args()
@@ -71,7 +73,9 @@ def main() -> None:
         ),
         "scr": lambda: scr(coder, lm, hook, bios),
         "tpp": lambda: tpp(coder, lm, hook, bios),
-        "ravel": lambda: ravel(coder, lm, hook, city_entities(300), k=8, n_pairs=150),
+        "ravel": lambda: ravel(
+            coder, lm, hook, city_entities(args.entities), k=8, n_pairs=args.pairs
+        ),
     }
     for name, job in jobs.items():
         if name not in only:
