@@ -88,6 +88,9 @@ def train_coders(
     out: Path,
     tensorboard_dir: Path | None = None,
     progress: bool = True,
+    resample_every: int = 0,
+    resample_window: int | None = None,
+    resample_scale: float = 0.2,
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -97,6 +100,8 @@ def train_coders(
     ``tensorboard_dir``: TensorBoard event files there, or with several coders in
     ``tensorboard_dir/<hook>-<encoder>`` (the wandb run name), one subdirectory per run.
     ``saelens``: also write ``final_saelens/`` where the encoder has a SAELens architecture.
+    ``resample_every``, ``resample_window``, ``resample_scale``: dead-latent resampling, as
+    :class:`~sparsecodes.training.trainer.TrainConfig`'s fields of those names (0 = off).
 
     Raises :class:`JobSpecError` (a ``ValueError``) before any model is loaded when the choices
     do not fit together.
@@ -196,6 +201,9 @@ def train_coders(
         seed=seed,
         progress=progress,
         log_every=max(1, min(50, steps // 20)),
+        resample_every=resample_every,
+        resample_window=resample_window,
+        resample_scale=resample_scale,
     )
     coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
     results = []
