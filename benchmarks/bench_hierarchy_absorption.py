@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr,
         },
         "groups": {g: GROUPS[g] for g in args.groups},
+        "matryoshka_prefix_reduction": "mean (the encoder's default since it follows Bussmann et "
+        "al.; the earlier run used SAELens's sum: code MCC 0.722, absorption ratio 14.9x)",
         "summary": summary,
         "absorption_ratio_batchtopk_over_matryoshka": {
             label: {"per_seed": r, **summarise(r)} for label, r in ratios.items()

@@ -17,10 +17,14 @@ Every tool gets the same batches, in the same order, with the same Adam lr; no l
 (so FVU is meaningful: a perfect SAE reaches 0). FVU (variance about the mean) is measured on
 held-out rows after every tool has trained on the same ``(warmup + steps) * batch`` tokens.
 
-Other encoders: every amortised encoder registered in sparsecodes (``--encoders``, default all
+Other encoders: every SAE-style encoder registered in sparsecodes (``--encoders``, default all
 of them but ``topk``, which is the ``sparsecodes`` row) runs the same ``Trainer.step`` on the same
-batches as ``encoder:<name>``, so encoders added later appear without editing this file. A
-count-type sparsity knob (``k``) is set to ``--k``; penalty-type encoders keep their default
+batches as ``encoder:<name>``, so encoders added later appear without editing this file. SAE-style
+means amortised, or iterative but trained end to end: an iterative encoder that overrides
+``IterativeEncoder.train_step`` (``mp_sae``: the pursuit runs with gradient through the atoms, so
+its step includes the differentiable pursuit and its backward); classic sparse coding with an
+iterative encoder (codes inferred without gradient) is not an SAE training step and is left out.
+A count-type sparsity knob (``k``) is set to ``--k``; penalty-type encoders keep their default
 penalty (their L0 is whatever it gives and is reported as ``l0_eval``).
 
 The CPU may be shared: the JSON records the load average before and after. Re-run on a quiet
@@ -87,8 +91,22 @@ def sparsecodes_tool(args, variant: str):
     return step, reconstruct, {"matmul_dtype": str(mm).replace("torch.", ""), **params}
 
 
+def sae_style_encoders() -> list[str]:
+    """Registered encoders with an SAE training step: amortised ones, and iterative ones that
+    override ``IterativeEncoder.train_step`` (trained end to end, e.g. ``mp_sae``)."""
+    from sparsecodes.encoders import available_encoders, get_encoder_class
+    from sparsecodes.encoders.base import IterativeEncoder
+
+    out = []
+    for name in available_encoders():
+        cls = get_encoder_class(name)
+        if cls.kind == "amortised" or cls.train_step is not IterativeEncoder.train_step:
+            out.append(name)
+    return out
+
+
 def encoder_tool(args, encoder: str):
-    """Any registered amortised encoder's ``Trainer.step`` (its count knob set to ``--k``)."""
+    """Any SAE-style encoder's ``Trainer.step`` (its count knob set to ``--k``)."""
     from sparsecodes import SparseCoder
     from sparsecodes.experiments.worlds import sparsity_knob
     from sparsecodes.training.trainer import TrainConfig, Trainer
@@ -241,10 +259,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--encoders",
         default="all",
-        help="comma-separated registered amortised encoders to time as 'encoder:<name>' rows; "
+        help="comma-separated registered SAE-style encoders (amortised, or iterative trained "
+        "end to end such as mp_sae) to time as 'encoder:<name>' rows; "
         "'all' (default): every one registered except topk (the 'sparsecodes' row); 'none'",
     )
     p.add_argument("--out", type=Path, default=RESULT)
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add this run's rows to the existing --out report (same tool replaced; each merged "
+        "row records its own load and, if 'sparsecodes' ran too, that run's TopK throughput)",
+    )
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
@@ -262,18 +287,19 @@ def main(argv: list[str] | None = None) -> dict:
         "sparsify": lambda: sparsify_tool(args),
         "sae-lens": lambda: saelens_tool(args),
     }
-    from sparsecodes.encoders import available_encoders
-
-    amortised = available_encoders("amortised")
+    trainable = sae_style_encoders()
     if args.encoders == "all":
-        encoders = [e for e in amortised if e != "topk"]
+        encoders = [e for e in trainable if e != "topk"]
     elif args.encoders == "none":
         encoders = []
     else:
         encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
-        bad = sorted(set(encoders) - set(amortised))
+        bad = sorted(set(encoders) - set(trainable))
         if bad:
-            p.error(f"not registered amortised encoders: {bad}; choose from {amortised}")
+            p.error(
+                f"not SAE-style encoders (amortised, or iterative trained end to end): {bad}; "
+                f"choose from {trainable}"
+            )
     for e in encoders:
         builders[f"encoder:{e}"] = lambda e=e: encoder_tool(args, e)
     wanted = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -321,9 +347,40 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: {r:.2f}x")
     from sparsecodes.files import write_json
 
+    if args.merge:
+        report = merge_into(args.out, report)
     write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
+
+
+def merge_into(path: Path, new: dict) -> dict:
+    """``path``'s report with ``new``'s rows added (a row of the same tool replaced).
+
+    Each merged row keeps its own run: ``row["run"]`` has the new run's config and machine block
+    (load average before/after) and, when that run also timed the ``sparsecodes`` (TopK) row, its
+    TopK throughput under the same load; the row's ratio in ``ratios_tokens_per_s`` is then
+    against that same-run TopK, not against the older report's. The older report's own
+    ``sparsecodes`` row is left as it was.
+    """
+    import json
+
+    old = json.loads(Path(path).read_text())
+    topk = next((r for r in new["results"] if r["tool"] == "sparsecodes"), None)
+    rows = {r["tool"]: r for r in old["results"]}
+    for r in new["results"]:
+        if r["tool"] == "sparsecodes":
+            continue
+        run = {"config": new["config"], "machine": new["machine"]}
+        if topk is not None:
+            run["same_run_topk_tokens_per_s"] = topk["tokens_per_s"]
+            run["same_run_topk_step_ms_median"] = topk["step_ms_median"]
+            old.setdefault("ratios_tokens_per_s", {})[f"sparsecodes_vs_{r['tool']}"] = (
+                topk["tokens_per_s"] / r["tokens_per_s"]
+            )
+        rows[r["tool"]] = {**r, "run": run}
+    old["results"] = list(rows.values())
+    return old
 
 
 if __name__ == "__main__":

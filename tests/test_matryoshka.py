@@ -74,7 +74,11 @@ def test_each_prefix_loss_equals_its_own_reconstruction():
     torch.testing.assert_close(out.losses["mse_prefix_4"], terms[4])
     torch.testing.assert_close(out.losses["mse_prefix_12"], terms[12])
     assert float(terms[4]) > float(terms[12]) > float(terms[N])  # the prefixes differ
-    torch.testing.assert_close(out.loss, terms[4] + terms[12] + terms[N])  # a sum, no AuxK here
+    # the mean over the 3 prefixes (Bussmann et al.'s loss; no AuxK here: nothing is dead)
+    torch.testing.assert_close(out.loss, (terms[4] + terms[12] + terms[N]) / 3)
+    m.encoder.config.prefix_reduction = "sum"  # SAELens's reduction
+    out_sum = m.encoder.train_step(TrainStepInput(x=x, dictionary=m.dictionary))
+    torch.testing.assert_close(out_sum.loss, terms[4] + terms[12] + terms[N])
 
 
 def test_inner_prefix_loss_does_not_reach_later_atoms():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 
@@ -144,3 +145,52 @@ def test_train_live_two_hooks_two_encoders_one_pass(tmp_path):
         a, b = (sc.SparseCoder.load(tmp_path / "live" / hook / e / "final") for e in encs)
         assert (a.encoder.name, b.encoder.name) == encs
         assert a.normaliser.scale == b.normaliser.scale
+
+
+def _resample_run(tmp_path, name: str, *flags: str) -> tuple[list[dict], dict]:
+    """20 steps of TopK k=1 with 64 latents on a 16-d store, every step logged; returns the rows
+    of metrics.csv and run.json's train config."""
+    store = tmp_path / "store"
+    if not store.exists():
+        fake_store(store)
+    out = tmp_path / name
+    args = ["--store", str(store), "--param", "k=1", "--n-latents", "64", "--steps", "20"]
+    args += ["--batch-size", "32", "--checkpoint-every", "0", "--no-saelens", "--out", str(out)]
+    r = _train([*args, *flags])
+    assert r.exit_code == 0, r.output
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    return rows, json.loads((out / "run.json").read_text())["train"]
+
+
+def test_resample_flags_reach_the_trainer_and_resample(tmp_path):
+    off, cfg_off = _resample_run(tmp_path, "off")
+    assert cfg_off["resample_every"] == 0
+    assert not any("resampled" in row for row in off)
+
+    hist, cfg = _resample_run(
+        tmp_path, "on", "--resample-every", "5", "--resample-window", "3", "--resample-scale", "0.5"
+    )
+    assert (cfg["resample_every"], cfg["resample_window"], cfg["resample_scale"]) == (5, 3, 0.5)
+    counts = {
+        int(float(row["step"])): int(float(row["resampled"])) for row in hist if "resampled" in row
+    }
+    # every 5th step and only then: 4 resampling points in 20 steps
+    assert sorted(counts) == [5, 10, 15, 20]
+    # k=1 of 64 latents: some are silent for 3 steps by step 5 and get resampled
+    assert counts[5] > 0
+
+    # a window longer than the run: no latent has been silent long enough, nothing resampled
+    hist_w, _ = _resample_run(tmp_path, "long", "--resample-every", "5", "--resample-window", "50")
+    counts_w = {
+        int(float(row["step"])): int(float(row["resampled"]))
+        for row in hist_w
+        if "resampled" in row
+    }
+    assert counts_w == {5: 0, 10: 0, 15: 0, 20: 0}
+
+
+def test_resample_flag_refuses_negative_by_name(tmp_path):
+    store = fake_store(tmp_path / "store")
+    r = CliRunner().invoke(main, ["train", "--store", str(store), "--resample-every", "-1"])
+    assert r.exit_code == 2 and "--resample-every" in r.output

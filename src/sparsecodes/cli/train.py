@@ -144,6 +144,34 @@ def transcoder_pairs(
     default="expected_norm",
     show_default=True,
 )
+@click.option(
+    "--resample-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help=(
+        "Dead-latent resampling: every N steps, re-initialise latents that have not fired in the "
+        "last --resample-window steps toward the batch's highest-error inputs (their Adam state "
+        "reset). 0 = off. Works with any amortised encoder that supports it (topk, batchtopk, "
+        "relu, jumprelu, ...) and combines with TopK's AuxK; metrics.csv gets a 'resampled' "
+        "column (how many) when a logged step resamples."
+    ),
+)
+@click.option(
+    "--resample-window",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="W",
+    help="A latent is dead for resampling after W steps without firing (default: N).",
+)
+@click.option(
+    "--resample-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.2,
+    show_default=True,
+    help="A resampled latent's encoder norm, relative to the mean of the other latents'.",
+)
 @seed_option()
 @click.option("--checkpoint-every", type=int, default=100, show_default=True)
 @click.option("--no-resume", is_flag=True, help="Start over even if a checkpoint exists.")

@@ -97,6 +97,9 @@ def train_coders(
     progress: bool = True,
     transcoders: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (),
     skip: bool = False,
+    resample_every: int = 0,
+    resample_window: int | None = None,
+    resample_scale: float = 0.2,
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -106,6 +109,8 @@ def train_coders(
     ``tensorboard_dir``: TensorBoard event files there, or with several coders in
     ``tensorboard_dir/<hook>-<encoder>`` (the wandb run name), one subdirectory per run.
     ``saelens``: also write ``final_saelens/`` where the encoder has a SAELens architecture.
+    ``resample_every``, ``resample_window``, ``resample_scale``: dead-latent resampling, as
+    :class:`~sparsecodes.training.trainer.TrainConfig`'s fields of those names (0 = off).
 
     ``transcoders``: ``(in_hooks, out_hooks)`` pairs streamed from ``model`` beside ``hooks``:
     one :class:`~sparsecodes.transcoder.Transcoder` per pair and encoder (a crosscoder when a side
@@ -283,6 +288,9 @@ def train_coders(
         seed=seed,
         progress=progress and w.main,
         log_every=max(1, min(50, steps // 20)),
+        resample_every=resample_every,
+        resample_window=resample_window,
+        resample_scale=resample_scale,
     )
     coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
     results = []

@@ -22,7 +22,8 @@ TENSORBOARD_FIX = "pip install tensorboard (or pip install 'sparsecodes[tensorbo
 class CSVLogger:
     """Appends one row per logged step to ``path``; on resume, rows past ``resume_step`` are cut.
 
-    Columns are fixed by the first row written; later keys not in it are dropped.
+    Columns are the first row's keys; a later row with a new key (e.g. ``resampled``, logged only
+    on resampling steps) adds that column, the file rewritten with it empty in earlier rows.
     """
 
     def __init__(self, path: str | Path, *, resume_step: int | None = None) -> None:
@@ -52,6 +53,11 @@ class CSVLogger:
         if new:
             self.fields = list(row)
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif self.fields is not None and any(k not in self.fields for k in row):
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields += [k for k in row if k not in self.fields]
+            self._rewrite(rows)
         with self.path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
