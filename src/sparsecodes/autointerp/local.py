@@ -16,6 +16,19 @@ import torch
 from sparsecodes.autointerp.client import ChatCallError, Message, check_messages
 
 
+def local_model(model_name: str, model: Any, tokenizer: Any, device: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the given pair, or ``model_name`` loaded (an embedded name or a
+    local directory) when both are None; ``ValueError`` when only one is given."""
+    if (model is None) != (tokenizer is None):
+        raise ValueError("pass both model and tokenizer, or neither (to load model_name)")
+    if model is None:
+        from sparsecodes.models import load_model
+
+        adapter = load_model(model_name, device=device)
+        model, tokenizer = adapter.model, adapter.tokenizer
+    return model, tokenizer
+
+
 class LocalChatBackend:
     """Greedy chat completions from a local causal LM with a chat template.
 
@@ -38,13 +51,7 @@ class LocalChatBackend:
         device: str = "auto",
         seed: int = 0,
     ) -> None:
-        if (model is None) != (tokenizer is None):
-            raise ValueError("pass both model and tokenizer, or neither (to load model_name)")
-        if model is None:
-            from sparsecodes.models import load_model
-
-            adapter = load_model(model_name, device=device)
-            model, tokenizer = adapter.model, adapter.tokenizer
+        model, tokenizer = local_model(model_name, model, tokenizer, device)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer of {model_name!r} has no chat template; use an instruct model "

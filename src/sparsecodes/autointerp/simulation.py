@@ -36,6 +36,7 @@ import torch
 from sparsecodes.autointerp.client import OpenAIChatClient, retry_call
 from sparsecodes.autointerp.examples import Context
 from sparsecodes.autointerp.explain import display_token
+from sparsecodes.autointerp.local import local_model
 from sparsecodes.metrics.intervals import Interval, bootstrap_interval
 
 PLACEHOLDER = "unknown"
@@ -95,13 +96,7 @@ class LocalSimulator:
         tokenizer: Any = None,
         device: str = "auto",
     ) -> None:
-        if (model is None) != (tokenizer is None):
-            raise ValueError("pass both model and tokenizer, or neither (to load model_name)")
-        if model is None:
-            from sparsecodes.models import load_model
-
-            adapter = load_model(model_name, device=device)
-            model, tokenizer = adapter.model, adapter.tokenizer
+        model, tokenizer = local_model(model_name, model, tokenizer, device)
         self.model_name = model_name
         self.model = model.eval()
         self.tokenizer = tokenizer

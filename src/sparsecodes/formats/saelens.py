@@ -244,11 +244,18 @@ def save_saelens(
         cfg["residual_threshold"] = float(ec.residual_threshold)  # type: ignore[attr-defined]
         cfg["max_iterations"] = int(ec.k)  # type: ignore[attr-defined]
         cfg["stop_on_duplicate_support"] = bool(ec.stop_on_repeat)  # type: ignore[attr-defined]
+    return write_saelens_files(path, tensors, cfg)
+
+
+def write_saelens_files(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], cfg: dict[str, Any]
+) -> Path:
+    """Write SAELens's ``sae_weights.safetensors`` and ``cfg.json`` into directory ``path``,
+    each atomically (the config last, so a directory with a config has its weights)."""
     try:
         text = json.dumps(cfg, indent=2)
     except TypeError as e:
         raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))

@@ -22,7 +22,6 @@ reading from ``metadata.sparsecodes``, as for SAEs (:mod:`sparsecodes.formats.sa
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -30,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from sparsecodes.devices import resolve_device
-from sparsecodes.files import atomic_write, write_text
 from sparsecodes.formats._common import check_tensors, read_json, read_safetensors, require_files
 from sparsecodes.formats.saelens import (
     CFG_NAME,
@@ -44,6 +41,7 @@ from sparsecodes.formats.saelens import (
     THRESHOLD_ENCODERS,
     WEIGHTS_NAME,
     exact_log,
+    write_saelens_files,
 )
 from sparsecodes.models.hooks import translate_hook_name
 from sparsecodes.transcoder import Transcoder, register_save_format
@@ -158,15 +156,7 @@ def save_saelens_transcoder(
         "reshape_activations": "none",
         "metadata": meta,
     }
-    try:
-        text = json.dumps(cfg, indent=2)
-    except TypeError as e:
-        raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
-    write_text(path / CFG_NAME, text)
-    return path
+    return write_saelens_files(path, tensors, cfg)
 
 
 def load_saelens_transcoder(
