@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "synthetic",
             "provenance",
             "worlds",
+            "coder_files",
         ),
     ),
     ("blocks", ("dictionary", "encoders", "metrics", "activations", "models", "distributed")),

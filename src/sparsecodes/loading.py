@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sparsecodes.coder_files import CONFIG_NAME, WEIGHTS_NAME
 from sparsecodes.formats import (
     is_saelens_transcoder,
     load_saelens,
@@ -42,7 +43,7 @@ from sparsecodes.formats.sparsify import CFG_NAME as SPARSIFY_CFG
 from sparsecodes.formats.sparsify import WEIGHTS_NAME as SPARSIFY_WEIGHTS
 from sparsecodes.models.hooks import is_hook_name, translate_hook_name
 from sparsecodes.provenance import CoderFormat, CoderSource
-from sparsecodes.sparse_coder import CONFIG_NAME, WEIGHTS_NAME, SparseCoder
+from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.transcoder import FORMAT as TRANSCODER_FORMAT
 from sparsecodes.transcoder import Transcoder
 

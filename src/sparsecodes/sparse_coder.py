@@ -7,41 +7,41 @@ on the same dictionary, warm-started from the trained encoder's codes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from sparsecodes.coder_files import (
+    SaveFormats,
+    load_state_checked,
+    read_coder_files,
+    write_coder_files,
+)
 from sparsecodes.codes import Codes, SparseCodes, to_dense
 from sparsecodes.devices import resolve_device
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import get_encoder_class, make_encoder
 from sparsecodes.encoders.base import Encoder
-from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
 from sparsecodes.provenance import CoderSource
 from sparsecodes.seeding import derive_seed
 from sparsecodes.validation import as_activations
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "sparsecodes.json"
-WEIGHTS_NAME = "model.safetensors"
 
 #: Other on-disk formats :meth:`SparseCoder.save` can write: name -> ``writer(coder, path, **kw)``.
 #: Filled by the format modules (``sparsecodes.formats`` registers ``"saelens"`` when the package
 #: is imported), so that this module does not import them.
-SAVE_FORMATS: dict[str, Callable[..., Path]] = {}
+SAVE_FORMATS = SaveFormats("SparseCoder")
 
 
 def register_save_format(name: str, writer: Callable[..., Path]) -> None:
     """Make ``SparseCoder.save(path, format=name, **kw)`` call ``writer(coder, path, **kw)``."""
-    SAVE_FORMATS[name] = writer
+    SAVE_FORMATS.register(name, writer)
 
 
 class SparseCoder(nn.Module):
@@ -294,42 +294,20 @@ class SparseCoder(nn.Module):
         ``metadata``). :func:`sparsecodes.load` reads either back.
         """
         if format != "sparsecodes":
-            writer = SAVE_FORMATS.get(format)
-            if writer is None:
-                known = ", ".join(repr(f) for f in ("sparsecodes", *sorted(SAVE_FORMATS)))
-                raise ValueError(f"unknown format {format!r}; SparseCoder.save writes {known}")
-            return writer(self, path, **kwargs)
+            return SAVE_FORMATS.writer(format)(self, path, **kwargs)
         if kwargs:
             raise TypeError(
                 f"format='sparsecodes' takes no options, got {sorted(kwargs)} (they are for "
                 "format='saelens')"
             )
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
-        write_json(path / CONFIG_NAME, self.config(), default=str)
-        return path
+        return write_coder_files(path, self, self.config())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | None = None) -> SparseCoder:
         """Load a model written by :meth:`save`; a missing or corrupt file is named in the error."""
-        path = Path(path)
-        cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"{p} not found: {path} is not a sparsecodes model directory (it needs "
-                    f"{CONFIG_NAME} and {WEIGHTS_NAME}, as written by SparseCoder.save)"
-                )
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path} is not valid JSON (corrupt file?): {e}") from e
-        if cfg.get("format") != "sparsecodes":
-            raise ValueError(
-                f"{cfg_path} is not a sparsecodes config (format={cfg.get('format')!r})"
-            )
+        cfg, state, cfg_path, w_path = read_coder_files(
+            path, format="sparsecodes", what="SparseCoder"
+        )
         model = cls(
             cfg["d_in"],
             cfg["n_latents"],
@@ -338,20 +316,7 @@ class SparseCoder(nn.Module):
             seed=cfg["seed"],
             **cfg["encoder_config"],
         )
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{w_path} could not be read (corrupt or truncated?): {e}") from e
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        bad = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-        if missing or extra or bad:
-            raise ValueError(
-                f"{w_path} does not match {cfg_path}: missing {missing}, unexpected {extra}, "
-                f"wrong shapes {bad}"
-            )
-        model.load_state_dict(state)
+        load_state_checked(model, state, w_path, cfg_path)
         model.train_config = cfg.get("train_config", {})
         model._fitted = cfg.get("fitted", True)
         model.eval()

@@ -27,17 +27,20 @@ Iterative inference (FISTA, MP, OMP, ...) runs on the decoder: given the true ou
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from sparsecodes.coder_files import (
+    SaveFormats,
+    load_state_checked,
+    read_coder_files,
+    write_coder_files,
+)
 from sparsecodes.codes import Codes, to_dense
 from sparsecodes.devices import resolve_device
 from sparsecodes.dictionary import Dictionary
@@ -45,7 +48,6 @@ from sparsecodes.encoders import get_encoder_class, make_encoder
 from sparsecodes.encoders.base import Encoder
 from sparsecodes.encoders.jumprelu import jumprelu
 from sparsecodes.encoders.relu import LinearEncoderParams
-from sparsecodes.files import atomic_write, write_json
 from sparsecodes.normalise import NormaliseKind, Normaliser
 from sparsecodes.provenance import CoderSource
 from sparsecodes.seeding import derive_seed
@@ -53,8 +55,6 @@ from sparsecodes.validation import as_activations
 
 FORMAT = "sparsecodes_transcoder"
 FORMAT_VERSION = 1
-CONFIG_NAME = "sparsecodes.json"
-WEIGHTS_NAME = "model.safetensors"
 
 #: encoders a transcoder can be trained with (amortised; their input is not the output space)
 TRANSCODER_ENCODERS = (
@@ -71,12 +71,12 @@ AFFINE_ENCODERS = ("relu", "topk", "batchtopk", "matryoshka_batchtopk", "jumprel
 
 #: Other on-disk formats :meth:`Transcoder.save` can write (``"saelens"``, registered by
 #: ``sparsecodes.formats``): name -> ``writer(transcoder, path, **kw)``.
-SAVE_FORMATS: dict[str, Callable[..., Path]] = {}
+SAVE_FORMATS = SaveFormats("Transcoder")
 
 
 def register_save_format(name: str, writer: Callable[..., Path]) -> None:
     """Make ``Transcoder.save(path, format=name, **kw)`` call ``writer(transcoder, path, **kw)``."""
-    SAVE_FORMATS[name] = writer
+    SAVE_FORMATS.register(name, writer)
 
 
 class TranscoderDictionary(Dictionary):
@@ -448,19 +448,10 @@ class Transcoder(nn.Module):
         atomically); ``format="saelens"`` writes SAELens's transcoder layout
         (:func:`sparsecodes.formats.save_saelens_transcoder`). ``sparsecodes.load`` reads both."""
         if format != "sparsecodes":
-            writer = SAVE_FORMATS.get(format)
-            if writer is None:
-                known = ", ".join(repr(f) for f in ("sparsecodes", *sorted(SAVE_FORMATS)))
-                raise ValueError(f"unknown format {format!r}; Transcoder.save writes {known}")
-            return writer(self, path, **kwargs)
+            return SAVE_FORMATS.writer(format)(self, path, **kwargs)
         if kwargs:
             raise TypeError(f"format='sparsecodes' takes no options, got {sorted(kwargs)}")
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_NAME, write_path=lambda t: save_file(tensors, t))
-        write_json(path / CONFIG_NAME, self.config(), default=str)
-        return path
+        return write_coder_files(path, self, self.config())
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Transcoder:
@@ -483,35 +474,9 @@ class Transcoder(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str | None = None) -> Transcoder:
         """Load a transcoder written by :meth:`save`; a missing or corrupt file is named."""
-        path = Path(path)
-        cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise FileNotFoundError(
-                    f"{p} not found: {path} is not a sparsecodes transcoder directory (it needs "
-                    f"{CONFIG_NAME} and {WEIGHTS_NAME}, as written by Transcoder.save)"
-                )
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path} is not valid JSON (corrupt file?): {e}") from e
-        if cfg.get("format") != FORMAT:
-            raise ValueError(
-                f"{cfg_path} is not a transcoder config (format={cfg.get('format')!r}); open "
-                "coder directories of any kind with sparsecodes.load"
-            )
+        cfg, state, cfg_path, w_path = read_coder_files(path, format=FORMAT, what="Transcoder")
         model = cls.from_config(cfg)
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"{w_path} could not be read (corrupt or truncated?): {e}") from e
-        expected = model.state_dict()
-        bad = sorted(set(expected) ^ set(state)) + [
-            k for k in expected if k in state and state[k].shape != expected[k].shape
-        ]
-        if bad:
-            raise ValueError(f"{w_path} does not match {cfg_path}: tensors {bad} differ")
-        model.load_state_dict(state)
+        load_state_checked(model, state, w_path, cfg_path)
         model.train_config = cfg.get("train_config", {})
         if cfg.get("fitted"):
             model.mark_fitted()
