@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from sparsecodes import distributed as dist_ctx
@@ -285,11 +286,14 @@ class Trainer:
         values += [float(v.detach()) for v in out.losses.values()]
         if self.data_ranks > 1:
             values = dist_reduce.mean_floats(values, self.data_group)
+        dead_frac = float(self.dead_mask().float().mean())
+        if self.latent_group is not None:  # equal slices: the mean of the slices' fractions
+            dead_frac = dist_reduce.mean_floats([dead_frac], self.latent_group)[0]
         return {
             "step": float(self.state.step),
             "tokens": float(self.state.tokens),
             **dict(zip(names[:2], values[:2], strict=True)),
-            "dead_frac": float(self.dead_mask().float().mean()),
+            "dead_frac": dead_frac,
             "lr": float(self.scheduler.get_last_lr()[0]),
             **dict(zip(names[2:], values[2:], strict=True)),
             **resampled,
@@ -365,15 +369,17 @@ class Trainer:
 
         Layout: ``path/model`` (SparseCoder.save) and ``path/trainer.pt`` (optimiser, schedule,
         counters, history, the source's state). Under data parallelism every rank calls it (the
-        source's state may gather every rank's position) and rank 0 alone writes.
+        source's state may gather every rank's position) and rank 0 alone writes. Under latent
+        parallelism every rank calls it too: the slices (weights, Adam moments, dead counters)
+        are gathered and rank 0 writes the *full* coder's checkpoint, the same files one process
+        holding every latent writes, so any number of latent ranks (or one process) resumes it.
         """
-        if self.latent_group is not None:
-            raise NotImplementedError(
-                "checkpoints of latent-parallel runs are not written yet; gather the coder with "
-                "sparsecodes.distributed.latent.gather_coder and save it on rank 0"
-            )
         source_state = source.state_dict() if source is not None else None
         path = Path(path)
+        self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
+        coder, optim_state, fired = self.coder, self.optimizer.state_dict(), self.tokens_since_fired
+        if self.latent_group is not None:  # collectives on every rank: the full coder's state
+            coder, optim_state, fired = self._gather_latent_state(optim_state)
         if not dist_ctx.world().main:
             dist_ctx.barrier()  # rank 0 is writing; nobody reads it before it is whole
             return path
@@ -381,12 +387,11 @@ class Trainer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
-        self.coder.save(tmp / "model")
+        coder.save(tmp / "model")
         blob = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
-            "tokens_since_fired": self.tokens_since_fired,
+            "tokens_since_fired": fired,
             "state": asdict(self.state),
             "source": source_state,
             "config": self.config_dict(),
@@ -415,6 +420,11 @@ class Trainer:
         # type(coder).load, not an import of sparse_coder: training never imports the coder
         # module at run time (sparse_coder imports training; see docs/architecture.md)
         saved = type(self.coder).load(path / "model", device=str(self.coder.device))
+        full_latents = saved.n_latents
+        if self.latent_group is not None:  # this rank's slice of the full checkpoint
+            from sparsecodes.distributed import latent
+
+            saved = latent.shard_coder(saved, self.latent_group)
         mine, theirs = self.coder.config(), saved.config()
         for key in ("d_in", "n_latents", "encoder", "encoder_config", "normalize"):
             if mine[key] != theirs[key]:
@@ -425,15 +435,44 @@ class Trainer:
         self.coder.load_state_dict(saved.state_dict())
         self.coder.mark_fitted()
         blob = torch.load(path / "trainer.pt", weights_only=False)
-        self.optimizer.load_state_dict(blob["optimizer"])
+        optim_state, fired = blob["optimizer"], blob["tokens_since_fired"]
+        if self.latent_group is not None:
+            optim_state, fired = self._shard_latent_state(optim_state, fired, full_latents)
+        self.optimizer.load_state_dict(optim_state)
         self.scheduler.load_state_dict(blob["scheduler"])
-        self.tokens_since_fired = blob["tokens_since_fired"]
+        self.tokens_since_fired = fired
         self.state = TrainState(**blob["state"])
         if source is not None and blob["source"] is not None:
             source.load_state_dict(blob["source"])
 
     def config_dict(self) -> dict[str, Any]:
         return {**asdict(self.config), "freeze_dictionary": self.freeze_dictionary}
+
+    def _param_names(self) -> list[str]:
+        ids = {id(p): name for name, p in self.coder.named_parameters()}
+        return [ids[id(p)] for p in self.params]
+
+    def _gather_latent_state(self, optim_state: dict[str, Any]) -> tuple[Any, Any, Tensor]:
+        """The full coder, optimiser state and dead counters from every latent rank's slice."""
+        from sparsecodes.distributed import latent
+
+        group = self.latent_group
+        full = latent.gather_coder(self.coder, group)
+        optim = latent.gather_optimizer_state(optim_state, self._param_names(), self.params, group)
+        fired = latent.gather_along(self.tokens_since_fired, 0, group)
+        return full, optim, fired
+
+    def _shard_latent_state(
+        self, optim_state: dict[str, Any], fired: Tensor, n_latents: int
+    ) -> tuple[dict[str, Any], Tensor]:
+        """This rank's slices of a full checkpoint's optimiser state and dead counters."""
+        from sparsecodes.distributed import latent
+
+        group = self.latent_group
+        names = self._param_names()
+        optim = latent.shard_optimizer_state(optim_state, names, n_latents, group)
+        sl = latent.latent_slice(n_latents, dist.get_rank(group), dist.get_world_size(group))
+        return optim, fired[sl].clone()
 
 
 class TranscoderTrainer(Trainer):

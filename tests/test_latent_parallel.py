@@ -1,0 +1,174 @@
+"""Latent parallelism on two gloo processes: BatchTopK, AuxK, checkpoints and resume.
+
+Each rank holds half of the latents and sees every row; the claims are that the result equals
+one process holding every latent. Tolerance: the two processes compute the same float32 numbers
+except the reconstruction, a sum of two partial decodes instead of one sum over the k latents
+(another order of float32 additions, relative error ~1e-7 per step), and the gradient of the
+shared input, likewise a sum of two partial sums; Adam's normalised updates keep the weights
+within ``lr * steps`` times that error, far below ``ATOL`` (as in tests/test_distributed.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sparsecodes.activations.source import TensorSource
+from sparsecodes.sparse_coder import SparseCoder
+from sparsecodes.training.trainer import TrainConfig, Trainer
+
+WORLD = 2
+ATOL = 1e-5
+D, N_LAT = 16, 64
+
+
+def data(rows: int = 1024) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(rows, D, generator=g) @ torch.randn(D, D, generator=g) + 0.5
+
+
+def make_coder(encoder: str) -> SparseCoder:
+    return SparseCoder(D, N_LAT, encoder, seed=3, k=4, aux_k=8)
+
+
+def config(steps: int = 12) -> TrainConfig:
+    # latents silent for two steps count as dead, so AuxK runs from the third step on
+    return TrainConfig(steps=steps, lr=3e-3, batch_size=64, log_every=4, dead_after_tokens=128)
+
+
+def run_workers(fn, tmp_path: Path, *args) -> None:
+    """Run ``fn(rank, init_file, *args)`` in two processes; raises if any fails."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    mp.spawn(fn, args=(str(tmp_path / "rendezvous"), *args), nprocs=WORLD, join=True)
+
+
+def init(rank: int, init_file: str) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+
+
+def equality_worker(rank: int, init_file: str, out: str) -> None:
+    from sparsecodes.distributed.latent import gather_coder, shard_coder
+
+    init(rank, init_file)
+    try:
+        results = {}
+        for encoder in ("topk", "batchtopk"):
+            part = shard_coder(make_coder(encoder), dist.group.WORLD)
+            trainer = Trainer(part, config(), latent_group=dist.group.WORLD)
+            trainer.fit(TensorSource(data(), seed=1))
+            whole = gather_coder(part, dist.group.WORLD)
+            results[encoder] = {
+                "state": whole.state_dict(),
+                "history": trainer.state.history,
+                "fired": trainer.tokens_since_fired,
+            }
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("lp")
+    run_workers(equality_worker, tmp, str(tmp / "results.pt"))
+    return torch.load(tmp / "results.pt", weights_only=False)
+
+
+def single_process(encoder: str) -> Trainer:
+    trainer = Trainer(make_coder(encoder), config())
+    trainer.fit(TensorSource(data(), seed=1))
+    return trainer
+
+
+def assert_same_state(got: dict, want: dict, encoder: str) -> None:
+    start = make_coder(encoder).state_dict()["dictionary.W_dec"]
+    assert (want["dictionary.W_dec"] - start).abs().max() > 100 * ATOL  # training moved them
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("encoder", ["topk", "batchtopk"])
+def test_latent_parallel_with_auxk_equals_one_process_holding_every_latent(two_ranks, encoder):
+    got = two_ranks[encoder]
+    trainer = single_process(encoder)
+    assert_same_state(got["state"], trainer.coder.state_dict(), encoder)
+    assert any(r["auxk"] > 0 for r in trainer.state.history)  # AuxK did run (latents died)
+    for a, b in zip(got["history"], trainer.state.history, strict=True):
+        for key in ("loss", "mse", "auxk", "l0", "dead_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+    if encoder == "batchtopk":  # the threshold is the one-process global batch's threshold
+        assert int(got["state"]["encoder.threshold_updates"]) == 12
+        assert float(got["state"]["encoder.threshold"]) > 0
+
+
+class DyingSource(TensorSource):
+    """Rank 1 dies (``os._exit``, as a kill would) when asked for batch ``die_at``."""
+
+    def __init__(self, x, rank: int, die_at: int | None) -> None:
+        super().__init__(x, seed=1)
+        self.rank, self.die_at = rank, die_at
+
+    def batches(self, batch_size: int):
+        for i, item in enumerate(super().batches(batch_size)):
+            if self.rank == 1 and i == self.die_at:
+                os._exit(1)
+            yield item
+
+
+def train_worker(rank: int, init_file: str, run_dir: str, die_at: int | None) -> None:
+    from sparsecodes.training.run import train_run
+
+    init(rank, init_file)
+    try:
+        source = DyingSource(data(), rank, die_at)
+        train_run(
+            make_coder("batchtopk"),
+            source,
+            config(),
+            run_dir,
+            checkpoint_every=4,
+            latent_group=dist.group.WORLD,
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_killed_latent_rank_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
+    from sparsecodes.training.run import train_run
+
+    run = tmp_path / "run"
+    with pytest.raises(mp.ProcessExitedException):
+        run_workers(train_worker, tmp_path / "a", str(run), 7)  # dies in step 8; checkpoint: 4
+    blob = torch.load(run / "checkpoint" / "trainer.pt", weights_only=False)
+    assert blob["state"]["step"] == 4 and not (run / "final").exists()
+    # the checkpoint holds the full coder: every latent's weights and Adam moments
+    ckpt = SparseCoder.load(run / "checkpoint" / "model")
+    assert ckpt.n_latents == N_LAT and blob["tokens_since_fired"].shape == (N_LAT,)
+    assert blob["optimizer"]["state"][0]["exp_avg"].shape[0] == N_LAT  # W_dec's moments
+    shutil.copytree(run, tmp_path / "run-one")
+    run_workers(train_worker, tmp_path / "b", str(run), None)  # the same two ranks resume
+
+    cfg = config()
+    ref = train_run(make_coder("batchtopk"), TensorSource(data(), seed=1), cfg, tmp_path / "ref")
+    # another latent world size: one process resumes the two-rank checkpoint
+    one = train_run(
+        make_coder("batchtopk"), TensorSource(data(), seed=1), cfg, tmp_path / "run-one"
+    )
+    want = ref.state_dict()
+    for got in (SparseCoder.load(run / "final"), one):
+        assert got.n_latents == N_LAT
+        assert_same_state(got.state_dict(), want, "batchtopk")
+    with open(run / "metrics.csv") as f:  # rank 0's log: steps 4 (first run), 8, 12 (resumed)
+        assert [float(r["step"]) for r in csv.DictReader(f)] == [4.0, 8.0, 12.0]
