@@ -90,9 +90,10 @@ def single_process(encoder: str) -> Trainer:
     return trainer
 
 
-def assert_same_state(got: dict, want: dict, encoder: str) -> None:
-    start = make_coder(encoder).state_dict()["dictionary.W_dec"]
-    assert (want["dictionary.W_dec"] - start).abs().max() > 100 * ATOL  # training moved them
+def assert_same_state(got: dict, want: dict, encoder: str | None) -> None:
+    if encoder is not None:
+        start = make_coder(encoder).state_dict()["dictionary.W_dec"]
+        assert (want["dictionary.W_dec"] - start).abs().max() > 100 * ATOL  # training moved them
     assert got.keys() == want.keys()
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
@@ -172,3 +173,59 @@ def test_killed_latent_rank_then_resume_ends_with_the_uninterrupted_weights(tmp_
         assert_same_state(got.state_dict(), want, "batchtopk")
     with open(run / "metrics.csv") as f:  # rank 0's log: steps 4 (first run), 8, 12 (resumed)
         assert [float(r["step"]) for r in csv.DictReader(f)] == [4.0, 8.0, 12.0]
+
+
+def train_args(store: Path, out: Path) -> list[str]:
+    return [
+        "train",
+        "--store",
+        str(store),
+        "--encoder",
+        "batchtopk",
+        "--param",
+        "k=4",
+        "--n-latents",
+        "32",
+        "--steps",
+        "6",
+        "--batch-size",
+        "64",
+        "--checkpoint-every",
+        "3",
+        "--device",
+        "cpu",
+        "--no-saelens",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.mark.slow
+def test_torchrun_train_parallel_latent_writes_the_one_process_coder(tmp_path):
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    import sparsecodes
+    from conftest import fake_store
+    from sparsecodes.cli import main
+
+    store = fake_store(tmp_path / "store", rows=2048, d=8)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    cmd += [str(WORLD), "-m", "sparsecodes", *train_args(store, tmp_path / "two")]
+    r = subprocess.run([*cmd, "--parallel", "latent"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = CliRunner().invoke(main, train_args(store, tmp_path / "one"), catch_exceptions=False)
+    assert one.exit_code == 0, one.output
+    got, want = (
+        sparsecodes.load(tmp_path / "two" / "final"),
+        sparsecodes.load(tmp_path / "one" / "final"),
+    )
+    assert got.n_latents == 32 and got.encoder.name == "batchtopk"  # the full coder
+    start = SparseCoder(8, 32, "batchtopk", seed=5, k=4).state_dict()["dictionary.W_dec"]
+    assert (want.state_dict()["dictionary.W_dec"] - start).abs().max() > 100 * ATOL
+    assert_same_state(got.state_dict(), want.state_dict(), None)

@@ -97,6 +97,7 @@ def train_coders(
     progress: bool = True,
     transcoders: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (),
     skip: bool = False,
+    parallel: str = "data",
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -117,9 +118,33 @@ def train_coders(
     Under ``torchrun`` (a process group initialised, see :mod:`sparsecodes.distributed`) every
     rank calls this with the same arguments: training is data-parallel with ``batch_size`` as
     the global batch, each rank reading its own shards of each store or its own forward passes
-    of the corpus; rank 0 writes the run directories.
+    of the corpus; rank 0 writes the run directories. With ``parallel="latent"`` every rank
+    reads the same rows (all of each store, every forward pass) and holds ``1 / world_size`` of
+    each coder's latents (topk and batchtopk); checkpoints and ``final/`` hold the full coders.
     """
     w = dist_ctx.world()
+    if parallel not in ("data", "latent"):
+        raise JobSpecError("parallel", f"parallel must be 'data' or 'latent', got {parallel!r}")
+    latent = parallel == "latent" and w.size > 1
+    if latent:
+        from sparsecodes.distributed.latent import LATENT_ENCODERS
+
+        bad = [e for e in encoders if e not in LATENT_ENCODERS]
+        if bad:
+            raise JobSpecError(
+                "parallel",
+                f"latent parallelism trains {' and '.join(LATENT_ENCODERS)} coders, not "
+                f"{', '.join(bad)}; use data parallelism (the default) for those",
+            )
+        if transcoders:
+            raise JobSpecError("parallel", "latent parallelism does not train transcoders yet")
+        if n_latents is not None and n_latents % w.size:
+            raise JobSpecError(
+                "parallel",
+                f"--n-latents {n_latents} must be divisible by the {w.size} latent-parallel ranks",
+            )
+    # data parallel: each rank its own rows; latent parallel: every rank the same rows
+    src_rank, src_size = (0, 1) if latent else (w.rank, w.size)
     if bool(stores) == bool(model):
         raise JobSpecError("stores", "give either activation stores or a model with hooks")
     if transcoders and stores:
@@ -156,7 +181,7 @@ def train_coders(
             meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
             sampler = StoreSource(path, seed=seed + 1)
             new_src = functools.partial(
-                StoreSource, path, seed=seed, rank=w.rank, world_size=w.size
+                StoreSource, path, seed=seed, rank=src_rank, world_size=src_size
             )
             sources.append((slug(m.hook), new_src, sampler, meta))
     else:
@@ -178,8 +203,8 @@ def train_coders(
             streamed,
             context_size=context_size,
             seed=seed,
-            rank=w.rank,
-            world_size=w.size,
+            rank=src_rank,
+            world_size=src_size,
         )
         sampler_live = LiveModelSource(
             adapter, texts, streamed, context_size=context_size, seed=seed + 1
@@ -284,7 +309,18 @@ def train_coders(
         progress=progress and w.main,
         log_every=max(1, min(50, steps // 20)),
     )
-    coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
+    latent_group = None
+    if latent:
+        import torch.distributed as dist
+
+        latent_group = dist.group.WORLD
+    coders = train_runs(
+        jobs,
+        cfg,
+        checkpoint_every=checkpoint_every,
+        resume=not no_resume,
+        latent_group=latent_group,
+    )
     results = []
     for job, coder in zip(jobs, coders, strict=True):
         sl_dir, sl_error = None, None
