@@ -11,6 +11,7 @@ within ``lr * steps`` times that error, far below ``ATOL`` (as in tests/test_dis
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
@@ -229,3 +230,38 @@ def test_torchrun_train_parallel_latent_writes_the_one_process_coder(tmp_path):
     start = SparseCoder(8, 32, "batchtopk", seed=5, k=4).state_dict()["dictionary.W_dec"]
     assert (want.state_dict()["dictionary.W_dec"] - start).abs().max() > 100 * ATOL
     assert_same_state(got.state_dict(), want.state_dict(), None)
+
+
+@pytest.mark.slow
+def test_torchrun_train_parallel_modules_equals_one_process_training_every_coder(tmp_path):
+    """Two hooks dealt to two ranks (each runs every forward pass, keeps its hook): each rank's
+    coder equals the one-process coder of that hook."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    import sparsecodes
+    from sparsecodes.cli import main
+
+    hooks = ("blocks.0.resid_post", "blocks.1.mlp_out")
+    args = ["train", "--model", "tiny-llama", "--hook", hooks[0], "--hook", hooks[1]]
+    args += ["--encoder", "topk", "--param", "k=4", "--n-latents", "64", "--steps", "4"]
+    args += ["--batch-size", "64", "--context-size", "16", "--device", "cpu", "--no-saelens"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    cmd += [str(WORLD), "-m", "sparsecodes", *args, "--parallel", "modules"]
+    r = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "one")], catch_exceptions=False)
+    assert one.exit_code == 0, one.output
+    for rank, hook in enumerate(hooks):
+        info = json.loads((tmp_path / "two" / hook / "topk" / "run.json").read_text())
+        assert info["parallel"] == {"mode": "modules", "world_size": WORLD, "rank": rank}
+        got = sparsecodes.load(tmp_path / "two" / hook / "topk" / "final")
+        want = sparsecodes.load(tmp_path / "one" / hook / "topk" / "final")
+        start = SparseCoder(got.d_in, 64, "topk", seed=0, k=4).state_dict()["dictionary.W_dec"]
+        assert (want.state_dict()["dictionary.W_dec"] - start).abs().max() > 100 * ATOL
+        assert_same_state(got.state_dict(), want.state_dict(), None)

@@ -171,13 +171,15 @@ def transcoder_pairs(
 )
 @click.option(
     "--parallel",
-    type=click.Choice(["data", "latent"]),
+    type=click.Choice(["data", "latent", "modules"]),
     default="data",
     show_default=True,
     help=(
         "Under torchrun: 'data' splits each batch between the ranks; 'latent' gives each rank "
         "1/N of every coder's latents (for dictionaries too wide for one device; topk and "
-        "batchtopk), every rank reading the same rows. Without torchrun both are one process."
+        "batchtopk), every rank reading the same rows; 'modules' deals the stores/hooks to the "
+        "ranks in turn, each rank training its coders on every forward pass. Without torchrun "
+        "all are one process."
     ),
 )
 @out_option("runs/train", "Run directory (with several coders: OUT/<hook>/<encoder>).")

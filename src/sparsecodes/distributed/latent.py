@@ -18,8 +18,15 @@ through unchanged (:class:`SumPartials`: forward all-reduce, backward identity),
 trainer (the atom-parallel gradient removal, Adam, unit-norm projection, dead-latent counts) is
 local to a latent, so it runs on the slice unchanged.
 
-Only ``topk`` is supported (AuxK is not computed: ``aux_coef`` is ignored). The same candidates
-scheme gives BatchTopK (``batch * k`` candidates per rank); it is not implemented yet.
+BatchTopK: each rank offers the ``batch * k`` largest entries of its ``[batch, n / R]`` block;
+the global ``batch * k`` largest of all ranks' candidates are the batch's top ``batch * k``, and
+their smallest (positive) value updates the inference threshold on every rank. AuxK: the same
+candidate scheme over each rank's dead latents (``k_aux`` per row), the dead count summed over the
+ranks, the partial decodes of the residual all-reduced. Encoders: ``topk`` and ``batchtopk``.
+
+Checkpoints hold the full coder: :func:`gather_coder`, :func:`gather_optimizer_state` and
+:func:`gather_along` collect the slices; :func:`shard_coder` and :func:`shard_optimizer_state`
+cut a full checkpoint for any number of ranks.
 """
 
 from __future__ import annotations

@@ -54,19 +54,22 @@ def train_runs(
     checkpoint_every: int = 100,
     resume: bool = True,
     latent_group: Any = None,
+    own_runs: bool = False,
 ) -> list[SparseCoder]:
     """Train every job for ``config.steps`` steps in lockstep, resuming from checkpoints.
 
     ``latent_group``: train latent-parallel over this process group (every rank of it feeds the
     same rows; each holds a slice of every job's latents, see
     :mod:`sparsecodes.distributed.latent`); checkpoints and ``final/`` hold the full coders.
+    ``own_runs``: these jobs are this rank's alone (coders spread over ranks, "distribute
+    modules"): no data parallelism, and this rank writes their directories.
 
     A fresh coder's normaliser must already be fitted (``coder.normaliser.fit(sample)``).
     Returns the trained coders (also saved to ``run_dir/final``). Under ``torchrun`` every rank
     calls it with the same jobs; rank 0 alone writes ``run.json``, logs, checkpoints and
     ``final/`` (the other ranks' loggers are not called).
     """
-    main = dist_ctx.world().main
+    main = own_runs or dist_ctx.world().main
     trainers: list[Trainer] = []
     csvs: list[CSVLogger] = []
     run_loggers: list[list[Callable[[dict[str, float]], None]]] = []  # per job, after the CSV
@@ -81,6 +84,10 @@ def train_runs(
                     raise ValueError("latent parallelism does not train transcoders")
                 trainer = Trainer(
                     shard_coder(job.coder, latent_group), config, latent_group=latent_group
+                )
+            elif own_runs:
+                trainer = (TranscoderTrainer if job.pairs else Trainer)(
+                    job.coder, config, writer=True
                 )
             else:
                 trainer = (TranscoderTrainer if job.pairs else Trainer)(job.coder, config)

@@ -129,6 +129,9 @@ class Trainer:
         data_group: the data-parallel process group (None = all ranks).
         latent_group: the group whose ranks each hold a slice of the latents (``coder`` is this
             rank's slice, see :func:`sparsecodes.distributed.latent.shard_coder`); None = off.
+        writer: True: this coder is this process's alone (coders spread over ranks): no data
+            parallelism, and this process writes its checkpoints without waiting for others.
+            None: rank 0 writes, the others wait.
     """
 
     def __init__(
@@ -140,8 +143,12 @@ class Trainer:
         data_parallel: bool | None = None,
         data_group: Any = None,
         latent_group: Any = None,
+        writer: bool | None = None,
     ):
         config.validate()
+        self.writer = writer
+        if writer:
+            data_parallel = False
         self.coder = coder
         self.config = config
         self.freeze_dictionary = freeze_dictionary
@@ -380,7 +387,7 @@ class Trainer:
         coder, optim_state, fired = self.coder, self.optimizer.state_dict(), self.tokens_since_fired
         if self.latent_group is not None:  # collectives on every rank: the full coder's state
             coder, optim_state, fired = self._gather_latent_state(optim_state)
-        if not dist_ctx.world().main:
+        if not (self.writer or dist_ctx.world().main):
             dist_ctx.barrier()  # rank 0 is writing; nobody reads it before it is whole
             return path
         tmp = path.with_name(f".{path.name}.tmp")
@@ -405,7 +412,8 @@ class Trainer:
         tmp.rename(path)
         if old.exists():
             shutil.rmtree(old)
-        dist_ctx.barrier()
+        if not self.writer:
+            dist_ctx.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path, source: ActivationSource | None = None) -> None:
@@ -482,13 +490,20 @@ class TranscoderTrainer(Trainer):
     Dead-latent resampling is refused (its new atoms would be input-space directions).
     """
 
-    def __init__(self, coder: Any, config: TrainConfig, *, freeze_dictionary: bool = False):
+    def __init__(
+        self,
+        coder: Any,
+        config: TrainConfig,
+        *,
+        freeze_dictionary: bool = False,
+        writer: bool | None = None,
+    ):
         if config.resample_every:
             raise ValueError(
                 "dead-latent resampling (resample_every > 0) is not available for transcoders; "
                 "set resample_every=0 and use AuxK (topk/batchtopk) against dead latents"
             )
-        super().__init__(coder, config, freeze_dictionary=freeze_dictionary)
+        super().__init__(coder, config, freeze_dictionary=freeze_dictionary, writer=writer)
 
     def step(
         self, x: Tensor, target: Tensor | None = None, *, y: Tensor | None = None
