@@ -199,9 +199,8 @@ def _mine(every: Tensor, m: int, rank: int, width: int) -> Tensor:
     chosen = every.topk(m, dim=1).indices
     mine = (chosen >= rank * width) & (chosen < (rank + 1) * width)
     keep = torch.zeros(every.shape[0], width + 1, dtype=torch.bool, device=every.device)
-    keep.scatter_(
-        1, torch.where(mine, chosen - rank * width, width), True
-    )  # column width: not mine
+    # selections of other ranks go to the spare column ``width``, dropped below
+    keep.scatter_(1, torch.where(mine, chosen - rank * width, width), True)
     return keep[:, :width]
 
 
