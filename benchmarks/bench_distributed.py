@@ -1,4 +1,4 @@
-"""Data-parallel training throughput on the CPU: tokens/s with 1 and 2 processes under torchrun.
+"""Data- or latent-parallel training throughput on the CPU: tokens/s with 1 and 2 processes.
 
 Writes a float32 activation store of ``--rows`` random rows of width ``--d`` (shards of
 ``--shard-rows``), then runs, for each ``NxT`` in ``--runs`` (N processes of T threads),
@@ -10,9 +10,12 @@ row of ``metrics.csv``) and the wall time of the whole command (process start, g
 and the final save included). On one machine with few cores the 2-process run shows the cost of
 data parallelism (an all-reduce of every gradient per step, through gloo over loopback) rather
 than a speed-up: both runs share the same cores. The machine's load average is recorded: other
-jobs sharing the CPUs slow every measurement.
+jobs sharing the CPUs slow every measurement. ``--parallel latent`` runs ``train --parallel
+latent`` instead (each process holds half of the latents and steps on the whole batch).
 
     python benchmarks/bench_distributed.py --out benchmarks/results/distributed.json
+    python benchmarks/bench_distributed.py --parallel latent \
+        --out benchmarks/results/distributed_latent.json
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def run(store: Path, out: Path, spec: str, args: argparse.Namespace) -> dict:
         "--store", str(store), "--encoder", "topk", "--param", f"k={args.k}",
         "--n-latents", str(args.n_latents), "--steps", str(args.steps),
         "--batch-size", str(args.batch), "--device", "cpu", "--no-saelens",
-        "--checkpoint-every", str(args.steps), "--out", str(out),
+        "--checkpoint-every", str(args.steps), "--out", str(out), "--parallel", args.parallel,
     ]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
@@ -95,6 +98,7 @@ def main() -> None:
     ap.add_argument(
         "--runs", nargs="+", default=["1x2", "1x1", "2x1"], help="NxT: N procs, T threads"
     )
+    ap.add_argument("--parallel", choices=["data", "latent"], default="data")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
@@ -110,7 +114,7 @@ def main() -> None:
     for r in runs:
         r["ratio_to_first"] = r["tokens_per_s"] / base
     result = {
-        "benchmark": "data-parallel TopK training, torchrun on the CPU (gloo)",
+        "benchmark": f"{args.parallel}-parallel TopK training, torchrun on the CPU (gloo)",
         "device": cpu_name(),
         "cpu_count": os.cpu_count(),
         "loadavg_before_after": [load_before, load_after],
@@ -119,7 +123,8 @@ def main() -> None:
         "python": sys.version.split()[0],
         "note": (
             "all runs share the same cores, so on one small machine the 2-process figure shows "
-            "data parallelism's overhead (gradient all-reduce through gloo) beside 1 process "
+            f"{args.parallel} parallelism's overhead (data: gradient all-reduce; latent: "
+            "candidate all-gather and reconstruction all-reduce, through gloo) beside 1 process "
             "with 1 and with 2 threads, not a scaling result; the machine was shared with other "
             "jobs (load average recorded), which penalises multi-threaded runs most"
         ),

@@ -2,10 +2,13 @@
 
 The two-rank scenarios run in one pair of processes spawned with ``torch.multiprocessing`` and a
 file rendezvous (the ``two_ranks`` fixture: process start-up dominates the cost), so they run in
-CI without ``torchrun``; the kill-and-resume test needs two more pairs and is marked slow. Tolerances: the data-parallel gradient is the mean of two half-batch
-means instead of one full-batch mean, so the float32 sums are taken in another order (relative
-error ~ 1e-7 per step); Adam divides each update by the gradient's running RMS, so a weight can
-differ by at most ``lr * steps`` times that error, far below ``ATOL``.
+CI without ``torchrun``; the kill-and-resume test needs two more pairs and is marked slow
+(latent-parallel resume and the torchrun commands: tests/test_latent_parallel.py, slow).
+Tolerances: the data-parallel gradient is the mean of two half-batch means instead of one
+full-batch mean, and the latent-parallel reconstruction a sum of two partial decodes, so the
+float32 sums are taken in another order (relative error ~ 1e-7 per step); Adam divides each
+update by the gradient's running RMS, so a weight can differ by at most ``lr * steps`` times
+that error, far below ``ATOL``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ def config(steps: int = 12) -> TrainConfig:
     return TrainConfig(steps=steps, lr=3e-3, batch_size=64, log_every=4)
 
 
+def make_aux_coder(encoder: str) -> SparseCoder:
+    return SparseCoder(D, N_LAT, encoder, seed=3, k=4, aux_k=8)
+
+
+def aux_config() -> TrainConfig:
+    # latents silent for two steps count as dead, so AuxK runs from the third step on
+    return TrainConfig(steps=12, lr=3e-3, batch_size=64, log_every=4, dead_after_tokens=128)
+
+
 def run_workers(fn, tmp_path: Path, *args) -> None:
     tmp_path.mkdir(parents=True, exist_ok=True)
     """Run ``fn(rank, init_file, *args)`` in two processes; raises if any fails."""
@@ -84,6 +96,16 @@ def scenarios_worker(rank: int, init_file: str, out: str) -> None:
         trainer.fit(TensorSource(data(), seed=1))
         whole = gather_coder(part, dist.group.WORLD)
         results["lp-topk"] = {"state": whole.state_dict(), "history": trainer.state.history}
+        # latent parallel with AuxK (latents die after two steps), TopK and BatchTopK
+        for encoder in ("topk", "batchtopk"):
+            part = shard_coder(make_aux_coder(encoder), dist.group.WORLD)
+            trainer = Trainer(part, aux_config(), latent_group=dist.group.WORLD)
+            trainer.fit(TensorSource(data(), seed=1))
+            whole = gather_coder(part, dist.group.WORLD)
+            results[f"lp-aux-{encoder}"] = {
+                "state": whole.state_dict(),
+                "history": trainer.state.history,
+            }
         # distributed caching: shards split between the ranks, one manifest at the end
         res = cache(Path(out).parent / "cache-two")
         results["cache"] = {"rows": res.rows, "new_rows": res.new_rows}
@@ -182,6 +204,26 @@ def test_latent_parallel_topk_equals_one_process_holding_every_latent(two_ranks)
     for a, b in zip(got["history"], trainer.state.history, strict=True):
         assert a["l0"] == b["l0"] == 4.0  # k latents per row in total, summed over the slices
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ["topk", "batchtopk"])
+def test_latent_parallel_with_auxk_equals_one_process_holding_every_latent(two_ranks, encoder):
+    """Global TopK / BatchTopK selection and AuxK over both ranks' dead latents."""
+    got = two_ranks[f"lp-aux-{encoder}"]
+    trainer = Trainer(make_aux_coder(encoder), aux_config())
+    trainer.fit(TensorSource(data(), seed=1))
+    want = trainer.coder.state_dict()
+    start = make_aux_coder(encoder).state_dict()["dictionary.W_dec"]
+    assert (want["dictionary.W_dec"] - start).abs().max() > 100 * ATOL  # training moved them
+    assert got["state"].keys() == want.keys()
+    for name, value in want.items():  # BatchTopK: its threshold buffers too
+        torch.testing.assert_close(got["state"][name], value, atol=ATOL, rtol=0, msg=name)
+    assert any(r["auxk"] > 0 for r in trainer.state.history)  # AuxK did run (latents died)
+    for a, b in zip(got["history"], trainer.state.history, strict=True):
+        for key in ("loss", "mse", "auxk", "l0", "dead_frac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+    if encoder == "batchtopk":  # one threshold update per step, from the global batch
+        assert int(got["state"]["encoder.threshold_updates"]) == 12
 
 
 def test_distributed_cache_writes_the_store_one_process_writes(two_ranks, tmp_path):

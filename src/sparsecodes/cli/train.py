@@ -18,6 +18,7 @@ _FLAGS = {
     "transcoders": "--transcoder",
     "skip": "--skip",
     "encoders": "--encoder",
+    "parallel": "--parallel",
 }
 
 
@@ -72,7 +73,8 @@ def transcoder_pairs(
         "cache`) or streamed from --model at --hook points (one forward pass feeds every coder). "
         "One coder per (hook or store) x encoder; each gets a resumable run directory under --out. "
         "Under torchrun (torchrun --nproc-per-node N -m sparsecodes train ...) training is "
-        "data-parallel: --batch-size is the global batch, rank 0 writes (docs/distributed.md). "
+        "data-parallel by default (--batch-size is the global batch, rank 0 writes; --parallel "
+        "latent or modules for the other splits, docs/distributed.md). "
         "Transcoders: --transcoder 'blocks.{i}.mlp_in:blocks.{i}.mlp_out' --layers 0-3 trains one "
         "transcoder per layer from the same forward passes (--skip adds a linear skip path; "
         "--crosscoder makes one dictionary reading every IN hook and writing every OUT hook)."
@@ -193,6 +195,19 @@ def transcoder_pairs(
         "Also log to TensorBoard event files in DIR (scalars train/<metric>; several coders: one "
         "subdirectory per run, <hook>-<encoder>). View: tensorboard --logdir DIR. "
         "Needs pip install tensorboard."
+    ),
+)
+@click.option(
+    "--parallel",
+    type=click.Choice(["data", "latent", "modules"]),
+    default="data",
+    show_default=True,
+    help=(
+        "Under torchrun: 'data' splits each batch between the ranks; 'latent' gives each rank "
+        "1/N of every coder's latents (for dictionaries too wide for one device; topk and "
+        "batchtopk), every rank reading the same rows; 'modules' deals the stores/hooks to the "
+        "ranks in turn, each rank training its coders on every forward pass. Without torchrun "
+        "all are one process."
     ),
 )
 @out_option("runs/train", "Run directory (with several coders: OUT/<hook>/<encoder>).")

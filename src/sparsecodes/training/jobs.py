@@ -100,6 +100,7 @@ def train_coders(
     resample_every: int = 0,
     resample_window: int | None = None,
     resample_scale: float = 0.2,
+    parallel: str = "data",
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -122,16 +123,62 @@ def train_coders(
     Under ``torchrun`` (a process group initialised, see :mod:`sparsecodes.distributed`) every
     rank calls this with the same arguments: training is data-parallel with ``batch_size`` as
     the global batch, each rank reading its own shards of each store or its own forward passes
-    of the corpus; rank 0 writes the run directories.
+    of the corpus; rank 0 writes the run directories. With ``parallel="latent"`` every rank
+    reads the same rows (all of each store, every forward pass) and holds ``1 / world_size`` of
+    each coder's latents (topk and batchtopk); checkpoints and ``final/`` hold the full coders.
+    With ``parallel="modules"`` the stores (or hooks, then transcoder pairs) are dealt to the
+    ranks in turn (unit ``i`` to rank ``i mod world_size``); each rank streams every forward pass
+    (recording only its hooks) or reads its stores whole, trains its coders alone as one process
+    would, writes their run directories and returns only its runs.
     """
     w = dist_ctx.world()
+    if parallel not in ("data", "latent", "modules"):
+        raise JobSpecError(
+            "parallel", f"parallel must be 'data', 'latent' or 'modules', got {parallel!r}"
+        )
+    latent = parallel == "latent" and w.size > 1
+    modules = parallel == "modules" and w.size > 1
+    n_units = len(stores) if stores else len(hooks) + len(transcoders)
+    if modules:  # unit i (store, or hook then transcoder pair) is trained by rank i mod size
+        if n_units < w.size:
+            raise JobSpecError(
+                "parallel",
+                f"--parallel modules spreads {n_units} stores/hooks/transcoders over {w.size} "
+                "ranks: give at least one per rank, or use data parallelism",
+            )
+        stores = tuple(s for i, s in enumerate(stores) if i % w.size == w.rank)
+        hooks_all = hooks
+        hooks = tuple(h for i, h in enumerate(hooks) if i % w.size == w.rank)
+        transcoders = tuple(
+            t for j, t in enumerate(transcoders) if (len(hooks_all) + j) % w.size == w.rank
+        )
+    if latent:
+        from sparsecodes.distributed.latent import LATENT_ENCODERS
+
+        bad = [e for e in encoders if e not in LATENT_ENCODERS]
+        if bad:
+            raise JobSpecError(
+                "parallel",
+                f"latent parallelism trains {' and '.join(LATENT_ENCODERS)} coders, not "
+                f"{', '.join(bad)}; use data parallelism (the default) for those",
+            )
+        if transcoders:
+            raise JobSpecError("parallel", "latent parallelism does not train transcoders yet")
+        if n_latents is not None and n_latents % w.size:
+            raise JobSpecError(
+                "parallel",
+                f"--n-latents {n_latents} must be divisible by the {w.size} latent-parallel ranks",
+            )
+    # data parallel: each rank its own rows; latent parallel: every rank the same rows
+    # (modules: every rank runs every forward pass, or reads its whole stores, for its coders)
+    src_rank, src_size = (0, 1) if latent or modules else (w.rank, w.size)
     if bool(stores) == bool(model):
         raise JobSpecError("stores", "give either activation stores or a model with hooks")
     if transcoders and stores:
         raise JobSpecError(
             "transcoders", "transcoders stream (input, output) pairs from --model, not stores"
         )
-    if model and not hooks and not transcoders:
+    if model and not hooks and not transcoders and not modules:
         raise JobSpecError("hooks", "streaming from a model needs at least one hook")
     if skip and not transcoders:
         raise JobSpecError("skip", "a skip path is for transcoders; add --transcoder")
@@ -161,7 +208,7 @@ def train_coders(
             meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
             sampler = StoreSource(path, seed=seed + 1)
             new_src = functools.partial(
-                StoreSource, path, seed=seed, rank=w.rank, world_size=w.size
+                StoreSource, path, seed=seed, rank=src_rank, world_size=src_size
             )
             sources.append((slug(m.hook), new_src, sampler, meta))
     else:
@@ -183,8 +230,8 @@ def train_coders(
             streamed,
             context_size=context_size,
             seed=seed,
-            rank=w.rank,
-            world_size=w.size,
+            rank=src_rank,
+            world_size=src_size,
         )
         sampler_live = LiveModelSource(
             adapter, texts, streamed, context_size=context_size, seed=seed + 1
@@ -267,18 +314,23 @@ def train_coders(
                     **per_encoder[enc],
                 )
             coder.normaliser.fit(sample)
-            several = len(encoders) > 1 or len(sources) > 1
+            several = len(encoders) > 1 or n_units > 1
             run_dir = out / label / enc if several else out
             tb_dir = None
             if tensorboard_dir is not None:
                 tb_dir = tensorboard_dir / f"{label}-{enc}" if several else tensorboard_dir
             loggers = []
-            if wandb_project and w.main:
+            if wandb_project and (w.main or modules):
                 loggers.append(
                     WandbLogger(wandb_project, {**meta, **coder.config()}, f"{label}-{enc}")
                 )
             pairs = sample_y is not None
-            jobs.append(RunJob(coder, src, run_dir, {"source": meta}, loggers, tb_dir, pairs))
+            extra: dict[str, Any] = {"source": meta}
+            if w.size > 1:  # how this run was spread: recorded in run.json
+                extra["parallel"] = {"mode": parallel, "world_size": w.size}
+                if modules:
+                    extra["parallel"]["rank"] = w.rank
+            jobs.append(RunJob(coder, src, run_dir, extra, loggers, tb_dir, pairs))
     cfg = TrainConfig(
         steps=steps,
         lr=lr,
@@ -292,11 +344,23 @@ def train_coders(
         resample_window=resample_window,
         resample_scale=resample_scale,
     )
-    coders = train_runs(jobs, cfg, checkpoint_every=checkpoint_every, resume=not no_resume)
+    latent_group = None
+    if latent:
+        import torch.distributed as dist
+
+        latent_group = dist.group.WORLD
+    coders = train_runs(
+        jobs,
+        cfg,
+        checkpoint_every=checkpoint_every,
+        resume=not no_resume,
+        latent_group=latent_group,
+        own_runs=modules,
+    )
     results = []
     for job, coder in zip(jobs, coders, strict=True):
         sl_dir, sl_error = None, None
-        if saelens and w.main:
+        if saelens and (w.main or modules):
             meta = job.extra_config["source"]
             try:
                 sl_dir = coder.save(

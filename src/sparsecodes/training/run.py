@@ -53,15 +53,23 @@ def train_runs(
     *,
     checkpoint_every: int = 100,
     resume: bool = True,
+    latent_group: Any = None,
+    own_runs: bool = False,
 ) -> list[SparseCoder]:
     """Train every job for ``config.steps`` steps in lockstep, resuming from checkpoints.
+
+    ``latent_group``: train latent-parallel over this process group (every rank of it feeds the
+    same rows; each holds a slice of every job's latents, see
+    :mod:`sparsecodes.distributed.latent`); checkpoints and ``final/`` hold the full coders.
+    ``own_runs``: these jobs are this rank's alone (coders spread over ranks, "distribute
+    modules"): no data parallelism, and this rank writes their directories.
 
     A fresh coder's normaliser must already be fitted (``coder.normaliser.fit(sample)``).
     Returns the trained coders (also saved to ``run_dir/final``). Under ``torchrun`` every rank
     calls it with the same jobs; rank 0 alone writes ``run.json``, logs, checkpoints and
     ``final/`` (the other ranks' loggers are not called).
     """
-    main = dist_ctx.world().main
+    main = own_runs or dist_ctx.world().main
     trainers: list[Trainer] = []
     csvs: list[CSVLogger] = []
     run_loggers: list[list[Callable[[dict[str, float]], None]]] = []  # per job, after the CSV
@@ -69,7 +77,20 @@ def train_runs(
         for job in jobs:
             job.run_dir = Path(job.run_dir)
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            trainer = (TranscoderTrainer if job.pairs else Trainer)(job.coder, config)
+            if latent_group is not None:
+                from sparsecodes.distributed.latent import shard_coder
+
+                if job.pairs:
+                    raise ValueError("latent parallelism does not train transcoders")
+                trainer = Trainer(
+                    shard_coder(job.coder, latent_group), config, latent_group=latent_group
+                )
+            elif own_runs:
+                trainer = (TranscoderTrainer if job.pairs else Trainer)(
+                    job.coder, config, writer=True
+                )
+            else:
+                trainer = (TranscoderTrainer if job.pairs else Trainer)(job.coder, config)
             ckpt = job.run_dir / "checkpoint"
             resumed: int | None = None
             if resume and (ckpt.exists() or ckpt.with_name(".checkpoint.old").exists()):
@@ -104,7 +125,11 @@ def train_runs(
         )
         out = []
         for trainer, job in zip(trainers, jobs, strict=True):
-            coder = job.coder
+            coder = trainer.coder
+            if latent_group is not None:  # every rank: the whole coder from the slices
+                from sparsecodes.distributed.latent import gather_coder
+
+                coder = job.coder = gather_coder(coder, latent_group)
             coder.train_config = {**coder.train_config, **trainer.config_dict(), **job.extra_config}
             coder.history = trainer.state.history
             coder.mark_fitted()
@@ -134,8 +159,10 @@ def train_run(
     extra_config: dict[str, Any] | None = None,
     loggers: Sequence[Callable[[dict[str, float]], None]] = (),
     tensorboard_dir: str | Path | None = None,
+    latent_group: Any = None,
 ) -> SparseCoder:
-    """:func:`train_runs` for one coder; ``loggers`` and ``tensorboard_dir`` as in :class:`RunJob`."""
+    """:func:`train_runs` for one coder; ``loggers`` and ``tensorboard_dir`` as in :class:`RunJob`,
+    ``latent_group`` as in :func:`train_runs`."""
     job = RunJob(
         coder,
         source,
@@ -144,4 +171,6 @@ def train_run(
         list(loggers),
         None if tensorboard_dir is None else Path(tensorboard_dir),
     )
-    return train_runs([job], config, checkpoint_every=checkpoint_every, resume=resume)[0]
+    return train_runs(
+        [job], config, checkpoint_every=checkpoint_every, resume=resume, latent_group=latent_group
+    )[0]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from sparsecodes import distributed as dist_ctx
@@ -128,6 +129,9 @@ class Trainer:
         data_group: the data-parallel process group (None = all ranks).
         latent_group: the group whose ranks each hold a slice of the latents (``coder`` is this
             rank's slice, see :func:`sparsecodes.distributed.latent.shard_coder`); None = off.
+        writer: True: this coder is this process's alone (coders spread over ranks): no data
+            parallelism, and this process writes its checkpoints without waiting for others.
+            None: rank 0 writes, the others wait.
     """
 
     def __init__(
@@ -139,8 +143,12 @@ class Trainer:
         data_parallel: bool | None = None,
         data_group: Any = None,
         latent_group: Any = None,
+        writer: bool | None = None,
     ):
         config.validate()
+        self.writer = writer
+        if writer:
+            data_parallel = False
         self.coder = coder
         self.config = config
         self.freeze_dictionary = freeze_dictionary
@@ -285,11 +293,14 @@ class Trainer:
         values += [float(v.detach()) for v in out.losses.values()]
         if self.data_ranks > 1:
             values = dist_reduce.mean_floats(values, self.data_group)
+        dead_frac = float(self.dead_mask().float().mean())
+        if self.latent_group is not None:  # equal slices: the mean of the slices' fractions
+            dead_frac = dist_reduce.mean_floats([dead_frac], self.latent_group)[0]
         return {
             "step": float(self.state.step),
             "tokens": float(self.state.tokens),
             **dict(zip(names[:2], values[:2], strict=True)),
-            "dead_frac": float(self.dead_mask().float().mean()),
+            "dead_frac": dead_frac,
             "lr": float(self.scheduler.get_last_lr()[0]),
             **dict(zip(names[2:], values[2:], strict=True)),
             **resampled,
@@ -365,28 +376,29 @@ class Trainer:
 
         Layout: ``path/model`` (SparseCoder.save) and ``path/trainer.pt`` (optimiser, schedule,
         counters, history, the source's state). Under data parallelism every rank calls it (the
-        source's state may gather every rank's position) and rank 0 alone writes.
+        source's state may gather every rank's position) and rank 0 alone writes. Under latent
+        parallelism every rank calls it too: the slices (weights, Adam moments, dead counters)
+        are gathered and rank 0 writes the *full* coder's checkpoint, the same files one process
+        holding every latent writes, so any number of latent ranks (or one process) resumes it.
         """
-        if self.latent_group is not None:
-            raise NotImplementedError(
-                "checkpoints of latent-parallel runs are not written yet; gather the coder with "
-                "sparsecodes.distributed.latent.gather_coder and save it on rank 0"
-            )
         source_state = source.state_dict() if source is not None else None
         path = Path(path)
-        if not dist_ctx.world().main:
+        self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
+        coder, optim_state, fired = self.coder, self.optimizer.state_dict(), self.tokens_since_fired
+        if self.latent_group is not None:  # collectives on every rank: the full coder's state
+            coder, optim_state, fired = self._gather_latent_state(optim_state)
+        if not (self.writer or dist_ctx.world().main):
             dist_ctx.barrier()  # rank 0 is writing; nobody reads it before it is whole
             return path
         tmp = path.with_name(f".{path.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
-        self.coder.save(tmp / "model")
+        coder.save(tmp / "model")
         blob = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
-            "tokens_since_fired": self.tokens_since_fired,
+            "tokens_since_fired": fired,
             "state": asdict(self.state),
             "source": source_state,
             "config": self.config_dict(),
@@ -400,7 +412,8 @@ class Trainer:
         tmp.rename(path)
         if old.exists():
             shutil.rmtree(old)
-        dist_ctx.barrier()
+        if not self.writer:
+            dist_ctx.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path, source: ActivationSource | None = None) -> None:
@@ -415,6 +428,11 @@ class Trainer:
         # type(coder).load, not an import of sparse_coder: training never imports the coder
         # module at run time (sparse_coder imports training; see docs/architecture.md)
         saved = type(self.coder).load(path / "model", device=str(self.coder.device))
+        full_latents = saved.n_latents
+        if self.latent_group is not None:  # this rank's slice of the full checkpoint
+            from sparsecodes.distributed import latent
+
+            saved = latent.shard_coder(saved, self.latent_group)
         mine, theirs = self.coder.config(), saved.config()
         for key in ("d_in", "n_latents", "encoder", "encoder_config", "normalize"):
             if mine[key] != theirs[key]:
@@ -425,15 +443,44 @@ class Trainer:
         self.coder.load_state_dict(saved.state_dict())
         self.coder.mark_fitted()
         blob = torch.load(path / "trainer.pt", weights_only=False)
-        self.optimizer.load_state_dict(blob["optimizer"])
+        optim_state, fired = blob["optimizer"], blob["tokens_since_fired"]
+        if self.latent_group is not None:
+            optim_state, fired = self._shard_latent_state(optim_state, fired, full_latents)
+        self.optimizer.load_state_dict(optim_state)
         self.scheduler.load_state_dict(blob["scheduler"])
-        self.tokens_since_fired = blob["tokens_since_fired"]
+        self.tokens_since_fired = fired
         self.state = TrainState(**blob["state"])
         if source is not None and blob["source"] is not None:
             source.load_state_dict(blob["source"])
 
     def config_dict(self) -> dict[str, Any]:
         return {**asdict(self.config), "freeze_dictionary": self.freeze_dictionary}
+
+    def _param_names(self) -> list[str]:
+        ids = {id(p): name for name, p in self.coder.named_parameters()}
+        return [ids[id(p)] for p in self.params]
+
+    def _gather_latent_state(self, optim_state: dict[str, Any]) -> tuple[Any, Any, Tensor]:
+        """The full coder, optimiser state and dead counters from every latent rank's slice."""
+        from sparsecodes.distributed import latent
+
+        group = self.latent_group
+        full = latent.gather_coder(self.coder, group)
+        optim = latent.gather_optimizer_state(optim_state, self._param_names(), self.params, group)
+        fired = latent.gather_along(self.tokens_since_fired, 0, group)
+        return full, optim, fired
+
+    def _shard_latent_state(
+        self, optim_state: dict[str, Any], fired: Tensor, n_latents: int
+    ) -> tuple[dict[str, Any], Tensor]:
+        """This rank's slices of a full checkpoint's optimiser state and dead counters."""
+        from sparsecodes.distributed import latent
+
+        group = self.latent_group
+        names = self._param_names()
+        optim = latent.shard_optimizer_state(optim_state, names, n_latents, group)
+        sl = latent.latent_slice(n_latents, dist.get_rank(group), dist.get_world_size(group))
+        return optim, fired[sl].clone()
 
 
 class TranscoderTrainer(Trainer):
@@ -443,13 +490,20 @@ class TranscoderTrainer(Trainer):
     Dead-latent resampling is refused (its new atoms would be input-space directions).
     """
 
-    def __init__(self, coder: Any, config: TrainConfig, *, freeze_dictionary: bool = False):
+    def __init__(
+        self,
+        coder: Any,
+        config: TrainConfig,
+        *,
+        freeze_dictionary: bool = False,
+        writer: bool | None = None,
+    ):
         if config.resample_every:
             raise ValueError(
                 "dead-latent resampling (resample_every > 0) is not available for transcoders; "
                 "set resample_every=0 and use AuxK (topk/batchtopk) against dead latents"
             )
-        super().__init__(coder, config, freeze_dictionary=freeze_dictionary)
+        super().__init__(coder, config, freeze_dictionary=freeze_dictionary, writer=writer)
 
     def step(
         self, x: Tensor, target: Tensor | None = None, *, y: Tensor | None = None
