@@ -11,9 +11,20 @@ from sparsecodes.graphs.io import graph_json, load_transcoder, save_transcoder, 
 from sparsecodes.graphs.prune import GraphScores, PruneResult, graph_scores, influence, prune
 from sparsecodes.graphs.replacement import ReplacementModel, ReplacementRun
 from sparsecodes.graphs.transcoder import DenseTranscoder, Transcoder, fit_transcoder
+from sparsecodes.graphs.validate import (
+    AblationCheck,
+    AblationResult,
+    ablation_check,
+    frozen_change,
+    predicted_change,
+    real_change,
+    top_features,
+)
 from sparsecodes.graphs.viewer import write_graph_page
 
 __all__ = [
+    "AblationCheck",
+    "AblationResult",
     "AttributionGraph",
     "DenseTranscoder",
     "GraphScores",
@@ -21,16 +32,21 @@ __all__ = [
     "ReplacementModel",
     "ReplacementRun",
     "Transcoder",
+    "ablation_check",
     "attribute",
     "build_graph",
     "fit_transcoder",
+    "frozen_change",
     "graph_json",
     "graph_scores",
     "influence",
     "load_transcoder",
+    "predicted_change",
     "prune",
+    "real_change",
     "save_transcoder",
     "single_token",
+    "top_features",
     "write_graph",
     "write_graph_page",
 ]
