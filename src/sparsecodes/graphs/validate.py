@@ -205,8 +205,8 @@ def ablation_check(
     adapter: ModelAdapter,
     transcoders: Sequence[Transcoder],
     prompt: str,
-    target: str,
-    contrast: str | None = None,
+    target: str | int,
+    contrast: str | int | None = None,
     *,
     k: int = 10,
     n_random: int = 5,
@@ -216,11 +216,15 @@ def ablation_check(
 ) -> AblationCheck:
     """Build ``prompt``'s graph (or take ``graph``), ablate its top-``k`` features by influence
     and ``n_random`` draws of ``k`` random active features (seeded by ``seed``); for each set the
-    graph's prediction, the frozen replacement model's change and the real model's change."""
+    graph's prediction, the frozen replacement model's change and the real model's change.
+    ``target``/``contrast`` are single tokens (text, e.g. ``" Mary"``, or token ids)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    tid = single_token(adapter, target)
-    cid = single_token(adapter, contrast) if contrast is not None else None
+    def token(t: str | int) -> int:
+        return int(t) if isinstance(t, int) else single_token(adapter, t)
+
+    tid = token(target)
+    cid = token(contrast) if contrast is not None else None
     ids = adapter.encode(prompt)[0][0]
     rm = ReplacementModel(adapter, transcoders)
     run = rm.run(ids)
