@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from graphs_smollm2 import collect
+from sparsecodes.circuits.metrics import roc_auc
 from sparsecodes.circuits.tasks import ioi
 from sparsecodes.data.corpus import embedded_texts
 from sparsecodes.files import write_json
@@ -35,10 +36,14 @@ from sparsecodes.graphs import (
     attribute,
     fit_transcoder,
     graph_scores,
+    head_scores,
+    prune,
+    target_head_scores,
 )
 from sparsecodes.models import load_model
 
 OUT = Path(__file__).parent / "results" / "graph_ablation_smollm2.json"
+CIRCUITS = Path(__file__).parent / "results" / "circuits_smollm2.json"
 
 
 def summary(rows: list[dict]) -> dict:
@@ -106,11 +111,17 @@ def main() -> None:
     logging_rows: list[dict] = []
     rm = ReplacementModel(lm, tcs)
     per_prompt = []
+    heads_kept = torch.zeros(lm.n_layers, lm.n_heads)
+    heads_target = torch.zeros(lm.n_layers, lm.n_heads)
     for n, p in enumerate(held):
         tid, cid = p.correct[0], p.wrong[0]
         run = rm.run(lm.encode(p.text)[0][0])
         graph = attribute(rm, run, tid, cid)
         sc = graph_scores(graph)
+        hs = head_scores(rm, run, graph, prune(graph))
+        heads_kept += hs / hs.sum()
+        ht = target_head_scores(rm, run, graph)
+        heads_target += ht / ht.sum()
         entry = {
             "prompt": p.text,
             "target": lm.tokenizer.decode([tid]),
@@ -143,6 +154,27 @@ def main() -> None:
             "top": summary([r["top"] for r in rows]),
             "random": summary([x for r in rows for x in r["random"]]),
         }
+    heads = {
+        "scores": "graph-derived head scores (graphs.heads), each prompt's normalised to sum 1"
+    }
+    if CIRCUITS.is_file():  # the mean-ablation reference of `sparsecodes circuit` on IOI
+        ref_run = json.loads(CIRCUITS.read_text())["runs"]["ioi/last-argmax"]
+        ref = {tuple(h) for h in ref_run["reference"]["heads"]}
+        for name, sc in (("kept_nodes", heads_kept), ("target_only", heads_target)):
+            scores = {
+                (i, j): float(sc[i, j]) for i in range(lm.n_layers) for j in range(lm.n_heads)
+            }
+            top = sorted(scores, key=scores.get, reverse=True)[: len(ref)]
+            heads[name] = {
+                "roc_auc": roc_auc(scores, ref),
+                "top_heads": [list(h) for h in top],
+                "top_in_reference": sum(h in ref for h in top),
+            }
+        heads["reference"] = {
+            "rule": ref_run["reference"]["rule"],
+            "heads": sorted(list(h) for h in ref),
+            "from": "benchmarks/results/circuits_smollm2.json (ioi, 24 pairs, seed 0 prompts)",
+        }
     result = {
         "model": "smollm2-135m",
         "task": "ioi (correct name minus wrong name, last position)",
@@ -161,6 +193,7 @@ def main() -> None:
         "ks": ks,
         "n_random": a.n_random,
         "summary": summaries,
+        "heads": heads,
         "prompts": per_prompt,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
@@ -168,6 +201,7 @@ def main() -> None:
     }
     write_json(a.out, result)
     print(json.dumps(summaries, indent=1))
+    print(json.dumps({k: v for k, v in heads.items() if k != "reference"}))
 
 
 if __name__ == "__main__":

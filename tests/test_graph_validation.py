@@ -96,3 +96,29 @@ def test_ablation_check_reports_top_and_random_sets(lm, setup):
         assert len(r.features) == 4
         assert r.frozen == pytest.approx(r.predicted, abs=1e-4 * (abs(r.predicted) + 1))
     assert abs(chk.top.predicted) >= max(abs(r.predicted) for r in chk.random) * 0.5
+
+
+def test_head_outputs_sum_to_attention_and_target_split_is_exact_at_the_last_layer(lm, setup):
+    from sparsecodes.graphs.heads import head_outputs, head_scores, node_head_contributions
+    from sparsecodes.graphs.prune import prune
+
+    _, rm, run, graph, ids, _, _ = setup
+    outs = head_outputs(rm, run)  # [L, H, T, d]
+    attn = lm.run(ids[None], hooks=[f"blocks.{i}.attn_out" for i in range(lm.n_layers)])
+    for i in range(lm.n_layers):
+        ref = attn[f"blocks.{i}.attn_out"][0]
+        assert (outs[i].sum(0) - ref).abs().max() <= 1e-5 * (ref.abs().max() + 1)
+    t = torch.tensor([graph.target_index])
+    c = node_head_contributions(rm, run, graph, t)[0]  # [L, H]
+    u = rm.W_U[graph.target_id] - rm.W_U[graph.contrast_id]
+    direct = outs[-1, :, -1] @ (rm.g_final * run.final_scale[-1] * u)  # last layer: direct only
+    assert (c[-1] - direct).abs().max() <= 1e-5 * (direct.abs().max() + 1)
+    assert direct.abs().max() > 1e-3
+    # a feature's input splits by head too: the sum over heads of its layer's attention equals
+    # the gradient at the residual after attention times the attention output
+    f = int((graph.features[:, 0] == 3).nonzero()[0])
+    cf = node_head_contributions(rm, run, graph, torch.tensor([f]))[0]
+    assert cf[:3].abs().sum() > 0
+    scores = head_scores(rm, run, graph, prune(graph))
+    assert scores.shape == (lm.n_layers, lm.n_heads) and bool((scores >= 0).all())
+    assert float(scores.sum()) > 0

@@ -7,6 +7,7 @@ model), :func:`attribute` (the full graph), :func:`prune` and :func:`graph_score
 
 from sparsecodes.graphs.attribution import AttributionGraph, attribute
 from sparsecodes.graphs.build import build_graph, single_token
+from sparsecodes.graphs.heads import head_scores, target_head_scores
 from sparsecodes.graphs.io import graph_json, load_transcoder, save_transcoder, write_graph
 from sparsecodes.graphs.prune import GraphScores, PruneResult, graph_scores, influence, prune
 from sparsecodes.graphs.replacement import ReplacementModel, ReplacementRun
@@ -39,6 +40,7 @@ __all__ = [
     "frozen_change",
     "graph_json",
     "graph_scores",
+    "head_scores",
     "influence",
     "load_transcoder",
     "predicted_change",
@@ -46,6 +48,7 @@ __all__ = [
     "real_change",
     "save_transcoder",
     "single_token",
+    "target_head_scores",
     "top_features",
     "write_graph",
     "write_graph_page",

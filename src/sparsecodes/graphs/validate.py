@@ -220,6 +220,7 @@ def ablation_check(
     ``target``/``contrast`` are single tokens (text, e.g. ``" Mary"``, or token ids)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+
     def token(t: str | int) -> int:
         return int(t) if isinstance(t, int) else single_token(adapter, t)
 
