@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "select": "sparsecodes.cli.select:select",
     "graph": "sparsecodes.cli.graph:graph",
     "steer": "sparsecodes.cli.steer:steer",
+    "intervene": "sparsecodes.cli.intervene:intervene",
 }
 
 HELP = {
@@ -46,6 +47,7 @@ HELP = {
     "select": "Select pool documents whose sparse codes resemble a target set's (data selection).",
     "graph": "Attribution graph of a prompt from per-layer transcoders (JSON + graph page).",
     "steer": "Generate with a latent added, clamped or ablated at the coder's hook, beside as is.",
+    "intervene": "Zero or scale transcoder features in the model: target logit and generations.",
 }
 
 

@@ -207,13 +207,18 @@ class ReplacementModel:
         embed: Tensor | None = None,
         error: Tensor | None = None,
         biases: bool = True,
+        gates: Mapping[int, Tensor] | None = None,
     ) -> Tensor:
         """Logits ``[T, V]`` of the frozen linear model from its sources.
 
         Defaults are the run's own sources, so ``forward(run)`` equals the model's logits.
         ``codes`` (per layer ``[T, n]``), ``embed`` ``[T, d]`` and ``error`` ``[L, T, d]`` replace
         them; with ``biases=False`` every constant (decoder, attention and unembedding biases)
-        is left out, so the result is linear (not affine) in the sources.
+        is left out, so the result is linear (not affine) in the sources. ``gates`` (per layer a
+        0/1 mask ``[T, n]``) makes that layer's features follow their inputs instead:
+        ``codes = encode_pre(mlp_in) * gate`` with ``mlp_in`` recomputed in this pass (the
+        linearisation of ReLU/TopK/JumpReLU with the active set frozen; a 0 gate removes a
+        feature and lets the change reach later features).
         """
         codes = {**run.codes, **(codes or {})}
         x = run.embed if embed is None else embed
@@ -227,7 +232,11 @@ class ReplacementModel:
             out = err[layer]
             if layer in self.transcoders:
                 tc = self.transcoders[layer]
-                out = out + codes[layer] @ tc.W_dec_out
+                c = codes[layer]
+                if gates is not None and layer in gates:
+                    w_enc, b_enc = self.enc[layer]
+                    c = (mi @ w_enc + b_enc) * gates[layer]
+                out = out + c @ tc.W_dec_out
                 if biases:
                     out = out + tc.b_dec_out
                 if tc.W_skip is not None:

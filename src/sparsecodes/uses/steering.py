@@ -14,11 +14,23 @@ kept, so only the named latents' share of ``x`` changes: ablating no latent (or 
 ``alpha = 0``) returns ``x`` unchanged, bit for bit. The change is computed as
 ``delta = D(c') - D(c) = ((c' - c) @ W_dec) / s`` (the bias cancels) and added to ``x``.
 
+- **scale** latent ``i`` by ``f``: clamp it to ``f * c_i``, ``x + (f - 1) * c_i * d_i``
+  (``f = 0`` is ablating it, ``f = 1`` changes nothing, bit for bit).
+
 A :class:`LatentEdit` is a function of the activation (``edit(act) -> act``), which is what the
 model adapter's edit hooks take (:meth:`~sparsecodes.models.ModelAdapter.run_with_edit`,
 :meth:`~sparsecodes.models.ModelAdapter.editing`). :meth:`LatentEdit.delta` gives the change
-alone, so a coder that reads one hook and writes another (a transcoder) can compute it at one
-hook and add it at the other.
+alone.
+
+**Transcoders.** The same edit works through a coder that reads one hook and writes another (a
+:class:`sparsecodes.transcoder.Transcoder`, or any object of the
+:class:`sparsecodes.graphs.transcoder.Transcoder` protocol, e.g. a least-squares
+``DenseTranscoder``): the codes are the transcoder's activations on what it reads
+(``c = activate(encode_pre(x_in))``, e.g. ``blocks.{i}.mlp_in``) and the change
+``(c' - c) @ W_dec_out`` (raw output units) is added to what it writes (``blocks.{i}.mlp_out``).
+The MLP itself still runs, so its output keeps the transcoder's error: ``mlp_out + sum_i (new_i -
+old_i) W_dec_out[i]``. :meth:`LatentEdit.hooks` gives the pair of hook functions (one reads the
+input, one adds the change); :func:`steering` and :func:`intervening` attach them.
 
 :func:`steering` is a context manager that keeps the edit on the model for every forward pass
 inside it, ``generate`` included; :func:`compare` runs a prompt with and without an edit and
@@ -30,8 +42,8 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,11 +61,37 @@ __all__ = [
     "LatentEdit",
     "SteerResult",
     "compare",
+    "compare_edits",
     "generate",
+    "intervening",
+    "is_transcoder",
     "next_token_logits",
     "resolve_hook",
+    "resolve_hooks",
     "steering",
 ]
+
+
+def is_transcoder(coder: Any) -> bool:
+    """Whether ``coder`` reads one hook and writes another (has ``encode_pre``, ``activate``,
+    ``W_dec_out``, ``in_hook`` and ``out_hook``), rather than reconstructing its input."""
+    return all(
+        hasattr(coder, a) for a in ("encode_pre", "activate", "W_dec_out", "in_hook", "out_hook")
+    )
+
+
+def _n_latents(coder: Any) -> int:
+    return int(coder.W_dec_out.shape[0]) if is_transcoder(coder) else int(coder.n_latents)
+
+
+def _widths(coder: Any) -> tuple[int | None, int]:
+    """``(d_in or None if unknown, d_out)`` of what the coder reads and writes."""
+    if is_transcoder(coder):
+        d_in = getattr(coder, "d_in", None)
+        if d_in is None and hasattr(coder, "W_enc"):
+            d_in = int(coder.W_enc.shape[0])
+        return d_in, int(coder.W_dec_out.shape[1])
+    return int(coder.d_in), int(coder.d_in)
 
 
 def _latent_ids(coder: Any, latents: Sequence[int], what: str) -> list[int]:
@@ -65,10 +103,10 @@ def _latent_ids(coder: Any, latents: Sequence[int], what: str) -> list[int]:
             i = operator.index(i)
         except TypeError:
             raise ValueError(f"{what}: latent ids must be integers, got {i!r}") from None
-        if not 0 <= i < coder.n_latents:
+        n = _n_latents(coder)
+        if not 0 <= i < n:
             raise ValueError(
-                f"{what}: latent {i} does not exist; this coder has {coder.n_latents} latents "
-                f"(ids 0..{coder.n_latents - 1})"
+                f"{what}: latent {i} does not exist; this coder has {n} latents (ids 0..{n - 1})"
             )
         out.append(i)
     if len(set(out)) != len(out):
@@ -87,21 +125,24 @@ def _finite(v: Any, what: str) -> float:
 
 
 class LatentEdit:
-    """Add atoms, clamp latents and ablate latents of ``coder`` in an activation.
+    """Add atoms, clamp, scale and ablate latents of ``coder`` in an activation.
 
     Args:
-        coder: a :class:`~sparsecodes.sparse_coder.SparseCoder` (``d_in`` = the hook's width).
+        coder: a :class:`~sparsecodes.sparse_coder.SparseCoder` (``d_in`` = the hook's width),
+            or a transcoder (:func:`is_transcoder`; see the module doc).
         add: ``{latent: alpha}``: add ``alpha * d_i`` (raw units).
         clamp: ``{latent: value}``: set the latent's code to ``value`` (error term kept).
         ablate: latents whose code is set to 0 (error term kept).
+        scale: ``{latent: factor}``: multiply the latent's code by ``factor`` (error term kept).
         positions: ``None`` (every position) or a bool mask ``[T]`` or ``[B, T]`` of the
             positions to edit; it must match the activation's ``[B, T]`` (so it applies to full
             forward passes: in ``generate`` with a KV cache use ``positions=None``).
 
-    A latent may be both added to and clamped/ablated (the add is applied on top); clamping and
-    ablating the same latent is refused. Call it on an activation ``[..., d_in]`` (or
-    ``[B, T, n_heads, d_head]`` for ``attn.heads``): returns the edited activation, same shape
-    and dtype.
+    A latent may be both added to and clamped/ablated/scaled (the add is applied on top); naming
+    a latent in two of clamp, ablate and scale is refused. Call it on an activation
+    ``[..., d_in]`` (or ``[B, T, n_heads, d_head]`` for ``attn.heads``): returns the edited
+    activation, same shape and dtype. A transcoder's edit is not called on one activation: attach
+    :meth:`hooks` (what :func:`steering` does).
     """
 
     def __init__(
@@ -111,21 +152,29 @@ class LatentEdit:
         add: Mapping[int, float] | None = None,
         clamp: Mapping[int, float] | None = None,
         ablate: Sequence[int] = (),
+        scale: Mapping[int, float] | None = None,
         positions: Tensor | None = None,
     ) -> None:
         self.coder = coder
-        add, clamp = dict(add or {}), dict(clamp or {})
+        self.transcoder = is_transcoder(coder)
+        self.d_in, self.d_out = _widths(coder)
+        add, clamp, scale = dict(add or {}), dict(clamp or {}), dict(scale or {})
         self.add_ids = _latent_ids(coder, list(add), "add")
         self.alphas = [_finite(add[i], f"alpha of latent {i}") for i in self.add_ids]
         self.clamp_ids = _latent_ids(coder, list(clamp), "clamp")
         self.clamp_values = [_finite(clamp[i], f"clamp value of latent {i}") for i in clamp]
         self.ablate_ids = _latent_ids(coder, list(ablate), "ablate")
-        both = sorted(set(self.clamp_ids) & set(self.ablate_ids))
-        if both:
-            raise ValueError(
-                f"latents {both} are both clamped and ablated; ablating is clamping to 0, "
-                "choose one"
-            )
+        self.scale_ids = _latent_ids(coder, list(scale), "scale")
+        self.factors = [_finite(scale[i], f"scale factor of latent {i}") for i in self.scale_ids]
+        for a, b, why in (
+            (self.clamp_ids, self.ablate_ids, "clamped and ablated; ablating is clamping to 0"),
+            (self.clamp_ids, self.scale_ids, "clamped and scaled"),
+            (self.ablate_ids, self.scale_ids, "ablated and scaled; ablating is scaling by 0"),
+        ):
+            both = sorted(set(a) & set(b))
+            if both:
+                raise ValueError(f"latents {both} are both {why}, choose one")
+        self._pending: Tensor | None = None
         if positions is not None:
             positions = torch.as_tensor(positions)
             if positions.dtype != torch.bool or positions.dim() not in (1, 2):
@@ -138,54 +187,108 @@ class LatentEdit:
     @property
     def is_identity(self) -> bool:
         """Whether the edit names no latent at all (it then returns its input unchanged)."""
-        return not (self.add_ids or self.clamp_ids or self.ablate_ids)
+        return not (self.add_ids or self.clamp_ids or self.ablate_ids or self.scale_ids)
+
+    def _decoder(self) -> Tensor:
+        """``[n_latents, d_out]``: ``W_dec_out`` (raw) of a transcoder, ``W_dec`` otherwise."""
+        return (self.coder.W_dec_out if self.transcoder else self.coder.W_dec).detach()
+
+    def _raw(self, v: Tensor) -> Tensor:
+        return v if self.transcoder else self.coder.normaliser.invert(v)
 
     def atoms(self, latents: Sequence[int]) -> Tensor:
-        """Atoms ``[len(latents), d_in]`` in the model's raw units (``W_dec[i] / s``)."""
-        w = self.coder.W_dec.detach()[list(latents)]
-        return self.coder.normaliser.invert(w)
+        """Atoms ``[len(latents), d_out]`` in the model's raw units (``W_dec[i] / s``; a
+        transcoder's ``W_dec_out[i]``)."""
+        return self._raw(self._decoder()[list(latents)])
+
+    def codes(self, x: Tensor) -> Tensor:
+        """Dense codes ``[n, n_latents]`` of what the coder reads, ``x`` ``[n, d_in]``."""
+        w = self._decoder()
+        x = x.to(device=w.device, dtype=w.dtype)
+        if self.transcoder:
+            return self.coder.activate(self.coder.encode_pre(x))
+        return self.coder.encode(x)
 
     @torch.no_grad()
     def delta(self, x: Tensor) -> Tensor:
-        """The change ``[n, d_in]`` this edit makes to activations ``x`` ``[n, d_in]``.
+        """The change ``[n, d_out]`` this edit makes, for inputs ``x`` ``[n, d_in]``.
 
         ``sum_i alpha_i d_i`` for the added latents plus ``((c' - c) @ W_dec) / s`` for the
-        clamped and ablated ones (``c = coder.encode(x)``, ``c'`` with those entries replaced).
+        clamped, ablated and scaled ones (``c`` = :meth:`codes`, ``c'`` with those entries
+        replaced). For a transcoder ``x`` is what it reads and the change is to what it writes.
         """
-        coder = self.coder
-        w = coder.W_dec.detach()
-        out = torch.zeros(x.shape[0], coder.d_in, dtype=w.dtype, device=w.device)
+        w = self._decoder()
+        out = torch.zeros(x.shape[0], w.shape[1], dtype=w.dtype, device=w.device)
         if self.add_ids:
             alphas = torch.tensor(self.alphas, dtype=w.dtype, device=w.device)
             out = out + alphas @ w[self.add_ids]
-        ids = self.clamp_ids + self.ablate_ids
+        ids = self.clamp_ids + self.ablate_ids + self.scale_ids
         if ids:
-            codes = coder.encode(x.to(device=w.device, dtype=w.dtype))
-            old = codes[:, ids].to(w.dtype)
-            new = torch.tensor(
+            old = self.codes(x)[:, ids].to(w.dtype)
+            n_set = len(self.clamp_ids) + len(self.ablate_ids)
+            set_to = torch.tensor(
                 self.clamp_values + [0.0] * len(self.ablate_ids), dtype=w.dtype, device=w.device
-            ).expand_as(old)
+            )
+            factors = torch.tensor(self.factors, dtype=w.dtype, device=w.device)
+            new = torch.cat([set_to.expand(len(old), -1), old[:, n_set:] * factors], 1)
             out = out + (new - old) @ w[ids]
-        return coder.normaliser.invert(out)
+        return self._raw(out)
+
+    def apply(self, act_in: Tensor, act_out: Tensor) -> Tensor:
+        """``act_out`` ``[B, T, ...]`` plus the change computed from ``act_in`` ``[B, T, ...]``
+        (the same tensor for a coder that reads and writes one hook), at the chosen positions."""
+        if self.is_identity:
+            return act_out
+        lead = act_out.shape[:2] if act_out.dim() >= 3 else act_out.shape[:1]
+        for act, width, what in ((act_in, self.d_in, "d_in"), (act_out, self.d_out, "d_out")):
+            got = math.prod(act.shape[len(lead) :])
+            if width is not None and got != width:
+                raise ValueError(
+                    f"activation of shape {tuple(act.shape)} has width {got} per position but "
+                    f"the coder has {what}={width}: it was trained on another hook or model"
+                )
+        flat = act_in.reshape(math.prod(lead), -1)
+        d = self.delta(flat).to(device=act_out.device, dtype=act_out.dtype).reshape(act_out.shape)
+        if self.positions is not None:
+            d = d * self._mask(lead).to(d.device, d.dtype).reshape(
+                *lead, *([1] * (act_out.dim() - len(lead)))
+            )
+        return act_out + d
 
     def __call__(self, act: Tensor) -> Tensor:
         """``act`` ``[B, T, ...]`` with the edit applied at the chosen positions."""
-        if self.is_identity:
-            return act
-        lead = act.shape[:2] if act.dim() >= 3 else act.shape[:1]
-        if math.prod(act.shape[len(lead) :]) != self.coder.d_in:
+        if self.transcoder:
             raise ValueError(
-                f"activation of shape {tuple(act.shape)} has width "
-                f"{math.prod(act.shape[len(lead) :])} per position but the coder has "
-                f"d_in={self.coder.d_in}: it was trained on another hook or model"
+                f"this edit is through a transcoder (reads {self.coder.in_hook}, writes "
+                f"{self.coder.out_hook}); attach edit.hooks(read, write) or use steering()"
             )
-        flat = act.reshape(-1, self.coder.d_in)
-        d = self.delta(flat).to(device=act.device, dtype=act.dtype).reshape(act.shape)
-        if self.positions is not None:
-            d = d * self._mask(lead).to(d.device, d.dtype).reshape(
-                *lead, *([1] * (act.dim() - len(lead)))
-            )
-        return act + d
+        return self.apply(act, act)
+
+    def hooks(self, read: str, write: str) -> dict[str, Callable[[Tensor], Tensor]]:
+        """``{hook: fn}`` for :meth:`~sparsecodes.models.ModelAdapter.editing`.
+
+        ``read == write``: ``{read: self}``. Otherwise (a transcoder) the function at ``read``
+        keeps the activation it sees (unchanged) and the one at ``write`` adds the change
+        computed from it; ``read`` must run before ``write`` in every forward pass (as an MLP's
+        input does before its output).
+        """
+        if read == write:
+            return {read: self}
+
+        def keep(act: Tensor) -> Tensor:
+            self._pending = act
+            return act
+
+        def add(act: Tensor) -> Tensor:
+            act_in, self._pending = self._pending, None
+            if act_in is None or act_in.shape[: act.dim() - 1] != act.shape[:-1]:
+                raise RuntimeError(
+                    f"the edit at {write!r} found no matching activation from {read!r}; "
+                    f"{read!r} must run before {write!r} in the same forward pass"
+                )
+            return self.apply(act_in, act)
+
+        return {read: keep, write: add}
 
     def _mask(self, lead: torch.Size) -> Tensor:
         m = self.positions
@@ -217,6 +320,13 @@ class LatentEdit:
             )
         if self.ablate_ids:
             parts.append("ablate " + ",".join(f"#{i}" for i in self.ablate_ids))
+        if self.scale_ids:
+            parts.append(
+                "scale "
+                + ", ".join(
+                    f"#{i}*{f:g}" for i, f in zip(self.scale_ids, self.factors, strict=True)
+                )
+            )
         return "; ".join(parts) or "no edit"
 
 
@@ -237,6 +347,60 @@ def resolve_hook(coder: Any, adapter: Any, hook: str | None = None) -> str:
     return name
 
 
+def resolve_hooks(coder: Any, adapter: Any, hook: str | None = None) -> tuple[str, str]:
+    """``(read, write)``: the hooks an edit through ``coder`` reads and writes.
+
+    For a transcoder (:func:`is_transcoder`) its ``in_hook`` and ``out_hook`` (``hook`` must be
+    None; both widths are checked against the model); otherwise ``(h, h)`` with
+    ``h = resolve_hook(coder, adapter, hook)``.
+    """
+    if not is_transcoder(coder):
+        name = resolve_hook(coder, adapter, hook)
+        return name, name
+    if hook is not None:
+        raise ValueError(
+            f"a transcoder reads {coder.in_hook!r} and writes {coder.out_hook!r}; do not pass hook="
+        )
+    if "+" in coder.in_hook or "+" in coder.out_hook or not coder.in_hook or not coder.out_hook:
+        raise ValueError(
+            f"interventions need a transcoder that reads one hook and writes one; this one reads "
+            f"{coder.in_hook!r} and writes {coder.out_hook!r}"
+        )
+    read, write = translate_hook_name(coder.in_hook), translate_hook_name(coder.out_hook)
+    d_in, d_out = _widths(coder)
+    for name, width in ((read, d_in), (write, d_out)):
+        if name not in adapter.hook_points():
+            raise ValueError(
+                f"hook {name!r} does not exist in {adapter.name} (layers 0..{adapter.n_layers - 1})"
+                "; the transcoder was trained on another model"
+            )
+        got = math.prod(adapter.hook_shape(name))
+        if width is not None and got != width:
+            raise ValueError(
+                f"the transcoder's {name} has width {width} but {adapter.name}'s has {got}: it "
+                "was trained on a different model"
+            )
+    return read, write
+
+
+@contextmanager
+def intervening(
+    adapter: Any, edits: Sequence[LatentEdit], hooks: Sequence[str | None] | None = None
+) -> Iterator[list[LatentEdit]]:
+    """Keep several :class:`LatentEdit` (e.g. one per layer's transcoder) on ``adapter`` inside
+    the ``with`` block, each at the hooks :func:`resolve_hooks` gives for its coder (``hooks[j]``
+    overrides the hook of a single-hook coder ``j``). Edits at the same hook add up (each one's
+    change is computed from the activation it reads). Removed on exit, also on an exception."""
+    hooks = list(hooks) if hooks is not None else [None] * len(edits)
+    if len(hooks) != len(edits):
+        raise ValueError(f"{len(edits)} edits but {len(hooks)} hooks; give one hook per edit")
+    with ExitStack() as stack:
+        for edit, hook in zip(edits, hooks, strict=True):
+            read, write = resolve_hooks(edit.coder, adapter, hook)
+            stack.enter_context(adapter.editing(edit.hooks(read, write)))
+        yield list(edits)
+
+
 @contextmanager
 def steering(
     adapter: Any,
@@ -246,21 +410,22 @@ def steering(
     add: Mapping[int, float] | None = None,
     clamp: Mapping[int, float] | None = None,
     ablate: Sequence[int] = (),
+    scale: Mapping[int, float] | None = None,
     positions: Tensor | None = None,
 ) -> Iterator[LatentEdit]:
     """Keep a :class:`LatentEdit` on ``adapter``'s ``hook`` inside the ``with`` block.
 
     Every forward pass of ``adapter.model`` in the block is edited: ``adapter.logits``,
     ``adapter.run``, and ``adapter.model.generate`` (or :func:`generate`). ``hook`` defaults to
-    the one recorded with the coder (:func:`resolve_hook`). The hook is removed on exit, also
-    when the block raises. Yields the edit.
+    the one recorded with the coder (:func:`resolve_hook`); a transcoder reads its ``in_hook`` and
+    changes its ``out_hook`` (:func:`resolve_hooks`). The hooks are removed on exit, also when
+    the block raises. Yields the edit.
 
     >>> with steering(adapter, coder, add={123: 8.0}):
     ...     text = generate(adapter, "The weather today", max_new_tokens=20)
     """
-    name = resolve_hook(coder, adapter, hook)
-    edit = LatentEdit(coder, add=add, clamp=clamp, ablate=ablate, positions=positions)
-    with adapter.editing({name: edit}):
+    edit = LatentEdit(coder, add=add, clamp=clamp, ablate=ablate, scale=scale, positions=positions)
+    with intervening(adapter, [edit], [hook]):
         yield edit
 
 
@@ -313,7 +478,8 @@ class SteerResult:
     ``unsteered``/``steered``: the generated continuations; ``top_up``/``top_down``: the tokens
     whose next-token logit (after the whole prompt) rose/fell most, as ``(token, change,
     unsteered logit, steered logit)``; ``top_before``/``top_after``: the top next tokens
-    ``(token, probability)`` without and with the edit.
+    ``(token, probability)`` without and with the edit; ``target``: ``(before, after)`` of the
+    target logit (difference) when one was asked for.
     """
 
     prompt: str
@@ -325,6 +491,7 @@ class SteerResult:
     top_down: list[tuple[str, float, float, float]] = field(default_factory=list)
     top_before: list[tuple[str, float]] = field(default_factory=list)
     top_after: list[tuple[str, float]] = field(default_factory=list)
+    target: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -337,6 +504,7 @@ class SteerResult:
             "top_down": [list(r) for r in self.top_down],
             "top_before": [list(r) for r in self.top_before],
             "top_after": [list(r) for r in self.top_after],
+            "target": None if self.target is None else list(self.target),
         }
 
 
@@ -356,28 +524,48 @@ def compare(
     add: Mapping[int, float] | None = None,
     clamp: Mapping[int, float] | None = None,
     ablate: Sequence[int] = (),
+    scale: Mapping[int, float] | None = None,
+    **kwargs: Any,
+) -> SteerResult:
+    """Generate from ``prompt`` without and with one coder's edit; see :func:`compare_edits`
+    (``kwargs`` are its options)."""
+    edit = LatentEdit(coder, add=add, clamp=clamp, ablate=ablate, scale=scale)
+    return compare_edits(adapter, [edit], prompt, [hook], **kwargs)
+
+
+def compare_edits(
+    adapter: Any,
+    edits: Sequence[LatentEdit],
+    prompt: str,
+    hooks: Sequence[str | None] | None = None,
+    *,
     max_new_tokens: int = 20,
     temperature: float = 0.0,
     seed: int = 0,
     top_n: int = 10,
     token_string: Any = None,
+    target_id: int | None = None,
+    contrast_id: int | None = None,
 ) -> SteerResult:
-    """Generate from ``prompt`` without and with the edit; the change in next-token logits.
+    """Generate from ``prompt`` without and with the edits (attached by :func:`intervening`);
+    the change in next-token logits.
 
     ``token_string(id) -> str`` shows a token (default: :class:`~sparsecodes.interp.annotate.
-    TokenStrings`, which escapes partial UTF-8 bytes). Both
-    generations use the same ``seed``.
+    TokenStrings`, which escapes partial UTF-8 bytes). Both generations use the same ``seed``.
+    With ``target_id`` the result's ``target`` holds the next-token logit of that token (minus
+    that of ``contrast_id``) without and with the edits.
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError("prompt must be a non-empty string")
     if not isinstance(top_n, int) or top_n < 1:
         raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
-    name = resolve_hook(coder, adapter, hook)
+    hooks = list(hooks) if hooks is not None else [None] * len(edits)
+    names = [resolve_hooks(e.coder, adapter, h) for e, h in zip(edits, hooks, strict=True)]
     show = token_string or TokenStrings(adapter.tokenizer)
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     base_logits = next_token_logits(adapter, prompt)
     base_text = generate(adapter, prompt, **gen)
-    with steering(adapter, coder, name, add=add, clamp=clamp, ablate=ablate) as edit:
+    with intervening(adapter, edits, hooks):
         new_logits = next_token_logits(adapter, prompt)
         new_text = generate(adapter, prompt, **gen)
     change = new_logits - base_logits
@@ -394,14 +582,21 @@ def compare(
         v, i = p.topk(n)
         return [(show(int(a)), float(b)) for a, b in zip(i.tolist(), v.tolist(), strict=True)]
 
+    def value(logits: Tensor) -> float:
+        assert target_id is not None
+        c = float(logits[contrast_id]) if contrast_id is not None else 0.0
+        return float(logits[target_id]) - c
+
+    hook_names = [r if r == w else f"{r}->{w}" for r, w in names]
     return SteerResult(
         prompt=prompt,
-        edit=edit.describe(),
-        hook=name,
+        edit="; ".join(e.describe() for e in edits),
+        hook=", ".join(dict.fromkeys(hook_names)),
         unsteered=base_text,
         steered=new_text,
         top_up=rows(change.topk(n).indices),
         top_down=rows(change.topk(n, largest=False).indices),
         top_before=tops(base_logits),
         top_after=tops(new_logits),
+        target=None if target_id is None else (value(base_logits), value(new_logits)),
     )

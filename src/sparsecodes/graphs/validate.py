@@ -1,0 +1,257 @@
+"""Does the graph predict what ablating its features does? Prediction against intervention.
+
+For a set ``S`` of active features of an :class:`~sparsecodes.graphs.AttributionGraph`:
+
+- **graph prediction** (:func:`predicted_change`): the change of the target when the features of
+  ``S`` are set to 0 and everything else follows *linearly*, read off the adjacency matrix alone.
+  Each feature's relative change ``r_j = Δa_j / a_j`` is ``-1`` on ``S``; for any other feature
+  ``r_i = (sum_j A[i, j] r_j) / a_i`` (its input moves by its edges times their sources' relative
+  change, and with its gate frozen its activation moves with its input); errors and embeddings do
+  not move. The prediction is ``sum_j A[target, j] r_j``; its **direct** part is
+  ``-sum_{j in S} A[target, j]``, the rest is **indirect** (through later features).
+- **frozen replacement model** (:func:`frozen_change`): the same change computed by running the
+  replacement model with attention patterns, norm scales, error terms and every feature's gate
+  frozen (:meth:`ReplacementModel.forward` with ``gates``). It equals the graph prediction up to
+  float rounding; this is what "the graph is exact" means for interventions.
+- **real model** (:func:`real_change`): ``S`` ablated in the model itself through each layer's
+  transcoder at each feature's position (:func:`sparsecodes.uses.steering.intervening`): the MLP
+  output becomes ``mlp_out - a_j W_dec_out[j]``, attention and norms are recomputed, later MLPs
+  run for real, and later transcoders read the changed inputs. The gap to the prediction is what
+  the linear, frozen picture misses.
+
+:func:`ablation_check` does all three for the top-``k`` features of a prompt's graph (by influence
+on the target, :func:`~sparsecodes.graphs.prune.influence`) and for random active features of the
+same count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecodes.graphs.attribution import AttributionGraph, attribute
+from sparsecodes.graphs.build import single_token
+from sparsecodes.graphs.prune import influence, normalise_rows, target_weights
+from sparsecodes.graphs.replacement import ReplacementModel, ReplacementRun
+from sparsecodes.graphs.transcoder import Transcoder, hook_layer
+from sparsecodes.models.adapter import ModelAdapter
+from sparsecodes.seeding import generator
+from sparsecodes.uses.steering import LatentEdit, intervening
+
+__all__ = [
+    "AblationCheck",
+    "AblationResult",
+    "ablation_check",
+    "frozen_change",
+    "predicted_change",
+    "real_change",
+    "top_features",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_nodes(graph: AttributionGraph, nodes: Sequence[int] | Tensor) -> Tensor:
+    idx = torch.as_tensor(nodes, dtype=torch.long).reshape(-1)
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= graph.n_features):
+        raise ValueError(
+            f"feature node indices must be in 0..{graph.n_features - 1} (the graph's feature "
+            f"nodes), got {idx.tolist()}"
+        )
+    return idx
+
+
+@torch.no_grad()
+def predicted_change(graph: AttributionGraph, nodes: Sequence[int] | Tensor) -> tuple[float, float]:
+    """``(total, direct)``: the graph's linear prediction of the change of the target when the
+    feature nodes ``nodes`` (indices into ``graph.features``) are set to 0 (see the module doc).
+    """
+    idx = _as_nodes(graph, nodes)
+    adj = graph.adjacency.double()
+    a = graph.activations.double()
+    r = torch.zeros(graph.n_nodes, dtype=torch.float64, device=adj.device)
+    removed = torch.zeros(graph.n_features, dtype=torch.bool, device=adj.device)
+    removed[idx.to(adj.device)] = True
+    layers = graph.features[:, 0]
+    for layer in layers.unique().tolist():  # layer-major: edges into a layer come from below
+        rows = (layers == layer).nonzero().squeeze(1)
+        free = rows[~removed[rows]]
+        r[free] = (adj[free] @ r) / a[free]
+        r[rows[removed[rows]]] = -1.0
+    t = graph.target_index
+    total = float(adj[t] @ r)
+    direct = float(-adj[t, idx.to(adj.device)].sum())
+    return total, direct
+
+
+def _target_value(logits: Tensor, target_id: int, contrast_id: int | None) -> float:
+    c = float(logits[-1, contrast_id]) if contrast_id is not None else 0.0
+    return float(logits[-1, target_id]) - c
+
+
+def _by_layer(features: Tensor) -> dict[int, list[tuple[int, int]]]:
+    out: dict[int, list[tuple[int, int]]] = {}
+    for layer, pos, lat in features.tolist():
+        out.setdefault(int(layer), []).append((int(pos), int(lat)))
+    return out
+
+
+@torch.no_grad()
+def frozen_change(
+    rm: ReplacementModel,
+    run: ReplacementRun,
+    features: Tensor,
+    target_id: int,
+    contrast_id: int | None = None,
+) -> float:
+    """The change of the target in the frozen replacement model (attention, norms, errors and
+    every feature's gate frozen) when ``features`` ``[k, 3]`` ``(layer, position, latent)`` are
+    set to 0."""
+    gates = {layer: (c != 0).to(c.dtype) for layer, c in run.codes.items()}
+    base = rm.forward(run, gates=gates)
+    for layer, items in _by_layer(features).items():
+        g = gates[layer].clone()
+        for pos, lat in items:
+            g[pos, lat] = 0
+        gates[layer] = g
+    out = rm.forward(run, gates=gates)
+    return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
+
+
+@torch.no_grad()
+def real_change(
+    adapter: ModelAdapter,
+    transcoders: Sequence[Transcoder],
+    input_ids: Tensor,
+    features: Tensor,
+    target_id: int,
+    contrast_id: int | None = None,
+) -> float:
+    """The change of the target in the model itself when ``features`` ``[k, 3]`` are ablated
+    through their transcoders at their positions (error term kept; see the module doc)."""
+    ids = input_ids.reshape(1, -1).to(adapter.device)
+    T = ids.shape[1]
+    by_layer = {hook_layer(tc.in_hook, "mlp_in"): tc for tc in transcoders}
+    edits = []
+    for layer, items in _by_layer(features).items():
+        by_pos: dict[int, list[int]] = {}
+        for pos, lat in items:
+            by_pos.setdefault(pos, []).append(lat)
+        for pos, lats in sorted(by_pos.items()):
+            mask = torch.zeros(T, dtype=torch.bool)
+            mask[pos] = True
+            edits.append(LatentEdit(by_layer[layer], ablate=lats, positions=mask))
+    base = adapter.logits(ids)[0]
+    with intervening(adapter, edits):
+        out = adapter.logits(ids)[0]
+    return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
+
+
+def top_features(graph: AttributionGraph, k: int) -> Tensor:
+    """Indices ``[k]`` of the ``k`` feature nodes of most influence on the target."""
+    infl = influence(normalise_rows(graph.adjacency), target_weights(graph))[: graph.n_features]
+    return infl.topk(min(k, graph.n_features)).indices
+
+
+@dataclass
+class AblationResult:
+    """Prediction against intervention for one set of ablated features (changes of the target:
+    logit, or logit difference)."""
+
+    kind: str
+    """``"top"`` (by influence) or ``"random"``."""
+    features: list[list[int]]
+    """``(layer, position, latent)`` of each ablated feature."""
+    predicted: float
+    predicted_direct: float
+    frozen: float
+    real: float
+
+    @property
+    def relative_error(self) -> float:
+        """``|real - predicted| / |predicted|``."""
+        return abs(self.real - self.predicted) / max(abs(self.predicted), 1e-12)
+
+
+@dataclass
+class AblationCheck:
+    """:func:`ablation_check`'s result for one prompt."""
+
+    prompt: str
+    target_value: float
+    n_features: int
+    top: AblationResult
+    random: list[AblationResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        def row(r: AblationResult) -> dict[str, Any]:
+            return {**asdict(r), "relative_error": r.relative_error}
+
+        return {
+            "prompt": self.prompt,
+            "target_value": self.target_value,
+            "n_features": self.n_features,
+            "top": row(self.top),
+            "random": [row(r) for r in self.random],
+        }
+
+
+def ablation_check(
+    adapter: ModelAdapter,
+    transcoders: Sequence[Transcoder],
+    prompt: str,
+    target: str | int,
+    contrast: str | int | None = None,
+    *,
+    k: int = 10,
+    n_random: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    graph: AttributionGraph | None = None,
+) -> AblationCheck:
+    """Build ``prompt``'s graph (or take ``graph``), ablate its top-``k`` features by influence
+    and ``n_random`` draws of ``k`` random active features (seeded by ``seed``); for each set the
+    graph's prediction, the frozen replacement model's change and the real model's change.
+    ``target``/``contrast`` are single tokens (text, e.g. ``" Mary"``, or token ids)."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+    def token(t: str | int) -> int:
+        return int(t) if isinstance(t, int) else single_token(adapter, t)
+
+    tid = token(target)
+    cid = token(contrast) if contrast is not None else None
+    ids = adapter.encode(prompt)[0][0]
+    rm = ReplacementModel(adapter, transcoders)
+    run = rm.run(ids)
+    if graph is None:
+        graph = attribute(rm, run, tid, cid, batch_size=batch_size)
+    if graph.n_features < k:
+        raise ValueError(f"the graph has {graph.n_features} active features, fewer than k={k}")
+
+    def result(kind: str, nodes: Tensor) -> AblationResult:
+        feats = graph.features[nodes.to(graph.features.device)]
+        pred, direct = predicted_change(graph, nodes)
+        return AblationResult(
+            kind,
+            feats.tolist(),
+            pred,
+            direct,
+            frozen_change(rm, run, feats, tid, cid),
+            real_change(adapter, transcoders, ids, feats, tid, cid),
+        )
+
+    g = generator(seed, "graph ablation random features")
+    draws = [torch.randperm(graph.n_features, generator=g)[:k] for _ in range(n_random)]
+    return AblationCheck(
+        prompt,
+        float(graph.node_input[graph.target_index]),
+        graph.n_features,
+        result("top", top_features(graph, k)),
+        [result("random", d) for d in draws],
+    )

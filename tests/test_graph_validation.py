@@ -1,0 +1,124 @@
+"""Graph validation on the tiny random llama: the graph's linear prediction of an ablation equals
+the frozen replacement model's change; the real model's change is measured beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecodes.graphs import (
+    ReplacementModel,
+    ablation_check,
+    attribute,
+    fit_transcoder,
+    frozen_change,
+    predicted_change,
+    real_change,
+    top_features,
+)
+from sparsecodes.models import load_model
+
+PROMPTS = [
+    "When John and Mary went to the store, John gave a drink to",
+    "def f(x): return x * 2 + alpha; the quick brown fox jumps over the lazy dog",
+    "In 1732 the war lasted from the year 1732 to the year 17",
+]
+HELD_OUT = "When Tom and Anna went to the park, Tom gave a ball to"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(lm):
+    rm0 = ReplacementModel(lm, [])
+    runs = [rm0.run(lm.encode(p)[0][0]) for p in PROMPTS]
+    x = torch.cat([r.mlp_in for r in runs], 1)
+    y = torch.cat([r.mlp_out for r in runs], 1)
+    tcs = [fit_transcoder(x[i], y[i], i, 48, k=4, skip=i % 2 == 0, seed=i) for i in (0, 1, 3)]
+    rm = ReplacementModel(lm, tcs)
+    ids = lm.encode(HELD_OUT)[0][0]
+    run = rm.run(ids)
+    tid, cid = (lm.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in "AT")
+    graph = attribute(rm, run, tid, cid, batch_size=16)
+    return tcs, rm, run, graph, ids, tid, cid
+
+
+def test_graph_prediction_equals_the_frozen_replacement_models_change(setup):
+    _, rm, run, graph, _, tid, cid = setup
+    # float32 rounding (~16 ulp) of the frozen model's logits, relative to what reaches the target
+    tol = 2e-6 * float(graph.adjacency[graph.target_index].abs().sum() + graph.bias.abs()[-1])
+    for i, nodes in enumerate((top_features(graph, 6), torch.arange(0, graph.n_features, 7)[:6])):
+        pred, direct = predicted_change(graph, nodes)
+        frozen = frozen_change(rm, run, graph.features[nodes], tid, cid)
+        assert abs(pred - frozen) <= tol
+        if i == 0:  # the indirect part (through later features) is there: direct alone is off
+            assert abs(pred - direct) > 20 * tol
+    # one feature of the last transcoder layer: no later features, so the change is its edge
+    last = int((graph.features[:, 0] == graph.features[:, 0].max()).nonzero()[0])
+    pred, direct = predicted_change(graph, [last])
+    assert pred == pytest.approx(direct, abs=1e-9)
+    assert direct == pytest.approx(-float(graph.adjacency[graph.target_index, last]), abs=1e-9)
+
+
+def test_real_change_of_a_last_layer_feature_is_the_predicted_change(lm, setup):
+    """After the last transcoder layer the model is linear up to the final norm and attention
+    of later layers, so for a small ablation the real change is close to the prediction."""
+    tcs, _, _, graph, ids, tid, cid = setup
+    last = (graph.features[:, 0] == 3).nonzero().squeeze(1)
+    at_end = last[graph.features[last, 1] == graph.n_pos - 1]  # at the target position
+    edge = graph.adjacency[graph.target_index, at_end].abs()
+    nodes = at_end[edge.argmax()].view(1)  # the strongest: its change dwarfs second-order terms
+    pred, _ = predicted_change(graph, nodes)
+    real = real_change(lm, tcs, ids, graph.features[nodes], tid, cid)
+    # layer 3 is the last block: only the final RMSNorm's scale (frozen in the graph) differs;
+    # removing one atom changes the norm by a few percent (measured: within 1%)
+    assert abs(pred) > 0.1
+    assert real == pytest.approx(pred, rel=0.05)
+
+
+def test_ablation_check_reports_top_and_random_sets(lm, setup):
+    tcs, _, _, graph, _, _, _ = setup
+    chk = ablation_check(lm, tcs, HELD_OUT, "A", "T", k=4, n_random=3, seed=1, graph=graph)
+    again = ablation_check(lm, tcs, HELD_OUT, "A", "T", k=4, n_random=3, seed=1, graph=graph)
+    assert chk.to_json() == again.to_json()  # seeded
+    assert [r.features for r in chk.random] != [
+        r.features
+        for r in ablation_check(
+            lm, tcs, HELD_OUT, "A", "T", k=4, n_random=3, seed=2, graph=graph
+        ).random
+    ]
+    top = top_features(graph, 4)
+    assert chk.top.features == graph.features[top].tolist()
+    for r in [chk.top, *chk.random]:
+        assert len(r.features) == 4
+        assert r.frozen == pytest.approx(r.predicted, abs=1e-4 * (abs(r.predicted) + 1))
+    assert abs(chk.top.predicted) >= max(abs(r.predicted) for r in chk.random) * 0.5
+
+
+def test_head_outputs_sum_to_attention_and_target_split_is_exact_at_the_last_layer(lm, setup):
+    from sparsecodes.graphs.heads import head_outputs, head_scores, node_head_contributions
+    from sparsecodes.graphs.prune import prune
+
+    _, rm, run, graph, ids, _, _ = setup
+    outs = head_outputs(rm, run)  # [L, H, T, d]
+    attn = lm.run(ids[None], hooks=[f"blocks.{i}.attn_out" for i in range(lm.n_layers)])
+    for i in range(lm.n_layers):
+        ref = attn[f"blocks.{i}.attn_out"][0]
+        assert (outs[i].sum(0) - ref).abs().max() <= 1e-5 * (ref.abs().max() + 1)
+    t = torch.tensor([graph.target_index])
+    c = node_head_contributions(rm, run, graph, t)[0]  # [L, H]
+    u = rm.W_U[graph.target_id] - rm.W_U[graph.contrast_id]
+    direct = outs[-1, :, -1] @ (rm.g_final * run.final_scale[-1] * u)  # last layer: direct only
+    assert (c[-1] - direct).abs().max() <= 1e-5 * (direct.abs().max() + 1)
+    assert direct.abs().max() > 1e-3
+    # a feature's input splits by head too: the sum over heads of its layer's attention equals
+    # the gradient at the residual after attention times the attention output
+    f = int((graph.features[:, 0] == 3).nonzero()[0])
+    cf = node_head_contributions(rm, run, graph, torch.tensor([f]))[0]
+    assert cf[:3].abs().sum() > 0
+    scores = head_scores(rm, run, graph, prune(graph))
+    assert scores.shape == (lm.n_layers, lm.n_heads) and bool((scores >= 0).all())
+    assert float(scores.sum()) > 0
