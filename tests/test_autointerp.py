@@ -40,8 +40,8 @@ from sparsecodes.autointerp import (
     parse_explanation,
     run_autointerp,
 )
-from sparsecodes.autointerp.client import parse_retry_after
 from sparsecodes.autointerp.classify import parse_yesno
+from sparsecodes.autointerp.client import parse_retry_after
 
 # ---------------------------------------------------------------------------- scripted server
 
