@@ -295,7 +295,9 @@ def test_site_pages_and_index(stats_and_brute, lm, tmp_path):
     assert data["rows"][2][3] == "</script><b>tricky</b>"
     page2 = (tmp_path / "latents" / "2.html").read_text()
     # the explanation cannot close the data script: one </script> per <script> tag
-    assert page2.count("</script>") == page2.count("<script") == 5  # data, common, latent, heads, steer
+    assert (
+        page2.count("</script>") == page2.count("<script") == 5
+    )  # data, common, latent, heads, steer
     html = (tmp_path / "index.html").read_text() + page2
     assert "http://" not in html and "https://" not in html  # no CDN
     assert "<svg" in page2 or "never active" in page2
