@@ -173,3 +173,44 @@ def test_cli_bench_writes_table_and_refuses_scorer_without_autointerp(tmp_path, 
 def test_autointerp_runs_only_when_asked():
     assert "autointerp" not in BenchConfig(("x",)).metrics
     assert "autointerp" in suite.ALL_METRICS
+
+
+class _FakeChat:
+    """Explains every latent as "the letter e" and answers yes to every detection excerpt."""
+
+    @classmethod
+    def from_adapter(cls, adapter, **kwargs):
+        return cls()
+
+    def describe(self) -> str:
+        return "fake local explainer"
+
+    def complete(self, messages) -> str:
+        if "Explanation:" in messages[0]["content"]:
+            return "Explanation: the letter e"
+        return "yes"
+
+
+def test_bench_autointerp_names_its_explainer(tmp_path, sae_dirs, monkeypatch):
+    """Without an endpoint the local explainer is used and named in the JSON; detection that
+    says yes to everything scores exactly chance (0.5)."""
+    import sparsecodes.autointerp as ai
+
+    monkeypatch.setattr(ai, "LocalChatBackend", _FakeChat)
+    cfg = BenchConfig(
+        sae_dirs[:1],
+        metrics=("autointerp",),
+        out=str(tmp_path / "b"),
+        device="cpu",
+        autointerp_scorers=("detection",),
+        autointerp_latents=8,
+        autointerp_windows=64,
+        local_model="tiny-llama",
+    )
+    out = run_bench(cfg)
+    m = out["saes"]["topk"]["eval_result_metrics"]["autointerp"]["autointerp"]
+    assert m["explainer"] == "fake local explainer"
+    stored = json.loads((tmp_path / "b" / "topk" / "autointerp.json").read_text())
+    assert stored["eval_config"]["explainer"] == "fake local explainer"
+    assert m["detection_n_ok"] >= 1
+    assert m["autointerp_score"] == pytest.approx(0.5)
