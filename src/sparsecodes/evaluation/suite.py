@@ -146,7 +146,10 @@ def _core(ctx: Context) -> dict[str, Any]:
         },
         "eval_result_metrics": res["eval_result_metrics"],
         "eval_result_details": [],
-        "eval_result_unstructured": {"feature_density": res["feature_density"]},
+        "eval_result_unstructured": {
+            "feature_density": res["feature_density"],
+            "timings": res["timings"],
+        },
     }
 
 
