@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from conftest import fake_store
 from sparsecodes import SparseCoder
 from sparsecodes.cli import main
 from sparsecodes.evaluation.during_training import splice_monitor
@@ -83,3 +84,13 @@ def test_train_eval_every_logs_scores_every_n_steps(tmp_path):
     assert abs(float(rows[-1]["ce_loss_score"]) - ce) <= 1e-6 * abs(ce)
     assert abs(float(rows[-1]["kl_score"]) - kl) <= 1e-6 * abs(kl)
     assert float(rows[2]["ce_loss_score"]) != float(rows[-1]["ce_loss_score"])
+
+
+def test_eval_every_on_a_store_of_an_unknown_model_names_the_flag(tmp_path):
+    store = fake_store(tmp_path / "store")  # records model "fake"
+    args = ["train", "--store", str(store), "--encoder", "topk", "--param", "k=2"]
+    args += ["--steps", "4", "--batch-size", "64", "--device", "cpu", "--no-saelens"]
+    r = CliRunner().invoke(main, [*args, "--eval-every", "2", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2, r.output
+    assert "--eval-every" in r.output and "'fake'" in r.output
+    assert not (tmp_path / "run" / "metrics.csv").exists()
