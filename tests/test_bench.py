@@ -83,6 +83,12 @@ def test_bench_resumes_per_sae_and_metric(tmp_path, sae_dirs, monkeypatch):
     assert calls == Counter(
         {("topk", "core"): 1, ("topk", "gap"): 1, ("relu", "core"): 1, ("relu", "gap"): 1}
     )
+    import sparsecodes.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("nothing to compute, so no model is loaded")
+
+    monkeypatch.setattr(sparsecodes.models, "load_model", no_model)
     run_bench(cfg)
     assert sum(calls.values()) == 4
     again = json.loads((tmp_path / "b" / "topk" / "core.json").read_text())

@@ -466,13 +466,7 @@ def run_bench(
     shared: dict[Any, Any] = {}
     results: dict[str, dict[str, Any]] = {t.label: {} for t in targets}
     for t in targets:
-        if t.model not in adapters:
-            echo(f"loading {t.model} ...")
-            adapters[t.model] = load_model(t.model, device=cfg.device)
-        adapter = adapters[t.model]
-        check_width(t.coder, adapter, t.hook)
-        t.coder.to(adapter.device)
-        ctx = Context(t, adapter, cfg, shared)
+        ctx: Context | None = None  # the model is loaded when a metric of it must run
         for metric in metrics:
             file = out / t.label / f"{metric}.json"
             options = _options(cfg, metric)
@@ -481,6 +475,13 @@ def run_bench(
                 echo(f"{t.label} {metric}: done before ({file})")
                 results[t.label][metric] = done
                 continue
+            if ctx is None:
+                if t.model not in adapters:
+                    echo(f"loading {t.model} ...")
+                    adapters[t.model] = load_model(t.model, device=cfg.device)
+                check_width(t.coder, adapters[t.model], t.hook)
+                t.coder.to(adapters[t.model].device)
+                ctx = Context(t, adapters[t.model], cfg, shared)
             echo(f"{t.label} {metric} ...")
             torch.manual_seed(cfg.seed)
             t0 = time.perf_counter()
