@@ -8,6 +8,10 @@ from pathlib import Path
 import click
 
 from sparsecodes.cli.options import device_option, out_option, seed_option
+from sparsecodes.evaluation.suite import BenchConfig
+
+#: the library's defaults, shown by --help
+D = BenchConfig(sae_dirs=())
 
 EPILOG = """
 \b
@@ -40,43 +44,45 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
 @click.option(
     "--core-tokens",
     type=click.IntRange(min=1),
-    default=4096,
+    default=D.core_tokens,
     show_default=True,
     help="core: held-out tokens for FVU, L0, dead latents.",
 )
 @click.option(
     "--ce-tokens",
     type=click.IntRange(min=0),
-    default=1024,
+    default=D.ce_tokens,
     show_default=True,
     help="core: held-out tokens for the CE/KL scores (4 forward passes; 0 skips).",
 )
 @click.option(
     "--gap-methods",
-    default="fista,omp",
+    default=",".join(D.gap_methods),
     show_default=True,
     help="gap: iterative methods matched to the SAE's L0.",
 )
-@click.option("--gap-tokens", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--calib-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--gap-tokens", type=click.IntRange(min=1), default=D.gap_tokens, show_default=True)
+@click.option(
+    "--calib-tokens", type=click.IntRange(min=1), default=D.calib_tokens, show_default=True
+)
 @click.option(
     "--absorption-words",
     type=click.IntRange(min=20),
-    default=400,
+    default=D.absorption_words,
     show_default=True,
     help="absorption: vocabulary words (80/20 split).",
 )
 @click.option(
     "--absorption-icl",
     type=click.IntRange(min=0),
-    default=4,
+    default=D.absorption_icl,
     show_default=True,
     help="absorption: in-context lines per prompt.",
 )
 @click.option(
     "--probing-per-class",
     type=click.IntRange(min=4),
-    default=40,
+    default=D.probing_per_class,
     show_default=True,
     help="probing: texts per class (languages; biographies get half per "
     "profession x gender; cities 6x in all).",
@@ -84,28 +90,28 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
 @click.option(
     "--scr-per-cell",
     type=click.IntRange(min=4),
-    default=40,
+    default=D.scr_per_cell,
     show_default=True,
     help="SCR/TPP: biographies per profession x gender cell (5 x 2 cells).",
 )
 @click.option(
     "--ravel-entities",
     type=click.IntRange(min=10),
-    default=100,
+    default=D.ravel_entities,
     show_default=True,
     help="RAVEL: world cities.",
 )
 @click.option(
     "--ravel-pairs",
     type=click.IntRange(min=1),
-    default=50,
+    default=D.ravel_pairs,
     show_default=True,
     help="RAVEL: pairs per attribute.",
 )
 @click.option(
     "--ravel-k",
     type=click.IntRange(min=1),
-    default=8,
+    default=D.ravel_k,
     show_default=True,
     help="RAVEL: latents per attribute.",
 )
@@ -119,11 +125,16 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
 @click.option(
     "--autointerp-latents",
     type=click.IntRange(min=1),
-    default=20,
+    default=D.autointerp_latents,
     show_default=True,
     help="autointerp: the first N latents.",
 )
-@click.option("--autointerp-windows", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--autointerp-windows",
+    type=click.IntRange(min=1),
+    default=D.autointerp_windows,
+    show_default=True,
+)
 @click.option("--endpoint", default=None, help="OpenAI-compatible endpoint for autointerp.")
 @click.option("--model", "llm", default=None, help="Model name to request from --endpoint.")
 @click.option(

@@ -55,19 +55,19 @@ class BenchConfig:
     device: str = "auto"
     seed: int = 0
     #: core: held-out tokens for FVU/L0/dead latents, and for the CE/KL scores (4 passes each)
-    core_tokens: int = 4096
-    ce_tokens: int = 1024
+    core_tokens: int = 2048
+    ce_tokens: int = 512
     #: gap: iterative methods, held-out tokens, calibration tokens
-    gap_methods: tuple[str, ...] = ("fista", "omp")
-    gap_tokens: int = 1024
-    calib_tokens: int = 512
+    gap_methods: tuple[str, ...] = ("omp",)
+    gap_tokens: int = 512
+    calib_tokens: int = 256
     #: absorption: vocabulary words and in-context lines per prompt
     absorption_words: int = 400
     absorption_icl: int = 4
     #: probing: texts per class of each labelled set (biographies: per profession x gender)
-    probing_per_class: int = 40
+    probing_per_class: int = 20
     #: SCR/TPP: biographies per profession x gender cell
-    scr_per_cell: int = 40
+    scr_per_cell: int = 20
     #: RAVEL: cities, pairs per attribute, latents per attribute
     ravel_entities: int = 100
     ravel_pairs: int = 50
