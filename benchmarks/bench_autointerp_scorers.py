@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--n-held-out", type=int, default=6)
     ap.add_argument("--n-non-activating", type=int, default=6)
     ap.add_argument("--no-detection", action="store_true")
+    ap.add_argument("--explainers", default="llm,top_tokens",
+                    help="llm (the local SmolLM2 explainer, slow) and/or top_tokens")  # fmt: skip
     ap.add_argument("--detection-latents", type=int, default=16,
                     help="latents scored by the (slow) local detection judge")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
@@ -142,10 +144,11 @@ def main() -> None:
     logger.info("%d usable latents of %d candidates (%.0f s)", len(usable), len(exs),
                 time.perf_counter() - t0)  # fmt: skip
     explainer = LocalChatBackend.from_adapter(adapter, max_new_tokens=32, seed=args.seed)
+    use_llm = "llm" in args.explainers.split(",")
     cache_file = args.work_dir / f"explanations_{sae_dir.name}_{args.seed}.json"
     cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     llm_expl = []
-    for e in usable:
+    for e in usable if use_llm else []:
         if str(e.latent) not in cached:
             cached[str(e.latent)], _ = call_with_retries(
                 explainer, explain_messages(e.top), parse_explanation, attempts=2, backoff=0.0
@@ -157,7 +160,10 @@ def main() -> None:
     perm = derangement(len(usable), args.seed)
     embedder = SentenceEmbedder(load_model("minilm-l6", device="cpu"))
     results: dict = {}
-    for name, expl in (("llm", llm_expl), ("top_tokens", tok_expl)):
+    sources = (
+        (("llm", llm_expl), ("top_tokens", tok_expl)) if use_llm else (("top_tokens", tok_expl),)
+    )
+    for name, expl in sources:
         own = [embedding_score(embedder, expl[i], e.held_out_activating, e.non_activating).score
                for i, e in enumerate(usable)]  # fmt: skip
         shuf = [embedding_score(embedder, expl[perm[i]], e.held_out_activating,
@@ -174,14 +180,14 @@ def main() -> None:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results,
         "examples": [
-            {"latent": e.latent, "llm": llm_expl[i], "top_tokens": tok_expl[i]}
+            {"latent": e.latent, "llm": llm_expl[i] if use_llm else None, "top_tokens": tok_expl[i]}
             for i, e in enumerate(usable[:10])
         ],
         "torch_threads": torch.get_num_threads(),
     }
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, report)  # the embedding results, before the slow detection runs
-    if not args.no_detection:
+    if use_llm and not args.no_detection:
         judge = LocalChatBackend.from_adapter(adapter, max_new_tokens=3, seed=args.seed)
         own, shuf, failed = [], [], 0
         for i, e in enumerate(usable[: args.detection_latents]):

@@ -19,6 +19,7 @@ _FLAGS = {
     "skip": "--skip",
     "encoders": "--encoder",
     "parallel": "--parallel",
+    "eval_every": "--eval-every",
 }
 
 
@@ -209,6 +210,30 @@ def transcoder_pairs(
         "ranks in turn, each rank training its coders on every forward pass. Without torchrun "
         "all are one process."
     ),
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help=(
+        "Every N steps (and after the last), log the CE-loss and KL scores of each SAE spliced "
+        "into its model (the live --model, or the model a --store records) on held-out text: "
+        "columns ce_loss_score, kl_score. Transcoders are skipped. 0: never."
+    ),
+)
+@click.option(
+    "--eval-tokens",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Held-out tokens for --eval-every (each evaluation: one clean and one spliced pass).",
+)
+@click.option(
+    "--eval-corpus",
+    default=None,
+    help="Held-out text for --eval-every [default: the embedded corpus's held-out split, "
+    "every 20th document].",
 )
 @out_option("runs/train", "Run directory (with several coders: OUT/<hook>/<encoder>).")
 def train(

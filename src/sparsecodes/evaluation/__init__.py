@@ -14,7 +14,8 @@ encoder vs FISTA/MP/OMP at matched L0), :mod:`.report` (JSON and PNGs), :mod:`.r
 SAEBench-style judgements, each ``f(coder, adapter, hook, ...) -> JSON-able dict`` with SAEBench's
 key names: :mod:`.absorption` (first-letter absorption), :mod:`.probing` (sparse probing),
 :mod:`.scr_tpp` (SCR, TPP), :mod:`.ravel` (entity attributes); :mod:`.probes` (the probes they
-share) and :mod:`.datasets` (offline labelled sets).
+share) and :mod:`.datasets` (offline labelled sets). :mod:`.suite`: all of them over several SAEs
+(``sparsecodes bench``); :mod:`.during_training`: CE/KL scores as a training callback.
 See ``docs/evaluation.md``.
 """
 

@@ -101,6 +101,9 @@ def train_coders(
     resample_window: int | None = None,
     resample_scale: float = 0.2,
     parallel: str = "data",
+    eval_every: int = 0,
+    eval_tokens: int = 2048,
+    eval_corpus: str | None = None,
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -116,6 +119,13 @@ def train_coders(
     ``transcoders``: ``(in_hooks, out_hooks)`` pairs streamed from ``model`` beside ``hooks``:
     one :class:`~sparsecodes.transcoder.Transcoder` per pair and encoder (a crosscoder when a side
     has several hooks), run directory label ``<in>__<out>``; ``skip`` gives them a skip path.
+
+    ``eval_every`` > 0: every that many steps (and after the last), the CE-loss and KL scores of
+    each SAE spliced into its model on ``eval_tokens`` held-out tokens (``eval_corpus``, else the
+    embedded corpus's held-out split) join the history row (columns ``ce_loss_score``,
+    ``kl_score``; :class:`~sparsecodes.evaluation.during_training.SpliceMonitor`). The model is
+    the live one, or the one a store records (loaded once per model); transcoders are skipped
+    with a warning.
 
     Raises :class:`JobSpecError` (a ``ValueError``) before any model is loaded when the choices
     do not fit together.
@@ -191,6 +201,8 @@ def train_coders(
                 "encoders",
                 f"{', '.join(bad)} cannot train a transcoder; use {', '.join(TRANSCODER_ENCODERS)}",
             )
+    if eval_every < 0 or (eval_every and eval_tokens < 1):
+        raise JobSpecError("eval_every", "--eval-every and --eval-tokens must be positive")
     if tensorboard_dir is not None:
         try:  # before loading any model: fail fast
             require_tensorboard()
@@ -205,7 +217,12 @@ def train_coders(
 
         for path in stores:
             m = read_manifest(path)
-            meta = {"model_name": m.model, "hook_name": m.hook, "store": str(path)}
+            meta = {
+                "model_name": m.model,
+                "hook_name": m.hook,
+                "store": str(path),
+                "context_size": m.context_size,
+            }
             sampler = StoreSource(path, seed=seed + 1)
             new_src = functools.partial(
                 StoreSource, path, seed=seed, rank=src_rank, world_size=src_size
@@ -277,6 +294,34 @@ def train_coders(
             "see `sparsecodes encoders` for their parameters",
         )
 
+    adapters: dict[str, Any] = {} if stores else {adapter.name: adapter}
+    monitors: dict[tuple[str, str], Any] = {}  # (model, hook) -> SpliceMonitor, shared
+
+    def monitor_for(meta: dict[str, Any]) -> Any:
+        from sparsecodes.evaluation.during_training import splice_monitor
+
+        hook, name = meta["hook_name"], meta["model_name"]
+        if (name, hook) not in monitors:
+            if name not in adapters:
+                from sparsecodes.models import load_model
+
+                try:
+                    adapters[name] = load_model(name, device=device)
+                except ValueError as e:
+                    raise JobSpecError(
+                        "eval_every",
+                        f"the store of {hook} records model {name!r}, which cannot be loaded "
+                        f"for the CE/KL scores ({e}); drop --eval-every",
+                    ) from e
+            monitors[name, hook] = splice_monitor(
+                adapters[name],
+                hook,
+                eval_tokens=eval_tokens,
+                context_size=int(meta.get("context_size") or context_size),
+                corpus=eval_corpus,
+            )
+        return monitors[name, hook]
+
     jobs = []
     samples = _samples([sampler for _, _, sampler, _ in sources], NORMALISER_SAMPLE_ROWS)
     for (label, new_src, sampler, meta), (sample, sample_y) in zip(sources, samples, strict=True):
@@ -330,7 +375,18 @@ def train_coders(
                 extra["parallel"] = {"mode": parallel, "world_size": w.size}
                 if modules:
                     extra["parallel"]["rank"] = w.rank
-            jobs.append(RunJob(coder, src, run_dir, extra, loggers, tb_dir, pairs))
+            job = RunJob(coder, src, run_dir, extra, loggers, tb_dir, pairs)
+            if eval_every and pairs:
+                log.warning(
+                    "--eval-every: no CE/KL scores for the transcoder %s (only SAEs are spliced "
+                    "during training; evaluate it afterwards with sparsecodes graph)",
+                    run_dir,
+                )
+            elif eval_every:
+                from sparsecodes.evaluation.during_training import COLUMNS
+
+                job.callback, job.callback_columns = monitor_for(meta), COLUMNS
+            jobs.append(job)
     cfg = TrainConfig(
         steps=steps,
         lr=lr,
@@ -356,6 +412,7 @@ def train_coders(
         resume=not no_resume,
         latent_group=latent_group,
         own_runs=modules,
+        callback_every=eval_every or None,
     )
     results = []
     for job, coder in zip(jobs, coders, strict=True):

@@ -35,7 +35,11 @@ class RunJob:
     ``tensorboard_dir``: also write TensorBoard event files there (resume-aware, see
     :class:`~sparsecodes.training.log.TensorBoardLogger`). ``pairs``: the coder is a
     :class:`~sparsecodes.transcoder.Transcoder` and its source yields ``(input, output)`` pairs
-    (trained by :class:`~sparsecodes.training.trainer.TranscoderTrainer`).
+    (trained by :class:`~sparsecodes.training.trainer.TranscoderTrainer`). ``callback``:
+    ``callback(step, coder) -> dict`` run every ``callback_every`` steps of :func:`train_runs`
+    (e.g. :class:`~sparsecodes.evaluation.during_training.SpliceMonitor`), its dict merged into
+    that history row; ``callback_columns`` are its keys, which ``metrics.csv`` gets from the
+    first row on (empty on rows without them).
     """
 
     coder: SparseCoder
@@ -45,6 +49,8 @@ class RunJob:
     loggers: list[Callable[[dict[str, float]], None]] = field(default_factory=list)
     tensorboard_dir: Path | None = None
     pairs: bool = False
+    callback: Callable[[int, Any], dict[str, float] | None] | None = None
+    callback_columns: tuple[str, ...] = ()
 
 
 def train_runs(
@@ -55,6 +61,7 @@ def train_runs(
     resume: bool = True,
     latent_group: Any = None,
     own_runs: bool = False,
+    callback_every: int | None = None,
 ) -> list[SparseCoder]:
     """Train every job for ``config.steps`` steps in lockstep, resuming from checkpoints.
 
@@ -63,6 +70,8 @@ def train_runs(
     :mod:`sparsecodes.distributed.latent`); checkpoints and ``final/`` hold the full coders.
     ``own_runs``: these jobs are this rank's alone (coders spread over ranks, "distribute
     modules"): no data parallelism, and this rank writes their directories.
+    Jobs with a ``callback`` have it run every ``callback_every`` steps (default
+    ``config.log_every``) and after the last step.
 
     A fresh coder's normaliser must already be fitted (``coder.normaliser.fit(sample)``).
     Returns the trained coders (also saved to ``run_dir/final``). Under ``torchrun`` every rank
@@ -71,7 +80,7 @@ def train_runs(
     """
     main = own_runs or dist_ctx.world().main
     trainers: list[Trainer] = []
-    csvs: list[CSVLogger] = []
+    csvs: list[Callable[[dict[str, Any]], None]] = []
     run_loggers: list[list[Callable[[dict[str, float]], None]]] = []  # per job, after the CSV
     try:
         for job in jobs:
@@ -102,7 +111,8 @@ def train_runs(
                 run_loggers.append([])
                 continue
             write_json(job.run_dir / "run.json", info, default=str)
-            csvs.append(CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed))
+            csv_log = CSVLogger(job.run_dir / "metrics.csv", resume_step=resumed)
+            csvs.append(_with_columns(csv_log, job.callback_columns))
             lgs: list[Callable[[dict[str, float]], None]] = list(job.loggers)
             if job.tensorboard_dir is not None:
                 lgs.insert(0, TensorBoardLogger(job.tensorboard_dir, resume_step=resumed))
@@ -117,10 +127,18 @@ def train_runs(
                             flush()
                     trainer.save_checkpoint(job.run_dir / "checkpoint", job.source)
 
+        by_coder = {id(job.coder): job.callback for job in jobs if job.callback is not None}
+
+        def callback(step: int, coder: Any) -> dict[str, float] | None:
+            cb = by_coder.get(id(coder))
+            return cb(step, coder) if cb is not None else None
+
         train_lockstep(
             trainers,
             [job.source for job in jobs],
             loggers=[[c, *lgs] for c, lgs in zip(csvs, run_loggers, strict=True)] if main else None,
+            callback=callback if by_coder else None,
+            callback_every=callback_every,
             after_step=checkpoint,
         )
         out = []
@@ -146,6 +164,20 @@ def train_runs(
             close = getattr(lg, "close", None)
             if close is not None:
                 close()
+
+
+def _with_columns(
+    sink: Callable[[dict[str, float]], None], columns: Sequence[str]
+) -> Callable[[dict[str, Any]], None]:
+    """``sink`` receiving every row with ``columns`` present (None, an empty CSV cell, where
+    the row lacks them), so a CSV whose columns come from its first row keeps them."""
+    if not columns:
+        return sink
+
+    def log(row: dict[str, Any]) -> None:
+        sink({**row, **{c: None for c in columns if c not in row}})
+
+    return log
 
 
 def train_run(

@@ -1,0 +1,222 @@
+"""`sparsecodes bench`: several SAEs, resumable per (SAE, metric), combined JSON, table, page.
+
+Fast: two small SAEs on the random tiny llama, with the cheap metrics at small sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sparsecodes.cli import main
+from sparsecodes.data import token_windows
+from sparsecodes.evaluation import suite
+from sparsecodes.evaluation.corpus import heldout_texts
+from sparsecodes.evaluation.suite import BenchConfig, bench_html, run_bench, sae_labels
+from sparsecodes.models import load_model
+from sparsecodes.sparse_coder import SparseCoder
+
+HOOK = "blocks.1.resid_post"
+CTX = 32
+SMALL = {
+    "core_tokens": 128,
+    "ce_tokens": 48,
+    "gap_methods": ("omp",),
+    "gap_tokens": 64,
+    "calib_tokens": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def sae_dirs(tmp_path_factory):
+    lm = load_model("tiny-llama", device="cpu")
+    ws = list(token_windows(heldout_texts()[:4], lm.tokenizer, CTX))[:8]
+    ids = torch.stack([w.input_ids for w in ws])
+    x = lm.run(ids, hooks=[HOOK])[HOOK][torch.stack([w.keep for w in ws])]
+    root = tmp_path_factory.mktemp("saes")
+    dirs = []
+    for name, enc, params in (("topk", "topk", {"k": 4}), ("relu", "relu", {"l1": 1e-3})):
+        coder = SparseCoder(64, 96, enc, seed=0, **params).fit(x, steps=20, batch_size=64)
+        coder.train_config = {
+            **coder.train_config,
+            "source": {"model_name": "tiny-llama", "hook_name": HOOK, "context_size": CTX},
+        }
+        coder.save(root / name / "final")
+        dirs.append(str(root / name / "final"))
+    return tuple(dirs)
+
+
+def _counting(monkeypatch, calls: Counter):
+    for name in ("core", "gap"):
+        fn = suite.METRICS[name]
+
+        def wrapped(ctx, fn=fn, name=name):
+            calls[ctx.target.label, name] += 1
+            return fn(ctx)
+
+        monkeypatch.setitem(suite.METRICS, name, wrapped)
+
+
+def test_bench_resumes_per_sae_and_metric(tmp_path, sae_dirs, monkeypatch):
+    """Interrupted after the first (SAE, metric), a rerun computes only the other three; a third
+    run computes none; the combined JSON holds each file's eval_result_metrics."""
+    cfg = BenchConfig(
+        sae_dirs, metrics=("core", "gap"), out=str(tmp_path / "b"), device="cpu", **SMALL
+    )
+    calls: Counter = Counter()
+    _counting(monkeypatch, calls)
+
+    def stop(label, metric, result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg, on_result=stop)
+    assert calls == Counter({("topk", "core"): 1})
+    first = json.loads((tmp_path / "b" / "topk" / "core.json").read_text())
+    assert not (tmp_path / "b" / "topk" / "gap.json").exists()
+
+    combined = run_bench(cfg)
+    assert calls == Counter(
+        {("topk", "core"): 1, ("topk", "gap"): 1, ("relu", "core"): 1, ("relu", "gap"): 1}
+    )
+    import sparsecodes.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("nothing to compute, so no model is loaded")
+
+    monkeypatch.setattr(sparsecodes.models, "load_model", no_model)
+    run_bench(cfg)
+    assert sum(calls.values()) == 4
+    again = json.loads((tmp_path / "b" / "topk" / "core.json").read_text())
+    assert again == first  # not rewritten
+    saes = combined["saes"]
+    assert list(saes) == ["topk", "relu"]
+    for label in saes:
+        for metric in ("core", "gap"):
+            stored = json.loads((tmp_path / "b" / label / f"{metric}.json").read_text())
+            assert saes[label]["eval_result_metrics"][metric] == stored["eval_result_metrics"]
+    core = saes["topk"]["eval_result_metrics"]["core"]
+    assert core["sparsity"]["l0"] <= 4.0 + 1e-6  # TopK k = 4
+    table = combined["headline"]
+    assert table["rows"]["topk"][table["columns"].index("FVU")] == pytest.approx(
+        core["reconstruction_quality"]["fvu"]
+    )
+    assert table["rows"]["relu"][table["columns"].index("CE-loss score")] == pytest.approx(
+        saes["relu"]["eval_result_metrics"]["core"]["model_performance_preservation"][
+            "ce_loss_score"
+        ]
+    )
+    assert (tmp_path / "b" / "bench.png").stat().st_size > 1000
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert md.splitlines()[2].startswith("| topk |")
+
+
+def test_bench_redoes_a_metric_whose_options_changed(tmp_path, sae_dirs, monkeypatch):
+    """A finished file made with other cost options is recomputed, the rest kept."""
+    cfg = BenchConfig(
+        sae_dirs[:1], metrics=("core", "gap"), out=str(tmp_path / "b"), device="cpu", **SMALL
+    )
+    calls: Counter = Counter()
+    _counting(monkeypatch, calls)
+    run_bench(cfg)
+    cfg.ce_tokens = 32
+    out = run_bench(cfg)
+    assert calls == Counter({("topk", "core"): 2, ("topk", "gap"): 1})
+    stored = json.loads((tmp_path / "b" / "topk" / "core.json").read_text())
+    assert stored["bench_options"]["ce_tokens"] == 32
+    assert out["saes"]["topk"]["eval_result_metrics"]["core"] == stored["eval_result_metrics"]
+
+
+def test_bench_page_escapes_every_value():
+    """Labels, paths and model names reach the page only escaped (no markup of their own)."""
+    evil = '<script>alert(1)</script>"'
+    combined = {
+        "saes": {
+            evil: {
+                "sae": {
+                    "path": evil,
+                    "encoder": "topk",
+                    "n_latents": 8,
+                    "model": evil,
+                    "hook": "blocks.0.resid_post",
+                },
+                "eval_result_metrics": {"core": {"sparsity": {"l0": 3.0}}},
+            }
+        },
+    }
+    combined["headline"] = suite.headline_table(combined)
+    page = bench_html(combined)
+    assert "<script" not in page
+    # label, path and model, each in the row tooltip and in the list
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 6
+    assert "&quot;" in page
+    assert "<td>3.000</td>" in page
+
+
+def test_labels_name_runs_and_stay_unique(tmp_path):
+    paths = [tmp_path / "a" / "final", tmp_path / "b" / "final_saelens", tmp_path / "x" / "a"]
+    assert sae_labels([str(p) for p in paths]) == ["a", "b", "a-2"]
+
+
+def test_cli_bench_writes_table_and_refuses_scorer_without_autointerp(tmp_path, sae_dirs):
+    out = tmp_path / "cli"
+    args = ["bench", *sae_dirs, "--metrics", "core", "--core-tokens", "128", "--ce-tokens", "0"]
+    r = CliRunner().invoke(main, [*args, "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "| topk |" in r.output and "| relu |" in r.output
+    page = (out / "bench.html").read_text()
+    assert page.count("<tr><th title=") == 2
+    r = CliRunner().invoke(main, [*args, "--autointerp-scorer", "embedding"])
+    assert r.exit_code == 2 and "add autointerp to --metrics" in r.output
+    r = CliRunner().invoke(main, ["bench", *sae_dirs, "--metrics", "core,nope"])
+    assert r.exit_code == 2 and "unknown metric" in r.output
+
+
+def test_autointerp_runs_only_when_asked():
+    assert "autointerp" not in BenchConfig(("x",)).metrics
+    assert "autointerp" in suite.ALL_METRICS
+
+
+class _FakeChat:
+    """Explains every latent as "the letter e" and answers yes to every detection excerpt."""
+
+    @classmethod
+    def from_adapter(cls, adapter, **kwargs):
+        return cls()
+
+    def describe(self) -> str:
+        return "fake local explainer"
+
+    def complete(self, messages) -> str:
+        if "Explanation:" in messages[0]["content"]:
+            return "Explanation: the letter e"
+        return "yes"
+
+
+def test_bench_autointerp_names_its_explainer(tmp_path, sae_dirs, monkeypatch):
+    """Without an endpoint the local explainer is used and named in the JSON; detection that
+    says yes to everything scores exactly chance (0.5)."""
+    import sparsecodes.autointerp as ai
+
+    monkeypatch.setattr(ai, "LocalChatBackend", _FakeChat)
+    cfg = BenchConfig(
+        sae_dirs[:1],
+        metrics=("autointerp",),
+        out=str(tmp_path / "b"),
+        device="cpu",
+        autointerp_scorers=("detection",),
+        autointerp_latents=8,
+        autointerp_windows=64,
+        local_model="tiny-llama",
+    )
+    out = run_bench(cfg)
+    m = out["saes"]["topk"]["eval_result_metrics"]["autointerp"]["autointerp"]
+    assert m["explainer"] == "fake local explainer"
+    stored = json.loads((tmp_path / "b" / "topk" / "autointerp.json").read_text())
+    assert stored["eval_config"]["explainer"] == "fake local explainer"
+    assert m["detection_n_ok"] >= 1
+    assert m["autointerp_score"] == pytest.approx(0.5)
