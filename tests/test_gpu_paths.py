@@ -169,7 +169,8 @@ def test_triton_sparse_decode_matches_the_cpu_kernel_in_triton_interpreter():
         """
     )
     src = Path(__file__).resolve().parents[1] / "src"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(src)}
+    path = os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     res = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )

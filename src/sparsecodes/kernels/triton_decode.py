@@ -18,17 +18,19 @@ GPU.
 
 from __future__ import annotations
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError as e:  # pragma: no cover - callers check triton_available() first
-    raise ImportError(
-        "the Triton sparse decoder needs triton: pip install 'sparsecodes[gpu]'"
-    ) from e
+import importlib
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+try:  # by name: triton is an optional extra, absent from CPU installs
+    triton = importlib.import_module("triton")
+    tl = importlib.import_module("triton.language")
+except ImportError as e:  # pragma: no cover - callers check triton_available() first
+    raise ImportError(
+        "the Triton sparse decoder needs triton: pip install 'sparsecodes[gpu]'"
+    ) from e
 
 BLOCK_D = 128
 
