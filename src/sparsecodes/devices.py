@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["device_name", "resolve_device", "synchronize"]
+__all__ = ["device_name", "native_bf16", "resolve_device", "synchronize"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -43,3 +43,23 @@ def device_name(device: str | torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.backends.cpu.get_cpu_capability()})"
     return device.type
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """True where bfloat16 arithmetic runs in hardware: CUDA with bf16 support, or a CPU with
+    ``avx512_bf16`` or AMX (``amx_bf16``) in ``/proc/cpuinfo``. Without them torch emulates bf16
+    on the CPU, which is slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
