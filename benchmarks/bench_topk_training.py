@@ -167,8 +167,12 @@ def saelens_tool(args):
 def sparsify_tool(args):
     import importlib.metadata
 
-    from sparsify import SparseCoder as SparsifyCoder
-    from sparsify import SparseCoderConfig
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # sparsify prints a Triton notice at import
+        from sparsify import SparseCoder as SparsifyCoder
+        from sparsify import SparseCoderConfig
 
     torch.manual_seed(args.seed)
     sae = SparsifyCoder(
