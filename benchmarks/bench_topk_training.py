@@ -165,9 +165,8 @@ def saelens_tool(args):
 
 
 def sparsify_tool(args):
-    import importlib.metadata
-
     import contextlib
+    import importlib.metadata
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):  # sparsify prints a Triton notice at import
