@@ -18,6 +18,11 @@ rate, mean nonzeros, FVU; and sklearn-time / our-time ratios. torch runs on ``--
 sklearn with ``n_jobs=--threads``. The machine's load average is recorded before and after,
 because timings on a shared machine are noisy.
 
+``--device cuda`` (or ``auto``) runs our encoders on the GPU unchanged (rows, dictionary and
+encoders on the device, one batched call, ``torch.cuda.synchronize`` before each clock read; the
+``chunks`` mode is CPU-only and skipped); sklearn stays on the CPU. The JSON records the device
+name.
+
     python benchmarks/bench_inference_sklearn.py                      # full size, writes JSON
     python benchmarks/bench_inference_sklearn.py --samples 512 --out /tmp/quick.json
 """
@@ -109,15 +114,18 @@ MODE_DOC = {
 }
 
 
-def run_ours(name, m, n, enc_kw, x_t, dictionary, mode, threads, repeats):
+def run_ours(name, m, n, enc_kw, x_t, dictionary, mode, threads, repeats, device="cpu"):
     """Encode all rows with encoder ``name``; returns dense codes, times, warnings, encoders."""
+    from sparsecodes.devices import synchronize
+
+    x_t, dictionary = x_t.to(device), dictionary.to(device)
     if mode == "threads":
         torch.set_num_threads(threads)
-        encs = [make_encoder(name, m, n, **enc_kw)]
+        encs = [make_encoder(name, m, n, **enc_kw).to(device)]
         chunks = [x_t]
     else:
         torch.set_num_threads(1)
-        encs = [make_encoder(name, m, n, **enc_kw) for _ in range(threads)]
+        encs = [make_encoder(name, m, n, **enc_kw).to(device) for _ in range(threads)]
         chunks = list(x_t.chunk(threads))
     for e in encs:
         e.encode(x_t[:64], dictionary)  # warm-up (first-call allocation), not timed
@@ -126,10 +134,14 @@ def run_ours(name, m, n, enc_kw, x_t, dictionary, mode, threads, repeats):
         return to_dense(e.encode(xs, dictionary))
 
     def call() -> np.ndarray:
+        synchronize(device)
         if len(encs) == 1:
-            return one(encs[0], chunks[0]).numpy()
-        with ThreadPoolExecutor(len(encs)) as ex:  # torch ops release the GIL
-            return torch.cat(list(ex.map(one, encs, chunks))).numpy()
+            out = one(encs[0], chunks[0])
+        else:
+            with ThreadPoolExecutor(len(encs)) as ex:  # torch ops release the GIL
+                out = torch.cat(list(ex.map(one, encs, chunks)))
+        synchronize(device)
+        return out.cpu().numpy()
 
     codes, times, warns = timed(call, repeats)
     torch.set_num_threads(threads)
@@ -211,8 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         "thread each, each encoding 1/T of the rows (sklearn's n_jobs splits rows the same way)",
     )
     p.add_argument("--methods", default="fista,lasso_cd,omp,sk_omp")
+    p.add_argument("--device", default="cpu", help="our encoders' device: cpu, cuda or auto")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    from sparsecodes.devices import device_name, resolve_device
+
+    device = resolve_device(args.device)
 
     torch.set_num_threads(args.threads)
     # sklearn's worker processes (joblib/loky) print one ConvergenceWarning per row; silence them
@@ -224,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     for mode in modes:
         if mode not in MODE_DOC:
             p.error(f"--torch-parallel: unknown mode {mode!r}; choose from {sorted(MODE_DOC)}")
+    if device.type != "cpu":  # thread chunks split CPU cores; a GPU takes one batched call
+        modes = [mode for mode in modes if mode == "threads"] or ["threads"]
     n, m, k = args.n_latents, args.d_in, args.k
     x_t, codes_t, atoms_t = make_problem(n, m, k, args.samples, args.seed)
     x, true, atoms = x_t.numpy(), codes_t.numpy(), atoms_t.numpy()
@@ -235,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "fista" in methods:
             enc_kw = {"l1": args.l1, "iters": args.fista_iters, "tol": args.fista_tol}
             codes, times, warns, encs = run_ours(
-                "fista", m, n, enc_kw, x_t, dictionary, mode, args.threads, args.repeats
+                "fista", m, n, enc_kw, x_t, dictionary, mode, args.threads, args.repeats, device
             )
             results[f"fista[{mode}]"] = summarise(
                 f"sparsecodes fista (batched, restart, nonneg; {MODE_DOC[mode]})",
@@ -252,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
         if "omp" in methods:
             codes, times, warns, _ = run_ours(
-                "omp", m, n, {"k": k}, x_t, dictionary, mode, args.threads, args.repeats
+                "omp", m, n, {"k": k}, x_t, dictionary, mode, args.threads, args.repeats, device
             )
             results[f"omp[{mode}]"] = summarise(
                 f"sparsecodes omp (batched; {MODE_DOC[mode]})",
@@ -315,6 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": "float32 inputs for both libraries",
         "results": results,
         "speed_ratios": ratios,
+        "device": str(device),
+        "device_name": device_name(device),
         "machine": machine_info(args.threads),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

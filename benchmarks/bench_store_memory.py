@@ -5,7 +5,8 @@ trains a TopK SAE (4608 latents, k=32, batch 4096) for one full epoch over it in
 that reads it with ``StoreSource`` and reports its peak resident memory (``ru_maxrss``). The
 budget is 2 GB; the store is larger than the budget, so it cannot fit in it. (A store larger than
 this machine's 24 GB RAM works the same way — the reader holds at most ``shuffle_buffer_shards``
-shards — but takes long to write; pass ``--gb 30`` to check that.)
+shards — but takes long to write; pass ``--gb 25`` with a small coder (``--n-latents 256
+--k 8``) to check that in reasonable time.)
 
     python benchmarks/bench_store_memory.py --gb 4 --out benchmarks/results/store_memory.json
 """
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,11 +32,12 @@ from sparsecodes.activations import StoreSource
 from sparsecodes.training import TrainConfig, Trainer
 src = StoreSource(sys.argv[1], seed=0, verify=False)
 steps = int(sys.argv[2])
-m = SparseCoder(src.d_in, 4608, "topk", k=32, seed=0)
-t = Trainer(m, TrainConfig(steps=steps, batch_size=4096, lr=1e-3))
+n_latents, k, batch = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+m = SparseCoder(src.d_in, n_latents, "topk", k=k, seed=0)
+t = Trainer(m, TrainConfig(steps=steps, batch_size=batch, lr=1e-3))
 t0 = time.perf_counter()
 t.fit(src)
-print(json.dumps({"steps": steps, "tokens": steps * 4096, "seconds": time.perf_counter() - t0,
+print(json.dumps({"steps": steps, "tokens": steps * batch, "n_latents": n_latents, "k": k, "seconds": time.perf_counter() - t0,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "max_buffer_rows": src.max_buffer_rows, "store_rows": len(src)}))
 """
@@ -46,12 +49,19 @@ def main() -> None:
     p.add_argument("--d", type=int, default=576)
     p.add_argument("--dir", type=Path, default=None, help="where to write the store (default: tmp)")
     p.add_argument("--steps", type=int, default=None, help="default: one epoch over the store")
+    p.add_argument(
+        "--n-latents", type=int, default=4608, help="a small coder makes the epoch cheap"
+    )
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--keep", action="store_true", help="keep the store (default: delete it)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/store_memory.json"))
     args = p.parse_args()
 
     import numpy as np
 
     from sparsecodes.activations import StoreWriter
+    from sparsecodes.files import write_json
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="sc_store_mem_"))
     store = root / "store"
@@ -75,13 +85,15 @@ def main() -> None:
     w.close()
     write_s = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in store.glob("*.npy"))
-    steps = args.steps or rows // 4096
-    res = subprocess.run(
-        [sys.executable, "-c", CHILD, str(store), str(steps)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    steps = args.steps or rows // args.batch
+    argv = [str(store), str(steps), str(args.n_latents), str(args.k), str(args.batch)]
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, *argv], capture_output=True, text=True, check=True
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(store, ignore_errors=True)
     child = json.loads(res.stdout.strip().splitlines()[-1])
     out = {
         "store_bytes": size,
@@ -90,10 +102,16 @@ def main() -> None:
         **child,
         "budget_mb": 2048,
         "within_budget": child["peak_rss_mb"] < 2048,
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "command": " ".join(["python", *sys.argv]),
+        "load_average_at_end": os.getloadavg(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "ram_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    write_json(args.out, out)
     print(json.dumps(out, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""One TopK SAE training step on CPU: sparsecodes vs sae-lens vs sparsify, side by side.
+"""One TopK SAE training step: sparsecodes vs sae-lens vs sparsify, side by side (CPU or CUDA).
 
 Setting (defaults): d_in=576, n_latents=4608, k=32, batch 4096, fp32 master weights,
 ``torch.set_num_threads(2)``. A step is what each tool's own training loop does per batch:
@@ -27,10 +27,16 @@ iterative encoder (codes inferred without gradient) is not an SAE training step 
 A count-type sparsity knob (``k``) is set to ``--k``; penalty-type encoders keep their default
 penalty (their L0 is whatever it gives and is reported as ``l0_eval``).
 
+``--device cuda`` (or ``auto``) runs every tool on the GPU, unchanged otherwise: batches and
+models live on the device, each timed step ends with ``torch.cuda.synchronize``, and the JSON
+records the device name. sparsecodes then uses bf16 autocast (``TrainConfig.autocast="auto"``) in
+the ``sparsecodes`` row and fp32 in the ``-fp32`` rows; peers run in fp32 as configured here.
+
 The CPU may be shared: the JSON records the load average before and after. Re-run on a quiet
 machine for publishable numbers::
 
     python benchmarks/bench_topk_training.py --warmup 3 --steps 20
+    python benchmarks/bench_topk_training.py --device cuda --out benchmarks/results/topk_training_gpu.json
 """
 
 from __future__ import annotations
@@ -77,18 +83,22 @@ def sparsecodes_tool(args, variant: str):
         "fast-fp32": {"fast": True, "matmul_dtype": "float32"},
         "eager-fp32": {"fast": False, "matmul_dtype": "float32"},
     }[variant]
+    autocast = "auto" if variant == "fast" else "off"
     model = SparseCoder(args.d_in, args.n_latents, "topk", seed=args.seed, k=args.k, **params)
-    trainer = Trainer(model, TrainConfig(steps=10**9, lr=args.lr, batch_size=args.batch))
+    model.to(args.device)
+    cfg = TrainConfig(steps=10**9, lr=args.lr, batch_size=args.batch, autocast=autocast)
+    trainer = Trainer(model, cfg)
     mm = model.encoder.matmul_dtype(args.batch)
 
     def step(x: torch.Tensor) -> None:
-        trainer.step(x)
+        trainer.step(x, host_scalars=False)  # as the training loop's unlogged steps
 
     @torch.no_grad()
     def reconstruct(x: torch.Tensor) -> torch.Tensor:
         return model.reconstruct(x)
 
-    return step, reconstruct, {"matmul_dtype": str(mm).replace("torch.", ""), **params}
+    info = {"matmul_dtype": str(mm).replace("torch.", ""), "autocast": autocast, **params}
+    return step, reconstruct, info
 
 
 def sae_style_encoders() -> list[str]:
@@ -114,10 +124,11 @@ def encoder_tool(args, encoder: str):
     knob = sparsity_knob(encoder)
     params = {knob.field: args.k} if knob is not None and knob.kind == "count" else {}
     model = SparseCoder(args.d_in, args.n_latents, encoder, seed=args.seed, **params)
+    model.to(args.device)
     trainer = Trainer(model, TrainConfig(steps=10**9, lr=args.lr, batch_size=args.batch))
 
     def step(x: torch.Tensor) -> None:
-        trainer.step(x)
+        trainer.step(x, host_scalars=False)
 
     @torch.no_grad()
     def reconstruct(x: torch.Tensor) -> torch.Tensor:
@@ -137,11 +148,13 @@ def saelens_tool(args):
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
     torch.manual_seed(args.seed)
-    cfg = TopKTrainingSAEConfig(d_in=args.d_in, d_sae=args.n_latents, k=args.k, device="cpu")
+    cfg = TopKTrainingSAEConfig(
+        d_in=args.d_in, d_sae=args.n_latents, k=args.k, device=str(args.device)
+    )
     sae = TopKTrainingSAE(cfg)
     sae.train()
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
-    dead = torch.zeros(args.n_latents, dtype=torch.bool)
+    dead = torch.zeros(args.n_latents, dtype=torch.bool, device=args.device)
     n = [0]
 
     def step(x: torch.Tensor) -> None:
@@ -170,15 +183,20 @@ def saelens_tool(args):
 
 
 def sparsify_tool(args):
+    import contextlib
     import importlib.metadata
+    import io
 
-    from sparsify import SparseCoder as SparsifyCoder
-    from sparsify import SparseCoderConfig
+    with contextlib.redirect_stdout(io.StringIO()):  # sparsify prints a Triton notice at import
+        from sparsify import SparseCoder as SparsifyCoder
+        from sparsify import SparseCoderConfig
 
     torch.manual_seed(args.seed)
-    sae = SparsifyCoder(args.d_in, SparseCoderConfig(num_latents=args.n_latents, k=args.k))
+    sae = SparsifyCoder(
+        args.d_in, SparseCoderConfig(num_latents=args.n_latents, k=args.k), device=args.device
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=args.lr)
-    dead = torch.zeros(args.n_latents, dtype=torch.bool)
+    dead = torch.zeros(args.n_latents, dtype=torch.bool, device=args.device)
 
     def step(x: torch.Tensor) -> None:
         out = sae(x, dead_mask=dead)
@@ -203,13 +221,18 @@ def run_tool(
     batches: list[torch.Tensor],
     x_eval: torch.Tensor,
     warmup: int,
+    device: torch.device,
 ) -> dict:
+    from sparsecodes.devices import synchronize
+
     step, reconstruct, info = build()
     l0_fn = info.pop("l0_fn", None)
     times = []
     for i, x in enumerate(batches):
+        synchronize(device)
         t0 = time.perf_counter()
         step(x)
+        synchronize(device)
         dt = time.perf_counter() - t0
         if i >= warmup:
             times.append(dt)
@@ -251,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument(
         "--tools",
         default="sparsecodes,sparsecodes-fast-fp32,sparsecodes-eager-fp32,sparsify,sae-lens",
@@ -274,9 +298,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     torch.set_num_threads(args.threads)
+    from sparsecodes.devices import device_name, resolve_device
+
+    args.device = resolve_device(args.device)
 
     n_train = (args.warmup + args.steps) * args.batch
     data = make_data(n_train + args.eval_rows, args.d_in, args.n_true, args.k_true, args.seed)
+    data = data.to(args.device)
     batches = list(data[:n_train].split(args.batch))
     x_eval = data[n_train:]
 
@@ -310,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = os.getloadavg()
     t_start = time.time()
-    results = [run_tool(t, builders[t], batches, x_eval, args.warmup) for t in wanted]
+    results = [run_tool(t, builders[t], batches, x_eval, args.warmup, args.device) for t in wanted]
     by = {r["tool"]: r for r in results}
     ratios = {}
     if "sparsecodes" in by:
@@ -321,7 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
                 )
     report = {
         "benchmark": "topk_training_step",
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {
+            k: (str(v) if isinstance(v, Path | torch.device) else v) for k, v in vars(args).items()
+        },
+        "device": str(args.device),
+        "device_name": device_name(args.device),
         "data": (
             f"synthetic sparse: x = s D, {args.n_true} unit-norm Gaussian atoms in "
             f"R^{args.d_in}, exactly {args.k_true} active |N(0,1)| codes per row, no noise; "

@@ -82,6 +82,15 @@ between N ranks (shard j on rank j mod N); the store is the same bytes as one pr
     help="Stored dtype (bfloat16 is stored as its uint16 bits).",
 )
 @click.option(
+    "--forward-dtype",
+    type=click.Choice(["float32", "bfloat16", "auto"]),
+    default="float32",
+    show_default=True,
+    help="dtype of the model's forward: bfloat16 loads the weights in bf16 (activations differ "
+    "from fp32 by bf16 rounding, ~1%% relative); auto = bfloat16 where the hardware has native "
+    "bf16 (CUDA, CPUs with avx512_bf16/AMX), else float32. Keep it fixed across a resume.",
+)
+@click.option(
     "--shard-rows",
     type=click.IntRange(min=1),
     default=65536,
@@ -108,6 +117,7 @@ def cache(
     batch_size: int,
     out: Path,
     dtype: str,
+    forward_dtype: str,
     shard_rows: int,
     device: str,
     verify: bool,
@@ -130,7 +140,11 @@ def cache(
     main = distributed.world().main
     progress = progress and main
     try:
-        lm = load_model(model, device=device)
+        from sparsecodes.devices import native_bf16, resolve_device
+
+        if forward_dtype == "auto":
+            forward_dtype = "bfloat16" if native_bf16(resolve_device(device)) else "float32"
+        lm = load_model(model, device=device, dtype=forward_dtype)
         # hf datasets are fingerprinted by name only (hashing a remote stream means reading it all)
         items = [] if corpus.startswith("hf:") else load_texts(spec, text_field=text_field)
         fp = corpus_fingerprint(spec, items, text_field=text_field)

@@ -51,11 +51,7 @@ from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.relu import LinearEncoderParams
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_index, row_topk_with_aux
 from sparsecodes.kernels.sparse_affine import MATMUL_DTYPES, encode_select, resolve_matmul_dtype
-from sparsecodes.kernels.sparse_decode import (
-    SparseDecode,
-    sparse_decode,
-    sparse_decode_supported,
-)
+from sparsecodes.kernels.sparse_decode import sparse_decode, sparse_decode_supported
 from sparsecodes.validation import check_k, check_positive
 
 
@@ -226,16 +222,14 @@ class TopKEncoder(LinearEncoderParams):
         return self._row_topk(x, dictionary, dead_idx)
 
     def _decode(self, codes: SparseCodes, dictionary: Dictionary) -> Tensor:
-        """Training decode: the sparse-backward kernel on CPU when the dictionary is a plain
-        :class:`Dictionary` (its ``decode`` not overridden), else ``dictionary.decode``."""
+        """Training decode: the sparse-backward kernel (CPU; CUDA with Triton) when the dictionary
+        is a plain :class:`Dictionary` (its ``decode`` not overridden), else ``dictionary.decode``."""
         if (
             self.config.fast
             and type(dictionary).decode is Dictionary.decode
             and sparse_decode_supported(dictionary.W_dec.device)
         ):
-            return SparseDecode.apply(
-                codes.indices, codes.values, dictionary.W_dec, dictionary.b_dec
-            )
+            return sparse_decode(codes.indices, codes.values, dictionary.W_dec, dictionary.b_dec)
         return dictionary.decode(codes)
 
     # ------------------------------------------------------------------ FLOPs

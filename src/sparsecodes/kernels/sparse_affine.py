@@ -14,7 +14,10 @@ dense matmuls; :class:`GatherAffine` instead builds, from the ``nnz`` gradients 
 
 The forward matmul may run in bf16 (``matmul_dtype``): ``x`` and ``W_enc`` are cast for the matmul
 only, the parameters stay fp32 (no autocast). Selection then happens on the bf16 pre-activations and
-the selected values are returned in the parameters' dtype.
+the selected values are returned in the parameters' dtype. The matmul itself always runs in the
+resolved ``matmul_dtype`` with autocast disabled; ``"auto"`` resolves to bf16 inside a bf16
+``torch.autocast`` region (how :class:`~sparsecodes.training.TrainConfig`'s ``autocast`` reaches
+this matmul), so an explicit ``"float32"`` stays exact even under autocast.
 """
 
 from __future__ import annotations
@@ -52,18 +55,29 @@ BF16_MIN_WORK = 1 << 27
 def resolve_matmul_dtype(
     spec: str, device: torch.device | str, work: int | None = None
 ) -> torch.dtype:
-    """``"float32"``/``"bfloat16"`` as given; ``"auto"`` -> bf16 where it is native and the matmul
-    is big enough to profit (``work`` = ``batch * d_in * n_latents`` multiply-adds, when known,
-    at least :data:`BF16_MIN_WORK`), else fp32."""
+    """``"float32"``/``"bfloat16"`` as given; ``"auto"`` -> bf16 inside a bf16 ``torch.autocast``
+    region on ``device``, else bf16 where it is native and the matmul is big enough to profit
+    (``work`` = ``batch * d_in * n_latents`` multiply-adds, when known, at least
+    :data:`BF16_MIN_WORK`), else fp32."""
     device = torch.device(device)
     if spec == "float32":
         return torch.float32
     if spec == "bfloat16":
         return torch.bfloat16
+    if spec == "auto" and autocast_dtype(device) == torch.bfloat16:
+        return torch.bfloat16
     if spec == "auto":
         big = work is None or work >= BF16_MIN_WORK
         return torch.bfloat16 if big and bf16_matmul_is_fast(device) else torch.float32
     raise ValueError(f"matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {spec!r}")
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The dtype of the ``torch.autocast`` region active for ``device``'s type, or None."""
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda") or not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
 
 
 def fast_path_supported(device: torch.device | str) -> bool:
@@ -72,10 +86,11 @@ def fast_path_supported(device: torch.device | str) -> bool:
 
 
 def _affine(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype) -> Tensor:
-    xc = x - b_dec
-    if dtype == W_enc.dtype and xc.dtype == W_enc.dtype:
-        return torch.addmm(b_enc, xc, W_enc)
-    return torch.addmm(b_enc.to(dtype), xc.to(dtype), W_enc.to(dtype))
+    with torch.autocast(x.device.type, enabled=False):  # ``dtype`` decides, not autocast
+        xc = x - b_dec
+        if dtype == W_enc.dtype and xc.dtype == W_enc.dtype:
+            return torch.addmm(b_enc, xc, W_enc)
+        return torch.addmm(b_enc.to(dtype), xc.to(dtype), W_enc.to(dtype))
 
 
 @torch.no_grad()

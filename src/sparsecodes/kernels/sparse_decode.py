@@ -11,11 +11,18 @@ backward (a dense per-row scatter plus a per-entry dot product) costs several ti
   (``torch.sparse.mm``);
 - ``db_dec = sum_b g_b``.
 
-Used on CPU only (:func:`sparse_decode_supported`); elsewhere callers use ``embedding_bag``.
+On CUDA, :func:`sparse_decode` uses the Triton kernels of :mod:`sparsecodes.kernels.triton_decode`
+where ``triton`` is importable (``pip install 'sparsecodes[gpu]'``; CUDA builds of torch ship it),
+else ``embedding_bag`` with its own backward (a debug log line says so once). Elsewhere (MPS, ...)
+callers use ``embedding_bag``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
+import os
 import warnings
 
 import torch
@@ -23,10 +30,37 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True where the Triton kernels can run: ``triton`` importable and (unless
+    ``TRITON_INTERPRET=1``, Triton's CPU interpreter) a CUDA device present. Logs at debug level
+    when it is not, once."""
+    if importlib.util.find_spec("triton") is None:
+        logger.debug("Triton not installed, using the torch implementation of the sparse decoder")
+        return False
+    if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        logger.debug("no CUDA device: Triton sparse decoder not used")
+        return False
+    return True
+
+
+def decode_backend(device: torch.device | str) -> str:
+    """Which sparse decoder runs on ``device``: ``"cpu_sparse"`` (:class:`SparseDecode`),
+    ``"triton"`` (CUDA with Triton) or ``"embedding_bag"``."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return "cpu_sparse"
+    if kind == "cuda" and triton_available():
+        return "triton"
+    return "embedding_bag"
+
 
 def sparse_decode_supported(device: torch.device | str) -> bool:
-    """Where :class:`SparseDecode` is used (CPU; CUDA keeps ``embedding_bag``)."""
-    return torch.device(device).type == "cpu"
+    """Where :func:`sparse_decode` has a sparse backward (CPU always; CUDA with Triton)."""
+    return decode_backend(device) != "embedding_bag"
 
 
 class SparseDecode(torch.autograd.Function):
@@ -76,8 +110,14 @@ class SparseDecode(torch.autograd.Function):
 
 
 def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
-    """``[batch, d_in]`` reconstruction; :class:`SparseDecode` on CPU, ``embedding_bag`` elsewhere."""
-    if sparse_decode_supported(W_dec.device):
+    """``[batch, d_in]`` reconstruction: :class:`SparseDecode` on CPU, the Triton kernel on CUDA
+    where Triton is installed, ``embedding_bag`` elsewhere (:func:`decode_backend`)."""
+    backend = decode_backend(W_dec.device)
+    if backend == "cpu_sparse":
         return SparseDecode.apply(indices, values, W_dec, b_dec)
+    if backend == "triton":
+        from sparsecodes.kernels.triton_decode import TritonSparseDecode
+
+        return TritonSparseDecode.apply(indices, values, W_dec, b_dec)
     out = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
     return out + b_dec

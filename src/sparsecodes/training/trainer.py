@@ -58,6 +58,9 @@ class TrainConfig:
     ``resample_window`` steps (None = ``resample_every``) are re-initialised toward high-loss
     inputs of that step's batch, their encoder weights at ``resample_scale`` times the mean norm
     of the others' (Anthropic's dead-neuron resampling; docs/training.md).
+    ``autocast``: ``"bf16"`` runs each step's forward under ``torch.autocast`` in bfloat16 (the
+    parameters, gradients and Adam state stay fp32: fp32 master weights); ``"off"`` runs it in
+    fp32; ``"auto"`` is bf16 on CUDA devices with bf16 support and off elsewhere.
     """
 
     steps: int = 1000
@@ -74,6 +77,7 @@ class TrainConfig:
     resample_every: int = 0
     resample_window: int | None = None
     resample_scale: float = 0.2
+    autocast: str = "auto"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size"):
@@ -97,6 +101,23 @@ class TrainConfig:
             raise ValueError(f"resample_window must be a positive integer or None, got {w!r}")
         if not (self.resample_scale > 0 and math.isfinite(self.resample_scale)):
             raise ValueError(f"resample_scale must be positive, got {self.resample_scale!r}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise ValueError(
+                f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}"
+            )
+
+
+AUTOCAST_MODES = ("auto", "bf16", "off")
+
+
+def resolve_autocast(mode: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of a training step on ``device`` (None: no autocast, plain fp32)."""
+    device = torch.device(device)
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -194,8 +215,14 @@ class Trainer:
                     "(resample_every > 0); set resample_every=0 or use AuxK (topk/batchtopk)"
                 )
         n = coder.n_latents
-        self.tokens_since_fired = torch.zeros(n, dtype=torch.long)
+        #: ``[n_latents]`` int64 on the coder's device: tokens since each latent last fired.
+        self.tokens_since_fired = torch.zeros(n, dtype=torch.long, device=coder.device)
         self.state = TrainState()
+        self.autocast_dtype = resolve_autocast(config.autocast, coder.device)
+        # host-side bound: no latent can be dead before this many tokens (see _step_dead_mask)
+        self._no_dead_before = 0
+        # first step whose loss was not finite (-1: none), checked on host-scalar steps only
+        self._bad_step = torch.full((), -1, dtype=torch.long, device=coder.device)
 
     @property
     def local_batch_size(self) -> int:
@@ -203,26 +230,71 @@ class Trainer:
         return self.config.batch_size // self.data_ranks
 
     def dead_mask(self) -> Tensor:
+        """``[n_latents]`` bool: latents that have not fired for ``dead_after_tokens`` tokens."""
         return self.tokens_since_fired >= self.config.dead_after_tokens
 
+    def recount_dead(self) -> None:
+        """Forget the cached "no latent can be dead yet" bound; call after editing
+        ``tokens_since_fired`` by hand (the next step looks at the counters again)."""
+        self._no_dead_before = 0
+
+    def _step_dead_mask(self) -> Tensor | None:
+        """The dead mask for this step, or None while no latent can be dead yet.
+
+        Every step adds the same number of tokens to every counter, so after one look at the
+        largest counter ``m`` (a host sync) no latent can be dead for ``dead_after_tokens - m``
+        more tokens; until then the step hands the encoder None and syncs nothing. While some
+        latents are dead the mask is handed over every step (AuxK needs their number anyway).
+        """
+        limit = self.config.dead_after_tokens
+        if self.state.tokens < self._no_dead_before:
+            return None
+        m = int(self.tokens_since_fired.max()) if self.tokens_since_fired.numel() else 0
+        if m >= limit:
+            return self.dead_mask()
+        self._no_dead_before = self.state.tokens + limit - m
+        return None
+
     def _update_firing(self, codes: Any, batch: int) -> Tensor:
+        """Reset the counters of latents that fired in this batch (on device, no host sync);
+        returns the mean L0 as a 0-dim tensor."""
+        n = self.coder.n_latents
         if isinstance(codes, SparseCodes):
-            fired = torch.zeros(self.coder.n_latents, dtype=torch.bool)
-            fired[codes.indices[codes.values != 0].cpu()] = True
-            l0 = (codes.values != 0).sum(dim=1).float().mean()
+            nz = codes.values != 0
+            hits = torch.zeros(n, dtype=torch.float32, device=nz.device)
+            hits.index_add_(0, codes.indices.reshape(-1), nz.reshape(-1).float())
+            fired = hits > 0
+            l0 = nz.sum(dim=1).float().mean()
         else:
             nz = codes != 0
-            fired = nz.any(dim=0).cpu()
+            fired = nz.any(dim=0)
             l0 = nz.sum(dim=1).float().mean()
+        fired = fired.to(self.tokens_since_fired.device)
         if self.data_ranks > 1:  # fired on any rank; the tokens of the global batch
             fired = dist_reduce.any_(fired, self.data_group)
             batch *= self.data_ranks
-        self.tokens_since_fired += batch
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.add_(batch).masked_fill_(fired, 0)
         return l0
 
+    def check_finite(self) -> None:
+        """Raise :class:`FloatingPointError` if a step since the last check had a non-finite
+        loss (a host sync; steps without host scalars record it on device only)."""
+        bad = int(self._bad_step)
+        if self.data_ranks > 1:  # every rank raises together
+            bad = int(max(dist_reduce.gather_objects(bad, self.data_group)))
+        if bad >= 0:
+            raise FloatingPointError(
+                f"loss became non-finite at step {bad}; lower lr (now {self.config.lr}) or check "
+                "the inputs for extreme values"
+            )
+
     def step(
-        self, x: Tensor, target: Tensor | None = None, *, y: Tensor | None = None
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        *,
+        y: Tensor | None = None,
+        host_scalars: bool = True,
     ) -> dict[str, float]:
         """One optimisation step on ``x`` ``[batch, d_in]`` (raw scale); returns its scalars.
 
@@ -230,10 +302,21 @@ class Trainer:
         ``y``: ``[batch, d_out]`` raw output activations a transcoder reconstructs from ``x``
         (scaled by ``coder.normaliser_out``, minus the coder's skip path,
         ``coder.dictionary_target``), or None for an autoencoder.
+        ``host_scalars=False`` (what :func:`train_lockstep` passes on steps it does not log):
+        nothing is copied to the host, so on CUDA the step queues its kernels without waiting;
+        only ``step`` and ``tokens`` are returned, and a non-finite loss is recorded on device and
+        raised by the next step with ``host_scalars=True`` (or :meth:`check_finite`). The encoder
+        itself may still sync (BatchTopK's batch-wide selection; AuxK while latents are dead).
+        Distributed steps (data or latent parallel) always take the host path: their finite
+        check is a collective every rank must reach.
         """
         cfg = self.config
         coder = self.coder
         device = coder.dictionary.W_dec.device
+        if self.data_ranks > 1 or self.latent_group is not None:
+            # distributed: the finite check and the scalars are reduced on every step, so that
+            # all ranks stop together and none is left waiting in a collective
+            host_scalars = True
         coder.train()
         x = coder.normaliser(x.to(device, non_blocking=True).float())
         if target is not None:
@@ -248,22 +331,33 @@ class Trainer:
                 if self.data_ranks > 1:
                     dist_reduce.mean_([mean], self.data_group)
                 coder.dictionary.b_dec.copy_(mean)
-        inp = TrainStepInput(x, coder.dictionary, step, self.dead_mask().to(device), target, y)
-        if self.latent_group is not None:
-            from sparsecodes.distributed.latent import latent_train_step
+        dead = self._step_dead_mask()
+        inp = TrainStepInput(x, coder.dictionary, step, dead, target, y)
+        with torch.autocast(
+            device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None,
+        ):
+            if self.latent_group is not None:
+                from sparsecodes.distributed.latent import latent_train_step
 
-            out = latent_train_step(coder.encoder, inp, self.latent_group)
+                out = latent_train_step(coder.encoder, inp, self.latent_group)
+            else:
+                out = coder.encoder.train_step(inp)
+        if host_scalars:
+            self.check_finite()  # an earlier step's, recorded on device
+            finite = bool(torch.isfinite(out.loss))
+            if self.data_ranks > 1:  # every rank stops together, none waits in a collective
+                finite = dist_reduce.mean_floats([float(finite)], self.data_group)[0] == 1.0
+            if not finite:
+                parts = {k: float(v.detach()) for k, v in out.losses.items()}
+                raise FloatingPointError(
+                    f"loss became {out.loss.item()} at step {step} (parts: {parts}); lower lr "
+                    f"(now {cfg.lr}) or check the inputs for extreme values"
+                )
         else:
-            out = coder.encoder.train_step(inp)
-        finite = bool(torch.isfinite(out.loss))
-        if self.data_ranks > 1:  # every rank stops together, none waits in a collective
-            finite = dist_reduce.mean_floats([float(finite)], self.data_group)[0] == 1.0
-        if not finite:
-            parts = {k: float(v.detach()) for k, v in out.losses.items()}
-            raise FloatingPointError(
-                f"loss became {out.loss.item()} at step {step} (parts: {parts}); lower lr "
-                f"(now {cfg.lr}) or check the inputs for extreme values"
-            )
+            bad = ~torch.isfinite(out.loss.detach()) & (self._bad_step < 0)
+            self._bad_step = torch.where(bad, step, self._bad_step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.data_ranks > 1:
@@ -280,14 +374,16 @@ class Trainer:
             dist_reduce.mean_(floats, self.data_group)
         codes = out.codes.detach()
         l0 = self._update_firing(codes, x.shape[0])
-        if self.latent_group is not None:  # each rank counted its own slice's active latents
-            l0 = sum(dist_reduce.gather_objects(float(l0), self.latent_group))
         self.state.step += 1
         self.state.tokens += x.shape[0] * self.data_ranks
         resampled = {}
         if cfg.resample_every and self.state.step % cfg.resample_every == 0:
             n_res = self.resample_dead(x, out.x_hat.detach())
             resampled = {"resampled": float(n_res)}
+        if not host_scalars:
+            return {"step": float(self.state.step), "tokens": float(self.state.tokens)}
+        if self.latent_group is not None:  # each rank counted its own slice's active latents
+            l0 = sum(dist_reduce.gather_objects(float(l0), self.latent_group))
         names = ["loss", "l0", *out.losses]
         values = [float(out.loss.detach()), float(l0)]
         values += [float(v.detach()) for v in out.losses.values()]
@@ -381,6 +477,7 @@ class Trainer:
         are gathered and rank 0 writes the *full* coder's checkpoint, the same files one process
         holding every latent writes, so any number of latent ranks (or one process) resumes it.
         """
+        self.check_finite()  # never write weights a non-finite step has touched
         source_state = source.state_dict() if source is not None else None
         path = Path(path)
         self.coder.train_config = {**self.coder.train_config, **self.config_dict()}
@@ -398,7 +495,7 @@ class Trainer:
         blob = {
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
-            "tokens_since_fired": fired,
+            "tokens_since_fired": fired.cpu(),
             "state": asdict(self.state),
             "source": source_state,
             "config": self.config_dict(),
@@ -448,7 +545,8 @@ class Trainer:
             optim_state, fired = self._shard_latent_state(optim_state, fired, full_latents)
         self.optimizer.load_state_dict(optim_state)
         self.scheduler.load_state_dict(blob["scheduler"])
-        self.tokens_since_fired = fired
+        self.tokens_since_fired = fired.to(self.coder.device)
+        self.recount_dead()
         self.state = TrainState(**blob["state"])
         if source is not None and blob["source"] is not None:
             source.load_state_dict(blob["source"])
@@ -506,14 +604,19 @@ class TranscoderTrainer(Trainer):
         super().__init__(coder, config, freeze_dictionary=freeze_dictionary, writer=writer)
 
     def step(
-        self, x: Tensor, target: Tensor | None = None, *, y: Tensor | None = None
+        self,
+        x: Tensor,
+        target: Tensor | None = None,
+        *,
+        y: Tensor | None = None,
+        host_scalars: bool = True,
     ) -> dict[str, float]:
         """One step on ``x`` ``[batch, d_in]`` toward ``y`` ``[batch, d_out]`` (``target`` is
         taken as ``y`` when given positionally, as :func:`train_lockstep` does)."""
         y = target if y is None else y
         if y is None:
             raise ValueError("a transcoder step needs the output activations y [batch, d_out]")
-        return super().step(x, y=y)
+        return super().step(x, y=y, host_scalars=host_scalars)
 
 
 def train_lockstep(
@@ -570,15 +673,16 @@ def train_lockstep(
     t0, tokens0 = time.perf_counter(), sum(t.state.tokens for t in trainers)
     for step in range(start, cfg.steps):
         rows: dict[int, dict[str, float]] = {}
+        n = step + 1
+        last = n == cfg.steps
+        want_cb = callback is not None and (n % every == 0 or last)
+        log = n % cfg.log_every == 0 or last or want_cb  # only these steps copy scalars to host
         for i, (trainer, batches) in enumerate(zip(trainers, batch_iters, strict=True)):
             if trainer.state.step > step:  # this one had a later checkpoint
                 continue
             x, target = next(batches)
-            rows[i] = trainer.step(x, target)
-        n = step + 1
-        last = n == cfg.steps
-        want_cb = callback is not None and (n % every == 0 or last)
-        if rows and (n % cfg.log_every == 0 or last or want_cb):
+            rows[i] = trainer.step(x, target, host_scalars=log)
+        if rows and log:
             rate = (sum(t.state.tokens for t in trainers) - tokens0) / max(
                 time.perf_counter() - t0, 1e-9
             )
