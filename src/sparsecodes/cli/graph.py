@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from sparsecodes.cli.options import device_option, out_option
+from sparsecodes.cli.options import device_option, out_option, transcoders_option
 
 EPILOG = """
 \b
@@ -28,14 +28,7 @@ completeness scores.
 
 
 @click.command("graph", epilog=EPILOG)
-@click.option(
-    "--transcoders",
-    "transcoder_dirs",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="A transcoder directory, or a directory of them (one per layer). Repeatable.",
-)
+@transcoders_option
 @click.option("--prompt", required=True, help="The prompt; the graph explains its last position.")
 @click.option("--target", required=True, help="Target token (one token, e.g. ' Mary').")
 @click.option("--contrast", default=None, help="Contrast token: attribute target minus this.")
@@ -68,20 +61,15 @@ def graph(
 ) -> None:
     """Compute, prune and score the attribution graph of PROMPT for TARGET; write JSON + page."""
     from sparsecodes.devices import resolve_device
-    from sparsecodes.graphs import build_graph, load_transcoder, write_graph, write_graph_page
-    from sparsecodes.graphs.io import find_transcoders, recorded_model
+    from sparsecodes.graphs import build_graph, write_graph, write_graph_page
+    from sparsecodes.graphs.io import open_transcoders
     from sparsecodes.models import load_model
 
     dev = resolve_device(device)
-    transcoder_dirs = tuple(str(p) for d in transcoder_dirs for p in find_transcoders(d))
-    recorded = {m for m in (recorded_model(d) for d in transcoder_dirs) if m}
-    if model is None:
-        if len(recorded) != 1:
-            raise click.UsageError(
-                "give --model: the transcoders record "
-                + (f"several models {sorted(recorded)}" if recorded else "no model")
-            )
-        model = recorded.pop()
+    try:
+        model, tcs = open_transcoders(transcoder_dirs, model=model, device=dev)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
     pages: dict[int, str] = {}
     for spec in browsers:
         layer, sep, site = spec.partition(":")
@@ -89,7 +77,6 @@ def graph(
             raise click.UsageError(f"--browser {spec!r}: give LAYER:DIR with an existing DIR")
         pages[int(layer)] = os.path.relpath(Path(site) / "latents", out).replace(os.sep, "/") + "/"
     adapter = load_model(model, device=dev)
-    tcs = [load_transcoder(d, device=dev) for d in transcoder_dirs]
     data = build_graph(
         adapter,
         tcs,

@@ -7,7 +7,7 @@ import re
 
 import click
 
-from sparsecodes.cli.options import device_option
+from sparsecodes.cli.options import device_option, transcoders_option
 
 EPILOG = """
 \b
@@ -64,14 +64,7 @@ def _line(s: str) -> str:
 
 
 @click.command("intervene", epilog=EPILOG)
-@click.option(
-    "--transcoders",
-    "transcoder_dirs",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="A transcoder directory, or a directory of them (one per layer). Repeatable.",
-)
+@transcoders_option
 @click.option("--prompt", required=True, help="Text to run (and continue).")
 @click.option("--zero", multiple=True, metavar="L:I,...", help="Features to zero. Repeatable.")
 @click.option(
@@ -99,8 +92,8 @@ def intervene(
 ) -> None:
     """Zero or scale transcoder features in the model; the target logit and generations."""
     from sparsecodes.devices import resolve_device
-    from sparsecodes.graphs import load_transcoder, single_token
-    from sparsecodes.graphs.io import find_transcoders, recorded_model
+    from sparsecodes.graphs import single_token
+    from sparsecodes.graphs.io import open_transcoders
     from sparsecodes.graphs.transcoder import hook_layer
     from sparsecodes.models import load_model
     from sparsecodes.uses.steering import LatentEdit, compare_edits
@@ -108,20 +101,12 @@ def intervene(
     edits_by_layer = _parse(zero, scale)
     if contrast is not None and target is None:
         raise click.UsageError("--contrast needs --target")
-    dirs = [str(p) for d in transcoder_dirs for p in find_transcoders(d)]
-    recorded = {m for m in (recorded_model(d) for d in dirs) if m}
-    if model is None:
-        if len(recorded) != 1:
-            raise click.UsageError(
-                "give --model: the transcoders record "
-                + (f"several models {sorted(recorded)}" if recorded else "no model")
-            )
-        model = recorded.pop()
     dev = resolve_device(device)
-    by_layer = {}
-    for d in dirs:
-        tc = load_transcoder(d, device=dev)
-        by_layer[hook_layer(tc.in_hook, "mlp_in")] = tc
+    try:
+        model, tcs = open_transcoders(transcoder_dirs, model=model, device=dev)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    by_layer = {hook_layer(tc.in_hook, "mlp_in"): tc for tc in tcs}
     missing = sorted(set(edits_by_layer) - set(by_layer))
     if missing:
         raise click.UsageError(

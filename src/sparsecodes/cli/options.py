@@ -163,3 +163,14 @@ coder_hook_option = click.option(
     help="Hook point, ours or TransformerLens/sparsify-style (blocks.8.hook_resid_pre, "
     "layers.8) [default: the one recorded with the coder].",
 )
+
+
+transcoders_option = click.option(
+    "--transcoders",
+    "transcoder_dirs",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A transcoder directory, or a directory of them (one per layer). Repeatable.",
+)
+"""``--transcoders DIR`` (repeatable), for the commands that read per-layer transcoders."""

@@ -36,6 +36,7 @@ __all__ = [
     "find_transcoders",
     "graph_json",
     "load_transcoder",
+    "open_transcoders",
     "recorded_model",
     "save_transcoder",
     "write_graph",
@@ -253,15 +254,37 @@ def write_graph(path: str | os.PathLike[str], data: dict[str, Any]) -> Path:
 
 
 def recorded_model(path: str | os.PathLike[str]) -> str | None:
-    """The model a transcoder directory records, or None."""
-    p = Path(path)
-    cfg = p / "transcoder.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text()).get("model")
-    from sparsecodes.loading import load
+    """The model a dense transcoder directory records (``transcoder.json``), or None."""
+    cfg = Path(path) / "transcoder.json"
+    return json.loads(cfg.read_text()).get("model") if cfg.is_file() else None
 
-    src = load(p).source
-    return src.model_name if src is not None else None
+
+def open_transcoders(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    model: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[str, list[Transcoder]]:
+    """``(model name, transcoders)``: every transcoder found in ``paths`` (:func:`find_transcoders`),
+    each loaded once, and ``model`` or else the one model they record (``ValueError`` naming the
+    fix when they record none or several)."""
+    tcs: list[Transcoder] = []
+    recorded: set[str] = set()
+    for p in (q for d in paths for q in find_transcoders(d)):
+        tc = load_transcoder(p, device=device)
+        tcs.append(tc)
+        source = getattr(tc, "source", None)
+        name = recorded_model(p) or (source.model_name if source is not None else None)
+        if name:
+            recorded.add(name)
+    if model is None:
+        if len(recorded) != 1:
+            raise ValueError(
+                "give --model: the transcoders record "
+                + (f"several models {sorted(recorded)}" if recorded else "no model")
+            )
+        model = recorded.pop()
+    return model, tcs
 
 
 def find_transcoders(path: str | os.PathLike[str]) -> list[Path]:
