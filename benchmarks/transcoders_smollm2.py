@@ -55,12 +55,13 @@ def main() -> None:
     ap.add_argument("--fvu-windows", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/transcoders_smollm2.json")
+    ap.add_argument("--run-dir", default=None, help="keep the trained transcoders here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     layers = _layers(args.layers)
     pairs = tuple(((f"blocks.{i}.mlp_in",), (f"blocks.{i}.mlp_out",)) for i in layers)
     ctx = 128
-    run_dir = Path(tempfile.mkdtemp(prefix="tc_smollm2_"))
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="tc_smollm2_"))
     t0 = time.perf_counter()
     runs = train_coders(
         stores=(),
@@ -151,7 +152,9 @@ def main() -> None:
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
             "load_average_at_end": os.getloadavg(),
-            "note": "shared 2-core machine under heavy load (8 sessions); times are upper bounds",
+            "nice": os.nice(0),
+            "note": "shared 2-core machine; other jobs ran beside it at lower priority (see load "
+            "average and nice); times are upper bounds",
         },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
