@@ -20,6 +20,7 @@ _FLAGS = {
     "encoders": "--encoder",
     "parallel": "--parallel",
     "eval_every": "--eval-every",
+    "autocast": "--autocast",
 }
 
 
@@ -209,6 +210,18 @@ def transcoder_pairs(
         "batchtopk), every rank reading the same rows; 'modules' deals the stores/hooks to the "
         "ranks in turn, each rank training its coders on every forward pass. Without torchrun "
         "all are one process."
+    ),
+)
+@click.option(
+    "--autocast",
+    type=click.Choice(["auto", "bf16", "off"]),
+    default="auto",
+    show_default=True,
+    help=(
+        "Precision of each training step's forward: 'bf16' runs it under torch.autocast in "
+        "bfloat16 (parameters, gradients and Adam state stay fp32); 'off' runs it in fp32; "
+        "'auto' is bf16 on CUDA devices with bf16 support, fp32 elsewhere (CPU). Applies to "
+        "SAEs and --transcoder runs alike."
     ),
 )
 @click.option(

@@ -19,7 +19,7 @@ from sparsecodes.devices import resolve_device
 from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.training.log import WandbLogger, require_tensorboard
 from sparsecodes.training.run import RunJob, train_runs
-from sparsecodes.training.trainer import TrainConfig
+from sparsecodes.training.trainer import AUTOCAST_MODES, TrainConfig
 
 NORMALISER_SAMPLE_ROWS = 16384
 
@@ -104,6 +104,7 @@ def train_coders(
     eval_every: int = 0,
     eval_tokens: int = 2048,
     eval_corpus: str | None = None,
+    autocast: str = "auto",
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -115,6 +116,9 @@ def train_coders(
     ``saelens``: also write ``final_saelens/`` where the encoder has a SAELens architecture.
     ``resample_every``, ``resample_window``, ``resample_scale``: dead-latent resampling, as
     :class:`~sparsecodes.training.trainer.TrainConfig`'s fields of those names (0 = off).
+
+    ``autocast``: the precision of each step's forward, as
+    :class:`~sparsecodes.training.trainer.TrainConfig`'s field (``"auto"``, ``"bf16"``, ``"off"``).
 
     ``transcoders``: ``(in_hooks, out_hooks)`` pairs streamed from ``model`` beside ``hooks``:
     one :class:`~sparsecodes.transcoder.Transcoder` per pair and encoder (a crosscoder when a side
@@ -201,6 +205,10 @@ def train_coders(
                 "encoders",
                 f"{', '.join(bad)} cannot train a transcoder; use {', '.join(TRANSCODER_ENCODERS)}",
             )
+    if autocast not in AUTOCAST_MODES:
+        raise JobSpecError(
+            "autocast", f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}"
+        )
     if eval_every < 0 or (eval_every and eval_tokens < 1):
         raise JobSpecError("eval_every", "--eval-every and --eval-tokens must be positive")
     if tensorboard_dir is not None:
@@ -399,6 +407,7 @@ def train_coders(
         resample_every=resample_every,
         resample_window=resample_window,
         resample_scale=resample_scale,
+        autocast=autocast,
     )
     latent_group = None
     if latent:
