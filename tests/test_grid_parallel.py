@@ -1,0 +1,100 @@
+"""Data x latent (2-D) parallelism on four CPU processes (gloo): 2 latent groups of 2 ranks.
+
+Each latent group reads its own half of every global batch (data rank ``d`` of 2) and splits
+the latents between its two ranks; gradients are averaged over the ranks holding the same slice.
+The claim: the result equals one process holding every latent and stepping on the whole global
+batch (TopK without AuxK: AuxK's normaliser is each data rank's own, docs/distributed.md). Tolerance as in tests/test_distributed.py: the reconstruction is a sum of two partial
+decodes and the gradient a mean of two half-batch means (float32 sums in another order, relative
+~1e-7 per step); Adam keeps the weights within ``lr * steps`` times that, far below ``ATOL``.
+Sizes are tiny (d=8, 16 latents, 6 steps): the four processes' start-up is most of the cost.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sparsecodes.activations.source import TensorSource
+from sparsecodes.sparse_coder import SparseCoder
+from sparsecodes.training.trainer import TrainConfig, Trainer
+
+WORLD, LATENT_RANKS = 4, 2
+ATOL = 1e-5
+D, N_LAT = 8, 16
+
+
+def data(rows: int = 512) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(rows, D, generator=g) @ torch.randn(D, D, generator=g) + 0.5
+
+
+def make_coder() -> SparseCoder:
+    return SparseCoder(D, N_LAT, "topk", seed=3, k=2)
+
+
+def config() -> TrainConfig:
+    return TrainConfig(steps=6, lr=3e-3, batch_size=32, log_every=2)
+
+
+def grid_worker(rank: int, init_file: str, out: str) -> None:
+    from sparsecodes.distributed import RankSlice, make_grid
+    from sparsecodes.training.run import train_run
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        grid = make_grid(LATENT_RANKS)
+        assert (grid.data_rank, grid.latent_rank) == divmod(rank, LATENT_RANKS)
+        assert (grid.data_size, grid.latent_size) == (WORLD // LATENT_RANKS, LATENT_RANKS)
+        # a resumable run directory: checkpoints gather the slices, rank 0 writes final/
+        whole = train_run(
+            make_coder(),
+            RankSlice(TensorSource(data(), seed=1), grid.data_rank, grid.data_size),
+            config(),
+            Path(out).parent / "run",
+            checkpoint_every=3,
+            latent_group=grid.latent_group,
+            data_group=grid.data_group,
+        )  # the whole coder, on every rank
+        every = [None] * WORLD if rank == 0 else None
+        dist.gather_object((whole.state_dict(), whole.history), every, dst=0)
+        if rank == 0:
+            torch.save(every, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # four processes on the shared 2-core machine
+def test_data_x_latent_training_equals_one_process_with_the_global_batch(tmp_path):
+    mp.spawn(
+        grid_worker,
+        args=(str(tmp_path / "rendezvous"), str(tmp_path / "results.pt")),
+        nprocs=WORLD,
+        join=True,
+    )
+    every = torch.load(tmp_path / "results.pt", weights_only=False)
+    ref = Trainer(make_coder(), config())
+    ref.fit(TensorSource(data(), seed=1))
+    want = ref.coder.state_dict()
+    start = make_coder().state_dict()["dictionary.W_dec"]
+    assert (want["dictionary.W_dec"] - start).abs().max() > 100 * ATOL  # training moved them
+    final = SparseCoder.load(tmp_path / "run" / "final").state_dict()
+    for got in [final, *(state for state, _ in every)]:  # final/, and every rank's coder
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
+    for _, history in every:  # L0 summed over the slices, loss averaged over the data groups
+        assert [r["step"] for r in history] == [2.0, 4.0, 6.0]
+        for a, b in zip(history, ref.state.history, strict=True):
+            assert a["l0"] == b["l0"] == 2.0
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # the full dead counters in the checkpoint: the global batch's tokens, firing OR-reduced
+    blob = torch.load(tmp_path / "run" / "checkpoint" / "trainer.pt", weights_only=False)
+    assert blob["state"]["tokens"] == 6 * 32
+    assert torch.equal(blob["tokens_since_fired"], ref.tokens_since_fired)
