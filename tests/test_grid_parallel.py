@@ -98,3 +98,66 @@ def test_data_x_latent_training_equals_one_process_with_the_global_batch(tmp_pat
     blob = torch.load(tmp_path / "run" / "checkpoint" / "trainer.pt", weights_only=False)
     assert blob["state"]["tokens"] == 6 * 32
     assert torch.equal(blob["tokens_since_fired"], ref.tokens_since_fired)
+
+
+def _torchrun(n: int, args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    r = subprocess.run(
+        [*cmd, str(n), "-m", "sparsecodes", *args], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow  # six processes under torchrun
+def test_torchrun_train_data_latent_equals_data_parallel_over_the_same_data_ranks(tmp_path):
+    """``train --parallel data,latent --latent-ranks 2`` on 4 ranks reads the store as 2
+    data-parallel ranks do (latent group d reads data rank d's shards), so its coder equals the
+    2-rank data-parallel one; run.json records the grid."""
+    import json
+
+    import sparsecodes
+    from conftest import fake_store
+
+    store = fake_store(tmp_path / "store", rows=4096, d=8)  # 4 shards: 2 per data rank
+    args = ["train", "--store", str(store), "--encoder", "topk", "--param", "k=2"]
+    args += ["--n-latents", "16", "--steps", "6", "--batch-size", "64", "--checkpoint-every", "3"]
+    args += ["--device", "cpu", "--no-saelens", "--seed", "5"]
+    _torchrun(
+        4,
+        [
+            *args,
+            "--parallel",
+            "data,latent",
+            "--latent-ranks",
+            "2",
+            "--out",
+            str(tmp_path / "grid"),
+        ],
+    )
+    _torchrun(2, [*args, "--parallel", "data", "--out", str(tmp_path / "data")])
+    got = sparsecodes.load(tmp_path / "grid" / "final").state_dict()
+    want = sparsecodes.load(tmp_path / "data" / "final").state_dict()
+    start = SparseCoder(8, 16, "topk", seed=5, k=2).state_dict()["dictionary.W_dec"]
+    assert (want["dictionary.W_dec"] - start).abs().max() > 100 * ATOL  # training moved them
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, atol=ATOL, rtol=0, msg=name)
+    run = json.loads((tmp_path / "grid" / "run.json").read_text())
+    assert run["parallel"] == {"mode": "data,latent", "world_size": 4, "latent_ranks": 2}
+
+
+def test_latent_ranks_goes_with_data_latent_only(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import fake_store
+    from sparsecodes.cli import main
+
+    store = str(fake_store(tmp_path / "store", rows=256, d=8))
+    r = CliRunner().invoke(main, ["train", "--store", store, "--latent-ranks", "2"])
+    assert r.exit_code == 2 and "--latent-ranks is for --parallel data,latent" in r.output
+    r = CliRunner().invoke(main, ["train", "--store", store, "--parallel", "data,latent"])
+    assert r.exit_code == 2 and "--latent-ranks" in r.output and "needs" in r.output
