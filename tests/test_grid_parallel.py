@@ -11,6 +11,7 @@ Sizes are tiny (d=8, 16 latents, 6 steps): the four processes' start-up is most 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,7 +42,28 @@ def config() -> TrainConfig:
     return TrainConfig(steps=6, lr=3e-3, batch_size=32, log_every=2)
 
 
-def grid_worker(rank: int, init_file: str, out: str) -> None:
+class Stopped(Exception):
+    pass
+
+
+def store_source(store: str, grid, stop_at: int | None = None):
+    """Data rank ``d``'s shards of ``store``; every rank raises :class:`Stopped` (an interrupt)
+    when asked for batch ``stop_at``."""
+    from sparsecodes.activations.reader import StoreSource
+
+    class Stopping(StoreSource):
+        def batches(self, batch_size: int):
+            for i, item in enumerate(super().batches(batch_size)):
+                if i == stop_at:
+                    raise Stopped
+                yield item
+
+    return Stopping(
+        store, seed=2, rank=grid.data_rank, world_size=grid.data_size, group=grid.data_group
+    )
+
+
+def grid_worker(rank: int, init_file: str, out: str, store: str) -> None:
     from sparsecodes.distributed import RankSlice, make_grid
     from sparsecodes.training.run import train_run
 
@@ -62,6 +84,28 @@ def grid_worker(rank: int, init_file: str, out: str) -> None:
             latent_group=grid.latent_group,
             data_group=grid.data_group,
         )  # the whole coder, on every rank
+        # a store read by the two data ranks: interrupted after the step-3 checkpoint on every
+        # rank, then resumed (each data rank continues its shards where it stopped), against the
+        # uninterrupted run
+        runs = Path(out).parent
+        kw = {"latent_group": grid.latent_group, "data_group": grid.data_group}
+        plain = train_run(
+            make_coder(), store_source(store, grid), config(), runs / "s", checkpoint_every=3, **kw
+        )
+        with contextlib.suppress(Stopped):
+            train_run(
+                make_coder(),
+                store_source(store, grid, 4),
+                config(),
+                runs / "r",
+                checkpoint_every=3,
+                **kw,
+            )
+        assert not (runs / "r" / "final").exists()
+        resumed = train_run(
+            make_coder(), store_source(store, grid), config(), runs / "r", checkpoint_every=3, **kw
+        )
+        assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in plain.state_dict().items())
         every = [None] * WORLD if rank == 0 else None
         dist.gather_object((whole.state_dict(), whole.history), every, dst=0)
         if rank == 0:
@@ -70,11 +114,15 @@ def grid_worker(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # four processes on the shared 2-core machine
+@pytest.mark.slow  # four processes: ~100 s on the shared 2-core machine under load
 def test_data_x_latent_training_equals_one_process_with_the_global_batch(tmp_path):
+    """... and a run interrupted on every rank resumes to the uninterrupted run's weights."""
+    from conftest import fake_store
+
+    store = fake_store(tmp_path / "store", rows=4096, d=D)  # 4 shards: 2 per data rank
     mp.spawn(
         grid_worker,
-        args=(str(tmp_path / "rendezvous"), str(tmp_path / "results.pt")),
+        args=(str(tmp_path / "rendezvous"), str(tmp_path / "results.pt"), str(store)),
         nprocs=WORLD,
         join=True,
     )
@@ -112,7 +160,7 @@ def _torchrun(n: int, args: list[str]) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.mark.slow  # six processes under torchrun
+@pytest.mark.slow  # six processes under torchrun: ~11 min on the shared machine under load
 def test_torchrun_train_data_latent_equals_data_parallel_over_the_same_data_ranks(tmp_path):
     """``train --parallel data,latent --latent-ranks 2`` on 4 ranks reads the store as 2
     data-parallel ranks do (latent group d reads data rank d's shards), so its coder equals the
