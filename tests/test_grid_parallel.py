@@ -114,7 +114,7 @@ def grid_worker(rank: int, init_file: str, out: str, store: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # four processes: ~100 s on the shared 2-core machine under load
+@pytest.mark.slow  # four processes: 100-650 s on the shared 2-core machine (load 15-18)
 def test_data_x_latent_training_equals_one_process_with_the_global_batch(tmp_path):
     """... and a run interrupted on every rank resumes to the uninterrupted run's weights."""
     from conftest import fake_store
