@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -180,3 +181,15 @@ def test_triton_sparse_decode_matches_the_cpu_kernel_in_triton_interpreter():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stderr[-2000:]
+
+
+def test_triton_module_imports_without_triton_and_its_use_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # as on a CPU install without the extra
+    monkeypatch.setitem(sys.modules, "triton.language", None)
+    monkeypatch.delitem(sys.modules, "sparsecodes.kernels.triton_decode", raising=False)
+    td = importlib.import_module("sparsecodes.kernels.triton_decode")  # no ImportError
+    assert td.triton is None and td.tl is None  # nothing imported or built at import
+    idx = torch.zeros(2, 1, dtype=torch.long)
+    v, W, b = torch.ones(2, 1), torch.ones(3, 4), torch.zeros(4)
+    with pytest.raises(ImportError, match=re.escape("pip install 'sparsecodes[gpu]'")):
+        td.TritonSparseDecode.apply(idx, v, W, b)

@@ -7,6 +7,7 @@ import inspect
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from torch import nn
 from torch.nn.modules.module import register_module_forward_pre_hook
@@ -194,3 +195,37 @@ def test_resample_flag_refuses_negative_by_name(tmp_path):
     store = fake_store(tmp_path / "store")
     r = CliRunner().invoke(main, ["train", "--store", str(store), "--resample-every", "-1"])
     assert r.exit_code == 2 and "--resample-every" in r.output
+
+
+def test_autocast_flag_sets_the_step_precision(tmp_path):
+    """--autocast reaches TrainConfig: 'off' and 'auto' (fp32 on a CPU) give the same weights,
+    'bf16' rounds each step's matmul inputs to bfloat16, so its weights differ (by bf16
+    rounding, not more); run.json records the choice."""
+    store = fake_store(tmp_path / "store")
+    weights, modes = {}, {}
+    for mode in ("off", "auto", "bf16"):
+        out = tmp_path / mode
+        args = ["--store", str(store), "--param", "k=4", "--n-latents", "32", "--steps", "8"]
+        args += ["--batch-size", "64", "--checkpoint-every", "0", "--no-saelens"]
+        r = _train([*args, "--autocast", mode, "--device", "cpu", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        weights[mode] = sc.SparseCoder.load(out / "final").W_dec.detach()
+        modes[mode] = json.loads((out / "run.json").read_text())["train"]["autocast"]
+        assert weights[mode].dtype == torch.float32  # fp32 master weights in every mode
+    assert modes == {"off": "off", "auto": "auto", "bf16": "bf16"}
+    assert torch.equal(weights["off"], weights["auto"])
+    diff = (weights["bf16"] - weights["off"]).norm() / weights["off"].norm()
+    # 8 Adam steps at lr 1e-3 move each unit-norm atom by ~1e-2; bf16 rounding of the inputs
+    # (relative 2^-9) perturbs the updates, not the atoms: a small, nonzero change
+    assert 0 < diff < 1e-2, diff
+
+
+def test_autocast_flag_refuses_other_values_by_name(tmp_path):
+    store = fake_store(tmp_path / "store")
+    r = CliRunner().invoke(main, ["train", "--store", str(store), "--autocast", "fp16"])
+    assert r.exit_code == 2 and "--autocast" in r.output
+    from sparsecodes.cli.train import train
+    from sparsecodes.training.trainer import AUTOCAST_MODES
+
+    opt = next(p for p in train.params if p.name == "autocast")
+    assert tuple(opt.type.choices) == AUTOCAST_MODES  # the CLI offers exactly the trainer's modes

@@ -139,7 +139,7 @@ class SparseCoder(nn.Module):
           dictionary to ``x`` given them (known-codes setting).
         """
         from sparsecodes.activations.source import TensorSource
-        from sparsecodes.training.trainer import TrainConfig, Trainer
+        from sparsecodes.training.trainer import Trainer, fit_config
 
         x = as_activations(x, "x", self.d_in)
         target = None
@@ -149,14 +149,14 @@ class SparseCoder(nn.Module):
             self.set_dictionary(dictionary)
         if not self._fitted:
             self.normaliser.fit(x)
-        cfg = TrainConfig(
+        cfg = fit_config(
+            self.seed,
             steps=steps,
             lr=lr,
             batch_size=batch_size,
             warmup_steps=warmup_steps,
             decay_fraction=decay_fraction,
             dead_after_tokens=dead_after_tokens,
-            seed=self.seed,
             log_every=log_every,
             progress=progress,
             b_dec_init="zeros",

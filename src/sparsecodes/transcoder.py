@@ -329,7 +329,7 @@ class Transcoder(nn.Module):
     ) -> Transcoder:
         """Train to map ``x`` ``[n, d_in]`` to ``y`` ``[n, d_out]`` (raw activations, row-aligned)."""
         from sparsecodes.activations.source import TensorSource
-        from sparsecodes.training.trainer import TrainConfig, TranscoderTrainer
+        from sparsecodes.training.trainer import TranscoderTrainer, fit_config
 
         x = as_activations(x, "x", self.d_in)
         y = as_activations(y, "y", self.d_out)
@@ -338,14 +338,14 @@ class Transcoder(nn.Module):
         if not self._fitted:
             self.normaliser.fit(x)
             self.normaliser_out.fit(y)
-        cfg = TrainConfig(
+        cfg = fit_config(
+            self.seed,
             steps=steps,
             lr=lr,
             batch_size=batch_size,
             warmup_steps=warmup_steps,
             decay_fraction=decay_fraction,
             dead_after_tokens=dead_after_tokens,
-            seed=self.seed,
             log_every=log_every,
             progress=progress,
         )

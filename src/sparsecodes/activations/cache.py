@@ -42,6 +42,7 @@ from sparsecodes.activations.store import (
     MANIFEST,
     Manifest,
     ShardInfo,
+    StoreMismatchError,
     StoreWriter,
     check_identity,
     created_info,
@@ -153,6 +154,7 @@ def cache_activations(
     progress: bool = True,
     rank: int | None = None,
     world_size: int | None = None,
+    forward_dtype: str | None = None,
 ) -> CacheResult:
     """Cache activations at ``hooks`` for the token windows of ``texts`` into ``out_dir``.
 
@@ -185,6 +187,11 @@ def cache_activations(
         rank, world_size: this process's share of the shards (module docstring); None = from
             the process group ``torchrun`` started (rank 0 of 1 without one). Every rank calls
             this with the same arguments.
+        forward_dtype: the dtype the model's forward runs in (``"float32"``, ``"bfloat16"``);
+            None = the adapter's parameter dtype (``model_adapter.dtype``) when it has one.
+            Recorded in the manifest's ``info`` (and in each rank's part file); resuming a store
+            begun with another forward dtype is refused (``StoreMismatchError``), since one store
+            must not mix the two roundings. A store that records none (older) resumes as before.
     """
     if not hooks:
         raise ValueError("hooks is empty; give at least one hook, e.g. blocks.12.resid_post")
@@ -209,7 +216,14 @@ def cache_activations(
         texts = list(texts)
         corpus_fingerprint = fingerprint(corpus_spec, texts)
     t_start = time.perf_counter()
-    info = {"batch_size": batch_size, "max_tokens": max_tokens, "corpus": corpus_spec}
+    info: dict[str, Any] = {"batch_size": batch_size, "max_tokens": max_tokens}
+    info["corpus"] = corpus_spec
+    if forward_dtype is None and isinstance(getattr(model_adapter, "dtype", None), torch.dtype):
+        forward_dtype = str(model_adapter.dtype).removeprefix("torch.")
+    if forward_dtype is not None:
+        info["forward_dtype"] = forward_dtype
+        for h in hooks:  # before any writer opens the store: a refusal changes nothing
+            check_forward_dtype(store_path(out_dir, name, h), forward_dtype)
     if world_size is None or rank is None:
         w = dist_ctx.world()
         rank, world_size = w.rank, w.size
@@ -331,6 +345,33 @@ def cache_activations(
     return result
 
 
+def check_forward_dtype(store: Path, forward_dtype: str) -> None:
+    """Raise :class:`StoreMismatchError` if ``store`` (its manifest, or a rank's part file of an
+    unfinished distributed run) records a forward dtype other than ``forward_dtype``.
+
+    A store that records none (written before the field existed) passes.
+    """
+    import json
+
+    recorded: dict[str, Path] = {}
+    if (store / MANIFEST).exists():
+        old = read_manifest(store).info.get("forward_dtype")
+        if old is not None:
+            recorded[old] = store / MANIFEST
+    for f in sorted((store / "parts").glob("*.json")) if (store / "parts").is_dir() else []:
+        old = json.loads(f.read_text()).get("forward_dtype")
+        if old is not None:
+            recorded.setdefault(old, f)
+    for old, where in recorded.items():
+        if old != forward_dtype:
+            raise StoreMismatchError(
+                f"{where}: this store was started with forward dtype {old} but this run asks "
+                f"for {forward_dtype}; one store cannot mix activations of the two. Resume with "
+                f"--forward-dtype {old}, or cache with {forward_dtype} into a different --out "
+                f"directory (or delete {store} to start it over)"
+            )
+
+
 def _part_file(store: Path, world_size: int, rank: int) -> Path:
     return store / "parts" / f"{world_size}-{rank}.json"
 
@@ -396,7 +437,10 @@ def _cache_ranked(
     def record(h: str, j: int, rows: Any) -> None:
         mine_done[h][j] = write_shard(stores[h], j, encode_rows(rows, wanted[h].dtype))
         entries = {str(i): asdict(sh) for i, sh in sorted(mine_done[h].items())}
-        write_json(part_files[h], {"shards": entries})
+        part: dict[str, Any] = {"shards": entries}
+        if "forward_dtype" in wanted[h].info:
+            part["forward_dtype"] = wanted[h].info["forward_dtype"]
+        write_json(part_files[h], part)
 
     if windows is None:
         from sparsecodes.data import token_windows

@@ -64,6 +64,9 @@ class StoreSource:
             sparsecodes verifies; ``False`` exists only to measure the checksum's cost.
         device: where the batches are put (default CPU).
         rank, world_size: read only this data-parallel rank's shards (module docstring).
+        group: the process group of those ``world_size`` ranks, in rank order, over which
+            :meth:`state_dict` gathers the positions (None: the default group; a data group of
+            :func:`sparsecodes.distributed.make_grid` under data x latent parallelism).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class StoreSource:
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        group: Any = None,
     ) -> None:
         if isinstance(paths, str | Path):
             paths = [paths]
@@ -110,7 +114,7 @@ class StoreSource:
                 f"{len(self._units)} shards cannot be split between {world_size} ranks; cache "
                 "with a smaller --shard-rows or train with fewer processes"
             )
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.group = rank, world_size, group
         self.n_rows = sum(u[2] for u in self._units)
         self.seed = int(seed)
         self.shuffle_buffer_shards = int(shuffle_buffer_shards)
@@ -230,7 +234,8 @@ class StoreSource:
             "shuffle_buffer_shards": self.shuffle_buffer_shards,
         }
         if self.world_size > 1:  # a collective: every rank saves every rank's position
-            state["ranks"] = gather_objects({k: state[k] for k in ("epoch", "group", "pos")})
+            pos = {k: state[k] for k in ("epoch", "group", "pos")}
+            state["ranks"] = gather_objects(pos, self.group)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ Examples:
 Each hook gets its own store OUT/<model>/<hook>/ (manifest.json + shard-*.npy). Rows are the
 activations at kept token positions (BOS/special tokens dropped), in corpus order. Interrupt
 it at any time (Ctrl-C, kill -9): running the same command again verifies the store matches
-(model, hook, corpus, dtype, context size, shard rows), skips what is stored and continues, and
+(model, hook, corpus, dtype, forward dtype, context size, shard rows), skips what is stored and continues, and
 ends with the same bytes as an uninterrupted run. A larger --max-tokens extends a finished store.
 Read a store with sparsecodes.activations.StoreSource(path) or `sparsecodes train`.
 
@@ -88,7 +88,7 @@ between N ranks (shard j on rank j mod N); the store is the same bytes as one pr
     show_default=True,
     help="dtype of the model's forward: bfloat16 loads the weights in bf16 (activations differ "
     "from fp32 by bf16 rounding, ~1%% relative); auto = bfloat16 where the hardware has native "
-    "bf16 (CUDA, CPUs with avx512_bf16/AMX), else float32. Keep it fixed across a resume.",
+    "bf16 (CUDA, CPUs with avx512_bf16/AMX), else float32. Recorded in the store: a resume with another forward dtype is refused.",
 )
 @click.option(
     "--shard-rows",
@@ -163,6 +163,7 @@ def cache(
             corpus_spec=corpus,
             verify=verify,
             progress=progress,
+            forward_dtype=forward_dtype,
         )
     except (ModelNotFoundError, StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e

@@ -20,6 +20,8 @@ _FLAGS = {
     "encoders": "--encoder",
     "parallel": "--parallel",
     "eval_every": "--eval-every",
+    "autocast": "--autocast",
+    "latent_ranks": "--latent-ranks",
 }
 
 
@@ -75,7 +77,7 @@ def transcoder_pairs(
         "One coder per (hook or store) x encoder; each gets a resumable run directory under --out. "
         "Under torchrun (torchrun --nproc-per-node N -m sparsecodes train ...) training is "
         "data-parallel by default (--batch-size is the global batch, rank 0 writes; --parallel "
-        "latent or modules for the other splits, docs/distributed.md). "
+        "latent, data,latent or modules for the other splits, docs/distributed.md). "
         "Transcoders: --transcoder 'blocks.{i}.mlp_in:blocks.{i}.mlp_out' --layers 0-3 trains one "
         "transcoder per layer from the same forward passes (--skip adds a linear skip path; "
         "--crosscoder makes one dictionary reading every IN hook and writing every OUT hook)."
@@ -200,15 +202,38 @@ def transcoder_pairs(
 )
 @click.option(
     "--parallel",
-    type=click.Choice(["data", "latent", "modules"]),
+    type=click.Choice(["data", "latent", "modules", "data,latent"]),
     default="data",
     show_default=True,
     help=(
         "Under torchrun: 'data' splits each batch between the ranks; 'latent' gives each rank "
         "1/N of every coder's latents (for dictionaries too wide for one device; topk and "
-        "batchtopk), every rank reading the same rows; 'modules' deals the stores/hooks to the "
-        "ranks in turn, each rank training its coders on every forward pass. Without torchrun "
-        "all are one process."
+        "batchtopk), every rank reading the same rows; 'data,latent' does both: groups of "
+        "--latent-ranks consecutive ranks share one coder's latents, each group reads its own "
+        "rows; 'modules' deals the stores/hooks to the ranks in turn, each rank training its "
+        "coders on every forward pass. Without torchrun all are one process."
+    ),
+)
+@click.option(
+    "--latent-ranks",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="R",
+    help=(
+        "With --parallel data,latent: ranks per latent group (the processes must be a multiple "
+        "of R; at most the processes per node, so each step's traffic stays inside a node)."
+    ),
+)
+@click.option(
+    "--autocast",
+    type=click.Choice(["auto", "bf16", "off"]),
+    default="auto",
+    show_default=True,
+    help=(
+        "Precision of each training step's forward: 'bf16' runs it under torch.autocast in "
+        "bfloat16 (parameters, gradients and Adam state stay fp32); 'off' runs it in fp32; "
+        "'auto' is bf16 on CUDA devices with bf16 support, fp32 elsewhere (CPU). Applies to "
+        "SAEs and --transcoder runs alike."
     ),
 )
 @click.option(

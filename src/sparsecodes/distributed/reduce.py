@@ -76,9 +76,11 @@ def mean_floats(values: Sequence[float], group: Any = None) -> list[float]:
 
 
 def broadcast_module_(module: nn.Module, src: int = 0, group: Any = None) -> None:
-    """Copy every parameter and buffer of ``module`` from rank ``src`` to all ranks."""
+    """Copy every parameter and buffer of ``module`` from rank ``src`` of ``group`` (its rank in
+    the group, not the global rank) to every rank of the group."""
     if group_size(group) == 1:
         return
+    src = dist.get_global_rank(group, src) if group is not None else src
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src=src, group=group)

@@ -10,32 +10,51 @@
 - ``db_dec = sum_b g_b`` (torch).
 
 All arithmetic is fp32 (inputs are cast; under autocast the kernel runs in fp32 too). The module
-imports ``triton`` at import time: import it through
-:func:`sparsecodes.kernels.sparse_decode.triton_available` first. With ``TRITON_INTERPRET=1`` set
-before the import, the kernels run (slowly) on CPU tensors, which is how they are tested without a
-GPU.
+imports without ``triton`` (an optional extra); the kernels are built on first use
+(:func:`kernels`), which raises an ImportError naming ``pip install 'sparsecodes[gpu]'`` where
+Triton is missing (:func:`sparsecodes.kernels.sparse_decode.triton_available` says whether it is
+there). With ``TRITON_INTERPRET=1`` set before the first use, the kernels run (slowly) on CPU
+tensors, which is how they are tested without a GPU.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-try:  # by name: triton is an optional extra, absent from CPU installs
-    triton = importlib.import_module("triton")
-    tl = importlib.import_module("triton.language")
-except ImportError as e:  # pragma: no cover - callers check triton_available() first
-    raise ImportError(
-        "the Triton sparse decoder needs triton: pip install 'sparsecodes[gpu]'"
-    ) from e
-
 BLOCK_D = 128
 
+# ``triton`` and ``triton.language``, set by kernels() on first use: the kernel functions below
+# read them as module globals (Triton's compiler resolves ``tl`` there), and the module imports
+# on a CPU-only install where triton is absent.
+triton: Any = None
+tl: Any = None
+_JITTED: dict[str, Any] = {}
 
-@triton.jit
+
+def kernels() -> dict[str, Any]:
+    """The JIT-compiled kernels by name (Triton imported and the kernels wrapped on the first call).
+
+    Raises ImportError naming ``pip install 'sparsecodes[gpu]'`` where Triton is not installed.
+    """
+    global triton, tl
+    if not _JITTED:
+        try:  # by name: triton is an optional extra, absent from CPU installs
+            triton = importlib.import_module("triton")
+            tl = importlib.import_module("triton.language")
+        except ImportError as e:
+            raise ImportError(
+                "the Triton sparse decoder needs triton: pip install 'sparsecodes[gpu]'"
+            ) from e
+        for fn in (_decode_fwd, _decode_bwd_values, _decode_bwd_weights):
+            _JITTED[fn.__name__] = triton.jit(fn)
+    return _JITTED
+
+
 def _decode_fwd(idx_ptr, val_ptr, w_ptr, out_ptr, k, d, BLOCK: tl.constexpr):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -49,7 +68,6 @@ def _decode_fwd(idx_ptr, val_ptr, w_ptr, out_ptr, k, d, BLOCK: tl.constexpr):
     tl.store(out_ptr + b * d + offs, acc, mask=mask)
 
 
-@triton.jit
 def _decode_bwd_values(idx_ptr, g_ptr, w_ptr, gv_ptr, k, d, BLOCK: tl.constexpr):
     e = tl.program_id(0)  # entry b * k + j
     b = e // k
@@ -64,7 +82,6 @@ def _decode_bwd_values(idx_ptr, g_ptr, w_ptr, gv_ptr, k, d, BLOCK: tl.constexpr)
     tl.store(gv_ptr + e, tl.sum(acc, axis=0))
 
 
-@triton.jit
 def _decode_bwd_weights(idx_ptr, val_ptr, g_ptr, gw_ptr, k, d, BLOCK: tl.constexpr):
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -81,6 +98,7 @@ class TritonSparseDecode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:  # type: ignore[override]
+        jit = kernels()
         idx = indices.contiguous().to(torch.int64)
         vals = values.contiguous().float()
         W = W_dec.contiguous().float()
@@ -88,7 +106,9 @@ class TritonSparseDecode(torch.autograd.Function):
         d = W.shape[1]
         out = torch.empty(batch, d, device=W.device, dtype=torch.float32)
         if batch and d:
-            _decode_fwd[(batch, triton.cdiv(d, BLOCK_D))](idx, vals, W, out, k, d, BLOCK=BLOCK_D)
+            jit["_decode_fwd"][(batch, triton.cdiv(d, BLOCK_D))](
+                idx, vals, W, out, k, d, BLOCK=BLOCK_D
+            )
         ctx.save_for_backward(idx, vals, W)
         ctx.dtypes = (values.dtype, W_dec.dtype)
         return out + b_dec.float()
@@ -96,6 +116,7 @@ class TritonSparseDecode(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
+        jit = kernels()
         idx, vals, W = ctx.saved_tensors
         batch, k = idx.shape
         d = W.shape[1]
@@ -104,13 +125,13 @@ class TritonSparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gv = torch.empty(batch, k, device=g.device, dtype=torch.float32)
             if gv.numel():
-                _decode_bwd_values[(batch * k,)](idx, g, W, gv, k, d, BLOCK=BLOCK_D)
+                jit["_decode_bwd_values"][(batch * k,)](idx, g, W, gv, k, d, BLOCK=BLOCK_D)
             gv = gv.to(ctx.dtypes[0])
         if ctx.needs_input_grad[2]:
             gw = torch.zeros_like(W)
             if batch and d:
                 grid = (batch, triton.cdiv(d, BLOCK_D))
-                _decode_bwd_weights[grid](idx, vals, g, gw, k, d, BLOCK=BLOCK_D)
+                jit["_decode_bwd_weights"][grid](idx, vals, g, gw, k, d, BLOCK=BLOCK_D)
             gw = gw.to(ctx.dtypes[1])
         if ctx.needs_input_grad[3]:
             gb = g.sum(dim=0)

@@ -19,11 +19,15 @@ from sparsecodes.devices import resolve_device
 from sparsecodes.sparse_coder import SparseCoder
 from sparsecodes.training.log import WandbLogger, require_tensorboard
 from sparsecodes.training.run import RunJob, train_runs
-from sparsecodes.training.trainer import TrainConfig
+from sparsecodes.training.trainer import AUTOCAST_MODES, TrainConfig
 
 NORMALISER_SAMPLE_ROWS = 16384
 
 log = logging.getLogger(__name__)
+
+
+#: how ``train_coders`` spreads training over ``torchrun``'s processes (docs/distributed.md)
+PARALLEL_MODES = ("data", "latent", "modules", "data,latent")
 
 
 class JobSpecError(ValueError):
@@ -101,9 +105,11 @@ def train_coders(
     resample_window: int | None = None,
     resample_scale: float = 0.2,
     parallel: str = "data",
+    latent_ranks: int | None = None,
     eval_every: int = 0,
     eval_tokens: int = 2048,
     eval_corpus: str | None = None,
+    autocast: str = "auto",
 ) -> list[TrainedRun]:
     """Train one coder per (source, encoder): activation ``stores``, or ``model`` at ``hooks``
     streamed over ``corpus`` (one forward pass feeds every coder).
@@ -115,6 +121,9 @@ def train_coders(
     ``saelens``: also write ``final_saelens/`` where the encoder has a SAELens architecture.
     ``resample_every``, ``resample_window``, ``resample_scale``: dead-latent resampling, as
     :class:`~sparsecodes.training.trainer.TrainConfig`'s fields of those names (0 = off).
+
+    ``autocast``: the precision of each step's forward, as
+    :class:`~sparsecodes.training.trainer.TrainConfig`'s field (``"auto"``, ``"bf16"``, ``"off"``).
 
     ``transcoders``: ``(in_hooks, out_hooks)`` pairs streamed from ``model`` beside ``hooks``:
     one :class:`~sparsecodes.transcoder.Transcoder` per pair and encoder (a crosscoder when a side
@@ -140,13 +149,38 @@ def train_coders(
     ranks in turn (unit ``i`` to rank ``i mod world_size``); each rank streams every forward pass
     (recording only its hooks) or reads its stores whole, trains its coders alone as one process
     would, writes their run directories and returns only its runs.
+    With ``parallel="data,latent"`` the ranks form a grid (:func:`sparsecodes.distributed.
+    make_grid`): groups of ``latent_ranks`` consecutive ranks each hold one coder's latents
+    split between them and read their own rows (``world_size / latent_ranks`` data-parallel
+    groups), and gradients are averaged over the ranks holding the same slice.
     """
     w = dist_ctx.world()
-    if parallel not in ("data", "latent", "modules"):
+    if parallel not in PARALLEL_MODES:
         raise JobSpecError(
-            "parallel", f"parallel must be 'data', 'latent' or 'modules', got {parallel!r}"
+            "parallel", f"parallel must be one of {', '.join(PARALLEL_MODES)}, got {parallel!r}"
         )
-    latent = parallel == "latent" and w.size > 1
+    if parallel == "data,latent":
+        if latent_ranks is None or latent_ranks < 1:
+            raise JobSpecError(
+                "latent_ranks",
+                "--parallel data,latent needs the number of ranks sharing one coder's latents, "
+                "e.g. --latent-ranks 2 (the processes per node at most)",
+            )
+        if w.size > 1 and w.size % latent_ranks:
+            raise JobSpecError(
+                "latent_ranks",
+                f"{w.size} processes cannot form latent groups of {latent_ranks}; the number "
+                "of processes must be a multiple of --latent-ranks",
+            )
+    elif latent_ranks is not None:
+        raise JobSpecError("latent_ranks", "--latent-ranks is for --parallel data,latent")
+    grid = None
+    if parallel == "data,latent" and w.size > 1:
+        from sparsecodes.distributed import make_grid
+
+        grid = make_grid(latent_ranks or 1)
+    latent = (parallel == "latent" or grid is not None) and w.size > 1
+    latent_size = grid.latent_size if grid is not None else w.size
     modules = parallel == "modules" and w.size > 1
     n_units = len(stores) if stores else len(hooks) + len(transcoders)
     if modules:  # unit i (store, or hook then transcoder pair) is trained by rank i mod size
@@ -174,14 +208,18 @@ def train_coders(
             )
         if transcoders:
             raise JobSpecError("parallel", "latent parallelism does not train transcoders yet")
-        if n_latents is not None and n_latents % w.size:
+        if n_latents is not None and n_latents % latent_size:
             raise JobSpecError(
                 "parallel",
-                f"--n-latents {n_latents} must be divisible by the {w.size} latent-parallel ranks",
+                f"--n-latents {n_latents} must be divisible by the {latent_size} "
+                "latent-parallel ranks",
             )
     # data parallel: each rank its own rows; latent parallel: every rank the same rows
-    # (modules: every rank runs every forward pass, or reads its whole stores, for its coders)
+    # (modules: every rank runs every forward pass, or reads its whole stores, for its coders;
+    # data x latent: each latent group its own rows, the same on every rank of the group)
     src_rank, src_size = (0, 1) if latent or modules else (w.rank, w.size)
+    if grid is not None:
+        src_rank, src_size = grid.data_rank, grid.data_size
     if bool(stores) == bool(model):
         raise JobSpecError("stores", "give either activation stores or a model with hooks")
     if transcoders and stores:
@@ -201,6 +239,10 @@ def train_coders(
                 "encoders",
                 f"{', '.join(bad)} cannot train a transcoder; use {', '.join(TRANSCODER_ENCODERS)}",
             )
+    if autocast not in AUTOCAST_MODES:
+        raise JobSpecError(
+            "autocast", f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}"
+        )
     if eval_every < 0 or (eval_every and eval_tokens < 1):
         raise JobSpecError("eval_every", "--eval-every and --eval-tokens must be positive")
     if tensorboard_dir is not None:
@@ -225,7 +267,12 @@ def train_coders(
             }
             sampler = StoreSource(path, seed=seed + 1)
             new_src = functools.partial(
-                StoreSource, path, seed=seed, rank=src_rank, world_size=src_size
+                StoreSource,
+                path,
+                seed=seed,
+                rank=src_rank,
+                world_size=src_size,
+                group=grid.data_group if grid is not None else None,
             )
             sources.append((slug(m.hook), new_src, sampler, meta))
     else:
@@ -373,6 +420,8 @@ def train_coders(
             extra: dict[str, Any] = {"source": meta}
             if w.size > 1:  # how this run was spread: recorded in run.json
                 extra["parallel"] = {"mode": parallel, "world_size": w.size}
+                if grid is not None:
+                    extra["parallel"]["latent_ranks"] = grid.latent_size
                 if modules:
                     extra["parallel"]["rank"] = w.rank
             job = RunJob(coder, src, run_dir, extra, loggers, tb_dir, pairs)
@@ -399,9 +448,12 @@ def train_coders(
         resample_every=resample_every,
         resample_window=resample_window,
         resample_scale=resample_scale,
+        autocast=autocast,
     )
-    latent_group = None
-    if latent:
+    latent_group = data_group = None
+    if grid is not None:
+        latent_group, data_group = grid.latent_group, grid.data_group
+    elif latent:
         import torch.distributed as dist
 
         latent_group = dist.group.WORLD
@@ -411,6 +463,7 @@ def train_coders(
         checkpoint_every=checkpoint_every,
         resume=not no_resume,
         latent_group=latent_group,
+        data_group=data_group,
         own_runs=modules,
         callback_every=eval_every or None,
     )

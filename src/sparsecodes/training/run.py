@@ -60,6 +60,7 @@ def train_runs(
     checkpoint_every: int = 100,
     resume: bool = True,
     latent_group: Any = None,
+    data_group: Any = None,
     own_runs: bool = False,
     callback_every: int | None = None,
 ) -> list[SparseCoder]:
@@ -68,6 +69,9 @@ def train_runs(
     ``latent_group``: train latent-parallel over this process group (every rank of it feeds the
     same rows; each holds a slice of every job's latents, see
     :mod:`sparsecodes.distributed.latent`); checkpoints and ``final/`` hold the full coders.
+    ``data_group`` with ``latent_group``: 2-D, data x latent (:func:`sparsecodes.distributed.
+    make_grid`): each latent group reads its own rows and gradients are averaged over
+    ``data_group`` (the ranks holding the same slice).
     ``own_runs``: these jobs are this rank's alone (coders spread over ranks, "distribute
     modules"): no data parallelism, and this rank writes their directories.
     Jobs with a ``callback`` have it run every ``callback_every`` steps (default
@@ -92,7 +96,11 @@ def train_runs(
                 if job.pairs:
                     raise ValueError("latent parallelism does not train transcoders")
                 trainer = Trainer(
-                    shard_coder(job.coder, latent_group), config, latent_group=latent_group
+                    shard_coder(job.coder, latent_group),
+                    config,
+                    latent_group=latent_group,
+                    data_group=data_group,
+                    data_parallel=data_group is not None,
                 )
             elif own_runs:
                 trainer = (TranscoderTrainer if job.pairs else Trainer)(
@@ -192,9 +200,10 @@ def train_run(
     loggers: Sequence[Callable[[dict[str, float]], None]] = (),
     tensorboard_dir: str | Path | None = None,
     latent_group: Any = None,
+    data_group: Any = None,
 ) -> SparseCoder:
     """:func:`train_runs` for one coder; ``loggers`` and ``tensorboard_dir`` as in :class:`RunJob`,
-    ``latent_group`` as in :func:`train_runs`."""
+    ``latent_group`` and ``data_group`` as in :func:`train_runs`."""
     job = RunJob(
         coder,
         source,
@@ -204,5 +213,10 @@ def train_run(
         None if tensorboard_dir is None else Path(tensorboard_dir),
     )
     return train_runs(
-        [job], config, checkpoint_every=checkpoint_every, resume=resume, latent_group=latent_group
+        [job],
+        config,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        latent_group=latent_group,
+        data_group=data_group,
     )[0]

@@ -110,6 +110,37 @@ class TrainConfig:
 AUTOCAST_MODES = ("auto", "bf16", "off")
 
 
+def fit_config(
+    seed: int,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    warmup_steps: int,
+    decay_fraction: float,
+    dead_after_tokens: int,
+    progress: bool,
+    log_every: int,
+    b_dec_init: str = "mean",
+) -> TrainConfig:
+    """The :class:`TrainConfig` of an in-memory ``fit`` (``SparseCoder.fit``,
+    ``Transcoder.fit``): their keyword options, the coder's ``seed`` (which fixes every draw of
+    the run) and the decoder-bias start (``"zeros"`` for an autoencoder fitted to synthetic
+    ``x = s D``, which has no offset); every other field keeps its default."""
+    return TrainConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        decay_fraction=decay_fraction,
+        dead_after_tokens=dead_after_tokens,
+        seed=seed,
+        log_every=log_every,
+        progress=progress,
+        b_dec_init=b_dec_init,
+    )
+
+
 def resolve_autocast(mode: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of a training step on ``device`` (None: no autocast, plain fp32)."""
     device = torch.device(device)
