@@ -26,6 +26,7 @@ Writes ``benchmarks/results/hierarchy_absorption.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -148,12 +149,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         true_l0s.append(true_l0)
         for label, row in rows.items():
             per_seed.setdefault(label, []).append(row)
+    return collect(per_seed, true_l0s, args) | {"loadavg": os.getloadavg()}
+
+
+def merge(paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """One result from several runs of the same setting (e.g. seeds 0-2 and 3-4): per-seed rows
+    concatenated (rows of methods missing from a part are simply absent), then re-summarised."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    for part in parts:
+        for label, rows in part["per_seed"].items():
+            per_seed.setdefault(label, []).extend(rows)
+    true_l0s = [r["true_l0"] for r in per_seed["batchtopk"]]
+    args.seeds = [r["seed"] for r in per_seed["batchtopk"]]
+    args.groups = [g for g in GROUPS if f"matryoshka_{g}" in per_seed]
+    out = collect(per_seed, true_l0s, args)
+    out["merged_from"] = [
+        {"path": str(p), "seeds": part["world"]["seed"], "loadavg": part.get("loadavg")}
+        for p, part in zip(paths, parts, strict=True)
+    ]
+    return out
+
+
+def collect(per_seed: dict[str, list[dict]], true_l0s: list[float], args) -> dict[str, Any]:
+    """Summaries, absorption ratios, paired differences and the ground-truth-free choice."""
     keys = ("absorption", "dictionary_mcc", "code_mcc", "l0", "fvu", "fvu_val", "dead_latents")
     keys += ("seconds",)
     summary = {
-        label: {key: summarise([r[key] for r in rows]) for key in keys}
+        label: {
+            key: summarise(vals) | {"n": len(vals)}
+            for key in keys
+            if (vals := [r[key] for r in rows if key in r])
+        }
         for label, rows in per_seed.items()
     }
+    for label, rows in per_seed.items():
+        seeds = [r["seed"] for r in rows]
+        if seeds != [r["seed"] for r in per_seed["batchtopk"]]:
+            raise ValueError(f"{label} has seeds {seeds}, batchtopk another set: not paired")
     ratios = {}
     for label in summary:
         if label.startswith("matryoshka_"):
@@ -163,7 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
     # the Matryoshka grid point a user would pick without ground truth: lowest mean held-out FVU
     mats = [label for label in summary if label.startswith("matryoshka_")]
-    chosen = min(mats, key=lambda m: summary[m]["fvu_val"]["mean"]) if mats else None
+    key = "fvu_val" if all("fvu_val" in summary[m] for m in mats) else "fvu"
+    chosen = min(mats, key=lambda m: summary[m][key]["mean"]) if mats else None
     paired = {
         label: {
             key: paired_ci(
@@ -178,10 +212,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "selected_without_ground_truth": {
             "rule": "the Matryoshka group grid point with the lowest mean FVU on held-out rows "
             "of the train stream (no true codes or atoms used)",
+            "on": key,
+            "candidates": mats,
             "chosen": chosen,
         },
         "paired_difference_vs_batchtopk": paired,
-        "loadavg": os.getloadavg(),
         "true_l0": summarise(true_l0s),
         "n_latents": 128,
         "train": {
@@ -221,9 +256,10 @@ def main() -> None:
         type=Path,
         default=Path(__file__).parent / "results" / "hierarchy_absorption.json",
     )
+    ap.add_argument("--merge", nargs="+", type=Path, help="merge these result files into --out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run(args)
+    result = merge(args.merge, args) if args.merge else run(args)
     write_json(args.out, result)
     for label, s in result["summary"].items():
         logger.info(
