@@ -16,10 +16,17 @@ Both halves are ``sparsecodes.worlds`` worlds with the same seed (hence the same
 ``gamma = 0.01``, tied weights, JumpReLU, bias in ``[-1, 0]``) with two changes for a short run:
 the bias window is 10 steps (paper: 50) and the output scale starts at 0.01 (the small-scale
 regime of the paper's theory). Scores on 8192 held-out rows: FRR at 0.8 and 0.9, L0, FVU, dead
-fraction.
+fraction. ``PAPER["read"]`` records what was read where, and what the paper leaves unstated.
+
+Controls (``--methods gba_truth_init topk_k20_truth_init``): the same runs started with the first
+128 atoms at the true features, to tell "the objective does not keep the features" from "training
+does not find them". ``--frozen-steps N`` also runs GBA's bias adaptation alone (weights frozen
+at their random start) and records each group's held-out firing rate against its target.
 
     python benchmarks/bench_gba.py                       # 3 seeds (~30 min per seed, loaded)
     python benchmarks/bench_gba.py --seeds 0 --out /tmp/a.json
+    python benchmarks/bench_gba.py --seeds 0 1 --methods gba_truth_init topk_k20_truth_init \
+        --frozen-steps 3000 --out /tmp/c.json
     python benchmarks/bench_gba.py --merge /tmp/a.json /tmp/b.json   # one JSON from parts
 """
 
