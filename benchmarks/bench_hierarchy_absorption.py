@@ -26,7 +26,9 @@ Writes ``benchmarks/results/hierarchy_absorption.json`` (``--out``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -61,21 +63,25 @@ def world_config(seed: int) -> WorldConfig:
     )
 
 
-def methods(k: int, groups: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+def methods(k: int, groups: list[str], mp_sae: bool = True) -> list[tuple[str, str, dict]]:
     out: list[tuple[str, str, dict[str, Any]]] = [("batchtopk", "batchtopk", {"k": k})]
     for g in groups:
         out.append(
             (f"matryoshka_{g}", "matryoshka_batchtopk", {"k": k, "group_fractions": GROUPS[g]})
         )
-    out.append(("mp_sae", "mp_sae", {"k": k}))
+    if mp_sae:
+        out.append(("mp_sae", "mp_sae", {"k": k}))
     return out
 
 
-def score(coder: SparseCoder, world: World, test: Any) -> dict[str, float]:
+def score(coder: SparseCoder, world: World, test: Any, val_x: torch.Tensor) -> dict[str, float]:
+    """Ground-truth scores on ``test``; ``fvu_val`` on ``val_x`` (held-out rows of the *train*
+    stream, no labels: what a user without ground truth can select on)."""
     coder.eval()
     with torch.no_grad():
         codes = to_dense(coder.encode(test.x))
         x_hat = coder.decode(codes)
+        fvu_val = float(metrics.fvu(val_x, coder.decode(coder.encode(val_x))))
     atoms = coder.W_dec.detach()
     ab = metrics.absorption(
         test.codes, codes, world.parent_children(), true_atoms=world.dictionary, atoms=atoms
@@ -86,7 +92,21 @@ def score(coder: SparseCoder, world: World, test: Any) -> dict[str, float]:
         "code_mcc": metrics.code_mcc(test.codes, codes),
         "l0": float((codes != 0).sum(1).float().mean()),
         "fvu": float(metrics.fvu(test.x, x_hat)),
+        "fvu_val": fvu_val,
+        "dead_latents": int(((codes != 0).sum(0) == 0).sum()),
     }
+
+
+def paired_ci(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean of ``a - b`` over paired seeds with a 95% t-interval (``n - 1`` dof)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = statistics.fmean(d)
+    if n < 2:
+        return {"mean": mean, "lo": float("nan"), "hi": float("nan"), "n": n}
+    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306}
+    half = t.get(n, 2.262) * statistics.stdev(d) / n**0.5
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
 
 
 def summarise(vals: list[float]) -> dict[str, float]:
@@ -100,16 +120,17 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[float, dict[str, dict
     """One seed's world, every method trained and scored: ``(true L0, {label: row})``."""
     torch.set_num_threads(args.threads)
     world = World(world_config(seed))
-    train = world.sample(args.n_train, stream="train")
+    train_val = world.sample(args.n_train + args.n_val, stream="train")
+    train, val_x = train_val.x[: args.n_train], train_val.x[args.n_train :]
     test = world.sample(args.n_test, stream="test")
     true_l0 = float((test.codes != 0).sum(1).float().mean())
     k = max(1, round(true_l0))
     rows = {}
-    for label, enc, params in methods(k, args.groups):
+    for label, enc, params in methods(k, args.groups, not args.no_mp_sae):
         t0 = time.perf_counter()
         coder = SparseCoder(64, 128, enc, seed=seed, **params)
-        coder.fit(train.x, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
-        row = score(coder, world, test)
+        coder.fit(train, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
+        row = score(coder, world, test, val_x)
         row.update(seed=seed, k=k, true_l0=true_l0, seconds=time.perf_counter() - t0)
         rows[label] = row
         logger.info("seed %d %-20s %s", seed, label, {a: round(b, 4) for a, b in row.items()})
@@ -128,11 +149,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         true_l0s.append(true_l0)
         for label, row in rows.items():
             per_seed.setdefault(label, []).append(row)
-    keys = ("absorption", "dictionary_mcc", "code_mcc", "l0", "fvu", "seconds")
+    return collect(per_seed, true_l0s, args) | {"loadavg": os.getloadavg()}
+
+
+def merge(paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """One result from several runs of the same setting (e.g. seeds 0-2 and 3-4): per-seed rows
+    concatenated (rows of methods missing from a part are simply absent), then re-summarised."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    per_seed: dict[str, list[dict[str, float]]] = {}
+    for part in parts:
+        for label, rows in part["per_seed"].items():
+            per_seed.setdefault(label, []).extend(rows)
+    true_l0s = [r["true_l0"] for r in per_seed["batchtopk"]]
+    args.seeds = [r["seed"] for r in per_seed["batchtopk"]]
+    args.groups = [g for g in GROUPS if f"matryoshka_{g}" in per_seed]
+    out = collect(per_seed, true_l0s, args)
+    out["merged_from"] = [
+        {"path": str(p), "seeds": part["world"]["seed"], "loadavg": part.get("loadavg")}
+        for p, part in zip(paths, parts, strict=True)
+    ]
+    return out
+
+
+def collect(per_seed: dict[str, list[dict]], true_l0s: list[float], args) -> dict[str, Any]:
+    """Summaries, absorption ratios, paired differences and the ground-truth-free choice."""
+    keys = ("absorption", "dictionary_mcc", "code_mcc", "l0", "fvu", "fvu_val", "dead_latents")
+    keys += ("seconds",)
     summary = {
-        label: {key: summarise([r[key] for r in rows]) for key in keys}
+        label: {
+            key: summarise(vals) | {"n": len(vals)}
+            for key in keys
+            if (vals := [r[key] for r in rows if key in r])
+        }
         for label, rows in per_seed.items()
     }
+    for label, rows in per_seed.items():
+        seeds = [r["seed"] for r in rows]
+        if seeds != [r["seed"] for r in per_seed["batchtopk"]]:
+            raise ValueError(f"{label} has seeds {seeds}, batchtopk another set: not paired")
     ratios = {}
     for label in summary:
         if label.startswith("matryoshka_"):
@@ -140,13 +194,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 b["absorption"] / max(m["absorption"], 1e-12)
                 for b, m in zip(per_seed["batchtopk"], per_seed[label], strict=True)
             ]
+    # the Matryoshka grid point a user would pick without ground truth: lowest mean held-out FVU
+    mats = [label for label in summary if label.startswith("matryoshka_")]
+    key = "fvu_val" if all("fvu_val" in summary[m] for m in mats) else "fvu"
+    chosen = min(mats, key=lambda m: summary[m][key]["mean"]) if mats else None
+    paired = {
+        label: {
+            key: paired_ci(
+                [r[key] for r in per_seed[label]], [r[key] for r in per_seed["batchtopk"]]
+            )
+            for key in ("code_mcc", "dictionary_mcc", "absorption", "fvu")
+        }
+        for label in mats
+    }
     return {
         "world": world_config(0).to_dict() | {"seed": list(args.seeds)},
+        "selected_without_ground_truth": {
+            "rule": "the Matryoshka group grid point with the lowest mean FVU on held-out rows "
+            "of the train stream (no true codes or atoms used)",
+            "on": key,
+            "candidates": mats,
+            "chosen": chosen,
+        },
+        "paired_difference_vs_batchtopk": paired,
         "true_l0": summarise(true_l0s),
         "n_latents": 128,
         "train": {
             "n_train": args.n_train,
             "n_test": args.n_test,
+            "n_val": args.n_val,
             "steps": args.steps,
             "batch_size": args.batch_size,
             "lr": args.lr,
@@ -168,6 +244,8 @@ def main() -> None:
     ap.add_argument("--groups", nargs="+", default=["default", "two"], choices=list(GROUPS))
     ap.add_argument("--n-train", type=int, default=50_000)
     ap.add_argument("--n-test", type=int, default=10_000)
+    ap.add_argument("--n-val", type=int, default=10_000, help="held-out train-stream rows")
+    ap.add_argument("--no-mp-sae", action="store_true", help="leave MP-SAE out")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -178,9 +256,10 @@ def main() -> None:
         type=Path,
         default=Path(__file__).parent / "results" / "hierarchy_absorption.json",
     )
+    ap.add_argument("--merge", nargs="+", type=Path, help="merge these result files into --out")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run(args)
+    result = merge(args.merge, args) if args.merge else run(args)
     write_json(args.out, result)
     for label, s in result["summary"].items():
         logger.info(

@@ -248,3 +248,26 @@ def test_absorption_on_a_saelens_hierarchy(saelens_setup):
 
 def test_hierarchy_spec_counts_its_nodes():
     assert HierarchySpec(n_roots=2, branching=3, depth=2).n_nodes == 2 * (1 + 3 + 9)
+
+
+def test_recovery_rate_is_per_true_feature_over_any_atom_order_sign_scale_and_extras():
+    """FRR on the GBA paper's geometry (128 features as rows in 42 dimensions): the truth,
+    permuted, sign-flipped, rescaled and padded with 128 random atoms, recovers every feature;
+    atoms at cosine exactly 0.85 from their feature count at 0.8 and not at 0.9; a random
+    dictionary of 256 atoms recovers none at 0.8 (the max is taken per *feature*, over atoms)."""
+    g = torch.Generator().manual_seed(0)
+    true = torch.nn.functional.normalize(torch.randn(128, 42, generator=g), dim=1)
+    perm = torch.randperm(128, generator=g)
+    signs = torch.where(torch.rand(128, 1, generator=g) < 0.5, -1.0, 1.0)
+    scales = torch.rand(128, 1, generator=g) * 3 + 0.1
+    atoms = torch.cat([(true * signs * scales)[perm], torch.randn(128, 42, generator=g)])
+    assert recovery_rate(true, atoms, threshold=0.99) == 1.0
+    # each feature's own atom at cosine 0.85: c v + sqrt(1 - c^2) u with u a unit vector _|_ v
+    u = torch.randn(128, 42, generator=g)
+    u = torch.nn.functional.normalize(u - (u * true).sum(1, keepdim=True) * true, dim=1)
+    tilted = 0.85 * true + math.sqrt(1 - 0.85**2) * u
+    assert recovery_rate(true, tilted, threshold=0.8) == 1.0
+    assert recovery_rate(true, tilted, threshold=0.9) == 0.0
+    assert recovery_rate(true, torch.randn(256, 42, generator=g), threshold=0.8) == 0.0
+    # half the features covered: 0.5 exactly
+    assert recovery_rate(true, true[:64], threshold=0.99) == 0.5
