@@ -220,3 +220,56 @@ def test_bench_autointerp_names_its_explainer(tmp_path, sae_dirs, monkeypatch):
     assert stored["eval_config"]["explainer"] == "fake local explainer"
     assert m["detection_n_ok"] >= 1
     assert m["autointerp_score"] == pytest.approx(0.5)
+
+
+def _counting_model(monkeypatch, calls: Counter):
+    """``load_model`` whose adapters count their clean full passes (``logits``) and their passes
+    up to a hook (``run``)."""
+    import sparsecodes.models
+
+    real = sparsecodes.models.load_model
+
+    def load(*args, **kwargs):
+        lm = real(*args, **kwargs)
+        for name in ("logits", "run"):
+            fn = getattr(lm, name)
+
+            def counted(*a, fn=fn, name=name, **kw):
+                calls[name] += 1
+                return fn(*a, **kw)
+
+            setattr(lm, name, counted)
+        return lm
+
+    monkeypatch.setattr(sparsecodes.models, "load_model", load)
+
+
+@pytest.mark.requires("faker")
+def test_bench_runs_the_model_passes_once_for_all_saes(tmp_path, sae_dirs, monkeypatch):
+    """Two SAEs of one model and hook in one run make the SAE-independent model passes (clean
+    CE/KL pass, calibration rows, biography activations for SCR and TPP) once, and get exactly
+    the figures each SAE gets in a run of its own."""
+    metrics = ("core", "gap", "scr", "tpp")
+    small = {**SMALL, "scr_per_cell": 4}
+    alone: dict[str, Counter] = {}
+    results = {}
+    for i, label in enumerate(("topk", "relu")):
+        alone[label] = Counter()
+        _counting_model(monkeypatch, alone[label])
+        cfg = BenchConfig(
+            sae_dirs[i : i + 1], metrics, out=str(tmp_path / label), device="cpu", **small
+        )
+        results[label] = run_bench(cfg)["saes"][label]["eval_result_metrics"]
+    both: Counter = Counter()
+    _counting_model(monkeypatch, both)
+    cfg = BenchConfig(sae_dirs, metrics, out=str(tmp_path / "both"), device="cpu", **small)
+    shared = run_bench(cfg)["saes"]
+    for label in ("topk", "relu"):
+        assert shared[label]["eval_result_metrics"] == results[label]
+    # the clean full passes: one SAE's worth, not two
+    assert alone["topk"]["logits"] == alone["relu"]["logits"] > 0
+    assert both["logits"] == alone["topk"]["logits"]
+    # passes up to the hook: the second SAE repeats only its core reconstruction and gap
+    # evaluation passes, not the calibration rows or the biographies (read once for SCR and TPP)
+    per_sae = alone["topk"]["run"]
+    assert both["run"] < 2 * per_sae

@@ -30,6 +30,7 @@ from sparsecodes.autointerp.examples import (
     collect_examples,
     examples_from_activations,
     window_activations,
+    window_model_activations,
 )
 from sparsecodes.autointerp.explain import explain_messages, parse_explanation, render_context
 from sparsecodes.autointerp.fuzz import fuzz
@@ -105,4 +106,5 @@ __all__ = [
     "run_autointerp",
     "simulation_score",
     "window_activations",
+    "window_model_activations",
 ]

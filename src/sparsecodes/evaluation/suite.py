@@ -134,7 +134,7 @@ def _core(ctx: Context) -> dict[str, Any]:
     t = ctx.target
     windows = _eval_windows(ctx, ctx.cfg.core_tokens)
     ce = ctx.cfg.ce_tokens if getattr(ctx.adapter, "is_causal", True) else 0
-    res = evaluate(t.coder, ctx.adapter, t.hook, windows, ce_tokens=ce)
+    res = evaluate(t.coder, ctx.adapter, t.hook, windows, ce_tokens=ce, cache=ctx.shared)
     return {
         "eval_type_id": "core",
         "eval_config": {
@@ -160,8 +160,11 @@ def _gap(ctx: Context) -> dict[str, Any]:
 
     t, cfg = ctx.target, ctx.cfg
     names = gap_mod.parse_methods(cfg.gap_methods)
-    cal_w = _eval_windows(ctx, cfg.calib_tokens, calibration=True)
-    x_cal = collect_rows(ctx.adapter, t.hook, cal_w, cfg.calib_tokens)
+    key = ("calibration", t.model, t.hook, cfg.calib_tokens)
+    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
+        cal_w = _eval_windows(ctx, cfg.calib_tokens, calibration=True)
+        ctx.shared[key] = collect_rows(ctx.adapter, t.hook, cal_w, cfg.calib_tokens)
+    x_cal = ctx.shared[key]
     target, cals = gap_mod.calibrate_methods(t.coder, names, x_cal)
     setup = GapSetup(target, cals, int(x_cal.shape[0]))
     windows = _eval_windows(ctx, cfg.gap_tokens)
@@ -227,7 +230,9 @@ def _probing(ctx: Context) -> dict[str, Any]:
         language_id(n, seed=ctx.cfg.seed),
         city_continent(6 * n, seed=ctx.cfg.seed),
     ]
-    return sparse_probing(ctx.target.coder, ctx.adapter, ctx.target.hook, sets, seed=ctx.cfg.seed)
+    return sparse_probing(
+        ctx.target.coder, ctx.adapter, ctx.target.hook, sets, seed=ctx.cfg.seed, cache=ctx.shared
+    )
 
 
 def _bios(ctx: Context) -> Any:
@@ -242,13 +247,15 @@ def _bios(ctx: Context) -> Any:
 def _scr(ctx: Context) -> dict[str, Any]:
     from sparsecodes.evaluation.scr_tpp import scr
 
-    return scr(ctx.target.coder, ctx.adapter, ctx.target.hook, _bios(ctx), seed=ctx.cfg.seed)
+    t = ctx.target
+    return scr(t.coder, ctx.adapter, t.hook, _bios(ctx), seed=ctx.cfg.seed, cache=ctx.shared)
 
 
 def _tpp(ctx: Context) -> dict[str, Any]:
     from sparsecodes.evaluation.scr_tpp import tpp
 
-    return tpp(ctx.target.coder, ctx.adapter, ctx.target.hook, _bios(ctx), seed=ctx.cfg.seed)
+    t = ctx.target
+    return tpp(t.coder, ctx.adapter, t.hook, _bios(ctx), seed=ctx.cfg.seed, cache=ctx.shared)
 
 
 def _ravel(ctx: Context) -> dict[str, Any]:
@@ -263,6 +270,7 @@ def _ravel(ctx: Context) -> dict[str, Any]:
         k=cfg.ravel_k,
         n_pairs=cfg.ravel_pairs,
         seed=cfg.seed,
+        cache=ctx.shared,
     )
 
 
@@ -273,20 +281,27 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         OpenAIChatClient,
         collect_examples,
         run_autointerp,
+        window_model_activations,
     )
     from sparsecodes.autointerp.pipeline import build_scorers
     from sparsecodes.data import load_texts
 
     t, cfg = ctx.target, ctx.cfg
     latents = list(range(min(cfg.autointerp_latents, t.coder.n_latents)))
+    key = ("autointerp_windows", t.model, t.hook, cfg.autointerp_windows)
+    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
+        ctx.shared[key] = window_model_activations(
+            ctx.adapter, t.hook, load_texts(None), n_windows=cfg.autointerp_windows
+        )
     examples = collect_examples(
         t.coder,
         ctx.adapter,
         t.hook,
-        load_texts(None),
+        (),
         latents,
         n_windows=cfg.autointerp_windows,
         seed=cfg.seed,
+        model_acts=ctx.shared[key],
     )
     if cfg.endpoint:
         backend: Any = OpenAIChatClient(cfg.endpoint, cfg.llm or "", api_key=cfg.api_key)
@@ -523,6 +538,35 @@ def run_bench(
     if len(combined["headline"]["columns"]) > 1:
         plot_vs_l0(combined["headline"], out / "bench.png")
     return combined
+
+
+def bench_label(bench_dir: str | Path, sae_dir: str | Path) -> str:
+    """The label under which the bench run in ``bench_dir`` (its ``bench.json``) holds the SAE in
+    ``sae_dir`` (a run directory matches its ``final``/``final_saelens`` and back).
+    ``ValueError`` naming the fix when it holds no such SAE or is not a bench directory."""
+    bench_json = Path(bench_dir) / "bench.json"
+    if not bench_json.is_file() or not (Path(bench_dir) / "bench.html").is_file():
+        raise ValueError(
+            f"{bench_dir} holds no bench.json and bench.html; give the --out directory of "
+            "`sparsecodes bench`"
+        )
+
+    def names(p: str | Path) -> set[Path]:
+        path = Path(p).resolve()
+        if path.name in ("final", "final_saelens"):
+            return {path, path.parent}
+        return {path, path / "final", path / "final_saelens"}
+
+    want = names(sae_dir)
+    saes = json.loads(bench_json.read_text(encoding="utf-8")).get("saes", {})
+    for label, entry in saes.items():
+        if names(entry.get("sae", {}).get("path", "")) & want:
+            return str(label)
+    held = ", ".join(saes) or "none"
+    raise ValueError(
+        f"the bench in {bench_dir} did not evaluate {sae_dir} (it holds {held}); "
+        f"run `sparsecodes bench {sae_dir} ... --out {bench_dir}`"
+    )
 
 
 def _get(d: Mapping[str, Any], path: Sequence[str]) -> Any:
