@@ -273,3 +273,33 @@ def test_bench_runs_the_model_passes_once_for_all_saes(tmp_path, sae_dirs, monke
     # evaluation passes, not the calibration rows or the biographies (read once for SCR and TPP)
     per_sae = alone["topk"]["run"]
     assert both["run"] < 2 * per_sae
+
+
+def test_browser_index_links_the_bench_that_evaluated_its_sae(tmp_path):
+    """bench_label finds a run's SAE whether bench got the run or its final/; the index page
+    links the page (escaped); browse --bench refuses a bench that did not evaluate the SAE."""
+    from sparsecodes.evaluation.suite import bench_label
+    from sparsecodes.interp.site import write_shell
+
+    run = tmp_path / "runs" / "topk"
+    (run / "final").mkdir(parents=True)
+    other = tmp_path / "runs" / "relu"
+    other.mkdir()
+    bench = tmp_path / "b&b"
+    bench.mkdir()
+    saes = {"topk": {"sae": {"path": str(run / "final")}}}
+    (bench / "bench.json").write_text(json.dumps({"saes": saes}))
+    (bench / "bench.html").write_text("<html></html>")
+    assert bench_label(bench, run) == "topk"
+    assert bench_label(bench, run / "final") == "topk"
+    with pytest.raises(ValueError, match="did not evaluate"):
+        bench_label(bench, other)
+    with pytest.raises(ValueError, match=r"no bench\.json"):
+        bench_label(tmp_path, run)
+    write_shell(tmp_path / "site", "t", "blocks.0.resid_post", bench="../b&b/bench.html")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert '<a href="../b&amp;b/bench.html" id="bench-link">' in index
+    write_shell(tmp_path / "site2", "t", "blocks.0.resid_post")
+    assert "bench-link" not in (tmp_path / "site2" / "index.html").read_text()
+    r = CliRunner().invoke(main, ["browse", str(other), "--bench", str(bench)])
+    assert r.exit_code == 2 and "did not evaluate" in r.output, r.output

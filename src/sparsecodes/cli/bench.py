@@ -94,6 +94,14 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
 )
 @count_option("--autointerp-latents", D.autointerp_latents, "autointerp: the first N latents.")
 @count_option("--autointerp-windows", D.autointerp_windows)
+@click.option(
+    "--autointerp-explainer",
+    type=click.Choice(["local", "top-tokens"]),
+    default=D.autointerp_explainer,
+    show_default=True,
+    help="autointerp without --endpoint: explanations from the local model, or (no model) the "
+    "most frequent activating tokens of each latent's top contexts.",
+)
 @endpoint_options("Local explainer for autointerp when no --endpoint is given.")
 @out_option("bench", "Output directory (one folder per SAE, bench.json/.md/.html/.png).")
 @device_option
@@ -117,7 +125,7 @@ def bench(
     api_key = endpoint_api_key(kw["endpoint"], kw["llm"], api_key_env)  # type: ignore[arg-type]
     if autointerp_scorers and "autointerp" not in chosen:
         raise click.UsageError("--autointerp-scorer: add autointerp to --metrics")
-    if "autointerp" in chosen and not kw["endpoint"]:
+    if "autointerp" in chosen and not kw["endpoint"] and kw["autointerp_explainer"] == "local":
         click.echo(
             f"note: autointerp without --endpoint: explanations from the local "
             f"{kw['local_model']} (weak), recorded as the explainer in the JSON"

@@ -39,6 +39,8 @@ from sparsecodes.files import write_figure, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
+TOP_TOKENS_EXPLAINER = "top tokens of the top contexts (no model)"
+EXPLAINERS = ("local", "top-tokens")
 DEFAULT_METRICS = ("core", "gap", "absorption", "probing", "scr", "tpp", "ravel")
 ALL_METRICS = (*DEFAULT_METRICS, "autointerp")
 
@@ -76,6 +78,9 @@ class BenchConfig:
     autointerp_scorers: tuple[str, ...] = ("embedding",)
     autointerp_latents: int = 20
     autointerp_windows: int = 256
+    #: explanations without an endpoint: "local" (the local chat model) or "top-tokens" (no
+    #: model: the most frequent activating tokens of the top contexts)
+    autointerp_explainer: str = "local"
     endpoint: str | None = None
     llm: str | None = None
     api_key: str | None = None
@@ -281,6 +286,7 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         OpenAIChatClient,
         collect_examples,
         run_autointerp,
+        top_tokens_explanation,
         window_model_activations,
     )
     from sparsecodes.autointerp.pipeline import build_scorers
@@ -303,8 +309,15 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         seed=cfg.seed,
         model_acts=ctx.shared[key],
     )
+    offline = not cfg.endpoint and cfg.autointerp_explainer == "top-tokens"
+    needs_chat = not offline or any(n != "embedding" for n in cfg.autointerp_scorers)
+    given = (
+        {ex.latent: top_tokens_explanation(ex.top) for ex in examples if ex.top} if offline else {}
+    )
     if cfg.endpoint:
         backend: Any = OpenAIChatClient(cfg.endpoint, cfg.llm or "", api_key=cfg.api_key)
+    elif not needs_chat:
+        backend = None
     elif cfg.local_model == getattr(ctx.adapter, "name", None):
         backend = LocalChatBackend.from_adapter(ctx.adapter, seed=cfg.seed)
     else:
@@ -319,7 +332,14 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         api_key=cfg.api_key,
         device=cfg.device,
     )
-    report = run_autointerp(examples, backend, config=acfg, scorers=scorers)
+    report = run_autointerp(
+        [ex for ex in examples if ex.top] if offline else examples,
+        None if offline else backend,
+        config=acfg,
+        scorers=scorers,
+        explanations=given,
+        explanations_from=TOP_TOKENS_EXPLAINER,
+    )
     summary = report.summary()
     return {
         "eval_type_id": "autointerp",
@@ -374,6 +394,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "autointerp_scorers",
         "autointerp_latents",
         "autointerp_windows",
+        "autointerp_explainer",
         "endpoint",
         "llm",
         "local_model",
@@ -463,6 +484,11 @@ def run_bench(
 
     echo = echo or logger.info
     metrics = parse_metrics(cfg.metrics)
+    if cfg.autointerp_explainer not in EXPLAINERS:
+        choices = ", ".join(EXPLAINERS)
+        raise ValueError(
+            f"autointerp_explainer {cfg.autointerp_explainer!r}: choose from {choices}"
+        )
     if "autointerp" in metrics and cfg.endpoint and not cfg.llm:
         raise ValueError("--endpoint needs --model NAME (the model the server serves)")
     if not cfg.sae_dirs:
