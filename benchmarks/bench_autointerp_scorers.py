@@ -34,7 +34,6 @@ import os
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ from sparsecodes.autointerp import (
     collect_examples,
     detect,
     embedding_score,
+    top_tokens_explanation,
 )
 from sparsecodes.autointerp.client import call_with_retries
 from sparsecodes.autointerp.explain import explain_messages, parse_explanation
@@ -60,15 +60,6 @@ from sparsecodes.models import load_model
 from sparsecodes.seeding import derive_seed
 
 logger = logging.getLogger("bench_autointerp_scorers")
-
-
-def top_tokens_explanation(ex) -> str:
-    """The three most frequent active tokens of the top contexts, quoted."""
-    counts: Counter[str] = Counter()
-    for c in ex.top:
-        counts.update(t.strip() or repr(t) for t, a in zip(c.tokens, c.acts, strict=True) if a > 0)
-    words = [w for w, _ in counts.most_common(3)]
-    return "the tokens " + ", ".join(f'"{w}"' for w in words)
 
 
 def derangement(n: int, seed: int) -> list[int]:
@@ -165,7 +156,7 @@ def main() -> None:
             )
             write_json(cache_file, cached)  # resumable: a rerun skips explained latents
         llm_expl.append(cached[str(e.latent)])
-    tok_expl = [top_tokens_explanation(e) for e in usable]
+    tok_expl = [top_tokens_explanation(e.top) for e in usable]
     seconds["explain"] = round(time.perf_counter() - t1, 1)
     logger.info("explained (%.0f s)", time.perf_counter() - t0)
     t1 = time.perf_counter()

@@ -227,10 +227,8 @@ def _counting_model(monkeypatch, calls: Counter):
     up to a hook (``run``)."""
     import sparsecodes.models
 
-    real = sparsecodes.models.load_model
-
     def load(*args, **kwargs):
-        lm = real(*args, **kwargs)
+        lm = load_model(*args, **kwargs)  # the real one, imported before any patch
         for name in ("logits", "run"):
             fn = getattr(lm, name)
 
@@ -303,3 +301,32 @@ def test_browser_index_links_the_bench_that_evaluated_its_sae(tmp_path):
     assert "bench-link" not in (tmp_path / "site2" / "index.html").read_text()
     r = CliRunner().invoke(main, ["browse", str(other), "--bench", str(bench)])
     assert r.exit_code == 2 and "did not evaluate" in r.output, r.output
+
+
+@pytest.mark.requires_model("minilm-l6")
+def test_bench_autointerp_top_tokens_needs_no_chat_model(tmp_path, sae_dirs, monkeypatch):
+    """--autointerp-explainer top-tokens with the embedding scorer builds no chat backend; each
+    latent's explanation names its top contexts' most frequent active tokens, and the result
+    says so."""
+    import sparsecodes.autointerp as ai
+
+    def no_chat(*args, **kwargs):
+        raise AssertionError("no chat model is needed")
+
+    monkeypatch.setattr(ai, "LocalChatBackend", no_chat)
+    cfg = BenchConfig(
+        sae_dirs[:1],
+        metrics=("autointerp",),
+        out=str(tmp_path / "b"),
+        device="cpu",
+        autointerp_latents=8,
+        autointerp_windows=32,
+        autointerp_explainer="top-tokens",
+    )
+    out = run_bench(cfg)
+    m = out["saes"]["topk"]["eval_result_metrics"]["autointerp"]["autointerp"]
+    assert m["explainer"] == suite.TOP_TOKENS_EXPLAINER
+    stored = json.loads((tmp_path / "b" / "topk" / "autointerp.json").read_text())
+    latents = stored["eval_result_unstructured"]["latents"]
+    assert latents and all(r["explanation"].startswith('the tokens "') for r in latents.values())
+    assert m["embedding_n_ok"] >= 1
