@@ -107,8 +107,10 @@ def evaluate(
     """Core metrics (and the amortisation-gap table when ``gap`` is given) of ``coder`` at ``hook``.
 
     ``ce_tokens``: kept tokens for the CE/KL pass (0 skips it). ``cache``: a dict kept across
-    coders of one model and hook; the clean and zero-ablation passes of the CE/KL scores are
-    made once (:func:`~sparsecodes.evaluation.splice.downstream_scores`). Returns the result dict
+    coders of one model and hook; the model's activations at ``hook`` and the clean and
+    zero-ablation passes of the CE/KL scores are made once
+    (:func:`~sparsecodes.evaluation.core.reconstruction_pass`,
+    :func:`~sparsecodes.evaluation.splice.downstream_scores`). Returns the result dict
     that :func:`run_eval` writes as ``eval.json`` (without the config/SAE/timing sections).
     """
     timings: dict[str, float] = {}
@@ -123,6 +125,7 @@ def evaluate(
             keep_rows=gap_tokens if gap is not None else 0,
             dense_threshold=dense_threshold,
             progress=bar,
+            cache=cache,
         )
     timings["reconstruction_s"] = time.perf_counter() - t0
     timings["reconstruction_model_s"] = rec.seconds_model

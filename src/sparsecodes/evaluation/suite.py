@@ -26,6 +26,7 @@ import html
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -174,7 +175,14 @@ def _gap(ctx: Context) -> dict[str, Any]:
     setup = GapSetup(target, cals, int(x_cal.shape[0]))
     windows = _eval_windows(ctx, cfg.gap_tokens)
     res = evaluate(
-        t.coder, ctx.adapter, t.hook, windows, ce_tokens=0, gap=setup, gap_tokens=cfg.gap_tokens
+        t.coder,
+        ctx.adapter,
+        t.hook,
+        windows,
+        ce_tokens=0,
+        gap=setup,
+        gap_tokens=cfg.gap_tokens,
+        cache=ctx.shared,
     )
     gap = res["amortisation_gap"]
     sae = next(r for r in gap["rows"] if r["method"] == "sae")
@@ -536,6 +544,10 @@ def run_bench(
                 "sae": t.describe(),
                 "bench_options": options,
                 "seconds": round(time.perf_counter() - t0, 2),
+                # the seconds are wall time: the load average says how shared the machine was
+                "loadavg": [round(v, 2) for v in os.getloadavg()]
+                if hasattr(os, "getloadavg")
+                else None,
             }
             write_json(file, json_safe(res), allow_nan=False)
             results[t.label][metric] = res
@@ -553,6 +565,7 @@ def run_bench(
                     for m, r in results[t.label].items()
                 },
                 "seconds": {m: r.get("seconds") for m, r in results[t.label].items()},
+                "loadavg": {m: r.get("loadavg") for m, r in results[t.label].items()},
             }
             for t in targets
         },
