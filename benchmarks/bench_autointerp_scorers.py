@@ -2,23 +2,27 @@
 
 On a TopK SAE of the embedded SmolLM2-135M (``blocks.12.resid_post``; ``--sae DIR``, default: the
 small SAE of ``uses_common.ensure_sae``, trained here if absent), for ``--n-latents`` latents drawn
-(seeded) among those that fire in the searched windows:
+(seeded) among those that fire in the searched windows (the held-out split of the embedded
+corpus, windows of 32 tokens):
 
-1. explanations: (a) ``llm``: the embedded SmolLM2-135M-Instruct explainer (greedy), and
-   (b) ``top_tokens``: an LLM-free baseline naming the three most frequent active tokens of the
-   latent's top contexts;
+1. explanations, written from each latent's top contexts only (never chosen with a score):
+   ``top_tokens`` (default): an LLM-free baseline naming the three most frequent active tokens
+   of the top contexts; ``llm`` (``--explainers llm,top_tokens``, slow): the embedded
+   SmolLM2-135M-Instruct explainer (greedy);
 2. each latent is scored with its **own** explanation and with a **shuffled** one (the explanation
    of another latent, a seeded derangement) by
    - ``embedding``: ROC AUC of MiniLM cosine(explanation, context), held-out activating vs
-     non-activating contexts (no chat model);
+     non-activating contexts (no chat model), per latent (as delphi's embedding scorer, whose
+     per-latent AUCs are then averaged);
    - ``detection``: the local SmolLM2 judge, yes/no per excerpt (balanced accuracy), for the LLM
      explanations only (``--no-detection`` skips it);
 3. separation = ROC AUC, over latents, of own-explanation scores against shuffled-explanation
    scores (0.5: the scorer cannot tell them apart), with a stratified bootstrap 95% interval; also
    the mean paired difference.
 
-Run: ``python benchmarks/bench_autointerp_scorers.py [--sae DIR] [--n-latents 40]``; writes
-``benchmarks/results/autointerp_scorers.json``.
+Run: ``python benchmarks/bench_autointerp_scorers.py [--sae DIR] [--n-latents 200]``; writes
+``benchmarks/results/autointerp_scorers.json`` (with the seconds of each stage and the load
+average, since the machine may be shared).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,7 @@ from sparsecodes.autointerp import (
     collect_examples,
     detect,
     embedding_score,
+    top_tokens_explanation,
 )
 from sparsecodes.autointerp.client import call_with_retries
 from sparsecodes.autointerp.explain import explain_messages, parse_explanation
@@ -55,15 +60,6 @@ from sparsecodes.models import load_model
 from sparsecodes.seeding import derive_seed
 
 logger = logging.getLogger("bench_autointerp_scorers")
-
-
-def top_tokens_explanation(ex) -> str:
-    """The three most frequent active tokens of the top contexts, quoted."""
-    counts: Counter[str] = Counter()
-    for c in ex.top:
-        counts.update(t.strip() or repr(t) for t, a in zip(c.tokens, c.acts, strict=True) if a > 0)
-    words = [w for w, _ in counts.most_common(3)]
-    return "the tokens " + ", ".join(f'"{w}"' for w in words)
 
 
 def derangement(n: int, seed: int) -> list[int]:
@@ -98,13 +94,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sae", type=Path, default=None, help="SAE directory (sparsecodes.load)")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/sparsecodes_uses"))
-    ap.add_argument("--n-latents", type=int, default=40)
+    ap.add_argument("--n-latents", type=int, default=200)
     ap.add_argument("--n-windows", type=int, default=512)
     ap.add_argument("--context-size", type=int, default=32)
-    ap.add_argument("--n-held-out", type=int, default=6)
-    ap.add_argument("--n-non-activating", type=int, default=6)
+    ap.add_argument("--n-held-out", type=int, default=10)
+    ap.add_argument("--n-non-activating", type=int, default=10)
     ap.add_argument("--no-detection", action="store_true")
-    ap.add_argument("--explainers", default="llm,top_tokens",
+    ap.add_argument("--explainers", default="top_tokens",
                     help="llm (the local SmolLM2 explainer, slow) and/or top_tokens")  # fmt: skip
     ap.add_argument("--detection-latents", type=int, default=16,
                     help="latents scored by the (slow) local detection judge")  # fmt: skip
@@ -115,6 +111,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    seconds: dict[str, float] = {}
     if args.sae is None:
         from uses_common import HOOK, MODEL, ensure_sae
 
@@ -130,7 +128,8 @@ def main() -> None:
     # held-out text: every 20th document of the embedded corpus (the SAEs train on the others)
     texts = [t for i, t in enumerate(load_texts(None)) if i % 20 == 0]
     rng = random.Random(derive_seed(args.seed, "latents"))
-    candidates = rng.sample(range(coder.n_latents), min(coder.n_latents, 4 * args.n_latents))
+    candidates = rng.sample(range(coder.n_latents), min(coder.n_latents, 6 * args.n_latents))
+    t1 = time.perf_counter()
     exs = collect_examples(
         coder, adapter, hook, texts, candidates, context_size=args.context_size,
         n_windows=args.n_windows, n_top=8, n_held_out=args.n_held_out,
@@ -141,8 +140,10 @@ def main() -> None:
         if len(e.top) >= 3 and len(e.held_out_activating) >= args.n_held_out // 2
         and e.non_activating
     ][: args.n_latents]  # fmt: skip
+    seconds["contexts"] = round(time.perf_counter() - t1, 1)
     logger.info("%d usable latents of %d candidates (%.0f s)", len(usable), len(exs),
                 time.perf_counter() - t0)  # fmt: skip
+    t1 = time.perf_counter()
     explainer = LocalChatBackend.from_adapter(adapter, max_new_tokens=32, seed=args.seed)
     use_llm = "llm" in args.explainers.split(",")
     cache_file = args.work_dir / f"explanations_{sae_dir.name}_{args.seed}.json"
@@ -155,8 +156,10 @@ def main() -> None:
             )
             write_json(cache_file, cached)  # resumable: a rerun skips explained latents
         llm_expl.append(cached[str(e.latent)])
-    tok_expl = [top_tokens_explanation(e) for e in usable]
+    tok_expl = [top_tokens_explanation(e.top) for e in usable]
+    seconds["explain"] = round(time.perf_counter() - t1, 1)
     logger.info("explained (%.0f s)", time.perf_counter() - t0)
+    t1 = time.perf_counter()
     perm = derangement(len(usable), args.seed)
     embedder = SentenceEmbedder(load_model("minilm-l6", device="cpu"))
     results: dict = {}
@@ -170,6 +173,8 @@ def main() -> None:
                                 e.non_activating).score for i, e in enumerate(usable)]  # fmt: skip
         results[f"embedding/{name}"] = separation(own, shuf)
         logger.info("embedding/%s: %s", name, results[f"embedding/{name}"])
+    seconds["embedding"] = round(time.perf_counter() - t1, 1)
+    seconds["embedded_texts"] = embedder.n_embedded
     report = {
         "what": "separation of own vs shuffled explanations by offline scorers (AUROC over "
         "latents, stratified bootstrap 95% interval)",
@@ -184,7 +189,10 @@ def main() -> None:
             for i, e in enumerate(usable[:10])
         ],
         "torch_threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "loadavg_before": load_before,
     }
+    report["loadavg_after"] = os.getloadavg()
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
     write_json(args.out, report)  # the embedding results, before the slow detection runs
     if use_llm and not args.no_detection:
@@ -204,6 +212,7 @@ def main() -> None:
         results["detection/llm"] = {**separation(own, shuf), "n_failed": failed}
         logger.info("detection/llm: %s", results["detection/llm"])
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    report["loadavg_after"] = os.getloadavg()
     write_json(args.out, report)
     logger.info("wrote %s (%.0f s)", args.out, time.perf_counter() - t0)
 

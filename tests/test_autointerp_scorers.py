@@ -468,3 +468,19 @@ def test_cli_scores_given_explanations_with_several_scorers(tiny, tmp_path: Path
                     assert sc["low"] <= sc["score"] <= sc["high"] and sc["chance"] == 0.5
     bad = CliRunner().invoke(main, ["autointerp", str(run), "--scorers", "nope", *common])
     assert bad.exit_code != 0 and "unknown scorer" in bad.output
+
+
+def test_top_tokens_explanation_names_the_most_frequent_active_tokens() -> None:
+    """Counts only tokens with a positive activation, most frequent first (ties in first-seen
+    order), stripped; no active token is an error, not an empty explanation."""
+    from sparsecodes.autointerp import top_tokens_explanation
+
+    ctxs = [
+        Context([" cat", " sat", " on"], [1.0, 0.0, 2.0]),
+        Context([" cat", " mat", " on"], [0.5, 3.0, 0.0]),
+        Context([" on", " cat", " the"], [0.1, 0.2, 0.0]),
+    ]
+    assert top_tokens_explanation(ctxs) == 'the tokens "cat", "on", "mat"'
+    assert top_tokens_explanation(ctxs, n=1) == 'the tokens "cat"'
+    with pytest.raises(ValueError, match="no active token"):
+        top_tokens_explanation([Context([" a"], [0.0])])

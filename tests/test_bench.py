@@ -220,3 +220,113 @@ def test_bench_autointerp_names_its_explainer(tmp_path, sae_dirs, monkeypatch):
     assert stored["eval_config"]["explainer"] == "fake local explainer"
     assert m["detection_n_ok"] >= 1
     assert m["autointerp_score"] == pytest.approx(0.5)
+
+
+def _counting_model(monkeypatch, calls: Counter):
+    """``load_model`` whose adapters count their clean full passes (``logits``) and their passes
+    up to a hook (``run``)."""
+    import sparsecodes.models
+
+    def load(*args, **kwargs):
+        lm = load_model(*args, **kwargs)  # the real one, imported before any patch
+        for name in ("logits", "run"):
+            fn = getattr(lm, name)
+
+            def counted(*a, fn=fn, name=name, **kw):
+                calls[name] += 1
+                return fn(*a, **kw)
+
+            setattr(lm, name, counted)
+        return lm
+
+    monkeypatch.setattr(sparsecodes.models, "load_model", load)
+
+
+@pytest.mark.requires("faker")
+def test_bench_runs_the_model_passes_once_for_all_saes(tmp_path, sae_dirs, monkeypatch):
+    """Two SAEs of one model and hook in one run make the SAE-independent model passes (clean
+    CE/KL pass, calibration rows, biography activations for SCR and TPP) once, and get exactly
+    the figures each SAE gets in a run of its own."""
+    metrics = ("core", "gap", "scr", "tpp")
+    small = {**SMALL, "scr_per_cell": 4}
+    alone: dict[str, Counter] = {}
+    results = {}
+    for i, label in enumerate(("topk", "relu")):
+        alone[label] = Counter()
+        _counting_model(monkeypatch, alone[label])
+        cfg = BenchConfig(
+            sae_dirs[i : i + 1], metrics, out=str(tmp_path / label), device="cpu", **small
+        )
+        results[label] = run_bench(cfg)["saes"][label]["eval_result_metrics"]
+    both: Counter = Counter()
+    _counting_model(monkeypatch, both)
+    cfg = BenchConfig(sae_dirs, metrics, out=str(tmp_path / "both"), device="cpu", **small)
+    shared = run_bench(cfg)["saes"]
+    for label in ("topk", "relu"):
+        assert shared[label]["eval_result_metrics"] == results[label]
+    # the clean full passes: one SAE's worth, not two
+    assert alone["topk"]["logits"] == alone["relu"]["logits"] > 0
+    assert both["logits"] == alone["topk"]["logits"]
+    # passes up to the hook (reconstruction windows, calibration rows, the biographies read
+    # once for SCR and TPP): the second SAE makes none of its own
+    assert alone["topk"]["run"] == alone["relu"]["run"] > 0
+    assert both["run"] == alone["topk"]["run"]
+
+
+def test_browser_index_links_the_bench_that_evaluated_its_sae(tmp_path):
+    """bench_label finds a run's SAE whether bench got the run or its final/; the index page
+    links the page (escaped); browse --bench refuses a bench that did not evaluate the SAE."""
+    from sparsecodes.evaluation.suite import bench_label
+    from sparsecodes.interp.site import write_shell
+
+    run = tmp_path / "runs" / "topk"
+    (run / "final").mkdir(parents=True)
+    other = tmp_path / "runs" / "relu"
+    other.mkdir()
+    bench = tmp_path / "b&b"
+    bench.mkdir()
+    saes = {"topk": {"sae": {"path": str(run / "final")}}}
+    (bench / "bench.json").write_text(json.dumps({"saes": saes}))
+    (bench / "bench.html").write_text("<html></html>")
+    assert bench_label(bench, run) == "topk"
+    assert bench_label(bench, run / "final") == "topk"
+    with pytest.raises(ValueError, match="did not evaluate"):
+        bench_label(bench, other)
+    with pytest.raises(ValueError, match=r"no bench\.json"):
+        bench_label(tmp_path, run)
+    write_shell(tmp_path / "site", "t", "blocks.0.resid_post", bench="../b&b/bench.html")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert '<a href="../b&amp;b/bench.html" id="bench-link">' in index
+    write_shell(tmp_path / "site2", "t", "blocks.0.resid_post")
+    assert "bench-link" not in (tmp_path / "site2" / "index.html").read_text()
+    r = CliRunner().invoke(main, ["browse", str(other), "--bench", str(bench)])
+    assert r.exit_code == 2 and "did not evaluate" in r.output, r.output
+
+
+@pytest.mark.requires_model("minilm-l6")
+def test_bench_autointerp_top_tokens_needs_no_chat_model(tmp_path, sae_dirs, monkeypatch):
+    """--autointerp-explainer top-tokens with the embedding scorer builds no chat backend; each
+    latent's explanation names its top contexts' most frequent active tokens, and the result
+    says so."""
+    import sparsecodes.autointerp as ai
+
+    def no_chat(*args, **kwargs):
+        raise AssertionError("no chat model is needed")
+
+    monkeypatch.setattr(ai, "LocalChatBackend", no_chat)
+    cfg = BenchConfig(
+        sae_dirs[:1],
+        metrics=("autointerp",),
+        out=str(tmp_path / "b"),
+        device="cpu",
+        autointerp_latents=8,
+        autointerp_windows=32,
+        autointerp_explainer="top-tokens",
+    )
+    out = run_bench(cfg)
+    m = out["saes"]["topk"]["eval_result_metrics"]["autointerp"]["autointerp"]
+    assert m["explainer"] == suite.TOP_TOKENS_EXPLAINER
+    stored = json.loads((tmp_path / "b" / "topk" / "autointerp.json").read_text())
+    latents = stored["eval_result_unstructured"]["latents"]
+    assert latents and all(r["explanation"].startswith('the tokens "') for r in latents.values())
+    assert m["embedding_n_ok"] >= 1

@@ -30,8 +30,14 @@ from sparsecodes.autointerp.examples import (
     collect_examples,
     examples_from_activations,
     window_activations,
+    window_model_activations,
 )
-from sparsecodes.autointerp.explain import explain_messages, parse_explanation, render_context
+from sparsecodes.autointerp.explain import (
+    explain_messages,
+    parse_explanation,
+    render_context,
+    top_tokens_explanation,
+)
 from sparsecodes.autointerp.fuzz import fuzz
 from sparsecodes.autointerp.intruder import intruder
 from sparsecodes.autointerp.local import LocalChatBackend
@@ -104,5 +110,7 @@ __all__ = [
     "retry_call",
     "run_autointerp",
     "simulation_score",
+    "top_tokens_explanation",
     "window_activations",
+    "window_model_activations",
 ]

@@ -66,6 +66,11 @@ class SentenceEmbedder:
     def describe(self) -> str:
         return f"sentence embeddings of {self.adapter.name} (mean-pooled, cosine)"
 
+    @property
+    def n_embedded(self) -> int:
+        """How many distinct texts were embedded so far (each once: the scorer's cost)."""
+        return len(self._cache)
+
     def embed(self, texts: Sequence[str]) -> Tensor:
         """``[len(texts), d]`` unit-norm embeddings (cached per text)."""
         from sparsecodes.models import embed_sentences

@@ -114,19 +114,51 @@ def window_activations(
     context_size: int = 32,
     n_windows: int = 256,
     batch_size: int = 16,
+    model_acts: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``adapter`` over ``n_windows`` windows of ``texts`` and encode ``hook`` with ``coder``.
 
     Returns ``(input_ids [W, T], keep [W, T] bool, acts [W, T, L])`` for the ``L`` requested
     ``latents``, with ``acts`` zeroed where ``keep`` is False (BOS / special tokens), on CPU.
+    ``model_acts``: :func:`window_model_activations` of the same arguments, computed once and
+    reused for several coders of one model and hook (then ``texts`` is not read).
     """
+    sel = torch.tensor(_check_latents(latents, coder.n_latents), dtype=torch.long)
+    if model_acts is None:
+        model_acts = window_model_activations(
+            adapter, hook, texts, context_size=context_size, n_windows=n_windows,
+            batch_size=batch_size,
+        )  # fmt: skip
+    ids, keep, x = model_acts
+    acts_out = []
+    for i in range(0, ids.shape[0], batch_size):
+        xb = x[i : i + batch_size]
+        b, t = xb.shape[:2]
+        xb = xb.reshape(b * t, -1).to(device=coder.device, dtype=torch.float32)
+        codes = coder.encode(xb)[:, sel.to(coder.device)].reshape(b, t, -1).float().cpu()
+        acts_out.append(codes * keep[i : i + batch_size].unsqueeze(-1))
+    return ids, keep, torch.cat(acts_out)
+
+
+@torch.no_grad()
+def window_model_activations(
+    adapter: Any,
+    hook: str,
+    texts: Iterable[str],
+    *,
+    context_size: int = 32,
+    n_windows: int = 256,
+    batch_size: int = 16,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The model's side of :func:`window_activations` (no coder): ``(input_ids [W, T], keep
+    [W, T] bool, x [W, T, d])``, the activations at ``hook`` (float32, CPU) of the first
+    ``n_windows`` windows of ``context_size`` tokens of ``texts``."""
     from sparsecodes.data import batch_windows, token_windows
 
     if n_windows < 1:
         raise ValueError(f"n_windows must be at least 1, got {n_windows}")
-    sel = torch.tensor(_check_latents(latents, coder.n_latents), dtype=torch.long)
     windows = token_windows(texts, adapter.tokenizer, context_size)
-    ids_out, keep_out, acts_out = [], [], []
+    ids_out, keep_out, x_out = [], [], []
     seen = 0
     for ids, keep in batch_windows(windows, batch_size):
         if seen >= n_windows:
@@ -134,19 +166,15 @@ def window_activations(
         ids, keep = ids[: n_windows - seen], keep[: n_windows - seen]
         seen += ids.shape[0]
         x = adapter.run(ids.to(adapter.device), hooks=[hook])[hook]
-        b, t = x.shape[:2]
-        x = x.reshape(b * t, -1).to(device=coder.device, dtype=torch.float32)
-        codes = coder.encode(x)[:, sel.to(coder.device)].reshape(b, t, -1).float().cpu()
-        codes = codes * keep.unsqueeze(-1)
         ids_out.append(ids.cpu())
         keep_out.append(keep.cpu())
-        acts_out.append(codes)
+        x_out.append(x.reshape(*x.shape[:2], -1).float().cpu())
     if not ids_out:
         raise ValueError(
             f"the texts gave no window of {context_size} tokens; pass more text or a smaller "
             "context_size"
         )
-    return torch.cat(ids_out), torch.cat(keep_out), torch.cat(acts_out)
+    return torch.cat(ids_out), torch.cat(keep_out), torch.cat(x_out)
 
 
 def examples_from_activations(
@@ -224,11 +252,13 @@ def collect_examples(
     n_non_activating: int = 10,
     batch_size: int = 16,
     seed: int = 0,
+    model_acts: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> list[LatentExamples]:
     """:class:`LatentExamples` for ``latents`` of ``coder`` at ``hook`` of ``adapter``'s model.
 
     Runs :func:`window_activations` over the first ``n_windows`` windows of ``context_size``
-    tokens, then :func:`examples_from_activations` (same seed -> same examples).
+    tokens (``model_acts``: the model's part, precomputed), then
+    :func:`examples_from_activations` (same seed -> same examples).
     """
     ids, keep, acts = window_activations(
         coder,
@@ -239,6 +269,7 @@ def collect_examples(
         context_size=context_size,
         n_windows=n_windows,
         batch_size=batch_size,
+        model_acts=model_acts,
     )
     return examples_from_activations(
         ids,

@@ -11,6 +11,7 @@ reply is unparseable.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 from sparsecodes.autointerp.client import Message
@@ -81,3 +82,18 @@ def parse_explanation(answer: str) -> str:
     if not text:
         raise ValueError("the reply holds no explanation")
     return text[:MAX_EXPLANATION_CHARS]
+
+
+def top_tokens_explanation(contexts: Sequence[Context], n: int = 3) -> str:
+    """An explanation without any model: the ``n`` most frequent tokens (stripped) at which the
+    latent is active in ``contexts`` (its top contexts), quoted: ``the tokens "a", "b", "c"``.
+
+    A baseline: what an explainer that only lists the activating tokens would say. The embedding
+    scorer tells these apart from another latent's (docs/benchmarks-suite.md)."""
+    counts: Counter[str] = Counter()
+    for c in contexts:
+        counts.update(t.strip() or repr(t) for t, a in zip(c.tokens, c.acts, strict=True) if a > 0)
+    words = [w for w, _ in counts.most_common(n)]
+    if not words:
+        raise ValueError("the contexts hold no active token; nothing to name")
+    return "the tokens " + ", ".join(f'"{w}"' for w in words)

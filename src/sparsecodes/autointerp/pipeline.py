@@ -238,11 +238,13 @@ def run_autointerp(
     scorers: Sequence[LatentScorer] | None = None,
     explanations: Mapping[int, str] | None = None,
     on_result: Callable[[LatentResult], None] | None = None,
+    explanations_from: str = "given explanations",
 ) -> AutointerpReport:
     """:func:`interpret_latent` for each entry of ``examples``, in order.
 
     ``explanations``: latent id -> explanation to score instead of asking ``explainer`` (e.g.
-    those of an earlier run); ``explainer`` may be None when every latent has one.
+    those of an earlier run); ``explainer`` may be None when every latent has one, and
+    ``explanations_from`` then names where they come from in the report.
     """
     cfg = config or AutointerpConfig()
     chosen = list(scorers) if scorers is not None else [default_scorer(scorer or explainer, cfg)]
@@ -258,7 +260,7 @@ def run_autointerp(
             on_result(r)
     meta = {
         **asdict(cfg),
-        "explainer": explainer.describe() if explainer is not None else "given explanations",
+        "explainer": explainer.describe() if explainer is not None else explanations_from,
         "scorer": chosen[0].describe(),
         "scorers": {s.name: s.describe() for s in chosen},
     }

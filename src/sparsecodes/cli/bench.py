@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from sparsecodes.cli.options import device_option, out_option, seed_option
+from sparsecodes.cli.options import (
+    count_option,
+    device_option,
+    endpoint_api_key,
+    endpoint_options,
+    out_option,
+    seed_option,
+)
 from sparsecodes.evaluation.suite import BenchConfig
 
 #: the library's defaults, shown by --help
@@ -41,19 +47,12 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
     show_default=True,
     help="Comma-separated metrics (add autointerp to run it).",
 )
-@click.option(
-    "--core-tokens",
-    type=click.IntRange(min=1),
-    default=D.core_tokens,
-    show_default=True,
-    help="core: held-out tokens for FVU, L0, dead latents.",
-)
-@click.option(
+@count_option("--core-tokens", D.core_tokens, "core: held-out tokens for FVU, L0, dead latents.")
+@count_option(
     "--ce-tokens",
-    type=click.IntRange(min=0),
-    default=D.ce_tokens,
-    show_default=True,
-    help="core: held-out tokens for the CE/KL scores (4 forward passes; 0 skips).",
+    D.ce_tokens,
+    "core: held-out tokens for the CE/KL scores (4 forward passes; 0 skips).",
+    minimum=0,
 )
 @click.option(
     "--gap-methods",
@@ -61,60 +60,31 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
     show_default=True,
     help="gap: iterative methods matched to the SAE's L0.",
 )
-@click.option("--gap-tokens", type=click.IntRange(min=1), default=D.gap_tokens, show_default=True)
-@click.option(
-    "--calib-tokens", type=click.IntRange(min=1), default=D.calib_tokens, show_default=True
+@count_option("--gap-tokens", D.gap_tokens)
+@count_option("--calib-tokens", D.calib_tokens)
+@count_option(
+    "--absorption-words", D.absorption_words, "absorption: vocabulary words (80/20 split).",
+    minimum=20,
+)  # fmt: skip
+@count_option(
+    "--absorption-icl", D.absorption_icl, "absorption: in-context lines per prompt.", minimum=0
 )
-@click.option(
-    "--absorption-words",
-    type=click.IntRange(min=20),
-    default=D.absorption_words,
-    show_default=True,
-    help="absorption: vocabulary words (80/20 split).",
-)
-@click.option(
-    "--absorption-icl",
-    type=click.IntRange(min=0),
-    default=D.absorption_icl,
-    show_default=True,
-    help="absorption: in-context lines per prompt.",
-)
-@click.option(
+@count_option(
     "--probing-per-class",
-    type=click.IntRange(min=4),
-    default=D.probing_per_class,
-    show_default=True,
-    help="probing: texts per class (languages; biographies get half per "
-    "profession x gender; cities 6x in all).",
+    D.probing_per_class,
+    "probing: texts per class (languages; biographies get half per profession x gender; "
+    "cities 6x in all).",
+    minimum=4,
 )
-@click.option(
+@count_option(
     "--scr-per-cell",
-    type=click.IntRange(min=4),
-    default=D.scr_per_cell,
-    show_default=True,
-    help="SCR/TPP: biographies per profession x gender cell (5 x 2 cells).",
+    D.scr_per_cell,
+    "SCR/TPP: biographies per profession x gender cell (5 x 2 cells).",
+    minimum=4,
 )
-@click.option(
-    "--ravel-entities",
-    type=click.IntRange(min=10),
-    default=D.ravel_entities,
-    show_default=True,
-    help="RAVEL: world cities.",
-)
-@click.option(
-    "--ravel-pairs",
-    type=click.IntRange(min=1),
-    default=D.ravel_pairs,
-    show_default=True,
-    help="RAVEL: pairs per attribute.",
-)
-@click.option(
-    "--ravel-k",
-    type=click.IntRange(min=1),
-    default=D.ravel_k,
-    show_default=True,
-    help="RAVEL: latents per attribute.",
-)
+@count_option("--ravel-entities", D.ravel_entities, "RAVEL: world cities.", minimum=10)
+@count_option("--ravel-pairs", D.ravel_pairs, "RAVEL: pairs per attribute.")
+@count_option("--ravel-k", D.ravel_k, "RAVEL: latents per attribute.")
 @click.option(
     "--autointerp-scorer",
     "autointerp_scorers",
@@ -122,33 +92,17 @@ bench.png (each metric against L0). See docs/benchmarks-suite.md.
     help="autointerp scorer(s): embedding (no LLM), detection, fuzz, intruder, "
     "simulation [default: embedding].",
 )
+@count_option("--autointerp-latents", D.autointerp_latents, "autointerp: the first N latents.")
+@count_option("--autointerp-windows", D.autointerp_windows)
 @click.option(
-    "--autointerp-latents",
-    type=click.IntRange(min=1),
-    default=D.autointerp_latents,
+    "--autointerp-explainer",
+    type=click.Choice(["local", "top-tokens"]),
+    default=D.autointerp_explainer,
     show_default=True,
-    help="autointerp: the first N latents.",
+    help="autointerp without --endpoint: explanations from the local model, or (no model) the "
+    "most frequent activating tokens of each latent's top contexts.",
 )
-@click.option(
-    "--autointerp-windows",
-    type=click.IntRange(min=1),
-    default=D.autointerp_windows,
-    show_default=True,
-)
-@click.option("--endpoint", default=None, help="OpenAI-compatible endpoint for autointerp.")
-@click.option("--model", "llm", default=None, help="Model name to request from --endpoint.")
-@click.option(
-    "--api-key-env",
-    default=None,
-    metavar="VAR",
-    help="Environment variable holding the endpoint's API key.",
-)
-@click.option(
-    "--local-model",
-    default="smollm2-135m",
-    show_default=True,
-    help="Local explainer for autointerp when no --endpoint is given.",
-)
+@endpoint_options("Local explainer for autointerp when no --endpoint is given.")
 @out_option("bench", "Output directory (one folder per SAE, bench.json/.md/.html/.png).")
 @device_option
 @seed_option()
@@ -168,18 +122,10 @@ def bench(
         chosen = parse_metrics(metrics)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--metrics") from e
-    if kw["endpoint"] and not kw["llm"]:
-        raise click.UsageError("--endpoint needs --model NAME (the model the server serves)")
-    if kw["llm"] and not kw["endpoint"]:
-        raise click.UsageError("--model names the model at --endpoint; give --endpoint too")
+    api_key = endpoint_api_key(kw["endpoint"], kw["llm"], api_key_env)  # type: ignore[arg-type]
     if autointerp_scorers and "autointerp" not in chosen:
         raise click.UsageError("--autointerp-scorer: add autointerp to --metrics")
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise click.UsageError(f"--api-key-env {api_key_env}: that variable is not set")
-    if "autointerp" in chosen and not kw["endpoint"]:
+    if "autointerp" in chosen and not kw["endpoint"] and kw["autointerp_explainer"] == "local":
         click.echo(
             f"note: autointerp without --endpoint: explanations from the local "
             f"{kw['local_model']} (weak), recorded as the explainer in the JSON"

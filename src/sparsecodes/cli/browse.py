@@ -60,6 +60,14 @@ from sparsecodes.cli.options import (
     default=None,
     help="Reuse feature statistics saved here, or save them here (rebuild without the model).",
 )
+@click.option(
+    "--bench",
+    "bench_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The --out directory of a `sparsecodes bench` run that evaluated this SAE: the index "
+    "links its comparison page.",
+)
 @seed_option("Seed of the sampled contexts.")
 @device_option
 def browse(
@@ -76,6 +84,7 @@ def browse(
     n_samples: int,
     explanations: Path | None,
     stats_dir: Path | None,
+    bench_dir: Path | None,
     seed: int,
     device: str,
 ) -> None:
@@ -84,8 +93,19 @@ def browse(
     from sparsecodes.interp.stats import STATS_META, FeatureStats, collect
     from sparsecodes.loading import load_with_model
 
-    coder, adapter, hook_name = load_with_model(sae_dir, model=model, hook=hook, device=device)
     out = out or sae_dir / "site"
+    bench = None
+    if bench_dir is not None:
+        import os
+
+        from sparsecodes.evaluation.suite import bench_label
+
+        try:
+            bench_label(bench_dir, sae_dir)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--bench") from e
+        bench = Path(os.path.relpath(bench_dir / "bench.html", out)).as_posix()
+    coder, adapter, hook_name = load_with_model(sae_dir, model=model, hook=hook, device=device)
     if stats_dir is not None and (stats_dir / STATS_META).is_file():
         stats = FeatureStats.load(stats_dir)
         if stats.n_latents != coder.n_latents:
@@ -119,7 +139,7 @@ def browse(
         if stats_dir is not None:
             stats.save(stats_dir)
     expl = read_explanations(explanations or find_explanations(sae_dir))
-    report = write_site(stats, adapter.tokenizer, out, explanations=expl)
+    report = write_site(stats, adapter.tokenizer, out, explanations=expl, bench=bench)
     click.echo(
         f"wrote {report.n_latents} latent pages to {out} in {report.seconds:.1f} s: "
         f"{report.total_bytes / 1e6:.1f} MB total, index {report.index_bytes / 1e3:.0f} kB, "

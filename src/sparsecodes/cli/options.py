@@ -174,3 +174,58 @@ transcoders_option = click.option(
     help="A transcoder directory, or a directory of them (one per layer). Repeatable.",
 )
 """``--transcoders DIR`` (repeatable), for the commands that read per-layer transcoders."""
+
+
+def count_option(
+    flag: str, default: int, help: str | None = None, *, minimum: int = 1
+) -> Callable[[F], F]:
+    """An integer option of at least ``minimum`` (a size, count or number of tokens), with its
+    default shown."""
+    return click.option(
+        flag, type=click.IntRange(min=minimum), default=default, show_default=True, help=help
+    )
+
+
+def endpoint_options(local_help: str) -> Callable[[F], F]:
+    """``--endpoint URL``, ``--model NAME`` (dest ``llm``), ``--api-key-env VAR`` and
+    ``--local-model`` (the offline fallback, described by ``local_help``); check them with
+    :func:`endpoint_api_key`."""
+    opts = (
+        click.option(
+            "--endpoint",
+            default=None,
+            help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (default: local).",
+        ),
+        click.option("--model", "llm", default=None, help="Model name to request from --endpoint."),
+        click.option(
+            "--api-key-env",
+            default=None,
+            metavar="VAR",
+            help="Environment variable holding the endpoint's API key.",
+        ),
+        click.option("--local-model", default="smollm2-135m", show_default=True, help=local_help),
+    )
+
+    def apply(fn: F) -> F:
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+
+    return apply
+
+
+def endpoint_api_key(endpoint: str | None, llm: str | None, api_key_env: str | None) -> str | None:
+    """Check ``--endpoint``/``--model`` come together; the API key read from ``--api-key-env``
+    (None without one). Usage errors name the flag to fix."""
+    import os
+
+    if endpoint and not llm:
+        raise click.UsageError("--endpoint needs --model NAME (the model the server serves)")
+    if llm and not endpoint:
+        raise click.UsageError("--model names the model at --endpoint; give --endpoint too")
+    if not api_key_env:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise click.UsageError(f"--api-key-env {api_key_env}: that variable is not set")
+    return key

@@ -19,8 +19,9 @@ Sums are accumulated in float64, streaming, so any number of tokens fits in memo
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +157,7 @@ def reconstruction_pass(
     keep_rows: int = 0,
     dense_threshold: float = 0.1,
     progress: Callable[[int], None] | None = None,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> ReconstructionPass:
     """Run ``adapter`` on ``windows`` up to ``hook`` (later layers never run) and measure ``coder``.
 
@@ -166,6 +168,9 @@ def reconstruction_pass(
         keep_rows: also return the first this-many kept activation rows ``[keep_rows, d_in]``
             (float32, CPU), e.g. for the amortisation-gap study.
         progress: called with the number of windows done after each batch.
+        cache: a dict kept across coders of one model and hook (a bench run): each window's
+            activation at ``hook`` is stored there, and a batch whose windows are all stored
+            does not run the model.
     """
     acc = ReconstructionAccumulator(coder.n_latents, coder.d_in)
     rows: list[Tensor] = []
@@ -174,7 +179,7 @@ def reconstruction_pass(
     done = 0
     for ids, keep in batch_windows(windows, batch_size):
         t0 = time.perf_counter()
-        act = adapter.run(ids, hooks=[hook])[hook]
+        act = _hook_acts(adapter, hook, ids, cache)
         t1 = time.perf_counter()
         x = kept_rows(act, keep).to(coder.device, torch.float32)
         codes = coder.encode(x, sparse=coder.encoder.fixed_k)
@@ -191,6 +196,25 @@ def reconstruction_pass(
             progress(done)
     out_rows = torch.cat(rows) if rows else torch.zeros(0, coder.d_in)
     return ReconstructionPass(acc.result(dense_threshold), out_rows, t_model, t_sae)
+
+
+def _hook_acts(
+    adapter: Any, hook: str, ids: Tensor, cache: MutableMapping[Any, Any] | None
+) -> Tensor:
+    """``adapter.run(ids, hooks=[hook])[hook]``, per window through ``cache`` when given."""
+    if cache is None:
+        return adapter.run(ids, hooks=[hook])[hook]
+    name = getattr(adapter, "name", id(adapter))
+    keys = [
+        ("hook_window", name, hook, hashlib.sha256(row.numpy().tobytes()).hexdigest())
+        for row in ids.cpu()
+    ]
+    if all(k in cache for k in keys):
+        return torch.stack([cache[k] for k in keys])
+    act = adapter.run(ids, hooks=[hook])[hook]
+    for k, a in zip(keys, act, strict=True):
+        cache[k] = a.detach().clone()
+    return act
 
 
 @torch.no_grad()

@@ -10,13 +10,15 @@
   (SAEBench's selection for sparse probing).
 - :func:`text_activations`: per-text activations at a hook (BOS dropped), their mean over tokens
   (:func:`pooled`), and the mean over tokens of a coder's codes (:func:`pooled_codes`): SAEBench
-  probes mean-pooled activations and mean-pooled SAE latents.
+  probes mean-pooled activations and mean-pooled SAE latents. The activations do not depend on
+  the SAE: pass one ``cache`` dict to every call of a run (``sparsecodes bench`` does) and each
+  model pass is made once for all SAEs and metrics that read the same texts at the same hook.
 - :func:`split_indices`: a seeded, stratified train/test split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,10 +154,31 @@ def split_indices(
 
 @torch.no_grad()
 def text_activations(
-    adapter: Any, hook: str, texts: Sequence[str], *, batch_size: int = 16
+    adapter: Any,
+    hook: str,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> list[Tensor]:
     """Per text, the activations at ``hook`` of its tokens (BOS dropped): ``[T_i, d]`` float32 on
-    the CPU. ``adapter`` is a :class:`~sparsecodes.models.ModelAdapter`."""
+    the CPU. ``adapter`` is a :class:`~sparsecodes.models.ModelAdapter`.
+
+    ``cache``: a dict kept by the caller; the result is stored there under the model, hook and
+    texts, and a later call with the same ones returns it without running the model.
+    """
+    key = ("text_activations", getattr(adapter, "name", id(adapter)), hook, tuple(texts))
+    if cache is not None and key in cache:
+        return cache[key]
+    out = _text_activations(adapter, hook, texts, batch_size)
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def _text_activations(
+    adapter: Any, hook: str, texts: Sequence[str], batch_size: int
+) -> list[Tensor]:
     out: list[Tensor] = []
     for i in range(0, len(texts), batch_size):
         chunk = list(texts[i : i + batch_size])

@@ -16,7 +16,7 @@ mean over the dataset's classes; ``eval_result_metrics`` holds the mean over dat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -129,18 +129,21 @@ def sparse_probing(
     seed: int = 0,
     label: str | None = None,
     batch_size: int = 16,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Sparse probing of ``coder`` at ``hook`` of ``adapter`` on each labelled dataset.
 
     ``datasets``: :class:`~sparsecodes.evaluation.datasets.LabelledSet` s; ``label`` names the
     attribute to predict (default: each set's first). Returns a JSON-able dict with SAEBench's
     keys: ``eval_type_id``, ``eval_result_metrics`` (``llm``, ``sae``: means over datasets) and
-    ``eval_result_details`` (one entry per dataset, with ``dataset_name``).
+    ``eval_result_details`` (one entry per dataset, with ``dataset_name``). ``cache``: see
+    :func:`~sparsecodes.evaluation.probes.text_activations` (the model's activations, shared by
+    SAEs).
     """
     details = []
     for ds in datasets:
         attr = label or next(iter(ds.labels))
-        token_acts = text_activations(adapter, hook, ds.texts, batch_size=batch_size)
+        token_acts = text_activations(adapter, hook, ds.texts, batch_size=batch_size, cache=cache)
         scores = sparse_probing_scores(
             pooled(token_acts),
             pooled_codes(coder, token_acts),

@@ -32,7 +32,7 @@ dropped), where SAEBench generates text and looks for the value in it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,11 +277,65 @@ def ravel(
     filter_correct: bool = True,
     batch_size: int = 16,
     seed: int = 0,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """RAVEL-style scores of ``coder`` at ``hook`` of ``adapter`` on ``entities`` (e.g.
     :func:`city_entities`), prompts ``templates`` (attribute -> template with ``{entity}`` at
     the start). With ``filter_correct`` only entities whose every attribute the clean model
-    answers correctly are kept (as SAEBench). JSON-able, SAEBench's layout."""
+    answers correctly are kept (as SAEBench). JSON-able, SAEBench's layout.
+
+    ``cache``: a dict kept by the caller; the clean model's answers and the entities'
+    activations (which do not depend on the coder) are stored there and reused by a later
+    call with the same model, hook, entities and templates (another SAE of a bench run).
+    """
+    key = (
+        "ravel",
+        getattr(adapter, "name", id(adapter)),
+        hook,
+        tuple(entities.names),
+        tuple((a, tuple(v)) for a, v in entities.attributes.items()),
+        tuple(sorted(templates.items())),
+        filter_correct,
+    )
+    if cache is not None and key in cache:
+        ents, readout, acts, n_before = cache[key]
+    else:
+        ents, readout, acts, n_before = _clean_entities(
+            adapter, hook, entities, templates, filter_correct, batch_size
+        )
+        if cache is not None:
+            cache[key] = (ents, readout, acts, n_before)
+    scores = ravel_scores(acts, ents, coder, readout, k=k, n_pairs=n_pairs, seed=seed)
+    keys = ("disentanglement_score", "cause_score", "isolation_score")
+    return {
+        "eval_type_id": EVAL_TYPE_RAVEL,
+        "eval_config": {
+            "k": k,
+            "n_pairs": n_pairs,
+            "random_seed": seed,
+            "hook": hook,
+            "filter_correct": filter_correct,
+        },
+        "eval_result_metrics": {"ravel": {key: scores[key] for key in keys}},
+        "eval_result_details": [],
+        "eval_result_unstructured": {
+            "per_attribute": scores["per_attribute"],
+            "n_entities": len(ents.names),
+            "n_entities_with_distinct_answers": n_before,
+        },
+    }
+
+
+def _clean_entities(
+    adapter: Any,
+    hook: str,
+    entities: Entities,
+    templates: Mapping[str, str],
+    filter_correct: bool,
+    batch_size: int,
+) -> tuple[Entities, _ModelReadout, Tensor, int]:
+    """The entities kept (distinct first tokens; answered correctly), their readout, their
+    activations ``[n, d]`` and how many had distinct answers."""
     candidates = {
         a: _first_tokens(adapter.tokenizer, entities.attributes[a]) for a in entities.attributes
     }
@@ -312,23 +366,4 @@ def ravel(
             f"only {len(ents.names)} entities left after keeping those the model answers "
             "correctly; use a larger model or more entities, or filter_correct=False"
         )
-    acts = readout.entity_acts()
-    scores = ravel_scores(acts, ents, coder, readout, k=k, n_pairs=n_pairs, seed=seed)
-    keys = ("disentanglement_score", "cause_score", "isolation_score")
-    return {
-        "eval_type_id": EVAL_TYPE_RAVEL,
-        "eval_config": {
-            "k": k,
-            "n_pairs": n_pairs,
-            "random_seed": seed,
-            "hook": hook,
-            "filter_correct": filter_correct,
-        },
-        "eval_result_metrics": {"ravel": {key: scores[key] for key in keys}},
-        "eval_result_details": [],
-        "eval_result_unstructured": {
-            "per_attribute": scores["per_attribute"],
-            "n_entities": len(ents.names),
-            "n_entities_with_distinct_answers": n_before,
-        },
-    }
+    return ents, readout, readout.entity_acts(), n_before

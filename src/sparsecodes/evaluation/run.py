@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,11 +102,16 @@ def evaluate(
     l0_tolerance: float = 0.05,
     echo: Callable[[str], None] = lambda s: None,
     progress: bool = False,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Core metrics (and the amortisation-gap table when ``gap`` is given) of ``coder`` at ``hook``.
 
-    ``ce_tokens``: kept tokens for the CE/KL pass (0 skips it). Returns the result dict that
-    :func:`run_eval` writes as ``eval.json`` (without the config/SAE/timing sections).
+    ``ce_tokens``: kept tokens for the CE/KL pass (0 skips it). ``cache``: a dict kept across
+    coders of one model and hook; the model's activations at ``hook`` and the clean and
+    zero-ablation passes of the CE/KL scores are made once
+    (:func:`~sparsecodes.evaluation.core.reconstruction_pass`,
+    :func:`~sparsecodes.evaluation.splice.downstream_scores`). Returns the result dict
+    that :func:`run_eval` writes as ``eval.json`` (without the config/SAE/timing sections).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -120,6 +125,7 @@ def evaluate(
             keep_rows=gap_tokens if gap is not None else 0,
             dense_threshold=dense_threshold,
             progress=bar,
+            cache=cache,
         )
     timings["reconstruction_s"] = time.perf_counter() - t0
     timings["reconstruction_model_s"] = rec.seconds_model
@@ -140,7 +146,7 @@ def evaluate(
             "sae_error_term": Variant(
                 gap_mod.reconstructor(coder, gap_mod.Method("sae")), error_term=True
             ),
-            "zero": Variant(zero_ablation),
+            "zero": Variant(zero_ablation, coder_free=True),
         }
         for meth in methods[1:]:
             variants[meth.label] = Variant(gap_mod.reconstructor(coder, meth))
@@ -148,7 +154,7 @@ def evaluate(
         t0 = time.perf_counter()
         with _bar(progress, len(ce_w), f"CE/KL, {len(variants) + 1} passes (windows)") as bar:
             ds = downstream_scores(
-                adapter, hook, ce_w, variants, batch_size=ce_batch_size, progress=bar
+                adapter, hook, ce_w, variants, batch_size=ce_batch_size, progress=bar, cache=cache
             )
         timings["downstream_s"] = time.perf_counter() - t0
         timings.update({f"downstream_{k}_s": v for k, v in ds.seconds.items()})

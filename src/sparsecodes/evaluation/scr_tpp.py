@@ -31,7 +31,7 @@ the same drop over the other classes' probes (on their own test data);
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -241,8 +241,15 @@ def tpp_scores(
     return out
 
 
-def _pooled_pair(coder: Any, adapter: Any, hook: str, texts: Sequence[str], batch_size: int):
-    token_acts = text_activations(adapter, hook, texts, batch_size=batch_size)
+def _pooled_pair(
+    coder: Any,
+    adapter: Any,
+    hook: str,
+    texts: Sequence[str],
+    batch_size: int,
+    cache: MutableMapping[Any, Any] | None,
+) -> tuple[Tensor, Tensor]:
+    token_acts = text_activations(adapter, hook, texts, batch_size=batch_size, cache=cache)
     return pooled(token_acts), pooled_codes(coder, token_acts)
 
 
@@ -259,12 +266,15 @@ def scr(
     thresholds: Sequence[int] = THRESHOLDS,
     seed: int = 0,
     batch_size: int = 16,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """SCR of ``coder`` at ``hook`` on a two-attribute
     :class:`~sparsecodes.evaluation.datasets.LabelledSet` (default: professor/nurse x
-    male/female, as SAEBench). JSON-able, SAEBench's layout (``eval_result_metrics``
+    male/female, as SAEBench). ``cache``: the model's activations, shared with :func:`tpp` and
+    other SAEs (:func:`~sparsecodes.evaluation.probes.text_activations`). JSON-able, SAEBench's
+    layout (``eval_result_metrics``
     ``["scr_metrics"]``, ``eval_result_details`` per dataset)."""
-    acts, codes = _pooled_pair(coder, adapter, hook, dataset.texts, batch_size)
+    acts, codes = _pooled_pair(coder, adapter, hook, dataset.texts, batch_size, cache)
     scores = scr_scores(
         acts,
         codes,
@@ -296,10 +306,11 @@ def tpp(
     thresholds: Sequence[int] = THRESHOLDS,
     seed: int = 0,
     batch_size: int = 16,
+    cache: MutableMapping[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """TPP of ``coder`` at ``hook`` on the classes of ``dataset.labels[label]``. JSON-able,
-    SAEBench's layout (``eval_result_metrics["tpp_metrics"]``)."""
-    acts, codes = _pooled_pair(coder, adapter, hook, dataset.texts, batch_size)
+    SAEBench's layout (``eval_result_metrics["tpp_metrics"]``). ``cache``: as :func:`scr`."""
+    acts, codes = _pooled_pair(coder, adapter, hook, dataset.texts, batch_size, cache)
     scores = tpp_scores(acts, codes, coder, dataset.labels[label], thresholds=thresholds, seed=seed)
     keys = [k for k in scores if k.startswith("tpp_")]
     return {

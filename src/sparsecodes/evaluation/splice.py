@@ -26,14 +26,19 @@ flows past (after any earlier splice) and its ``out_hook`` is replaced at the ke
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sparsecodes.data import Window, batch_windows
+
+#: the most bytes of clean log-probabilities :func:`downstream_scores` keeps in a ``cache``
+CLEAN_CACHE_BYTES = 1 << 30
 
 Reconstruct = Callable[[Tensor], Tensor]
 """Maps kept activation rows ``x`` ``[n, d_in]`` to a replacement ``x_hat`` ``[n, d_in]``."""
@@ -47,6 +52,9 @@ class Variant:
     error_term: bool = False
     #: several hooks instead of the scored one: ``edits(keep)`` -> ``{hook: edit}`` for one pass
     edits: Callable[[Tensor], dict[str, Callable[[Tensor], Tensor]]] | None = None
+    #: the variant does not depend on the coder (the zero ablation): with a ``cache`` its sums
+    #: are computed once per batch and reused by every coder
+    coder_free: bool = False
 
 
 def transcoder_variant(transcoders: Sequence[object], *, zero: bool = False) -> Variant:
@@ -166,11 +174,17 @@ def downstream_scores(
     *,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    cache: MutableMapping[Any, Any] | None = None,
+    cache_bytes: int = CLEAN_CACHE_BYTES,
 ) -> DownstreamResult:
     """Clean CE and, per variant, CE and KL(clean || variant) over ``windows`` (causal LMs).
 
     One clean full forward pass per batch, then one full pass per variant with its splice.
     Memory: about ``3 * batch_size * context_size * vocab`` floats at a time.
+
+    ``cache``: a dict kept by the caller across coders of one model and hook (a bench run).
+    Each batch's clean log-probabilities (while their total stays under ``cache_bytes``) and
+    the sums of ``coder_free`` variants are stored there and not recomputed for the next coder.
     """
     if not getattr(adapter, "is_causal", True):
         raise ValueError(
@@ -187,8 +201,24 @@ def downstream_scores(
         mask = counted_positions(keep).to(adapter.device)  # type: ignore[attr-defined]
         target = ids[:, 1:].to(adapter.device)  # type: ignore[attr-defined]
         n = int(mask.sum())
+        key = (
+            "downstream",
+            getattr(adapter, "name", id(adapter)),
+            hook,
+            tuple(ids.shape),
+            hashlib.sha256(ids.numpy().tobytes() + keep.numpy().tobytes()).hexdigest(),
+        )
         t0 = time.perf_counter()
-        logp = torch.log_softmax(adapter.logits(ids)[:, :-1].float(), dim=-1)  # type: ignore[attr-defined]
+        if cache is not None and (key, "clean") in cache:
+            logp = cache[(key, "clean")]
+        else:
+            logits = adapter.logits(ids)  # type: ignore[attr-defined]
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            del logits
+            size = logp.numel() * logp.element_size()
+            if cache is not None and cache.get("downstream_bytes", 0) + size <= cache_bytes:
+                cache[(key, "clean")] = logp
+                cache["downstream_bytes"] = cache.get("downstream_bytes", 0) + size
         secs["clean"] += time.perf_counter() - t0
         done += ids.shape[0]
         if n == 0:
@@ -198,6 +228,11 @@ def downstream_scores(
         p = logp.exp()
         for name, v in variants.items():
             t0 = time.perf_counter()
+            if v.coder_free and cache is not None and (key, name) in cache:
+                ce_b, kl_b = cache[(key, name)]
+                ce_sum[name] += ce_b
+                kl_sum[name] += kl_b
+                continue
             if v.edits is not None:
                 logits = adapter.run_with_edits(ids, v.edits(keep))  # type: ignore[attr-defined]
             else:
@@ -207,9 +242,13 @@ def downstream_scores(
             logq = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             del logits
             ce = -logq.gather(-1, target[..., None]).squeeze(-1)
-            ce_sum[name] += float(ce[mask].double().sum())
+            ce_b = float(ce[mask].double().sum())
             kl = (p * (logp - logq)).sum(-1)
-            kl_sum[name] += float(kl[mask].double().sum())
+            kl_b = float(kl[mask].double().sum())
+            ce_sum[name] += ce_b
+            kl_sum[name] += kl_b
+            if v.coder_free and cache is not None:
+                cache[(key, name)] = (ce_b, kl_b)
             secs[name] += time.perf_counter() - t0
         if progress is not None:
             progress(done)

@@ -26,6 +26,7 @@ import html
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ from sparsecodes.files import write_figure, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
+TOP_TOKENS_EXPLAINER = "top tokens of the top contexts (no model)"
+EXPLAINERS = ("local", "top-tokens")
 DEFAULT_METRICS = ("core", "gap", "absorption", "probing", "scr", "tpp", "ravel")
 ALL_METRICS = (*DEFAULT_METRICS, "autointerp")
 
@@ -76,6 +79,9 @@ class BenchConfig:
     autointerp_scorers: tuple[str, ...] = ("embedding",)
     autointerp_latents: int = 20
     autointerp_windows: int = 256
+    #: explanations without an endpoint: "local" (the local chat model) or "top-tokens" (no
+    #: model: the most frequent activating tokens of the top contexts)
+    autointerp_explainer: str = "local"
     endpoint: str | None = None
     llm: str | None = None
     api_key: str | None = None
@@ -134,7 +140,7 @@ def _core(ctx: Context) -> dict[str, Any]:
     t = ctx.target
     windows = _eval_windows(ctx, ctx.cfg.core_tokens)
     ce = ctx.cfg.ce_tokens if getattr(ctx.adapter, "is_causal", True) else 0
-    res = evaluate(t.coder, ctx.adapter, t.hook, windows, ce_tokens=ce)
+    res = evaluate(t.coder, ctx.adapter, t.hook, windows, ce_tokens=ce, cache=ctx.shared)
     return {
         "eval_type_id": "core",
         "eval_config": {
@@ -160,13 +166,23 @@ def _gap(ctx: Context) -> dict[str, Any]:
 
     t, cfg = ctx.target, ctx.cfg
     names = gap_mod.parse_methods(cfg.gap_methods)
-    cal_w = _eval_windows(ctx, cfg.calib_tokens, calibration=True)
-    x_cal = collect_rows(ctx.adapter, t.hook, cal_w, cfg.calib_tokens)
+    key = ("calibration", t.model, t.hook, cfg.calib_tokens)
+    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
+        cal_w = _eval_windows(ctx, cfg.calib_tokens, calibration=True)
+        ctx.shared[key] = collect_rows(ctx.adapter, t.hook, cal_w, cfg.calib_tokens)
+    x_cal = ctx.shared[key]
     target, cals = gap_mod.calibrate_methods(t.coder, names, x_cal)
     setup = GapSetup(target, cals, int(x_cal.shape[0]))
     windows = _eval_windows(ctx, cfg.gap_tokens)
     res = evaluate(
-        t.coder, ctx.adapter, t.hook, windows, ce_tokens=0, gap=setup, gap_tokens=cfg.gap_tokens
+        t.coder,
+        ctx.adapter,
+        t.hook,
+        windows,
+        ce_tokens=0,
+        gap=setup,
+        gap_tokens=cfg.gap_tokens,
+        cache=ctx.shared,
     )
     gap = res["amortisation_gap"]
     sae = next(r for r in gap["rows"] if r["method"] == "sae")
@@ -227,7 +243,9 @@ def _probing(ctx: Context) -> dict[str, Any]:
         language_id(n, seed=ctx.cfg.seed),
         city_continent(6 * n, seed=ctx.cfg.seed),
     ]
-    return sparse_probing(ctx.target.coder, ctx.adapter, ctx.target.hook, sets, seed=ctx.cfg.seed)
+    return sparse_probing(
+        ctx.target.coder, ctx.adapter, ctx.target.hook, sets, seed=ctx.cfg.seed, cache=ctx.shared
+    )
 
 
 def _bios(ctx: Context) -> Any:
@@ -242,13 +260,15 @@ def _bios(ctx: Context) -> Any:
 def _scr(ctx: Context) -> dict[str, Any]:
     from sparsecodes.evaluation.scr_tpp import scr
 
-    return scr(ctx.target.coder, ctx.adapter, ctx.target.hook, _bios(ctx), seed=ctx.cfg.seed)
+    t = ctx.target
+    return scr(t.coder, ctx.adapter, t.hook, _bios(ctx), seed=ctx.cfg.seed, cache=ctx.shared)
 
 
 def _tpp(ctx: Context) -> dict[str, Any]:
     from sparsecodes.evaluation.scr_tpp import tpp
 
-    return tpp(ctx.target.coder, ctx.adapter, ctx.target.hook, _bios(ctx), seed=ctx.cfg.seed)
+    t = ctx.target
+    return tpp(t.coder, ctx.adapter, t.hook, _bios(ctx), seed=ctx.cfg.seed, cache=ctx.shared)
 
 
 def _ravel(ctx: Context) -> dict[str, Any]:
@@ -263,6 +283,7 @@ def _ravel(ctx: Context) -> dict[str, Any]:
         k=cfg.ravel_k,
         n_pairs=cfg.ravel_pairs,
         seed=cfg.seed,
+        cache=ctx.shared,
     )
 
 
@@ -273,23 +294,38 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         OpenAIChatClient,
         collect_examples,
         run_autointerp,
+        top_tokens_explanation,
+        window_model_activations,
     )
     from sparsecodes.autointerp.pipeline import build_scorers
     from sparsecodes.data import load_texts
 
     t, cfg = ctx.target, ctx.cfg
     latents = list(range(min(cfg.autointerp_latents, t.coder.n_latents)))
+    key = ("autointerp_windows", t.model, t.hook, cfg.autointerp_windows)
+    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
+        ctx.shared[key] = window_model_activations(
+            ctx.adapter, t.hook, load_texts(None), n_windows=cfg.autointerp_windows
+        )
     examples = collect_examples(
         t.coder,
         ctx.adapter,
         t.hook,
-        load_texts(None),
+        (),
         latents,
         n_windows=cfg.autointerp_windows,
         seed=cfg.seed,
+        model_acts=ctx.shared[key],
+    )
+    offline = not cfg.endpoint and cfg.autointerp_explainer == "top-tokens"
+    needs_chat = not offline or any(n != "embedding" for n in cfg.autointerp_scorers)
+    given = (
+        {ex.latent: top_tokens_explanation(ex.top) for ex in examples if ex.top} if offline else {}
     )
     if cfg.endpoint:
         backend: Any = OpenAIChatClient(cfg.endpoint, cfg.llm or "", api_key=cfg.api_key)
+    elif not needs_chat:
+        backend = None
     elif cfg.local_model == getattr(ctx.adapter, "name", None):
         backend = LocalChatBackend.from_adapter(ctx.adapter, seed=cfg.seed)
     else:
@@ -304,7 +340,14 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         api_key=cfg.api_key,
         device=cfg.device,
     )
-    report = run_autointerp(examples, backend, config=acfg, scorers=scorers)
+    report = run_autointerp(
+        [ex for ex in examples if ex.top] if offline else examples,
+        None if offline else backend,
+        config=acfg,
+        scorers=scorers,
+        explanations=given,
+        explanations_from=TOP_TOKENS_EXPLAINER,
+    )
     summary = report.summary()
     return {
         "eval_type_id": "autointerp",
@@ -359,6 +402,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
         "autointerp_scorers",
         "autointerp_latents",
         "autointerp_windows",
+        "autointerp_explainer",
         "endpoint",
         "llm",
         "local_model",
@@ -448,6 +492,11 @@ def run_bench(
 
     echo = echo or logger.info
     metrics = parse_metrics(cfg.metrics)
+    if cfg.autointerp_explainer not in EXPLAINERS:
+        choices = ", ".join(EXPLAINERS)
+        raise ValueError(
+            f"autointerp_explainer {cfg.autointerp_explainer!r}: choose from {choices}"
+        )
     if "autointerp" in metrics and cfg.endpoint and not cfg.llm:
         raise ValueError("--endpoint needs --model NAME (the model the server serves)")
     if not cfg.sae_dirs:
@@ -495,6 +544,10 @@ def run_bench(
                 "sae": t.describe(),
                 "bench_options": options,
                 "seconds": round(time.perf_counter() - t0, 2),
+                # the seconds are wall time: the load average says how shared the machine was
+                "loadavg": [round(v, 2) for v in os.getloadavg()]
+                if hasattr(os, "getloadavg")
+                else None,
             }
             write_json(file, json_safe(res), allow_nan=False)
             results[t.label][metric] = res
@@ -512,6 +565,7 @@ def run_bench(
                     for m, r in results[t.label].items()
                 },
                 "seconds": {m: r.get("seconds") for m, r in results[t.label].items()},
+                "loadavg": {m: r.get("loadavg") for m, r in results[t.label].items()},
             }
             for t in targets
         },
@@ -523,6 +577,35 @@ def run_bench(
     if len(combined["headline"]["columns"]) > 1:
         plot_vs_l0(combined["headline"], out / "bench.png")
     return combined
+
+
+def bench_label(bench_dir: str | Path, sae_dir: str | Path) -> str:
+    """The label under which the bench run in ``bench_dir`` (its ``bench.json``) holds the SAE in
+    ``sae_dir`` (a run directory matches its ``final``/``final_saelens`` and back).
+    ``ValueError`` naming the fix when it holds no such SAE or is not a bench directory."""
+    bench_json = Path(bench_dir) / "bench.json"
+    if not bench_json.is_file() or not (Path(bench_dir) / "bench.html").is_file():
+        raise ValueError(
+            f"{bench_dir} holds no bench.json and bench.html; give the --out directory of "
+            "`sparsecodes bench`"
+        )
+
+    def names(p: str | Path) -> set[Path]:
+        path = Path(p).resolve()
+        if path.name in ("final", "final_saelens"):
+            return {path, path.parent}
+        return {path, path / "final", path / "final_saelens"}
+
+    want = names(sae_dir)
+    saes = json.loads(bench_json.read_text(encoding="utf-8")).get("saes", {})
+    for label, entry in saes.items():
+        if names(entry.get("sae", {}).get("path", "")) & want:
+            return str(label)
+    held = ", ".join(saes) or "none"
+    raise ValueError(
+        f"the bench in {bench_dir} did not evaluate {sae_dir} (it holds {held}); "
+        f"run `sparsecodes bench {sae_dir} ... --out {bench_dir}`"
+    )
 
 
 def _get(d: Mapping[str, Any], path: Sequence[str]) -> Any:

@@ -166,16 +166,25 @@ def write_shell(
     *,
     subtitle: str = "",
     index: bool = True,
+    bench: str | None = None,
 ) -> int:
     """Write the pages and assets that carry no per-latent data; returns their total bytes.
 
     With ``index=False`` the index page says that no browser was built (``serve`` without
-    ``browse``); the live page works either way.
+    ``browse``); the live page works either way. ``bench``: the URL (relative to the site) of a
+    ``sparsecodes bench`` page that compares this SAE with others, linked from the index.
     """
     out = Path(out_dir)
     esc_title = html.escape(title)
+    bench_link = (
+        f' <a href="{html.escape(bench)}" id="bench-link">SAE comparison (sparsecodes bench)</a>'
+        if bench
+        else ""
+    )
     index_html = (
-        templates.page("index.html", title=esc_title, subtitle=html.escape(subtitle))
+        templates.page(
+            "index.html", title=esc_title, subtitle=html.escape(subtitle), bench_link=bench_link
+        )
         if index
         else templates.page("no_index.html", title=esc_title)
     )
@@ -206,11 +215,13 @@ def write_site(
     title: str | None = None,
     n_bands: int = 4,
     index_tokens: int = 5,
+    bench: str | None = None,
 ) -> SiteReport:
     """Write the browser for ``stats`` into ``out_dir`` and return its sizes.
 
     ``tokenizer`` decodes token ids for display; ``explanations`` maps latent ids to
-    ``{"explanation": str, "score": float | None}`` (see ``read_explanations``).
+    ``{"explanation": str, "score": float | None}`` (see ``read_explanations``); ``bench``: the
+    URL of a bench page comparing this SAE with others (see :func:`write_shell`).
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -371,7 +382,7 @@ def write_site(
     subtitle = (
         f"{n_lat} latents · {stats.n_tokens:,} tokens · {sum(1 for c in fire if c == 0)} dead"
     )
-    shell = write_shell(out, title, meta.get("hook_name"), subtitle=subtitle)
+    shell = write_shell(out, title, meta.get("hook_name"), subtitle=subtitle, bench=bench)
     total = sum(page_sizes) + len(index_js) + shell
     report = SiteReport(
         path=str(out),
