@@ -209,7 +209,8 @@ def main() -> None:
         pred = rm.transcoder_output(layer, tc.activate(tc.encode_pre(xh[layer])), xh[layer])
         fvus[layer] = fvu(yh[layer], pred)
     del xh, yh
-    mean_fvu = statistics.mean(fvus.values())
+    # an MLP without a transcoder is all error (FVU 1)
+    mean_fvu = statistics.mean(fvus.get(i, 1.0) for i in range(lm.n_layers))
     tol = math.sqrt(mean_fvu)
     print(f"transcoders: layers {layers}; mean held-out FVU {mean_fvu:.3f}; tol {tol:.3f}")
     rows_by: dict[tuple[str, int], list[dict]] = {}
@@ -327,8 +328,9 @@ def main() -> None:
             "rule": "the real change has the predicted sign (when |predicted| > floor) and "
             "|real - predicted| <= tol * |predicted| + floor",
             "tol": tol,
-            "tol_from": "sqrt(mean held-out FVU of the MLP outputs): the share, in norm, of each "
-            "MLP's output the graph holds frozen as error",
+            "tol_from": "sqrt(mean held-out FVU of the MLP outputs over all layers, 1 for an MLP "
+            "without a transcoder): the share, in norm, of each MLP's output the graph holds "
+            "frozen as error",
             "floor": f"{FLOOR} * |target value| of the prompt",
             "fixed": "before the run, from the transcoders alone",
         },
