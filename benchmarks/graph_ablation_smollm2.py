@@ -147,7 +147,12 @@ def main() -> None:
         default=None,
         help="directory of trained transcoders (one per MLP); default: fit by least squares",
     )
-    ap.add_argument("--layers", default="0,5,10,15,20,25", help="least-squares mode only")
+    ap.add_argument(
+        "--layers",
+        default=None,
+        help="MLPs with a transcoder, e.g. 0,5,10 or all [least squares: 0,5,10,15,20,25; "
+        "--transcoders: every one found]",
+    )
     ap.add_argument("--n-latents", type=int, default=512, help="least-squares mode only")
     ap.add_argument("--k-active", type=int, default=8, help="TopK (least-squares mode only)")
     ap.add_argument("--k", default="5,20", help="numbers of features ablated")
@@ -175,6 +180,9 @@ def main() -> None:
     t0 = time.perf_counter()
     if a.transcoders is not None:
         _, tcs = open_transcoders([a.transcoders], model="smollm2-135m")
+        if a.layers not in (None, "all"):
+            keep = {int(s) for s in a.layers.split(",")}
+            tcs = [tc for tc in tcs if int(tc.in_hook.split(".")[1]) in keep]
         src = {
             "from": str(a.transcoders),
             "fit": "trained (sparsecodes train --transcoder / training.jobs.train_coders)",
@@ -183,7 +191,9 @@ def main() -> None:
         }
     else:
         layers = (
-            list(range(lm.n_layers)) if a.layers == "all" else [int(s) for s in a.layers.split(",")]
+            list(range(lm.n_layers))
+            if a.layers == "all"
+            else [int(s) for s in (a.layers or "0,5,10,15,20,25").split(",")]
         )
         x, y = collect(rm0, lm, texts + fit_ioi, a.ctx)
         tcs = [
@@ -217,6 +227,86 @@ def main() -> None:
     per_prompt = []
     heads_kept = torch.zeros(lm.n_layers, lm.n_heads)
     heads_target = torch.zeros(lm.n_layers, lm.n_heads)
+
+    def report() -> tuple[dict, dict]:
+        """Write the results so far to ``--out`` (after every prompt: a cut run keeps them)."""
+        summaries: dict[str, dict] = {}
+        for (task, k), rows in rows_by.items():
+            top = [r["top"] for r in rows]
+            rnd = [x for r in rows for x in r["random"]]
+            summaries.setdefault(task, {})[str(k)] = {
+                "top": {
+                    **summary(top),
+                    **gap_parts(top),
+                    "within_tolerance": sum(r["within_tolerance"] for r in top),
+                },
+                "random": {
+                    **summary(rnd),
+                    **gap_parts(rnd),
+                    "within_tolerance": sum(r["within_tolerance"] for r in rnd),
+                },
+            }
+        heads = {
+            "scores": "graph-derived head scores (graphs.heads) over the IOI prompts, each prompt's "
+            "normalised to sum 1"
+        }
+        if CIRCUITS.is_file() and "ioi" in tasks:  # the mean-ablation reference of `circuit` on IOI
+            ref_run = json.loads(CIRCUITS.read_text())["runs"]["ioi/last-argmax"]
+            ref = {tuple(h) for h in ref_run["reference"]["heads"]}
+            for name, hsc in (("kept_nodes", heads_kept), ("target_only", heads_target)):
+                scores = {
+                    (i, j): float(hsc[i, j]) for i in range(lm.n_layers) for j in range(lm.n_heads)
+                }
+                top = sorted(scores, key=scores.get, reverse=True)[: len(ref)]
+                heads[name] = {
+                    "roc_auc": roc_auc(scores, ref),
+                    "top_heads": [list(h) for h in top],
+                    "top_in_reference": sum(h in ref for h in top),
+                }
+            heads["reference"] = {
+                "rule": ref_run["reference"]["rule"],
+                "heads": sorted(list(h) for h in ref),
+                "from": "benchmarks/results/circuits_smollm2.json (ioi, 24 pairs, seed 0 prompts)",
+            }
+        result = {
+            "model": "smollm2-135m",
+            "tasks": {
+                "ioi": "correct name minus wrong name, last position; held out: seed-1 prompts not "
+                "among the seed-0 fitting prompts",
+                "greater-than": "the model's top later tens digit minus its top earlier one; seed 1",
+            },
+            "transcoders": {
+                "layers": layers,
+                **src,
+                "setup_seconds": round(setup_seconds, 1),
+                "other_layers": "no transcoder: their MLP outputs are error nodes",
+                "held_out_fvu": {str(k): round(v, 4) for k, v in sorted(fvus.items())},
+                "fvu_texts": len(fvu_texts),
+            },
+            "tolerance": {
+                "rule": "the real change has the predicted sign (when |predicted| > floor) and "
+                "|real - predicted| <= tol * |predicted| + floor",
+                "tol": tol,
+                "tol_from": "sqrt(mean held-out FVU of the MLP outputs over all layers, 1 for an MLP "
+                "without a transcoder): the share, in norm, of each MLP's output the graph holds "
+                "frozen as error",
+                "floor": f"{FLOOR} * |target value| of the prompt",
+                "fixed": "before the run, from the transcoders alone",
+            },
+            "prompts_per_task": a.prompts,
+            "ks": ks,
+            "n_random": a.n_random,
+            "summary": summaries,
+            "heads": heads,
+            "prompts": per_prompt,
+            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
+            "shared 2-core machine under load from other jobs",
+            "load_average_at_end": list(os.getloadavg()),
+        }
+        write_json(a.out, result)
+        return summaries, heads
+
     for task in tasks:
         for n, (text, tid, cid) in enumerate(held_out(lm, task, a.prompts, set(fit_ioi))):
             run = rm.run(lm.encode(text)[0][0])
@@ -271,81 +361,8 @@ def main() -> None:
                 flush=True,
             )
             del graph, run
-    summaries: dict[str, dict] = {}
-    for (task, k), rows in rows_by.items():
-        top = [r["top"] for r in rows]
-        rnd = [x for r in rows for x in r["random"]]
-        summaries.setdefault(task, {})[str(k)] = {
-            "top": {
-                **summary(top),
-                **gap_parts(top),
-                "within_tolerance": sum(r["within_tolerance"] for r in top),
-            },
-            "random": {
-                **summary(rnd),
-                **gap_parts(rnd),
-                "within_tolerance": sum(r["within_tolerance"] for r in rnd),
-            },
-        }
-    heads = {
-        "scores": "graph-derived head scores (graphs.heads) over the IOI prompts, each prompt's "
-        "normalised to sum 1"
-    }
-    if CIRCUITS.is_file() and "ioi" in tasks:  # the mean-ablation reference of `circuit` on IOI
-        ref_run = json.loads(CIRCUITS.read_text())["runs"]["ioi/last-argmax"]
-        ref = {tuple(h) for h in ref_run["reference"]["heads"]}
-        for name, hsc in (("kept_nodes", heads_kept), ("target_only", heads_target)):
-            scores = {
-                (i, j): float(hsc[i, j]) for i in range(lm.n_layers) for j in range(lm.n_heads)
-            }
-            top = sorted(scores, key=scores.get, reverse=True)[: len(ref)]
-            heads[name] = {
-                "roc_auc": roc_auc(scores, ref),
-                "top_heads": [list(h) for h in top],
-                "top_in_reference": sum(h in ref for h in top),
-            }
-        heads["reference"] = {
-            "rule": ref_run["reference"]["rule"],
-            "heads": sorted(list(h) for h in ref),
-            "from": "benchmarks/results/circuits_smollm2.json (ioi, 24 pairs, seed 0 prompts)",
-        }
-    result = {
-        "model": "smollm2-135m",
-        "tasks": {
-            "ioi": "correct name minus wrong name, last position; held out: seed-1 prompts not "
-            "among the seed-0 fitting prompts",
-            "greater-than": "the model's top later tens digit minus its top earlier one; seed 1",
-        },
-        "transcoders": {
-            "layers": layers,
-            **src,
-            "setup_seconds": round(setup_seconds, 1),
-            "other_layers": "no transcoder: their MLP outputs are error nodes",
-            "held_out_fvu": {str(k): round(v, 4) for k, v in sorted(fvus.items())},
-            "fvu_texts": len(fvu_texts),
-        },
-        "tolerance": {
-            "rule": "the real change has the predicted sign (when |predicted| > floor) and "
-            "|real - predicted| <= tol * |predicted| + floor",
-            "tol": tol,
-            "tol_from": "sqrt(mean held-out FVU of the MLP outputs over all layers, 1 for an MLP "
-            "without a transcoder): the share, in norm, of each MLP's output the graph holds "
-            "frozen as error",
-            "floor": f"{FLOOR} * |target value| of the prompt",
-            "fixed": "before the run, from the transcoders alone",
-        },
-        "prompts_per_task": a.prompts,
-        "ks": ks,
-        "n_random": a.n_random,
-        "summary": summaries,
-        "heads": heads,
-        "prompts": per_prompt,
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
-        "shared 2-core machine under load from other jobs",
-        "load_average_at_end": list(os.getloadavg()),
-    }
-    write_json(a.out, result)
+            report()
+    summaries, heads = report()
     print(json.dumps(summaries, indent=1))
     print(json.dumps({k: v for k, v in heads.items() if k != "reference"}))
 
