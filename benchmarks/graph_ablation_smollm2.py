@@ -1,21 +1,36 @@
 """Graph validation on SmolLM2-135M: does ablating a graph's top features do what it predicts?
 
-Fits TopK skip transcoders for a subset of MLPs by least squares
-(``sparsecodes.graphs.fit_transcoder``; no gradient training, so NOT well-trained transcoders:
-large error nodes) on embedded text plus IOI prompts of one seed, then for held-out IOI prompts
-(another seed) builds the attribution graph of the correct name's logit minus the wrong one's,
-ablates its top-``k`` features by influence and ``k`` random active features
-(``sparsecodes.graphs.ablation_check``), and records for each set the graph's prediction
-(direct and total), the frozen replacement model's change and the real model's change.
+Transcoders come from one of two places:
 
-Run: ``python benchmarks/graph_ablation_smollm2.py [--layers 0,5,10,15,20,25] [--k 5,20]``;
-writes ``benchmarks/results/graph_ablation_smollm2.json``. One torch thread unless ``--threads``.
+- ``--transcoders DIR``: trained ones (``sparsecodes train --transcoder`` run directories, one per
+  MLP, or anything ``sparsecodes.graphs.io.open_transcoders`` reads), e.g. all 30 MLPs;
+- otherwise TopK skip transcoders for ``--layers`` fitted here by least squares
+  (``sparsecodes.graphs.fit_transcoder``; no gradient training: large error nodes) on embedded
+  text plus IOI prompts of one seed.
+
+For held-out prompts of each ``--tasks`` task (IOI: correct name minus wrong name; greater-than:
+the model's top later tens digit minus its top earlier one; prompts of another seed) it builds the
+attribution graph, ablates its top-``k`` features by influence and ``--n-random`` draws of ``k``
+random active features (``sparsecodes.graphs.ablation_check``), and records for each set the
+graph's prediction (direct and total), the frozen replacement model's change, the real model's
+change, and the real model's change with attention patterns and/or norm scales held (which
+locates the gap). Each set is judged against the tolerance fixed before the run
+(``within_tolerance``): the real change has the predicted sign and
+``|real - predicted| <= tol * |predicted| + floor * |target value|``, with ``tol`` the square
+root of the transcoders' mean held-out FVU of the MLP output (the share of each MLP's output the
+graph holds frozen as error, in norm) and ``floor`` = 2% of the logit difference explained.
+
+Run: ``python benchmarks/graph_ablation_smollm2.py [--transcoders DIR | --layers 0,5,10] [--k 5,20]
+[--tasks ioi,greater-than]``; writes ``benchmarks/results/graph_ablation_smollm2.json`` (``--out``).
+One torch thread unless ``--threads``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
 import sys
@@ -27,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from graphs_smollm2 import collect
 from sparsecodes.circuits.metrics import roc_auc
-from sparsecodes.circuits.tasks import ioi
+from sparsecodes.circuits.tasks import greater_than, ioi
 from sparsecodes.data.corpus import embedded_texts
 from sparsecodes.files import write_json
 from sparsecodes.graphs import (
@@ -40,10 +55,38 @@ from sparsecodes.graphs import (
     prune,
     target_head_scores,
 )
+from sparsecodes.graphs.io import open_transcoders
+from sparsecodes.metrics import fvu
 from sparsecodes.models import load_model
 
 OUT = Path(__file__).parent / "results" / "graph_ablation_smollm2.json"
 CIRCUITS = Path(__file__).parent / "results" / "circuits_smollm2.json"
+FLOOR = 0.02  # of |target value|: changes below this are not judged for their size
+
+
+def within(row: dict, tol: float, floor: float) -> bool:
+    """The tolerance: the predicted sign (when the prediction exceeds the floor) and
+    ``|real - predicted| <= tol * |predicted| + floor``."""
+    pred, real = row["predicted"], row["real"]
+    sign_ok = abs(pred) <= floor or math.copysign(1, pred) == math.copysign(1, real)
+    return sign_ok and abs(real - pred) <= tol * abs(pred) + floor
+
+
+def gap_parts(rows: list[dict]) -> dict:
+    """Median |difference| between the stages prediction -> real model with attention and norms
+    held -> real, and the real model with only patterns or only norms held."""
+
+    def med(a: str, b: str) -> float | None:
+        v = [abs(r[a] - r[b]) for r in rows if r.get(a) is not None and r.get(b) is not None]
+        return statistics.median(v) if v else None
+
+    return {
+        "median_abs_real_minus_predicted": med("real", "predicted"),
+        "median_abs_frozen_attention_minus_predicted": med("real_frozen_attention", "predicted"),
+        "median_abs_real_minus_frozen_attention": med("real", "real_frozen_attention"),
+        "median_abs_real_minus_frozen_patterns": med("real", "real_frozen_patterns"),
+        "median_abs_real_minus_frozen_norms": med("real", "real_frozen_norms"),
+    }
 
 
 def summary(rows: list[dict]) -> dict:
@@ -75,131 +118,251 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
+def held_out(lm, task: str, n: int, avoid: set[str]) -> list[tuple[str, int, int]]:
+    """``(prompt, target id, contrast id)`` for ``n`` held-out positive prompts of ``task``."""
+    if task == "ioi":
+        ps = [p for p in ioi(lm.tokenizer, 4 * n, seed=1) if p.positive and p.text not in avoid]
+        return [(p.text, p.correct[0], p.wrong[0]) for p in ps[:n]]
+    if task == "greater-than":
+        ps = [p for p in greater_than(lm.tokenizer, 4 * n, seed=1) if p.positive]
+        out = []
+        for p in ps[:n]:  # the model's top later tens digit minus its top earlier one
+            last = lm.logits(lm.encode(p.text)[0])[0, -1]
+            out.append(
+                (
+                    p.text,
+                    max(p.correct, key=lambda i: float(last[i])),
+                    max(p.wrong, key=lambda i: float(last[i])),
+                )
+            )
+        return out
+    raise SystemExit(f"--tasks: unknown task {task!r}; use ioi and/or greater-than")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", default="0,5,10,15,20,25")
-    ap.add_argument("--n-latents", type=int, default=512)
-    ap.add_argument("--k-active", type=int, default=8, help="TopK of the transcoders")
+    ap.add_argument(
+        "--transcoders",
+        type=Path,
+        default=None,
+        help="directory of trained transcoders (one per MLP); default: fit by least squares",
+    )
+    ap.add_argument(
+        "--layers",
+        default=None,
+        help="MLPs with a transcoder, e.g. 0,5,10 or all [least squares: 0,5,10,15,20,25; "
+        "--transcoders: every one found]",
+    )
+    ap.add_argument("--n-latents", type=int, default=512, help="least-squares mode only")
+    ap.add_argument("--k-active", type=int, default=8, help="TopK (least-squares mode only)")
     ap.add_argument("--k", default="5,20", help="numbers of features ablated")
     ap.add_argument("--n-random", type=int, default=5)
     ap.add_argument("--fit-texts", type=int, default=24)
     ap.add_argument("--fit-ioi", type=int, default=24)
-    ap.add_argument("--prompts", type=int, default=6)
+    ap.add_argument("--fvu-texts", type=int, default=8, help="held-out texts for the FVU")
+    ap.add_argument("--tasks", default="ioi", help="comma-separated: ioi, greater-than")
+    ap.add_argument("--prompts", type=int, default=6, help="held-out prompts per task")
     ap.add_argument("--ctx", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
     lm = load_model("smollm2-135m", device="cpu")
-    layers = (
-        list(range(lm.n_layers)) if a.layers == "all" else [int(s) for s in a.layers.split(",")]
-    )
     ks = [int(s) for s in a.k.split(",")]
-    texts = [t for t in embedded_texts(400_000) if len(t) > 200][: a.fit_texts]
+    tasks = a.tasks.split(",")
+    all_texts = [t for t in embedded_texts(400_000) if len(t) > 200]
+    texts = all_texts[: a.fit_texts]
+    fvu_texts = all_texts[a.fit_texts : a.fit_texts + a.fvu_texts]
     fit_ioi = [p.text for p in ioi(lm.tokenizer, a.fit_ioi, seed=0)]
-    # held out: positive prompts of another seed that are not among the fitting prompts
-    held = [p for p in ioi(lm.tokenizer, 4 * a.prompts, seed=1) if p.positive]
-    held = [p for p in held if p.text not in set(fit_ioi)][: a.prompts]
     rm0 = ReplacementModel(lm, [])
     t0 = time.perf_counter()
-    x, y = collect(rm0, lm, texts + fit_ioi, a.ctx)
-    tcs = [
-        fit_transcoder(x[i], y[i], i, a.n_latents, k=a.k_active, seed=i, ridge=0.1) for i in layers
-    ]
-    fit_seconds = time.perf_counter() - t0
-    logging_rows: list[dict] = []
-    rm = ReplacementModel(lm, tcs)
-    per_prompt = []
-    heads_kept = torch.zeros(lm.n_layers, lm.n_heads)
-    heads_target = torch.zeros(lm.n_layers, lm.n_heads)
-    for n, p in enumerate(held):
-        tid, cid = p.correct[0], p.wrong[0]
-        run = rm.run(lm.encode(p.text)[0][0])
-        graph = attribute(rm, run, tid, cid)
-        sc = graph_scores(graph)
-        hs = head_scores(rm, run, graph, prune(graph))
-        heads_kept += hs / hs.sum()
-        ht = target_head_scores(rm, run, graph)
-        heads_target += ht / ht.sum()
-        entry = {
-            "prompt": p.text,
-            "target": lm.tokenizer.decode([tid]),
-            "contrast": lm.tokenizer.decode([cid]),
-            "target_value": float(graph.node_input[-1]),
-            "n_features": graph.n_features,
-            "attribution_seconds": round(graph.seconds, 2),
-            "replacement_score": sc.replacement,
-            "completeness_score": sc.completeness,
-            "by_k": {},
+    if a.transcoders is not None:
+        _, tcs = open_transcoders([a.transcoders], model="smollm2-135m")
+        if a.layers not in (None, "all"):
+            keep = {int(s) for s in a.layers.split(",")}
+            tcs = [tc for tc in tcs if int(tc.in_hook.split(".")[1]) in keep]
+        src = {
+            "from": str(a.transcoders),
+            "fit": "trained (sparsecodes train --transcoder / training.jobs.train_coders)",
+            "n_latents": sorted({int(tc.W_dec_out.shape[0]) for tc in tcs}),
+            "architecture": sorted({type(tc).__name__ for tc in tcs}),
         }
-        for k in ks:
-            chk = ablation_check(
-                lm, tcs, p.text, tid, cid, k=k, n_random=a.n_random, seed=n, graph=graph
-            )
-            entry["by_k"][str(k)] = chk.to_json()
-            logging_rows.append({"k": k, **chk.to_json()})
-        per_prompt.append(entry)
-        print(
-            n,
-            entry["target_value"],
-            {k: v["top"]["predicted"] for k, v in entry["by_k"].items()},
-            {k: v["top"]["real"] for k, v in entry["by_k"].items()},
-            flush=True,
+    else:
+        layers = (
+            list(range(lm.n_layers))
+            if a.layers == "all"
+            else [int(s) for s in (a.layers or "0,5,10,15,20,25").split(",")]
         )
-    summaries = {}
-    for k in ks:
-        rows = [r for r in logging_rows if r["k"] == k]
-        summaries[str(k)] = {
-            "top": summary([r["top"] for r in rows]),
-            "random": summary([x for r in rows for x in r["random"]]),
-        }
-    heads = {
-        "scores": "graph-derived head scores (graphs.heads), each prompt's normalised to sum 1"
-    }
-    if CIRCUITS.is_file():  # the mean-ablation reference of `sparsecodes circuit` on IOI
-        ref_run = json.loads(CIRCUITS.read_text())["runs"]["ioi/last-argmax"]
-        ref = {tuple(h) for h in ref_run["reference"]["heads"]}
-        for name, sc in (("kept_nodes", heads_kept), ("target_only", heads_target)):
-            scores = {
-                (i, j): float(sc[i, j]) for i in range(lm.n_layers) for j in range(lm.n_heads)
-            }
-            top = sorted(scores, key=scores.get, reverse=True)[: len(ref)]
-            heads[name] = {
-                "roc_auc": roc_auc(scores, ref),
-                "top_heads": [list(h) for h in top],
-                "top_in_reference": sum(h in ref for h in top),
-            }
-        heads["reference"] = {
-            "rule": ref_run["reference"]["rule"],
-            "heads": sorted(list(h) for h in ref),
-            "from": "benchmarks/results/circuits_smollm2.json (ioi, 24 pairs, seed 0 prompts)",
-        }
-    result = {
-        "model": "smollm2-135m",
-        "task": "ioi (correct name minus wrong name, last position)",
-        "transcoders": {
-            "layers": layers,
+        x, y = collect(rm0, lm, texts + fit_ioi, a.ctx)
+        tcs = [
+            fit_transcoder(x[i], y[i], i, a.n_latents, k=a.k_active, seed=i, ridge=0.1)
+            for i in layers
+        ]
+        src = {
+            "fit": "least squares (fit_transcoder), not gradient-trained",
             "n_latents": a.n_latents,
             "k": a.k_active,
-            "fit": "least squares (fit_transcoder), not gradient-trained",
             "fit_texts": len(texts),
             "fit_ioi_prompts": len(fit_ioi),
             "fit_tokens": int(x.shape[1]),
-            "fit_seconds": round(fit_seconds, 1),
-            "other_layers": "no transcoder: their MLP outputs are error nodes",
-        },
-        "held_out_prompts": len(held),
-        "ks": ks,
-        "n_random": a.n_random,
-        "summary": summaries,
-        "heads": heads,
-        "prompts": per_prompt,
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
-        "shared 2-core machine under load from other jobs",
-    }
-    write_json(a.out, result)
+        }
+        del x, y
+    setup_seconds = time.perf_counter() - t0
+    rm = ReplacementModel(lm, tcs)
+    layers = sorted(rm.transcoders)
+    # the tolerance, fixed before any ablation: sqrt of the mean held-out FVU of the MLP outputs
+    xh, yh = collect(rm0, lm, fvu_texts, a.ctx)
+    fvus = {}
+    for layer, tc in rm.transcoders.items():
+        pred = rm.transcoder_output(layer, tc.activate(tc.encode_pre(xh[layer])), xh[layer])
+        fvus[layer] = fvu(yh[layer], pred)
+    del xh, yh
+    # an MLP without a transcoder is all error (FVU 1)
+    mean_fvu = statistics.mean(fvus.get(i, 1.0) for i in range(lm.n_layers))
+    tol = math.sqrt(mean_fvu)
+    print(f"transcoders: layers {layers}; mean held-out FVU {mean_fvu:.3f}; tol {tol:.3f}")
+    rows_by: dict[tuple[str, int], list[dict]] = {}
+    per_prompt = []
+    heads_kept = torch.zeros(lm.n_layers, lm.n_heads)
+    heads_target = torch.zeros(lm.n_layers, lm.n_heads)
+
+    def report() -> tuple[dict, dict]:
+        """Write the results so far to ``--out`` (after every prompt: a cut run keeps them)."""
+        summaries: dict[str, dict] = {}
+        for (task, k), rows in rows_by.items():
+            top = [r["top"] for r in rows]
+            rnd = [x for r in rows for x in r["random"]]
+            summaries.setdefault(task, {})[str(k)] = {
+                "top": {
+                    **summary(top),
+                    **gap_parts(top),
+                    "within_tolerance": sum(r["within_tolerance"] for r in top),
+                },
+                "random": {
+                    **summary(rnd),
+                    **gap_parts(rnd),
+                    "within_tolerance": sum(r["within_tolerance"] for r in rnd),
+                },
+            }
+        heads = {
+            "scores": "graph-derived head scores (graphs.heads) over the IOI prompts, each prompt's "
+            "normalised to sum 1"
+        }
+        if CIRCUITS.is_file() and "ioi" in tasks:  # the mean-ablation reference of `circuit` on IOI
+            ref_run = json.loads(CIRCUITS.read_text())["runs"]["ioi/last-argmax"]
+            ref = {tuple(h) for h in ref_run["reference"]["heads"]}
+            for name, hsc in (("kept_nodes", heads_kept), ("target_only", heads_target)):
+                scores = {
+                    (i, j): float(hsc[i, j]) for i in range(lm.n_layers) for j in range(lm.n_heads)
+                }
+                top = sorted(scores, key=scores.get, reverse=True)[: len(ref)]
+                heads[name] = {
+                    "roc_auc": roc_auc(scores, ref),
+                    "top_heads": [list(h) for h in top],
+                    "top_in_reference": sum(h in ref for h in top),
+                }
+            heads["reference"] = {
+                "rule": ref_run["reference"]["rule"],
+                "heads": sorted(list(h) for h in ref),
+                "from": "benchmarks/results/circuits_smollm2.json (ioi, 24 pairs, seed 0 prompts)",
+            }
+        result = {
+            "model": "smollm2-135m",
+            "tasks": {
+                "ioi": "correct name minus wrong name, last position; held out: seed-1 prompts not "
+                "among the seed-0 fitting prompts",
+                "greater-than": "the model's top later tens digit minus its top earlier one; seed 1",
+            },
+            "transcoders": {
+                "layers": layers,
+                **src,
+                "setup_seconds": round(setup_seconds, 1),
+                "other_layers": "no transcoder: their MLP outputs are error nodes",
+                "held_out_fvu": {str(k): round(v, 4) for k, v in sorted(fvus.items())},
+                "fvu_texts": len(fvu_texts),
+            },
+            "tolerance": {
+                "rule": "the real change has the predicted sign (when |predicted| > floor) and "
+                "|real - predicted| <= tol * |predicted| + floor",
+                "tol": tol,
+                "tol_from": "sqrt(mean held-out FVU of the MLP outputs over all layers, 1 for an MLP "
+                "without a transcoder): the share, in norm, of each MLP's output the graph holds "
+                "frozen as error",
+                "floor": f"{FLOOR} * |target value| of the prompt",
+                "fixed": "before the run, from the transcoders alone",
+            },
+            "prompts_per_task": a.prompts,
+            "ks": ks,
+            "n_random": a.n_random,
+            "summary": summaries,
+            "heads": heads,
+            "prompts": per_prompt,
+            "wall_seconds": round(time.perf_counter() - t_start, 1),
+            "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
+            "shared 2-core machine under load from other jobs",
+            "load_average_at_end": list(os.getloadavg()),
+        }
+        write_json(a.out, result)
+        return summaries, heads
+
+    for task in tasks:
+        for n, (text, tid, cid) in enumerate(held_out(lm, task, a.prompts, set(fit_ioi))):
+            run = rm.run(lm.encode(text)[0][0])
+            graph = attribute(rm, run, tid, cid, batch_size=a.batch_size)
+            sc = graph_scores(graph)
+            entry = {
+                "task": task,
+                "prompt": text,
+                "target": lm.tokenizer.decode([tid]),
+                "contrast": lm.tokenizer.decode([cid]),
+                "target_value": float(graph.node_input[-1]),
+                "n_features": graph.n_features,
+                "attribution_seconds": round(graph.seconds, 2),
+                "replacement_score": sc.replacement,
+                "completeness_score": sc.completeness,
+                "by_k": {},
+            }
+            if task == "ioi":
+                hs = head_scores(rm, run, graph, prune(graph))
+                heads_kept += hs / hs.sum()
+                ht = target_head_scores(rm, run, graph)
+                heads_target += ht / ht.sum()
+            floor = FLOOR * abs(entry["target_value"])
+            for k in ks:
+                t1 = time.perf_counter()
+                chk = ablation_check(
+                    lm,
+                    tcs,
+                    text,
+                    tid,
+                    cid,
+                    k=k,
+                    n_random=a.n_random,
+                    seed=n,
+                    graph=graph,
+                    partly_frozen=True,
+                ).to_json()
+                for r in [chk["top"], *chk["random"]]:
+                    r["within_tolerance"] = within(r, tol, floor)
+                    r["floor"] = floor
+                chk["seconds"] = round(time.perf_counter() - t1, 2)
+                entry["by_k"][str(k)] = chk
+                rows_by.setdefault((task, k), []).append(chk)
+            per_prompt.append(entry)
+            print(
+                task,
+                n,
+                f"{entry['target_value']:.3f}",
+                graph.n_features,
+                f"{graph.seconds:.1f}s",
+                f"repl {sc.replacement:.3f} compl {sc.completeness:.3f}",
+                flush=True,
+            )
+            del graph, run
+            report()
+    summaries, heads = report()
     print(json.dumps(summaries, indent=1))
     print(json.dumps({k: v for k, v in heads.items() if k != "reference"}))
 

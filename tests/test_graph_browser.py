@@ -3,7 +3,8 @@
 Needs ``bash scripts/install_browser.sh``; skipped with the reason when it is missing (fails
 under ``CI=true``). A graph of a real prompt through the tiny llama, written next to a feature
 browser site for the coder of one layer: the graph renders, clicking one of that layer's feature
-nodes opens its latent page, clicking an error node shows its details.
+nodes opens its latent page, clicking an error node shows its details, the head scores are
+listed strongest first, and the site's index links to the graph page.
 """
 
 from __future__ import annotations
@@ -61,11 +62,33 @@ def test_graph_page_renders_and_nodes_open_their_feature(tmp_path):
         page.locator(f".node[data-id='{err['id']}']").click()
         assert page.locator(f"#details dl[data-node='{err['id']}']").count() == 1
         assert str(err["pos"]) in page.locator("#details").inner_text()
+        # head scores: the ten strongest heads, listed in order, and one grid cell per head
+        heads = data["heads"]
+        flat = sorted(
+            (
+                (v, f"{layer}.{h}")
+                for layer, row in enumerate(heads["scores"])
+                for h, v in enumerate(row)
+            ),
+            reverse=True,
+        )
+        rows = page.locator("#heads table.head-top tr[data-head]")
+        assert rows.count() == 10
+        assert rows.first.get_attribute("data-head") == flat[0][1]
+        assert page.locator("#heads table.head-grid td").count() == lm.n_layers * lm.n_heads
         page.screenshot(path=str(tmp_path / "graph.png"), full_page=True)
         # a feature of the browsed layer opens its latent page
         node = linked[0]
         page.locator(f".node[data-id='{node['id']}']").click()
         page.wait_for_url(f"**/latents/{node['feature']}.html")
         assert page.locator("h1").inner_text() == f"latent #{node['feature']}"
+        # the site's index links to the graph page, which it opens
+        page.goto((tmp_path / "index.html").as_uri())
+        link = page.locator("#graph-links a.graph-link")
+        assert link.count() == 1
+        assert link.get_attribute("href") == "graph.html"
+        link.click()
+        page.wait_for_url("**/graph.html")
+        assert page.locator("svg.graph .node").count() == len(data["nodes"])
         assert not errors, errors
         b.close()

@@ -12,6 +12,7 @@ from sparsecodes.graphs import (
     attribute,
     fit_transcoder,
     frozen_change,
+    partly_frozen_change,
     predicted_change,
     real_change,
     top_features,
@@ -122,3 +123,34 @@ def test_head_outputs_sum_to_attention_and_target_split_is_exact_at_the_last_lay
     scores = head_scores(rm, run, graph, prune(graph))
     assert scores.shape == (lm.n_layers, lm.n_heads) and bool((scores >= 0).all())
     assert float(scores.sum()) > 0
+
+
+def test_partly_frozen_change_with_nothing_frozen_is_the_real_change(lm, setup):
+    tcs, rm, run, graph, ids, tid, cid = setup
+    feats = graph.features[top_features(graph, 5)]
+    real = real_change(lm, tcs, ids, feats, tid, cid)
+    none = partly_frozen_change(rm, run, feats, tid, cid, freeze_patterns=False, freeze_norms=False)
+    # the same arithmetic as the model's forward; float32 rounding of logits of size ~1
+    assert abs(real) > 1e-3
+    assert none == pytest.approx(real, abs=1e-5)
+    # with nothing ablated and everything frozen the pass reproduces the model's logits
+    held = rm.real_logits(run, freeze_patterns=True, freeze_norms=True)
+    assert torch.allclose(held, run.logits, atol=1e-5)
+    # freezing changes the answer (attention and norms respond to the ablation)
+    both = partly_frozen_change(rm, run, feats, tid, cid)
+    assert abs(both - real) > 1e-4
+
+
+def test_partly_frozen_change_of_a_last_layer_feature_with_norms_frozen_is_the_prediction(
+    lm, setup
+):
+    """A feature of the last block at the target position reaches the logits only through the
+    final norm: with norm scales held the real change is exactly its edge (no MLP after it)."""
+    _, rm, run, graph, _, tid, cid = setup
+    last = (graph.features[:, 0] == 3).nonzero().squeeze(1)
+    at_end = last[graph.features[last, 1] == graph.n_pos - 1]
+    nodes = at_end[graph.adjacency[graph.target_index, at_end].abs().argmax()].view(1)
+    pred, _ = predicted_change(graph, nodes)
+    held = partly_frozen_change(rm, run, graph.features[nodes], tid, cid, freeze_patterns=False)
+    assert abs(pred) > 0.1
+    assert held == pytest.approx(pred, abs=1e-5 * (1 + abs(pred)))

@@ -217,6 +217,41 @@ def test_graph_cli_writes_the_documented_json_and_page(lm, tmp_path):
     assert res.exit_code != 0 and "single token" in res.output
 
 
+def test_graph_json_head_scores_are_the_graphs_normalised_head_scores(lm, setup):
+    from sparsecodes.graphs import build_graph, head_scores, target_head_scores
+
+    rm, run, graph, _ = setup
+    data = build_graph(lm, rm.transcoders.values(), PROMPTS[0], "M", "J")
+    want = head_scores(rm, run, graph, prune(graph))
+    got = torch.tensor(data["heads"]["scores"])
+    assert got.shape == (lm.n_layers, lm.n_heads)
+    assert torch.allclose(got, want / want.sum(), rtol=1e-4, atol=1e-7)
+    own = target_head_scores(rm, run, graph)
+    # rounded to 5 significant digits in the JSON
+    assert torch.allclose(torch.tensor(data["heads"]["target_only"]), own / own.sum(), rtol=1e-4)
+    assert "heads" not in build_graph(lm, rm.transcoders.values(), PROMPTS[0], "M", heads=False)
+
+
+def test_graph_pages_are_listed_once_each_in_the_sites_index(tmp_path):
+    from sparsecodes.graphs.viewer import register_graph
+
+    site = tmp_path / "site"
+    with pytest.raises(FileNotFoundError, match="sparsecodes browse"):
+        register_graph(site, tmp_path / "g" / "graph.html", "t")
+    (site / "data").mkdir(parents=True)
+    (site / "data" / "index.js").write_text("window.SC_INDEX = {};\n")
+    register_graph(site, tmp_path / "g" / "graph.html", "first </script>")
+    register_graph(site, site / "ioi.html", "second")
+    path = register_graph(site, tmp_path / "g" / "graph.html", "first again")  # updated, not added
+    text = path.read_text()
+    assert "</script>" not in text
+    entries = json.loads(text.removeprefix("window.SC_GRAPHS = ").rstrip().rstrip(";"))
+    assert entries == [
+        {"href": "ioi.html", "title": "second"},
+        {"href": "../g/graph.html", "title": "first again"},
+    ]
+
+
 @pytest.mark.slow
 def test_replacement_model_reproduces_smollm2_logits():
     require_model("smollm2-135m")

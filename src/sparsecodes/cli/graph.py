@@ -22,7 +22,7 @@ Each DIR is one layer's transcoder (reads blocks.{i}.mlp_in, writes blocks.{i}.m
 directory layout is in docs/graphs.md) or a directory of them. MLPs without a transcoder
 count wholly as error nodes.
 Writes OUT/graph.json (schema in docs/graphs.md) and OUT/graph.html (open it in a browser;
-feature nodes link to --browser sites). Prints the graph's size and its replacement and
+feature nodes link to --browser sites, whose index pages then list the graph). Prints the graph's size and its replacement and
 completeness scores.
 """
 
@@ -71,11 +71,14 @@ def graph(
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     pages: dict[int, str] = {}
+    sites: list[Path] = []
     for spec in browsers:
         layer, sep, site = spec.partition(":")
         if not sep or not layer.isdigit() or not Path(site).is_dir():
             raise click.UsageError(f"--browser {spec!r}: give LAYER:DIR with an existing DIR")
         pages[int(layer)] = os.path.relpath(Path(site) / "latents", out).replace(os.sep, "/") + "/"
+        if (Path(site) / "data" / "index.js").is_file():
+            sites.append(Path(site))
     adapter = load_model(model, device=dev)
     data = build_graph(
         adapter,
@@ -89,7 +92,7 @@ def graph(
         feature_pages=pages,
     )
     write_graph(out / "graph.json", data)
-    page = write_graph_page(data, out)
+    page = write_graph_page(data, out, sites=sites)
     size, sc, pr = data["size"], data["scores"], data["pruning"]
     click.echo(
         f"{size['n_features']} active features, {size['n_nodes']} nodes, {size['n_edges']} "

@@ -125,12 +125,12 @@ def attribute(
     adj = torch.zeros(n, n, device=dev, dtype=dt)
     node_input = torch.full((n,), float("nan"), device=dev, dtype=dt)
     bias = torch.zeros(n, device=dev, dtype=dt)
-    # per layer: which feature rows, their positions, their unique latents
-    by_layer: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+    # per layer: which feature rows, their positions, their decoder rows [n_layer_features, d]
+    by_layer: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
     for layer in sorted(run.codes):
         rows = (features[:, 0] == layer).nonzero().squeeze(1)
-        uniq, inv = features[rows, 2].unique(return_inverse=True)
-        by_layer[layer] = (rows, features[rows, 1], uniq, inv)
+        dec = rm.transcoders[layer].W_dec_out[features[rows, 2]]
+        by_layer[layer] = (rows, features[rows, 1], dec)
 
     def fill(rows: Tensor, top: int, g_emb: Tensor, g_out: list, g_mid: list) -> None:
         vals = torch.zeros(len(rows), n, device=dev, dtype=dt)
@@ -140,10 +140,11 @@ def attribute(
             col = nf + layer * T
             vals[:, col : col + T] = (g * run.error[layer]).sum(-1)
             if layer in by_layer:
-                cols, pos, uniq, inv = by_layer[layer]
+                cols, pos, dec = by_layer[layer]
+                # each source feature's decoder row against the gradient at its own position
+                m = torch.einsum("bkd,kd->bk", g[:, pos], dec)  # [B, n_layer_features]
+                vals[:, cols] = m * activations[cols]
                 tc = rm.transcoders[layer]
-                m = g @ tc.W_dec_out[uniq].T  # [B, T, u]
-                vals[:, cols] = m[:, pos, inv] * activations[cols]
                 b += g.sum(1) @ tc.b_dec_out
         for layer in range(min(top + 1, L)):
             ab = rm.attn_bias(layer)
@@ -170,7 +171,7 @@ def attribute(
         bias[tgt] += rm.b_U[target_id] - (rm.b_U[contrast_id] if contrast_id is not None else 0)
     done += 1
     # features: the gradient of each pre-activation at its layer's MLP input
-    for layer, (rows, pos, _, _) in by_layer.items():
+    for layer, (rows, pos, _) in by_layer.items():
         w_enc, b_enc = rm.enc[layer]
         for s in range(0, len(rows), batch_size):
             r, p = rows[s : s + batch_size], pos[s : s + batch_size]

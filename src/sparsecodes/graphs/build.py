@@ -6,7 +6,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from torch import Tensor
+
 from sparsecodes.graphs.attribution import attribute
+from sparsecodes.graphs.heads import head_scores, target_head_scores
 from sparsecodes.graphs.io import graph_json
 from sparsecodes.graphs.prune import graph_scores, prune
 from sparsecodes.graphs.replacement import ReplacementModel
@@ -30,6 +33,12 @@ def single_token(adapter: ModelAdapter, text: str) -> int:
     return int(ids[0])
 
 
+def _normalised(scores: Tensor) -> list[list[float]]:
+    """``[L, H]`` scores divided by their sum, rounded for JSON."""
+    total = float(scores.sum())
+    return [[float(f"{float(v) / total:.5g}") if total > 0 else 0.0 for v in row] for row in scores]
+
+
 def build_graph(
     adapter: ModelAdapter,
     transcoders: Sequence[Transcoder],
@@ -42,13 +51,16 @@ def build_graph(
     batch_size: int = 64,
     all_nodes: bool = False,
     feature_pages: Mapping[int, str] | None = None,
+    heads: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The attribution graph of ``prompt`` for the logit of ``target`` (minus ``contrast``'s) at
     the last position, pruned and scored, as the JSON dict of docs/graphs.md.
 
     ``feature_pages`` maps a layer to the URL prefix of its coder's feature-browser pages
-    (``{prefix}{latent}.html``); its feature nodes then link there.
+    (``{prefix}{latent}.html``); its feature nodes then link there. With ``heads`` the JSON
+    carries the graph's attention-head scores (:func:`~sparsecodes.graphs.head_scores`, and the
+    target's own term), each normalised to sum 1, as ``heads``.
     """
     tid = single_token(adapter, target)
     cid = single_token(adapter, contrast) if contrast is not None else None
@@ -79,6 +91,15 @@ def build_graph(
         ],
         all_nodes=all_nodes,
     )
+    if heads:
+        kept = head_scores(rm, run, graph, pr)
+        own = target_head_scores(rm, run, graph)
+        data["heads"] = {
+            "n_layers": rm.L,
+            "n_heads": rm.H,
+            "scores": _normalised(kept),
+            "target_only": _normalised(own),
+        }
     pages = feature_pages or {}
     for node in data["nodes"]:
         if node["kind"] == "feature" and node["layer"] in pages:

@@ -16,7 +16,7 @@ Shapes: ``T`` positions, ``d`` d_model, ``L`` layers, ``H`` query heads, ``n`` l
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -120,55 +120,17 @@ class ReplacementModel:
     def run(self, input_ids: Tensor) -> ReplacementRun:
         """Run ``input_ids`` ``[T]`` (or ``[1, T]``) through the model, freezing what is frozen."""
         ids = input_ids.reshape(-1).to(self.adapter.device)
-        T = len(ids)
-        x = self.embed_tokens(ids[None])[0]
-        embed = x.clone()
-        pos = torch.arange(T, device=x.device)[None]
-        cos, sin = (t[0] for t in self.rotary(x[None], pos))
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        a_s, m_s, pats, m_in, m_out = [], [], [], [], []
-        for block in self.adapter.blocks:
-            at = block.self_attn
-            eps1 = block.input_layernorm.variance_epsilon
-            s1 = torch.rsqrt(x.float().pow(2).mean(-1) + eps1).to(x.dtype)
-            a_in = block.input_layernorm.weight * (x * s1[:, None])
-            q = at.q_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
-            k = at.k_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
-            v = at.v_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
-            if hasattr(at, "q_norm"):
-                q, k = at.q_norm(q), at.k_norm(k)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            rep = self.H // k.shape[0]
-            k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
-            scores = (q @ k.transpose(-1, -2)) * at.scaling
-            scores = scores.masked_fill(~causal, float("-inf"))
-            pat = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # [H, T, T]
-            z = (pat @ v).transpose(0, 1).reshape(T, -1)
-            x = x + at.o_proj(z)
-            norm = block.post_attention_layernorm
-            s2 = torch.rsqrt(x.float().pow(2).mean(-1) + norm.variance_epsilon).to(x.dtype)
-            mi = norm.weight * (x * s2[:, None])
-            mo = block.mlp(mi)
-            x = x + mo
-            a_s.append(s1)
-            m_s.append(s2)
-            pats.append(pat)
-            m_in.append(mi)
-            m_out.append(mo)
-        sf = torch.rsqrt(x.float().pow(2).mean(-1) + self.eps_final).to(x.dtype)
-        logits = (self.g_final * (x * sf[:, None])) @ self.W_U.T
-        if self.b_U is not None:
-            logits = logits + self.b_U
+        rec: dict[str, list[Tensor]] = {k: [] for k in ("s1", "s2", "pat", "mi", "mo")}
+        logits, embed, sf = self._pass(ids, record=rec)
         run = ReplacementRun(
             ids,
             embed,
-            torch.stack(a_s),
-            torch.stack(m_s),
+            torch.stack(rec["s1"]),
+            torch.stack(rec["s2"]),
             sf,
-            torch.stack(pats),
-            torch.stack(m_in),
-            torch.stack(m_out),
+            torch.stack(rec["pat"]),
+            torch.stack(rec["mi"]),
+            torch.stack(rec["mo"]),
             logits,
         )
         err = run.mlp_out.clone()
@@ -179,6 +141,92 @@ class ReplacementModel:
             err[layer] -= self.transcoder_output(layer, codes, run.mlp_in[layer])
         run.error = err
         return run
+
+    @torch.no_grad()
+    def real_logits(
+        self,
+        run: ReplacementRun,
+        *,
+        freeze_patterns: bool = False,
+        freeze_norms: bool = False,
+        mlp_edit: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Logits ``[T, V]`` of the model itself on ``run``'s prompt (real MLPs, recomputed
+        attention and norms), with ``run``'s attention patterns (``freeze_patterns``) and/or
+        RMSNorm scales (``freeze_norms``: all of them, the final one included) held instead.
+        ``mlp_edit(layer, mlp_in [T, d], mlp_out [T, d]) -> mlp_out`` changes an MLP's output
+        (e.g. an ablation through a transcoder). Nothing frozen and no edit: the model's logits.
+        """
+        return self._pass(
+            run.input_ids,
+            frozen=run,
+            freeze_patterns=freeze_patterns,
+            freeze_norms=freeze_norms,
+            mlp_edit=mlp_edit,
+        )[0]
+
+    def _pass(
+        self,
+        ids: Tensor,
+        *,
+        frozen: ReplacementRun | None = None,
+        freeze_patterns: bool = False,
+        freeze_norms: bool = False,
+        mlp_edit: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+        record: dict[str, list[Tensor]] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's forward pass on ``ids`` ``[T]`` with its own modules: ``(logits [T, V],
+        embeddings [T, d], final norm scale [T])``; optionally patterns/norm scales taken from
+        ``frozen``, MLP outputs edited, and per-layer quantities appended to ``record``."""
+        T = len(ids)
+        x = self.embed_tokens(ids[None])[0]
+        embed = x.clone()
+        pos = torch.arange(T, device=x.device)[None]
+        cos, sin = (t[0] for t in self.rotary(x[None], pos))
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+
+        def scale(v: Tensor, eps: float, fixed: Tensor | None) -> Tensor:
+            if fixed is not None:
+                return fixed
+            return torch.rsqrt(v.float().pow(2).mean(-1) + eps).to(v.dtype)
+
+        for layer, block in enumerate(self.adapter.blocks):
+            fr = frozen if freeze_norms else None
+            at = block.self_attn
+            s1 = scale(x, block.input_layernorm.variance_epsilon, fr and fr.attn_scale[layer])
+            a_in = block.input_layernorm.weight * (x * s1[:, None])
+            v = at.v_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
+            if freeze_patterns and frozen is not None:
+                pat = frozen.patterns[layer]
+            else:
+                q = at.q_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
+                k = at.k_proj(a_in).view(T, -1, self.d_head).transpose(0, 1)
+                if hasattr(at, "q_norm"):
+                    q, k = at.q_norm(q), at.k_norm(k)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+                k = k.repeat_interleave(self.H // k.shape[0], 0)
+                scores = (q @ k.transpose(-1, -2)) * at.scaling
+                scores = scores.masked_fill(~causal, float("-inf"))
+                pat = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # [H, T, T]
+            v = v.repeat_interleave(self.H // v.shape[0], 0)
+            z = (pat @ v).transpose(0, 1).reshape(T, -1)
+            x = x + at.o_proj(z)
+            norm = block.post_attention_layernorm
+            s2 = scale(x, norm.variance_epsilon, fr and fr.mlp_scale[layer])
+            mi = norm.weight * (x * s2[:, None])
+            mo = block.mlp(mi)
+            if mlp_edit is not None:
+                mo = mlp_edit(layer, mi, mo)
+            x = x + mo
+            if record is not None:
+                for key, val in (("s1", s1), ("s2", s2), ("pat", pat), ("mi", mi), ("mo", mo)):
+                    record[key].append(val)
+        sf = scale(x, self.eps_final, frozen.final_scale if freeze_norms and frozen else None)
+        logits = (self.g_final * (x * sf[:, None])) @ self.W_U.T
+        if self.b_U is not None:
+            logits = logits + self.b_U
+        return logits, embed, sf
 
     def transcoder_output(self, layer: int, codes: Tensor, mlp_in: Tensor) -> Tensor:
         """``codes @ W_dec_out + b_dec_out (+ mlp_in @ W_skip)``: ``[T, d]``."""

@@ -18,6 +18,11 @@ For a set ``S`` of active features of an :class:`~sparsecodes.graphs.Attribution
   output becomes ``mlp_out - a_j W_dec_out[j]``, attention and norms are recomputed, later MLPs
   run for real, and later transcoders read the changed inputs. The gap to the prediction is what
   the linear, frozen picture misses.
+- **real with attention and/or norms frozen** (:func:`partly_frozen_change`): the real model
+  (real MLPs, the same ablation) with the prompt's attention patterns and/or RMSNorm scales held
+  at their clean values. Between the frozen replacement model and the real model it splits the
+  gap: frozen -> both frozen is what the MLPs' real response (error terms, gates) adds; both
+  frozen -> real is what recomputed attention and norms add.
 
 :func:`ablation_check` does all three for the top-``k`` features of a prompt's graph (by influence
 on the target, :func:`~sparsecodes.graphs.prune.influence`) and for random active features of the
@@ -48,6 +53,7 @@ __all__ = [
     "AblationResult",
     "ablation_check",
     "frozen_change",
+    "partly_frozen_change",
     "predicted_change",
     "real_change",
     "top_features",
@@ -152,6 +158,39 @@ def real_change(
     return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
 
 
+@torch.no_grad()
+def partly_frozen_change(
+    rm: ReplacementModel,
+    run: ReplacementRun,
+    features: Tensor,
+    target_id: int,
+    contrast_id: int | None = None,
+    *,
+    freeze_patterns: bool = True,
+    freeze_norms: bool = True,
+) -> float:
+    """The change of the target in the real model (real MLPs; ``features`` ``[k, 3]`` ablated
+    through their transcoders as in :func:`real_change`) with ``run``'s attention patterns and/or
+    RMSNorm scales held. With neither held it is :func:`real_change`."""
+    by_layer = _by_layer(features)
+
+    def edit(layer: int, mlp_in: Tensor, mlp_out: Tensor) -> Tensor:
+        items = by_layer.get(layer)
+        if not items:
+            return mlp_out
+        tc = rm.transcoders[layer]
+        pos = torch.tensor([p for p, _ in items], device=mlp_in.device)
+        lat = torch.tensor([j for _, j in items], device=mlp_in.device)
+        codes = tc.activate(tc.encode_pre(mlp_in[pos]))  # [k, n] at the ablated positions
+        delta = codes[torch.arange(len(items)), lat, None] * tc.W_dec_out[lat]  # [k, d]
+        return mlp_out.index_add(0, pos, -delta.to(mlp_out.dtype))
+
+    kw = {"freeze_patterns": freeze_patterns, "freeze_norms": freeze_norms}
+    base = rm.real_logits(run, **kw)
+    out = rm.real_logits(run, mlp_edit=edit, **kw)
+    return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
+
+
 def top_features(graph: AttributionGraph, k: int) -> Tensor:
     """Indices ``[k]`` of the ``k`` feature nodes of most influence on the target."""
     infl = influence(normalise_rows(graph.adjacency), target_weights(graph))[: graph.n_features]
@@ -171,6 +210,13 @@ class AblationResult:
     predicted_direct: float
     frozen: float
     real: float
+    real_frozen_attention: float | None = None
+    """Real model with the prompt's attention patterns and norm scales held
+    (:func:`partly_frozen_change`); None when not measured."""
+    real_frozen_patterns: float | None = None
+    """Real model with only the attention patterns held."""
+    real_frozen_norms: float | None = None
+    """Real model with only the RMSNorm scales held."""
 
     @property
     def relative_error(self) -> float:
@@ -213,11 +259,14 @@ def ablation_check(
     seed: int = 0,
     batch_size: int = 64,
     graph: AttributionGraph | None = None,
+    partly_frozen: bool = False,
 ) -> AblationCheck:
     """Build ``prompt``'s graph (or take ``graph``), ablate its top-``k`` features by influence
     and ``n_random`` draws of ``k`` random active features (seeded by ``seed``); for each set the
     graph's prediction, the frozen replacement model's change and the real model's change.
-    ``target``/``contrast`` are single tokens (text, e.g. ``" Mary"``, or token ids)."""
+    ``target``/``contrast`` are single tokens (text, e.g. ``" Mary"``, or token ids). With
+    ``partly_frozen`` each set also gets the real model's change with attention patterns and/or
+    norm scales held (:func:`partly_frozen_change`), which locates the gap."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
@@ -237,7 +286,7 @@ def ablation_check(
     def result(kind: str, nodes: Tensor) -> AblationResult:
         feats = graph.features[nodes.to(graph.features.device)]
         pred, direct = predicted_change(graph, nodes)
-        return AblationResult(
+        res = AblationResult(
             kind,
             feats.tolist(),
             pred,
@@ -245,6 +294,17 @@ def ablation_check(
             frozen_change(rm, run, feats, tid, cid),
             real_change(adapter, transcoders, ids, feats, tid, cid),
         )
+        if partly_frozen:
+            for attr, fp, fn in (
+                ("real_frozen_attention", True, True),
+                ("real_frozen_patterns", True, False),
+                ("real_frozen_norms", False, True),
+            ):
+                ch = partly_frozen_change(
+                    rm, run, feats, tid, cid, freeze_patterns=fp, freeze_norms=fn
+                )
+                setattr(res, attr, ch)
+        return res
 
     g = generator(seed, "graph ablation random features")
     draws = [torch.randperm(graph.n_features, generator=g)[:k] for _ in range(n_random)]

@@ -107,4 +107,38 @@
     nodeLayer.appendChild(shape);
   });
   SC.fill(document.getElementById("canvas"), [root]);
+  // head scores: the share of the kept nodes' inputs (influence-weighted) through each head
+  var HD = G.heads, hbox = document.getElementById("heads");
+  if (HD && hbox) {
+    var flat = [];
+    HD.scores.forEach(function (row, l) {
+      row.forEach(function (v, h) {
+        flat.push({ l: l, h: h, v: v, t: HD.target_only ? HD.target_only[l][h] : null });
+      });
+    });
+    var ranked = flat.slice().sort(function (a, b) { return b.v - a.v; });
+    var top = ranked.slice(0, 10), hmax = ranked.length ? ranked[0].v : 1;
+    var list = el("table", { "class": "head-top" }, [el("tr", null, [
+      el("th", null, ["head"]), el("th", null, ["score"]), el("th", null, ["target only"])])]
+      .concat(top.map(function (c) {
+        return el("tr", { "data-head": c.l + "." + c.h }, [el("td", null, ["L" + c.l + ".H" + c.h]),
+          el("td", { "class": "num" }, [fmt(c.v, 3)]), el("td", { "class": "num" }, [fmt(c.t, 3)])]);
+      })));
+    var grid = el("table", { "class": "head-grid" });
+    var header = [el("th", null, [""])];
+    for (var hh = 0; hh < HD.n_heads; hh++) header.push(el("th", null, ["H" + hh]));
+    grid.appendChild(el("tr", null, header));
+    for (var ll = HD.n_layers - 1; ll >= 0; ll--) {
+      var cellsRow = [el("th", null, ["L" + ll])];
+      HD.scores[ll].forEach(function (v, h) {
+        var td = el("td", { title: "L" + ll + ".H" + h + ": " + fmt(v, 3) });
+        td.style.background = "rgba(124, 58, 237, " + Math.max(0, Math.min(1, v / (hmax || 1))).toFixed(3) + ")";
+        cellsRow.push(td);
+      });
+      grid.appendChild(el("tr", null, cellsRow));
+    }
+    SC.fill(hbox, [el("p", { "class": "small" }, ["share of the kept nodes' inputs (weighted by " +
+      "their influence on the target) passing through each head, summing to 1; 'target only': " +
+      "the target's own input"]), list, grid]);
+  }
 })();

@@ -65,6 +65,17 @@
   if (location.protocol === "file:") {
     var l = document.getElementById("live-link"); if (l) l.title = "run: sparsecodes serve SAE_DIR";
   }
+  // attribution-graph pages registered with this site (data/graphs.js, by sparsecodes graph)
+  var graphLinks = document.getElementById("graph-links"), graphs = window.SC_GRAPHS || [];
+  if (graphLinks && graphs.length) {
+    SC.fill(graphLinks, [graphs.length === 1 ? "graph: " : "graphs: "].concat(graphs.filter(
+      function (g) { return typeof g.href === "string" && !/^[a-z][a-z0-9+.-]*:/i.test(g.href); }
+    ).map(function (g, i) {
+      var t = String(g.title || g.href);
+      return el("a", { href: g.href, title: t, "class": "graph-link" },
+        [(i ? " " : "") + (t.length > 60 ? t.slice(0, 57) + "..." : t)]);
+    })));
+  }
   var h = decodeURIComponent(location.hash.slice(1)); if (h) search.value = h;
   render();
 })();
