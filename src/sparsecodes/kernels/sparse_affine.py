@@ -31,6 +31,7 @@ each chunk's pre-activations stay in cache was measured and is slower on CPU: th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Literal
 
@@ -201,22 +202,68 @@ class SelectedAffine(GatherAffine):
         return values.to(W_enc.dtype, copy=True)
 
 
+_WORKSPACE = threading.local()
+
+
+def workspace(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """An uninitialised scratch tensor, reused by later calls with the same ``name``, shape, dtype
+    and device in the same thread (CPU only; elsewhere a fresh one).
+
+    On CPU a fresh large tensor is memory the kernel must fault in page by page (tens of ms for
+    the ``[4096, 4608]`` pre-activations, more under memory pressure or in a VM); the matmul into a
+    reused buffer skips that. The caller must not let the tensor escape: the next call with the
+    same name overwrites it. :func:`release_workspace` frees this thread's buffers.
+    """
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    bufs = getattr(_WORKSPACE, "bufs", None)
+    if bufs is None:
+        bufs = _WORKSPACE.bufs = {}
+    t = bufs.get(name)
+    if t is None or t.shape != torch.Size(shape) or t.dtype != dtype or t.device != device:
+        bufs[name] = t = None  # free the old one first
+        bufs[name] = t = torch.empty(shape, dtype=dtype, device=device)
+    return t
+
+
+def release_workspace() -> None:
+    """Free the scratch buffers :func:`workspace` keeps for the calling thread."""
+    _WORKSPACE.bufs = {}
+
+
 @torch.no_grad()
 def folded_preacts(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype | None = None
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    dtype: torch.dtype | None = None,
+    *,
+    scratch: bool = False,
 ) -> Tensor:
     """``[batch, n_latents]`` pre-activations ``(x - b_dec) @ W_enc + b_enc`` as one matmul with
     both biases folded in (``[x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``), in ``dtype``
-    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding."""
+    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding. ``scratch=True``
+    computes into :func:`workspace` buffers (the result is overwritten by the next such call)."""
     dtype = dtype or W_enc.dtype
     with torch.autocast(x.device.type, enabled=False):
-        batch, d_in = x.shape
-        bias = (b_enc - b_dec.to(W_enc.dtype) @ W_enc).to(dtype)  # [N]
-        x1 = torch.empty(batch, d_in + 1, dtype=dtype, device=x.device)
+        (batch, d_in), n = x.shape, W_enc.shape[1]
+        bias = b_enc - b_dec.to(W_enc.dtype) @ W_enc  # [N]
+        if scratch:
+            x1 = workspace("folded_x", (batch, d_in + 1), dtype, x.device)
+            w1 = workspace("folded_w", (d_in + 1, n), dtype, x.device)
+            out = workspace("folded_pre", (batch, n), dtype, x.device)
+        else:
+            x1 = torch.empty(batch, d_in + 1, dtype=dtype, device=x.device)
+            w1 = torch.empty(d_in + 1, n, dtype=dtype, device=x.device)
+            out = torch.empty(batch, n, dtype=dtype, device=x.device)
         x1[:, :d_in] = x
         x1[:, d_in] = 1
-        w1 = torch.cat([W_enc.to(dtype), bias[None]], dim=0)  # [d_in + 1, N]
-        return x1 @ w1
+        w1[:d_in] = W_enc
+        w1[d_in] = bias
+        return torch.mm(x1, w1, out=out)
 
 
 def encode_row_topk(
@@ -254,7 +301,7 @@ def encode_row_topk(
         )
         return values.view(batch, width[0]), cols.view(batch, width[0]), width[0] - k
     with torch.no_grad():
-        pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype)
+        pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype, scratch=True)
         vals, cols = pre.topk(k, dim=1, sorted=False)
         k_aux = 0
         if dead_idx is not None and aux_k > 0 and dead_idx.numel() > 0:
