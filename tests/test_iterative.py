@@ -157,6 +157,22 @@ def test_omp_recovers_codes_exactly():
     assert ((z != 0).sum(dim=1) <= k).all()
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_omp_gram_correlations_pick_the_same_atoms_as_residual_products(monkeypatch, nonneg):
+    from sparsecodes.encoders import pursuit
+
+    x, _, atoms = sparse_problem(64, 24, 4, 256, seed=4)
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    D = Dictionary.from_atoms(atoms)
+    enc = make_encoder("omp", 24, 64, k=6, nonneg=nonneg)
+    z_gram = to_dense(enc.encode(x, D))  # 64^2 <= _FULL_GRAM_MAX: Gram correlations
+    monkeypatch.setattr(pursuit, "_FULL_GRAM_MAX", 0)  # res @ W^T every step
+    z_res = to_dense(enc.encode(x, D))
+    assert ((z_gram != 0).sum(dim=1) == 6).float().mean() > 0.9  # noise: full supports
+    assert torch.equal(z_gram != 0, z_res != 0)
+    torch.testing.assert_close(z_gram, z_res, rtol=1e-4, atol=1e-5)
+
+
 def test_omp_stops_on_exact_fit_and_tol():
     x, _, atoms = sparse_problem(32, 24, 3, 256, seed=2)
     D = Dictionary.from_atoms(atoms)
