@@ -280,3 +280,18 @@ def test_encode_row_topk_fast_selects_exact_fp32_topk_and_aux(with_dead):
     )
     assert torch.equal(cols.sort(dim=1).values, cols_e.sort(dim=1).values)
     torch.testing.assert_close(vals.sort(dim=1).values, vals_e.sort(dim=1).values)
+
+
+def test_workspace_reuses_buffer_per_name_and_shape_and_caps_size(monkeypatch):
+    from sparsecodes.kernels import sparse_affine
+
+    sparse_affine.release_workspace()
+    a = sparse_affine.workspace("t", (4, 5), torch.float32, torch.device("cpu"))
+    assert sparse_affine.workspace("t", (4, 5), torch.float32, torch.device("cpu")) is a
+    b = sparse_affine.workspace("t", (4, 6), torch.float32, torch.device("cpu"))
+    assert b is not a and b.shape == (4, 6)
+    monkeypatch.setattr(sparse_affine, "WORKSPACE_MAX_BYTES", 16)
+    big = sparse_affine.workspace("u", (4, 5), torch.float32, torch.device("cpu"))
+    assert sparse_affine.workspace("u", (4, 5), torch.float32, torch.device("cpu")) is not big
+    sparse_affine.release_workspace()
+    assert sparse_affine.workspace("t", (4, 6), torch.float32, torch.device("cpu")) is not b

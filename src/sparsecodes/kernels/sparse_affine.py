@@ -31,6 +31,7 @@ each chunk's pre-activations stay in cache was measured and is slower on CPU: th
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Literal
@@ -204,19 +205,24 @@ class SelectedAffine(GatherAffine):
 
 _WORKSPACE = threading.local()
 
+#: :func:`workspace` keeps no buffer larger than this (a bigger request gets a fresh tensor)
+WORKSPACE_MAX_BYTES = 256 * 2**20
+
 
 def workspace(
     name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     """An uninitialised scratch tensor, reused by later calls with the same ``name``, shape, dtype
-    and device in the same thread (CPU only; elsewhere a fresh one).
+    and device in the same thread (CPU only, up to :data:`WORKSPACE_MAX_BYTES`; otherwise a fresh
+    one).
 
     On CPU a fresh large tensor is memory the kernel must fault in page by page (tens of ms for
     the ``[4096, 4608]`` pre-activations, more under memory pressure or in a VM); the matmul into a
     reused buffer skips that. The caller must not let the tensor escape: the next call with the
     same name overwrites it. :func:`release_workspace` frees this thread's buffers.
     """
-    if torch.device(device).type != "cpu":
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cpu" or size > WORKSPACE_MAX_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
     bufs = getattr(_WORKSPACE, "bufs", None)
     if bufs is None:
