@@ -32,8 +32,9 @@ models live on the device, each timed step ends with ``torch.cuda.synchronize``,
 records the device name. sparsecodes then uses bf16 autocast (``TrainConfig.autocast="auto"``) in
 the ``sparsecodes`` row and fp32 in the ``-fp32`` rows; peers run in fp32 as configured here.
 
-The CPU may be shared: the JSON records the load average before and after. Re-run on a quiet
-machine for publishable numbers::
+The CPU may be shared: the tools' steps are interleaved batch by batch (``--sequential`` to run
+one tool after another), and the JSON records the load average before and after. Re-run on a
+quiet machine for publishable numbers::
 
     python benchmarks/bench_topk_training.py --warmup 3 --steps 20
     python benchmarks/bench_topk_training.py --device cuda --out benchmarks/results/topk_training_gpu.json
@@ -215,49 +216,69 @@ def sparsify_tool(args):
 
 
 # ---------------------------------------------------------------------------- harness
-def run_tool(
-    name: str,
-    build: Callable,
+def run_tools(
+    names: list[str],
+    builders: dict[str, Callable],
     batches: list[torch.Tensor],
     x_eval: torch.Tensor,
     warmup: int,
     device: torch.device,
-) -> dict:
+    interleave: bool = True,
+) -> list[dict]:
+    """Time every tool's step on every batch; one result row per tool.
+
+    ``interleave`` (default): all tools are built first, then batch ``i`` is stepped by each tool
+    in turn before batch ``i + 1``, so a change of machine load during the run hits every tool
+    alike (the ratios stay comparable on a shared machine); otherwise each tool runs all its
+    batches before the next tool starts."""
     from sparsecodes.devices import synchronize
 
-    step, reconstruct, info = build()
-    l0_fn = info.pop("l0_fn", None)
-    times = []
-    for i, x in enumerate(batches):
+    def time_step(step: Callable, x: torch.Tensor) -> float:
         synchronize(device)
         t0 = time.perf_counter()
         step(x)
         synchronize(device)
-        dt = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt)
-    batch = batches[0].shape[0]
-    med = statistics.median(times)
-    res = {
-        "tool": name,
-        **info,
-        "step_ms_median": 1e3 * med,
-        "step_ms_min": 1e3 * min(times),
-        "step_ms_mean": 1e3 * statistics.fmean(times),
-        "tokens_per_s": batch / med,
-        "tokens_per_s_best": batch / min(times),
-        "timed_steps": len(times),
-        "train_tokens": batch * len(batches),
-        "fvu_eval": fvu(x_eval, reconstruct(x_eval)),
-    }
-    if l0_fn is not None:
-        res["l0_eval"] = l0_fn(x_eval)
-    print(
-        f"{name:26s} {res['step_ms_median']:8.1f} ms/step  {res['tokens_per_s']:9.0f} tok/s  "
-        f"FVU {res['fvu_eval']:.4f}",
-        flush=True,
-    )
-    return res
+        return time.perf_counter() - t0
+
+    def row(name: str, built: tuple, times: list[float]) -> dict:
+        _step, reconstruct, info = built
+        l0_fn = info.pop("l0_fn", None)
+        batch = batches[0].shape[0]
+        med = statistics.median(times)
+        res = {
+            "tool": name,
+            **info,
+            "step_ms_median": 1e3 * med,
+            "step_ms_min": 1e3 * min(times),
+            "step_ms_mean": 1e3 * statistics.fmean(times),
+            "tokens_per_s": batch / med,
+            "tokens_per_s_best": batch / min(times),
+            "timed_steps": len(times),
+            "train_tokens": batch * len(batches),
+            "fvu_eval": fvu(x_eval, reconstruct(x_eval)),
+        }
+        if l0_fn is not None:
+            res["l0_eval"] = l0_fn(x_eval)
+        print(
+            f"{name:26s} {res['step_ms_median']:8.1f} ms/step  {res['tokens_per_s']:9.0f} tok/s  "
+            f"FVU {res['fvu_eval']:.4f}",
+            flush=True,
+        )
+        return res
+
+    if not interleave:
+        out = []
+        for name in names:
+            built = builders[name]()
+            times = [time_step(built[0], x) for x in batches]
+            out.append(row(name, built, times[warmup:]))
+        return out
+    built = {name: builders[name]() for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for x in batches:
+        for name in names:
+            times[name].append(time_step(built[name][0], x))
+    return [row(name, built[name], times[name][warmup:]) for name in names]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -286,6 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="comma-separated registered SAE-style encoders (amortised, or iterative trained "
         "end to end such as mp_sae) to time as 'encoder:<name>' rows; "
         "'all' (default): every one registered except topk (the 'sparsecodes' row); 'none'",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run each tool's steps before the next tool's (default: interleaved, batch by "
+        "batch, so load changes on a shared machine hit all tools alike)",
     )
     p.add_argument("--out", type=Path, default=RESULT)
     p.add_argument(
@@ -338,7 +365,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = os.getloadavg()
     t_start = time.time()
-    results = [run_tool(t, builders[t], batches, x_eval, args.warmup, args.device) for t in wanted]
+    results = run_tools(
+        wanted, builders, batches, x_eval, args.warmup, args.device, not args.sequential
+    )
     by = {r["tool"]: r for r in results}
     ratios = {}
     if "sparsecodes" in by:

@@ -80,6 +80,64 @@ def test_fista_restart_is_monotone_and_beats_ista(problem):
     assert ((plain[1:] - plain[:-1]) > 1e-5).any()
 
 
+def _fista_reference(x, D, l1, iters, nonneg, momentum, restart):
+    """Plain out-of-place (F)ISTA with per-row function-value restart, written from the maths."""
+    W = D.W_dec.detach()
+    r = x - D.b_dec.detach()
+    inv_L = 1.0 / torch.linalg.matrix_norm(W, ord=2).item() ** 2
+
+    def prox(v):
+        t = l1 * inv_L
+        return (v - t).clamp_min(0) if nonneg else torch.sign(v) * (v.abs() - t).clamp_min(0)
+
+    def obj(z):
+        return 0.5 * (r - z @ W).pow(2).sum(1) + l1 * z.abs().sum(1)
+
+    z = torch.zeros(x.shape[0], W.shape[0])
+    y, t = z, torch.ones(x.shape[0], 1)
+    for _ in range(iters):
+        z_new = prox(y - inv_L * (y @ W - r) @ W.T)
+        if not momentum:
+            z = y = z_new
+            continue
+        t_new = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
+        beta = (t - 1) / t_new
+        if restart:
+            bad = (obj(z_new) > obj(z))[:, None]
+            z_new = torch.where(bad, z, z_new)
+            beta, t_new = torch.where(bad, 0.0, beta), torch.where(bad, 1.0, t_new)
+        y = z_new + beta * (z_new - z)
+        z, t = z_new, t_new
+    return z
+
+
+@pytest.mark.parametrize(
+    ("name", "nonneg", "restart"),
+    [
+        ("ista", True, False),
+        ("ista", False, False),
+        ("fista", True, True),
+        ("fista", False, True),
+        ("fista", False, False),
+    ],
+)
+def test_ista_fista_buffered_iterations_equal_plain_reference(problem, name, nonneg, restart):
+    x, D = problem[0], problem[2]
+    kw = {"restart": restart} if name == "fista" else {}
+    enc = make_encoder(
+        name, x.shape[1], D.n_latents, l1=0.05, iters=25, tol=0.0, nonneg=nonneg, **kw
+    )
+    z = enc.encode(x, D)
+    ref = _fista_reference(x, D, 0.05, 25, nonneg, name == "fista", restart)
+    assert enc.last_n_iter == 25 and (ref != 0).any() and (ref == 0).any()
+    if restart:  # an accept/reject on a near-tie of objectives may flip with rounding
+        torch.testing.assert_close(
+            enc.objective(x, z, D), enc.objective(x, ref, D), rtol=1e-5, atol=1e-6
+        )
+    else:
+        torch.testing.assert_close(z, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_signed_ista_matches_nonneg_on_nonneg_data(problem):
     x, _, D = problem
     a = make_encoder("fista", 8, 16, l1=0.05, iters=300, tol=0.0, nonneg=False)
@@ -155,6 +213,22 @@ def test_omp_recovers_codes_exactly():
     assert torch.equal(z[fit] != 0, codes[fit] != 0)
     assert torch.allclose(z[fit], codes[fit], atol=1e-5)
     assert ((z != 0).sum(dim=1) <= k).all()
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_omp_gram_correlations_pick_the_same_atoms_as_residual_products(monkeypatch, nonneg):
+    from sparsecodes.encoders import pursuit
+
+    x, _, atoms = sparse_problem(64, 24, 4, 256, seed=4)
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    D = Dictionary.from_atoms(atoms)
+    enc = make_encoder("omp", 24, 64, k=6, nonneg=nonneg)
+    z_gram = to_dense(enc.encode(x, D))  # 64^2 <= _FULL_GRAM_MAX: Gram correlations
+    monkeypatch.setattr(pursuit, "_FULL_GRAM_MAX", 0)  # res @ W^T every step
+    z_res = to_dense(enc.encode(x, D))
+    assert ((z_gram != 0).sum(dim=1) == 6).float().mean() > 0.9  # noise: full supports
+    assert torch.equal(z_gram != 0, z_res != 0)
+    torch.testing.assert_close(z_gram, z_res, rtol=1e-4, atol=1e-5)
 
 
 def test_omp_stops_on_exact_fit_and_tol():

@@ -242,3 +242,56 @@ def test_sparse_decode_matches_embedding_bag():
         results.append((y, v.grad, w.grad, bb.grad))
     for a, c in zip(*results, strict=True):
         torch.testing.assert_close(a, c)
+
+
+def test_sum_rows_by_col_equals_dense_transpose_product_with_repeats_and_empty_cols():
+    from sparsecodes.kernels.sparse_affine import sum_rows_by_col
+
+    g = torch.Generator().manual_seed(5)
+    src = torch.randn(10, 7, generator=g)
+    rows = torch.tensor([0, 3, 3, 9, 2, 0, 5])
+    cols = torch.tensor([4, 1, 1, 0, 4, 2, 1])  # (3, 1) twice; columns 3, 5, 6 empty
+    w = torch.randn(7, generator=g)
+    dense = torch.zeros(10, 7).index_put_((rows, cols), w, accumulate=True)  # G [10, 7]
+    got = sum_rows_by_col(rows, cols, w, src, 7)
+    torch.testing.assert_close(got, dense.t() @ src)
+    assert got[[3, 5, 6]].abs().sum() == 0
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_encode_row_topk_fast_selects_exact_fp32_topk_and_aux(with_dead):
+    from sparsecodes.kernels.sparse_affine import encode_row_topk
+
+    enc, dic, x = _setup()
+    pre = _dense_pre(enc, dic, x).detach()
+    dead = torch.arange(0, N_LAT, 5) if with_dead else None
+    vals, cols, k_aux = encode_row_topk(
+        x, enc.W_enc, enc.b_enc, dic.b_dec, K, dead_idx=dead, aux_k=4, fast=True
+    )
+    assert k_aux == (4 if with_dead else 0) and cols.shape == (64, K + k_aux)
+    ref = pre.topk(K, dim=1)
+    assert torch.equal(cols[:, :K].sort(dim=1).values, ref.indices.sort(dim=1).values)
+    torch.testing.assert_close(vals, pre.gather(1, cols))  # the selected pre-activations
+    if with_dead:
+        ref_aux = dead[pre[:, dead].topk(4, dim=1).indices]
+        assert torch.equal(cols[:, K:].sort(dim=1).values, ref_aux.sort(dim=1).values)
+    vals_e, cols_e, _ = encode_row_topk(
+        x, enc.W_enc, enc.b_enc, dic.b_dec, K, dead_idx=dead, aux_k=4, fast=False
+    )
+    assert torch.equal(cols.sort(dim=1).values, cols_e.sort(dim=1).values)
+    torch.testing.assert_close(vals.sort(dim=1).values, vals_e.sort(dim=1).values)
+
+
+def test_workspace_reuses_buffer_per_name_and_shape_and_caps_size(monkeypatch):
+    from sparsecodes.kernels import sparse_affine
+
+    sparse_affine.release_workspace()
+    a = sparse_affine.workspace("t", (4, 5), torch.float32, torch.device("cpu"))
+    assert sparse_affine.workspace("t", (4, 5), torch.float32, torch.device("cpu")) is a
+    b = sparse_affine.workspace("t", (4, 6), torch.float32, torch.device("cpu"))
+    assert b is not a and b.shape == (4, 6)
+    monkeypatch.setattr(sparse_affine, "WORKSPACE_MAX_BYTES", 16)
+    big = sparse_affine.workspace("u", (4, 5), torch.float32, torch.device("cpu"))
+    assert sparse_affine.workspace("u", (4, 5), torch.float32, torch.device("cpu")) is not big
+    sparse_affine.release_workspace()
+    assert sparse_affine.workspace("t", (4, 6), torch.float32, torch.device("cpu")) is not b

@@ -177,9 +177,17 @@ class ISTAEncoder(IterativeEncoder):
             return (v - thresh).clamp_min(0.0)
         return torch.sign(v) * (v.abs() - thresh).clamp_min(0.0)
 
+    def _prox_(self, v: Tensor, thresh: float, tmp: Tensor) -> Tensor:
+        """:meth:`_prox` in place on ``v`` (``tmp``: scratch of ``v``'s shape); returns ``v``."""
+        if self.config.nonneg:  # type: ignore[attr-defined]
+            return v.sub_(thresh).clamp_min_(0.0)
+        # sign(v) (|v| - t)_+ = v - clamp(v, -t, t)
+        return v.sub_(torch.clamp(v, -thresh, thresh, out=tmp))
+
     def _objective_from(self, r: Tensor, zD: Tensor, z: Tensor) -> Tensor:
         """``[batch]`` objective given ``zD = z @ W_dec`` already computed."""
-        return 0.5 * (r - zD).pow(2).sum(dim=1) + self.config.l1 * z.abs().sum(dim=1)  # type: ignore[attr-defined]
+        l1 = torch.linalg.vector_norm(z, ord=1, dim=1)  # no [batch, n] temporary
+        return 0.5 * (r - zD).pow(2).sum(dim=1) + self.config.l1 * l1  # type: ignore[attr-defined]
 
     @torch.no_grad()
     def objective(self, x: Tensor, z: Codes, dictionary: Dictionary) -> Tensor:
@@ -219,18 +227,26 @@ class ISTAEncoder(IterativeEncoder):
         y, yD = z, zD
         t = r.new_ones(r.shape[0], 1)
         F_z = self._objective_from(r, zD, z) if restart else None
+        # [B, n] iterates live in buffers allocated once and reused (ping-pong between z and
+        # z_new; y gets its own once momentum starts): fresh [B, n] tensors every iteration cost
+        # a page fault per 4 kB on CPU, more than the arithmetic on them
+        z_new = torch.empty_like(z)
+        y_buf: Tensor | None = None
+        tmp = torch.empty_like(z)
         n_iter = 0
         for n_iter in range(1, cfg.iters + 1):  # type: ignore[attr-defined]  # noqa: B007
-            grad = (yD - r) @ Wt  # [B, n]
-            z_new = self._prox(y - inv_L * grad, thresh)
+            # z_new = prox(y - grad / L), grad = (y D - r) D^T, as one addmm into the buffer
+            torch.addmm(y, yD - r, Wt, alpha=-inv_L, out=z_new)
+            self._prox_(z_new, thresh, tmp)
             z_newD = z_new @ W
             if tol > 0:
-                change = (z_new - z).norm(dim=1) / z_new.norm(dim=1).clamp_min(1e-30)
+                change = torch.linalg.vector_norm(torch.sub(z_new, z, out=tmp), dim=1)
+                change /= torch.linalg.vector_norm(z_new, dim=1).clamp_min(1e-30)
                 done = bool((change < tol).all())
             else:
                 done = False
             if not self.momentum:
-                z, zD = z_new, z_newD
+                z, z_new, zD = z_new, z, z_newD
                 y, yD = z, zD
             else:
                 t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
@@ -239,16 +255,19 @@ class ISTAEncoder(IterativeEncoder):
                     assert F_z is not None
                     F_new = self._objective_from(r, z_newD, z_new)
                     bad = (F_new > F_z).unsqueeze(1)  # [B, 1]: discard step, reset momentum
-                    z_acc = torch.where(bad, z, z_new)
+                    torch.where(bad, z, z_new, out=z_new)  # z_new is now the accepted iterate
                     zD_acc = torch.where(bad, zD, z_newD)
                     F_z = torch.where(bad.squeeze(1), F_z, F_new)
                     beta = torch.where(bad, 0.0, beta)
                     t_new = torch.where(bad, 1.0, t_new)
                 else:
-                    z_acc, zD_acc = z_new, z_newD
-                y = z_acc + beta * (z_acc - z)
-                yD = zD_acc + beta * (zD_acc - zD)
-                z, zD, t = z_acc, zD_acc, t_new
+                    zD_acc = z_newD
+                # y = z_acc + beta (z_acc - z) = lerp(z_acc, z, -beta)
+                if y_buf is None:
+                    y_buf = torch.empty_like(z)
+                y = torch.lerp(z_new, z, -beta, out=y_buf)
+                yD = torch.lerp(zD_acc, zD, -beta)
+                z, z_new, zD, t = z_new, z, zD_acc, t_new
             if done:
                 break
         self.last_n_iter = n_iter

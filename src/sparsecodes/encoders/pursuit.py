@@ -40,6 +40,7 @@ holds ``k`` atoms its further steps only re-pick atoms already in the support.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -150,13 +151,18 @@ class _Pursuit(IterativeEncoder):
         return sp.indices, sp.values
 
     @torch.no_grad()
-    def _pick(self, p: _Problem, res: Tensor, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _pick(
+        self, p: _Problem, res: Tensor, exclude: Tensor | None, corr: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Best atom per row: ``(index [B], usable [B] bool)``, never differentiated.
 
         The score is ``<res, d_j> / ||d_j||`` (division skipped for unit-norm atoms); excluded
         atoms score 0 and a row with no nonzero (positive, if ``nonneg``) score is not usable.
+        ``corr`` ``[B, n]``: the correlations ``<res, d_j>`` when the caller has them (OMP's Gram
+        update; overwritten), else ``res @ W^T``.
         """
-        corr = res.detach() @ p.Wt  # [B, n]
+        if corr is None:
+            corr = res.detach() @ p.Wt  # [B, n]
         score = corr if p.inv_norms is None else corr * p.inv_norms.detach()
         if exclude is not None:
             score = score.masked_fill_(exclude, 0.0)  # picked atoms are never excluded ones
@@ -238,6 +244,26 @@ class MatchingPursuitEncoder(_Pursuit):
         return k * (flops.matmul(b, d, n) + 6 * b * n + 5 * b * d) + b * d
 
 
+def _gram_corr(r_corr: Tensor, idx: Tensor, coef: Tensor, gram: Tensor, *, out: Tensor) -> Tensor:
+    """``out = r_corr - coef @ gram[idx]`` per row: ``[B, n]`` correlations of the residual
+    ``r - coef D[idx]`` with every atom, from ``r_corr = r D^T`` ``[B, n]``, ``idx``/``coef``
+    ``[B, s]`` and the full atom Gram ``[n, n]``; one sparse (CSR) times dense product, ``B s n``."""
+    B, s = idx.shape
+    if s == 0:
+        return out.copy_(r_corr)
+    crow = torch.arange(0, B * s + 1, s, device=idx.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        m = torch.sparse_csr_tensor(
+            crow,
+            idx.reshape(-1),
+            coef.reshape(-1).to(gram.dtype),
+            (B, gram.shape[0]),
+            check_invariants=False,
+        )
+        return torch.addmm(r_corr, m, gram, beta=1.0, alpha=-1.0, out=out)
+
+
 @register
 class OMPEncoder(_Pursuit):
     """Orthogonal matching pursuit with batched least-squares refits (see the module docstring)."""
@@ -258,6 +284,10 @@ class OMPEncoder(_Pursuit):
         rows = torch.arange(B, device=r.device)
         # Gram entries <d_a, d_b>: from the full [n, n] Gram when small, else from the atoms
         full_gram = W @ p.Wt if n * n <= _FULL_GRAM_MAX else None
+        # with the full Gram, each step's correlations <res, d_j> = <r, d_j> - coef G[idx, j]
+        # cost B k n (a sparse times dense product) instead of the B d n of res @ W^T
+        r_corr = r @ p.Wt if full_gram is not None and k < r.shape[1] else None
+        corr = r.new_empty(B, n)  # each step's correlations, one buffer (no page faults)
 
         def gram(a: Tensor, b: Tensor) -> Tensor:  # a [B, s], b [B, t] atom ids -> [B, s, t]
             if full_gram is not None:
@@ -285,7 +315,12 @@ class OMPEncoder(_Pursuit):
             # the residual is orthogonal to the support, so signed OMP needs no mask: if its best
             # atom is already selected, the row is numerically done. Nonneg refits can leave a
             # dropped atom correlated, so there the support is masked out.
-            j, usable = self._pick(p, res, in_support if nonneg else None)
+            if r_corr is not None and full_gram is not None:
+                used = int(valid.any(dim=0).nonzero().max()) + 1 if bool(valid.any()) else 0
+                _gram_corr(r_corr, idx[:, :used], coef[:, :used], full_gram, out=corr)
+            else:
+                torch.mm(res, p.Wt, out=corr)
+            j, usable = self._pick(p, res, in_support if nonneg else None, corr)
             live = free.any(dim=1) & usable & (res.pow(2).sum(dim=1) > p.stop)
             if not nonneg:
                 live &= ~in_support[rows, j]
@@ -308,21 +343,25 @@ class OMPEncoder(_Pursuit):
         return SparseCodes(idx, coef, n)
 
     def inference_flops(self, batch: int = 1) -> int:
-        """``k * (2 B N d + 4 B N + 2 B k d + 4 B d + B k^3 / 3 + 7 B k^2 [+ 2 B k d]) + B d
-        [+ 2 N^2 d]``.
+        """``k * (C + 4 B N + 2 B k d + 4 B d + B k^3 / 3 + 7 B k^2 [+ 2 B k d]) + B d
+        [+ 2 N^2 d + 2 B N d]``, ``C = 2 B k N`` with the full Gram and ``k < d``, else
+        ``2 B N d``.
 
-        Per step: the correlations ``res W^T`` (``2 B N d``) and the max/min/gather over them
-        (``~4 B N``), the right-hand side entry (``2 B d``), a batched Cholesky of the ``[k, k]``
-        systems (``B k^3 / 3``) with its solve and masking (``~7 B k^2``), the residual
-        ``r - coef W[idx]`` (``2 B k d + B d``) and its norm (``B d``). The new Gram entries come
-        from the full ``[N, N]`` Gram computed once (``2 N^2 d``) when ``N^2 <= 2^26``, else from
-        the atoms at ``2 B k d`` per step. Linear in ``k`` apart from the small ``k^2``/``k^3``
-        terms; a warm start's initial refit and nonneg re-solves are not counted.
+        Per step: the correlations with the residual, ``C``: with the full ``[N, N]`` Gram (computed
+        once, ``2 N^2 d``, when ``N^2 <= 2^26``) and ``k < d`` they are ``r W^T`` (once,
+        ``2 B N d``) minus ``coef G[idx]`` (at most ``2 B k N``), else ``res W^T`` (``2 B N d``);
+        the max/min/gather over them (``~4 B N``), the right-hand side entry (``2 B d``), a
+        batched Cholesky of the ``[k, k]`` systems (``B k^3 / 3``) with its solve and masking
+        (``~7 B k^2``), the residual ``r - coef W[idx]`` (``2 B k d + B d``) and its norm
+        (``B d``). Without the full Gram its new entries come from the atoms at ``2 B k d`` per
+        step. Linear in ``k`` apart from the small ``k^2``/``k^3`` terms; a warm start's initial
+        refit and nonneg re-solves are not counted.
         """
         b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
         full = n * n <= _FULL_GRAM_MAX
+        gram_corr = full and k < d
         per = (
-            flops.matmul(b, d, n)
+            (2 * b * k * n if gram_corr else flops.matmul(b, d, n))
             + 4 * b * n
             + 2 * b * k * d
             + 4 * b * d
@@ -330,4 +369,5 @@ class OMPEncoder(_Pursuit):
             + 7 * b * k * k
             + (0 if full else 2 * b * k * d)
         )
-        return k * per + b * d + (flops.matmul(n, d, n) if full else 0)
+        once = (flops.matmul(n, d, n) if full else 0) + (flops.matmul(b, d, n) if gram_corr else 0)
+        return k * per + b * d + once

@@ -50,7 +50,12 @@ from sparsecodes.encoders.base import (
 from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.relu import LinearEncoderParams
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_index, row_topk_with_aux
-from sparsecodes.kernels.sparse_affine import MATMUL_DTYPES, encode_select, resolve_matmul_dtype
+from sparsecodes.kernels.sparse_affine import (
+    MATMUL_DTYPES,
+    encode_row_topk,
+    encode_select,
+    resolve_matmul_dtype,
+)
 from sparsecodes.kernels.sparse_decode import sparse_decode, sparse_decode_supported
 from sparsecodes.validation import check_k, check_positive
 
@@ -151,19 +156,21 @@ class TopKEncoder(LinearEncoderParams):
         self, x: Tensor, dictionary: Dictionary, dead_idx: Tensor | None
     ) -> tuple[SparseCodes, SparseCodes | None]:
         """Top-k codes ``[batch, k]`` and, with dead latents, AuxK codes ``[batch, k_aux]``."""
-        batch, k = x.shape[0], self.config.k
-        width = [k]
-
-        def select(pre: Tensor) -> tuple[Tensor, Tensor]:
-            cols, k_aux = row_topk_with_aux(pre, k, dead_idx, self.aux_k)
-            width[0] = k + k_aux
-            return row_index(batch, width[0], pre.device), cols.reshape(-1)
-
-        values, _rows, cols, _pre = self._select(x, dictionary, select)
-        values = torch.relu(values).view(batch, width[0])
-        cols = cols.view(batch, width[0])
+        k = self.config.k
+        values, cols, k_aux = encode_row_topk(
+            x,
+            self.W_enc,
+            self.b_enc,
+            dictionary.input_bias,
+            k,
+            dead_idx=dead_idx,
+            aux_k=self.aux_k,
+            matmul_dtype=self.matmul_dtype(x.shape[0]),
+            fast=self.config.fast,
+        )
+        values = torch.relu(values)
         codes = SparseCodes(cols[:, :k], values[:, :k], self.n_latents)
-        if width[0] == k:
+        if k_aux == 0:
             return codes, None
         return codes, SparseCodes(cols[:, k:], values[:, k:], self.n_latents)
 

@@ -2,11 +2,13 @@
 
 - :mod:`~sparsecodes.kernels.sparse_affine`: "encode then select" for one-layer SAE encoders.
   The forward is one dense matmul (optionally in bf16, fp32 master weights); the backward builds
-  the encoder gradients from the selected ``[batch, k]`` entries only (COO ``torch.sparse.mm``,
-  ``index_add_``), so it costs ``O(batch * k * d_in)`` instead of two dense matmuls.
+  the encoder gradients from the selected ``[batch, k]`` entries only (``embedding_bag`` over the
+  entries sorted by latent, :func:`sum_rows_by_col`; ``index_add_``), so it costs
+  ``O(batch * k * d_in)`` instead of two dense matmuls. Per-row top-k (:func:`encode_row_topk`)
+  folds the biases into the matmul and writes it into a reused CPU :func:`workspace` buffer.
 - :mod:`~sparsecodes.kernels.sparse_decode`: decoding from ``[batch, k]`` codes whose backward uses
-  a sampled matmul and a COO ``torch.sparse.mm`` instead of ``embedding_bag``'s slow CPU backward;
-  on CUDA the Triton kernels of :mod:`~sparsecodes.kernels.triton_decode` where Triton is installed.
+  a sampled matmul and :func:`sum_rows_by_col` instead of ``embedding_bag``'s slow CPU
+  backward; on CUDA the Triton kernels of :mod:`~sparsecodes.kernels.triton_decode` where Triton is installed.
 - :mod:`~sparsecodes.kernels.selection`: per-row top-k with an AuxK pass over dead latents, and an
   exact batch-wide top-k that avoids a slow flat ``topk`` over ``batch * n_latents`` entries.
 
@@ -16,10 +18,16 @@ Every fast path is opt-out (``fast=False``) and tested against the eager one.
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_topk_with_aux
 from sparsecodes.kernels.sparse_affine import (
     GatherAffine,
+    SelectedAffine,
+    encode_row_topk,
     encode_select,
     fast_path_supported,
+    folded_preacts,
     preacts,
+    release_workspace,
     resolve_matmul_dtype,
+    sum_rows_by_col,
+    workspace,
 )
 from sparsecodes.kernels.sparse_decode import (
     SparseDecode,
@@ -30,15 +38,21 @@ from sparsecodes.kernels.sparse_decode import (
 
 __all__ = [
     "GatherAffine",
+    "SelectedAffine",
     "SparseDecode",
     "batch_topk_flat",
     "decode_backend",
+    "encode_row_topk",
     "encode_select",
     "fast_path_supported",
+    "folded_preacts",
     "pad_rows",
     "preacts",
+    "release_workspace",
     "resolve_matmul_dtype",
     "row_topk_with_aux",
     "sparse_decode",
+    "sum_rows_by_col",
     "triton_available",
+    "workspace",
 ]

@@ -6,8 +6,9 @@ row, batch top-k, ...) picks ``nnz`` entries ``(rows[j], cols[j])``; only their 
 gradient. The plain autograd graph would push a dense ``[batch, n_latents]`` gradient through two
 dense matmuls; :class:`GatherAffine` instead builds, from the ``nnz`` gradients ``g``:
 
-- ``dW_enc = (x - b_dec)^T G`` with ``G`` the ``[batch, n_latents]`` COO matrix of ``g``, as one
-  ``torch.sparse.mm`` (``O(nnz * d_in)``; never a ``[nnz, d_in]`` copy);
+- ``dW_enc = (x - b_dec)^T G`` with ``G`` the ``[batch, n_latents]`` sparse matrix of ``g``: the
+  entries sorted by latent, then one ``embedding_bag`` (``O(nnz * d_in)``; never a ``[nnz, d_in]``
+  copy, about twice as fast on CPU as a COO ``torch.sparse.mm``, which coalesces and zero-fills);
 - ``db_enc = colsum(G)`` by ``index_add_``;
 - ``db_dec = -W_enc @ colsum(G)`` (sum over the batch first: ``O(d_in * n_latents)``);
 - ``dx = G @ W_enc^T`` only when ``x`` itself needs a gradient.
@@ -18,16 +19,29 @@ the selected values are returned in the parameters' dtype. The matmul itself alw
 resolved ``matmul_dtype`` with autocast disabled; ``"auto"`` resolves to bf16 inside a bf16
 ``torch.autocast`` region (how :class:`~sparsecodes.training.TrainConfig`'s ``autocast`` reaches
 this matmul), so an explicit ``"float32"`` stays exact even under autocast.
+
+Per-row top-k (:func:`encode_row_topk`, TopK's training and inference path) folds both biases into
+the matmul, ``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
+pre-activations are written once by the matmul (no broadcast copy of ``b_enc`` into them, no
+``x - b_dec`` pass), and takes the selected values from ``topk`` itself (no gather from ``pre``).
+The values equal the plain affine map's up to float32 rounding. (Row-chunking the matmul so that
+each chunk's pre-activations stay in cache was measured and is slower on CPU: the matmul re-packs
+``W_enc`` for every chunk.)
 """
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from sparsecodes.kernels.selection import row_index, row_topk_with_aux
 
 MatmulDType = Literal["auto", "float32", "bfloat16"]
 MATMUL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -106,6 +120,25 @@ def _coo(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> T
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size, check_invariants=False)
 
 
+def sum_rows_by_col(
+    rows: Tensor, cols: Tensor, weights: Tensor, src: Tensor, n_cols: int
+) -> Tensor:
+    """``[n_cols, d]``: ``out[c] = sum_j weights[j] * src[rows[j]]`` over the ``j`` with ``cols[j] == c``.
+
+    ``rows``/``cols``/``weights`` ``[nnz]``, ``src`` ``[n_rows, d]``; i.e. ``G^T @ src`` for the
+    sparse ``[n_rows, n_cols]`` matrix ``G`` with entries ``weights`` at ``(rows, cols)`` (repeated
+    positions add up). One ``argsort`` of ``cols`` and one ``embedding_bag`` (a bag per column).
+    """
+    # int32 keys: torch's CPU sort of int64 is up to 100x slower on one thread
+    keys = cols.to(torch.int32) if n_cols < 2**31 else cols
+    order = torch.argsort(keys)
+    counts = torch.bincount(cols, minlength=n_cols)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(
+        rows[order], src, offsets, per_sample_weights=weights[order].to(src.dtype), mode="sum"
+    )
+
+
 class GatherAffine(torch.autograd.Function):
     """``values[j] = ((x - b_dec) @ W_enc + b_enc)[rows[j], cols[j]]`` with a sparse backward.
 
@@ -143,12 +176,154 @@ class GatherAffine(torch.autograd.Function):
             gbdec = -(W_enc @ colsum) if need_bdec else None  # [d]
         if need_w:
             xc = (x - b_dec).to(W_enc.dtype)  # [B, d]
-            g_t = _coo(cols, rows, g, (n_latents, batch))  # G^T, [N, B]
-            gw = torch.sparse.mm(g_t, xc).t().contiguous()  # [d, N]
+            gw = sum_rows_by_col(rows, cols, g, xc, n_latents).t().contiguous()  # [d, N]
         if need_x:
             gx = torch.sparse.mm(_coo(rows, cols, g, (batch, n_latents)), W_enc.t())  # [B, d]
             gx = gx.to(x.dtype)
         return gx, gw, gb, gbdec, None, None, None
+
+
+class SelectedAffine(GatherAffine):
+    """:class:`GatherAffine` whose forward is handed the selected values ``[nnz]`` themselves
+    (already computed, detached) instead of the full pre-activations: ``forward(x, W_enc, b_enc,
+    b_dec, rows, cols, values)``; same backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        b_dec: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        values: Tensor,
+    ) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, rows, cols)
+        return values.to(W_enc.dtype, copy=True)
+
+
+_WORKSPACE = threading.local()
+
+#: :func:`workspace` keeps no buffer larger than this (a bigger request gets a fresh tensor)
+WORKSPACE_MAX_BYTES = 256 * 2**20
+
+
+def workspace(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """An uninitialised scratch tensor, reused by later calls with the same ``name``, shape, dtype
+    and device in the same thread (CPU only, up to :data:`WORKSPACE_MAX_BYTES`; otherwise a fresh
+    one).
+
+    On CPU a fresh large tensor is memory the kernel must fault in page by page (tens of ms for
+    the ``[4096, 4608]`` pre-activations, more under memory pressure or in a VM); the matmul into a
+    reused buffer skips that. The caller must not let the tensor escape: the next call with the
+    same name overwrites it. :func:`release_workspace` frees this thread's buffers.
+    """
+    size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cpu" or size > WORKSPACE_MAX_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    bufs = getattr(_WORKSPACE, "bufs", None)
+    if bufs is None:
+        bufs = _WORKSPACE.bufs = {}
+    t = bufs.get(name)
+    if t is None or t.shape != torch.Size(shape) or t.dtype != dtype or t.device != device:
+        bufs[name] = t = None  # free the old one first
+        bufs[name] = t = torch.empty(shape, dtype=dtype, device=device)
+    return t
+
+
+def release_workspace() -> None:
+    """Free the scratch buffers :func:`workspace` keeps for the calling thread."""
+    _WORKSPACE.bufs = {}
+
+
+@torch.no_grad()
+def folded_preacts(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    dtype: torch.dtype | None = None,
+    *,
+    scratch: bool = False,
+) -> Tensor:
+    """``[batch, n_latents]`` pre-activations ``(x - b_dec) @ W_enc + b_enc`` as one matmul with
+    both biases folded in (``[x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``), in ``dtype``
+    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding. ``scratch=True``
+    computes into :func:`workspace` buffers (the result is overwritten by the next such call)."""
+    dtype = dtype or W_enc.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        (batch, d_in), n = x.shape, W_enc.shape[1]
+        bias = b_enc - b_dec.to(W_enc.dtype) @ W_enc  # [N]
+        if scratch:
+            x1 = workspace("folded_x", (batch, d_in + 1), dtype, x.device)
+            w1 = workspace("folded_w", (d_in + 1, n), dtype, x.device)
+            out = workspace("folded_pre", (batch, n), dtype, x.device)
+        else:
+            x1 = torch.empty(batch, d_in + 1, dtype=dtype, device=x.device)
+            w1 = torch.empty(d_in + 1, n, dtype=dtype, device=x.device)
+            out = torch.empty(batch, n, dtype=dtype, device=x.device)
+        x1[:, :d_in] = x
+        x1[:, d_in] = 1
+        w1[:d_in] = W_enc
+        w1[d_in] = bias
+        return torch.mm(x1, w1, out=out)
+
+
+def encode_row_topk(
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
+    k: int,
+    *,
+    dead_idx: Tensor | None = None,
+    aux_k: int = 0,
+    matmul_dtype: torch.dtype = torch.float32,
+    fast: bool = True,
+) -> tuple[Tensor, Tensor, int]:
+    """Per-row top-``k`` of the pre-activations, plus (AuxK) the top-``k_aux`` among dead latents.
+
+    Returns ``(values [B, k + k_aux], cols [B, k + k_aux], k_aux)`` with
+    ``k_aux = min(aux_k, len(dead_idx))`` (0 without dead latents); ``values`` (pre-activations,
+    no ReLU, in ``W_enc``'s dtype) carries gradient as in :func:`encode_select`, which
+    ``fast=False`` (plain autograd, the reference) and unsupported devices use. The fast path
+    folds the biases into the matmul and takes the values from ``topk`` (module docstring).
+    """
+    batch = x.shape[0]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, W_enc, b_enc, b_dec))
+    if not (fast and fast_path_supported(x.device)):
+        width = [k]
+
+        def select(pre: Tensor) -> tuple[Tensor, Tensor]:
+            cols, k_aux = row_topk_with_aux(pre, k, dead_idx, aux_k)
+            width[0] = k + k_aux
+            return row_index(batch, width[0], pre.device), cols.reshape(-1)
+
+        values, _rows, cols, _pre = encode_select(
+            x, W_enc, b_enc, b_dec, select, matmul_dtype=matmul_dtype, fast=fast
+        )
+        return values.view(batch, width[0]), cols.view(batch, width[0]), width[0] - k
+    with torch.no_grad():
+        pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype, scratch=True)
+        vals, cols = pre.topk(k, dim=1, sorted=False)
+        k_aux = 0
+        if dead_idx is not None and aux_k > 0 and dead_idx.numel() > 0:
+            k_aux = min(aux_k, dead_idx.numel())
+            aux_vals, j = pre.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
+            vals, cols = torch.cat([vals, aux_vals], dim=1), torch.cat([cols, dead_idx[j]], dim=1)
+        del pre
+    width = k + k_aux
+    if needs_grad:
+        rows = row_index(batch, width, x.device)
+        values = SelectedAffine.apply(
+            x, W_enc, b_enc, b_dec, rows, cols.reshape(-1), vals.reshape(-1)
+        ).view(batch, width)
+    else:
+        values = vals.to(W_enc.dtype)
+    return values, cols, k_aux
 
 
 def encode_select(

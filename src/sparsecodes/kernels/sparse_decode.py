@@ -7,8 +7,8 @@ backward (a dense per-row scatter plus a per-entry dot product) costs several ti
 
 - ``dvalues[b, j] = <g_b, W_dec[i_bj]>`` as a sampled dense-dense matmul
   (``torch.sparse.sampled_addmm`` on the CSR pattern of the codes; no ``[batch * k, d_in]`` copy);
-- ``dW_dec = V^T g`` with ``V`` the ``[batch, n_latents]`` COO matrix of the values
-  (``torch.sparse.mm``);
+- ``dW_dec = V^T g`` with ``V`` the ``[batch, n_latents]`` sparse matrix of the values (entries
+  sorted by latent, one ``embedding_bag``: :func:`~sparsecodes.kernels.sparse_affine.sum_rows_by_col`);
 - ``db_dec = sum_b g_b``.
 
 On CUDA, :func:`sparse_decode` uses the Triton kernels of :mod:`sparsecodes.kernels.triton_decode`
@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from sparsecodes.kernels.sparse_affine import sum_rows_by_col
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +99,7 @@ class SparseDecode(torch.autograd.Function):
             gv = gv.view(batch, k)
         if ctx.needs_input_grad[2]:
             rows = torch.arange(batch, device=g.device).repeat_interleave(k)
-            v_t = torch.sparse_coo_tensor(
-                torch.stack([indices.reshape(-1), rows]),
-                values.reshape(-1),
-                (n_latents, batch),
-                check_invariants=False,
-            )
-            gw = torch.sparse.mm(v_t, g)  # [N, d]
+            gw = sum_rows_by_col(rows, indices.reshape(-1), values.reshape(-1), g, n_latents)
         if ctx.needs_input_grad[3]:
             gb = g.sum(dim=0)
         return None, gv, gw, gb
