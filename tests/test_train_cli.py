@@ -229,3 +229,11 @@ def test_autocast_flag_refuses_other_values_by_name(tmp_path):
 
     opt = next(p for p in train.params if p.name == "autocast")
     assert tuple(opt.type.choices) == AUTOCAST_MODES  # the CLI offers exactly the trainer's modes
+
+
+def test_parallel_flag_offers_exactly_the_job_modes():
+    from sparsecodes.cli.train import train
+    from sparsecodes.training.jobs import PARALLEL_MODES
+
+    opt = next(p for p in train.params if p.name == "parallel")
+    assert tuple(opt.type.choices) == PARALLEL_MODES  # one list of modes, checked in both places

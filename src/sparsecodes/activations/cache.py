@@ -24,6 +24,7 @@ same arguments (any number of ranks) skips every shard recorded in any part file
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -216,8 +217,11 @@ def cache_activations(
         texts = list(texts)
         corpus_fingerprint = fingerprint(corpus_spec, texts)
     t_start = time.perf_counter()
-    info: dict[str, Any] = {"batch_size": batch_size, "max_tokens": max_tokens}
-    info["corpus"] = corpus_spec
+    info: dict[str, Any] = {
+        "batch_size": batch_size,
+        "max_tokens": max_tokens,
+        "corpus": corpus_spec,
+    }
     if forward_dtype is None and isinstance(getattr(model_adapter, "dtype", None), torch.dtype):
         forward_dtype = str(model_adapter.dtype).removeprefix("torch.")
     if forward_dtype is not None:
@@ -351,8 +355,6 @@ def check_forward_dtype(store: Path, forward_dtype: str) -> None:
 
     A store that records none (written before the field existed) passes.
     """
-    import json
-
     recorded: dict[str, Path] = {}
     if (store / MANIFEST).exists():
         old = read_manifest(store).info.get("forward_dtype")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparsecodes.evaluation.memo import memoized
 from sparsecodes.seeding import derive_seed
 
 __all__ = [
@@ -168,12 +169,7 @@ def text_activations(
     texts, and a later call with the same ones returns it without running the model.
     """
     key = ("text_activations", getattr(adapter, "name", id(adapter)), hook, tuple(texts))
-    if cache is not None and key in cache:
-        return cache[key]
-    out = _text_activations(adapter, hook, texts, batch_size)
-    if cache is not None:
-        cache[key] = out
-    return out
+    return memoized(cache, key, lambda: _text_activations(adapter, hook, texts, batch_size))
 
 
 def _text_activations(

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparsecodes.evaluation.memo import memoized
 from sparsecodes.seeding import derive_seed
 
 __all__ = [
@@ -297,14 +298,11 @@ def ravel(
         tuple(sorted(templates.items())),
         filter_correct,
     )
-    if cache is not None and key in cache:
-        ents, readout, acts, n_before = cache[key]
-    else:
-        ents, readout, acts, n_before = _clean_entities(
-            adapter, hook, entities, templates, filter_correct, batch_size
-        )
-        if cache is not None:
-            cache[key] = (ents, readout, acts, n_before)
+    ents, readout, acts, n_before = memoized(
+        cache,
+        key,
+        lambda: _clean_entities(adapter, hook, entities, templates, filter_correct, batch_size),
+    )
     scores = ravel_scores(acts, ents, coder, readout, k=k, n_pairs=n_pairs, seed=seed)
     keys = ("disentanglement_score", "cause_score", "isolation_score")
     return {

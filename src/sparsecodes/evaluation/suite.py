@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from sparsecodes.evaluation.memo import memoized
 from sparsecodes.files import write_figure, write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -167,10 +168,16 @@ def _gap(ctx: Context) -> dict[str, Any]:
     t, cfg = ctx.target, ctx.cfg
     names = gap_mod.parse_methods(cfg.gap_methods)
     key = ("calibration", t.model, t.hook, cfg.calib_tokens)
-    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
-        cal_w = _eval_windows(ctx, cfg.calib_tokens, calibration=True)
-        ctx.shared[key] = collect_rows(ctx.adapter, t.hook, cal_w, cfg.calib_tokens)
-    x_cal = ctx.shared[key]
+    x_cal = memoized(  # the model's activations: the same for every SAE at this hook
+        ctx.shared,
+        key,
+        lambda: collect_rows(
+            ctx.adapter,
+            t.hook,
+            _eval_windows(ctx, cfg.calib_tokens, calibration=True),
+            cfg.calib_tokens,
+        ),
+    )
     target, cals = gap_mod.calibrate_methods(t.coder, names, x_cal)
     setup = GapSetup(target, cals, int(x_cal.shape[0]))
     windows = _eval_windows(ctx, cfg.gap_tokens)
@@ -217,15 +224,17 @@ def _absorption(ctx: Context) -> dict[str, Any]:
 
     t, cfg = ctx.target, ctx.cfg
     key = ("absorption", t.model, t.hook, cfg.absorption_words, cfg.absorption_icl, cfg.seed)
-    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
-        ctx.shared[key] = first_letter_activations(
+    acts, words = memoized(  # the model's activations: the same for every SAE at this hook
+        ctx.shared,
+        key,
+        lambda: first_letter_activations(
             ctx.adapter,
             t.hook,
             max_words=cfg.absorption_words,
             n_icl=cfg.absorption_icl,
             seed=cfg.seed,
-        )
-    acts, words = ctx.shared[key]
+        ),
+    )
     out = absorption_scores(acts, words, t.coder, seed=cfg.seed)
     out["eval_config"].update(
         {"max_words": cfg.absorption_words, "n_icl": cfg.absorption_icl, "hook": t.hook}
@@ -252,9 +261,9 @@ def _bios(ctx: Context) -> Any:
     from sparsecodes.evaluation.datasets import profession_gender
 
     key = ("bios", ctx.cfg.scr_per_cell, ctx.cfg.seed)
-    if key not in ctx.shared:
-        ctx.shared[key] = profession_gender(ctx.cfg.scr_per_cell, seed=ctx.cfg.seed)
-    return ctx.shared[key]
+    return memoized(
+        ctx.shared, key, lambda: profession_gender(ctx.cfg.scr_per_cell, seed=ctx.cfg.seed)
+    )
 
 
 def _scr(ctx: Context) -> dict[str, Any]:
@@ -303,10 +312,13 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
     t, cfg = ctx.target, ctx.cfg
     latents = list(range(min(cfg.autointerp_latents, t.coder.n_latents)))
     key = ("autointerp_windows", t.model, t.hook, cfg.autointerp_windows)
-    if key not in ctx.shared:  # the model's activations: the same for every SAE at this hook
-        ctx.shared[key] = window_model_activations(
+    model_acts = memoized(  # the model's activations: the same for every SAE at this hook
+        ctx.shared,
+        key,
+        lambda: window_model_activations(
             ctx.adapter, t.hook, load_texts(None), n_windows=cfg.autointerp_windows
-        )
+        ),
+    )
     examples = collect_examples(
         t.coder,
         ctx.adapter,
@@ -315,7 +327,7 @@ def _autointerp(ctx: Context) -> dict[str, Any]:
         latents,
         n_windows=cfg.autointerp_windows,
         seed=cfg.seed,
-        model_acts=ctx.shared[key],
+        model_acts=model_acts,
     )
     offline = not cfg.endpoint and cfg.autointerp_explainer == "top-tokens"
     needs_chat = not offline or any(n != "embedding" for n in cfg.autointerp_scorers)
