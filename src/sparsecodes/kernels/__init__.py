@@ -9,12 +9,15 @@
 - :mod:`~sparsecodes.kernels.sparse_decode`: decoding from ``[batch, k]`` codes whose backward uses
   a sampled matmul and :func:`sum_rows_by_col` instead of ``embedding_bag``'s slow CPU
   backward; on CUDA the Triton kernels of :mod:`~sparsecodes.kernels.triton_decode` where Triton is installed.
+- :mod:`~sparsecodes.kernels.gemm`: large float32 CPU matmuls through numpy's OpenBLAS where it
+  beats torch's MKL (AMD CPUs), chosen once per process (``SPARSECODES_GEMM``).
 - :mod:`~sparsecodes.kernels.selection`: per-row top-k with an AuxK pass over dead latents, and an
   exact batch-wide top-k that avoids a slow flat ``topk`` over ``batch * n_latents`` entries.
 
 Every fast path is opt-out (``fast=False``) and tested against the eager one.
 """
 
+from sparsecodes.kernels.gemm import gemm_backend, matmul, set_gemm_backend
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_topk_with_aux
 from sparsecodes.kernels.sparse_affine import (
     GatherAffine,
@@ -46,11 +49,14 @@ __all__ = [
     "encode_select",
     "fast_path_supported",
     "folded_preacts",
+    "gemm_backend",
+    "matmul",
     "pad_rows",
     "preacts",
     "release_workspace",
     "resolve_matmul_dtype",
     "row_topk_with_aux",
+    "set_gemm_backend",
     "sparse_decode",
     "sum_rows_by_col",
     "triton_available",

@@ -1,0 +1,78 @@
+"""The CPU GEMM backend switch: results, backend resolution and what stays in torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsecodes.kernels import gemm
+
+
+@pytest.fixture
+def openblas():
+    if gemm._numpy_openblas() is None:
+        pytest.skip("numpy is not built with OpenBLAS here")
+    before = gemm.gemm_backend()
+    gemm.set_gemm_backend("openblas")
+    yield
+    gemm.set_gemm_backend(before)
+
+
+def _pair(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+
+
+def test_openblas_matmul_equals_torch_to_float32_rounding(openblas):
+    a, b = _pair(256, 128, 192)
+    ref = a.double() @ b.double()
+    # each entry sums k products of N(0,1)s: float32 error ~ k * eps * |a_i||b_j| at most
+    bound = 128 * 1.2e-7 * (a.norm(dim=1)[:, None] * b.norm(dim=0)[None]).max()
+    assert gemm.uses_openblas(a, b)
+    out = gemm.matmul(a, b)
+    assert (out.double() - ref).abs().max() <= bound
+    buf = torch.empty(256, 192)
+    assert gemm.matmul(a, b, out=buf).data_ptr() == buf.data_ptr()
+    assert torch.equal(buf, out)
+    bt = b.t().contiguous().t()  # a transposed view, read without a copy
+    assert (gemm.matmul(a, bt).double() - ref).abs().max() <= bound
+
+
+def test_small_or_grad_products_stay_in_torch(openblas):
+    a, b = _pair(8, 8, 8)
+    assert not gemm.uses_openblas(a, b)
+    a, b = _pair(256, 128, 192)
+    b.requires_grad_(True)
+    assert not gemm.uses_openblas(a, b)
+    out = gemm.matmul(a, b)
+    out.sum().backward()  # the torch path keeps autograd
+    # d(sum a@b)/db[k, n] = sum_m a[m, k]: a sum of 256 floats, exact to ~256 * eps * max|a|
+    assert torch.allclose(b.grad, a.sum(0)[:, None].expand(128, 192), rtol=0, atol=1e-4)
+    with torch.no_grad():
+        assert gemm.uses_openblas(a, b)
+    assert not gemm.uses_openblas(a.double(), b.double().detach())
+
+
+def test_openblas_threads_follow_torch(openblas):
+    a, b = _pair(256, 128, 192)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        gemm.matmul(a, b)
+        assert {c.num_threads for c in gemm._numpy_openblas().lib_controllers} == {1}
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_backend_resolution(monkeypatch):
+    monkeypatch.setenv("SPARSECODES_GEMM", "torch")
+    assert gemm.resolve_gemm_backend() == "torch"
+    with pytest.raises(ValueError, match="SPARSECODES_GEMM"):
+        gemm.resolve_gemm_backend("mkl")
+    monkeypatch.delenv("SPARSECODES_GEMM")
+    have = gemm._numpy_openblas() is not None
+    monkeypatch.setattr(gemm, "cpu_vendor", lambda: "GenuineIntel")
+    assert gemm.resolve_gemm_backend("auto") == "torch"
+    monkeypatch.setattr(gemm, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(gemm.platform, "machine", lambda: "x86_64")
+    assert gemm.resolve_gemm_backend("auto") == ("openblas" if have else "torch")
