@@ -179,7 +179,10 @@ def test_scores_are_one_when_transcoders_are_exact_and_below_otherwise(lm, setup
         block.mlp = TranscoderMLP(tc)
     rm = ReplacementModel(tiny, tcs)
     run = rm.run(ids)
-    assert run.error.abs().max() < 1e-5
+    assert run.error[:, 1:].abs().max() < 1e-5
+    # position 0 (the BOS sink) has no features: its MLP outputs are error, carried as biases
+    assert all(not c[0].any() for c in run.codes.values())
+    assert run.error[:, 0].abs().max() > 1e-2
     g = attribute(rm, run, graph.target_id, graph.contrast_id)
     exact = graph_scores(g)
     assert exact.replacement == pytest.approx(1.0, abs=1e-5)

@@ -17,6 +17,10 @@ RMSNorm with frozen scales, skip paths. A feature's input is its pre-activation,
 logit (difference). Because the model is linear in its sources, each node's input equals the sum
 of its row plus ``bias[i]`` (its encoder bias, plus every decoder, attention and unembedding bias
 carried to it). Rows are computed by batched backward passes, one cotangent per node acted on.
+
+The first ``rm.zero_positions`` positions (the BOS attention sink) have no feature nodes (see
+:mod:`sparsecodes.graphs.replacement`); their MLP outputs are constants of the prompt and are
+carried into ``bias``, so their error nodes have no edges.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ def attribute(
 
     t0 = time.perf_counter()
     L, T = rm.L, len(run.input_ids)
+    z = min(rm.zero_positions, T)
     feats, acts = [], []
     for layer in sorted(run.codes):
         nz = run.codes[layer].nonzero()
@@ -139,6 +144,9 @@ def attribute(
             g = g_out[layer]
             col = nf + layer * T
             vals[:, col : col + T] = (g * run.error[layer]).sum(-1)
+            if z:  # the sink's MLP outputs are constants of the prompt: biases, not nodes
+                b += vals[:, col : col + z].sum(1)
+                vals[:, col : col + z] = 0
             if layer in by_layer:
                 cols, pos, dec = by_layer[layer]
                 # each source feature's decoder row against the gradient at its own position

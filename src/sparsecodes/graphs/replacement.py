@@ -11,6 +11,12 @@ error terms and constant biases. :meth:`ReplacementModel.forward` evaluates it (
 model's logits), :meth:`ReplacementModel.backward` applies its transpose to a batch of
 cotangents (the vector-Jacobian products that give attribution edges).
 
+The first ``zero_positions`` positions (default 1: the BOS token the adapter prepends, which
+later positions use as an attention sink) have no features: their transcoders' activations are
+set to 0 there, so each of those MLP outputs is all error term, a constant of the prompt. This is
+circuit-tracer's convention; without it the sink's features dominate graphs and ablations through
+attention-pattern changes that the frozen graph cannot see.
+
 Shapes: ``T`` positions, ``d`` d_model, ``L`` layers, ``H`` query heads, ``n`` latents.
 """
 
@@ -66,7 +72,16 @@ class ReplacementRun:
 class ReplacementModel:
     """A llama-family ``ModelAdapter`` with transcoders for some MLPs (any subset of layers)."""
 
-    def __init__(self, adapter: ModelAdapter, transcoders: Sequence[Transcoder]) -> None:
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        transcoders: Sequence[Transcoder],
+        *,
+        zero_positions: int = 1,
+    ) -> None:
+        if not isinstance(zero_positions, int) or zero_positions < 0:
+            raise ValueError(f"zero_positions must be an integer >= 0, got {zero_positions!r}")
+        self.zero_positions = zero_positions
         if adapter.family != "llama" or not adapter.additive:
             raise ValueError(
                 f"the replacement model supports llama-family models with plain pre-norm blocks "
@@ -137,6 +152,7 @@ class ReplacementModel:
         for layer, tc in self.transcoders.items():
             pre = tc.encode_pre(run.mlp_in[layer])
             codes = tc.activate(pre)
+            codes[: self.zero_positions] = 0  # no features at the sink (module doc)
             run.pre[layer], run.codes[layer] = pre, codes
             err[layer] -= self.transcoder_output(layer, codes, run.mlp_in[layer])
         run.error = err

@@ -1,0 +1,190 @@
+"""Do SmolLM2's transcoders respond to a perturbation as its MLPs do? (why graphs mispredict)
+
+An attribution graph predicts an ablation's total effect by propagating it linearly through the
+downstream transcoders (attention, norms and every feature's on/off state held). That is right
+only if each transcoder's response to a change of its input matches its MLP's. This measures it
+directly, on held-out IOI prompts: ablate one active feature (``--per-prompt`` random draws among
+features with layer < 26, through its transcoder, error term kept, as ``sparsecodes intervene``
+does), run the real model, and at every later layer ``m`` compare, for the same change of the
+MLP's input ``dx_m`` (all positions):
+
+- ``real``: the MLP's change ``MLP(x + dx) - MLP(x)``;
+- ``linear``: the transcoder's response with its active set and gates held (the graph's edges),
+  ``(gate * (pre(x + dx) - pre(x))) @ W_dec (+ dx @ W_skip)``;
+- ``nonlinear``: ``tc(x + dx) - tc(x)`` (active sets free).
+
+Per layer it reports ``|linear - real| / |real|`` and ``|nonlinear - real| / |real|`` (squared
+norms summed over prompts, draws and positions before the ratio; 1.0 = no better than predicting
+no change) and ``|linear| / |real|``. Run:
+``python benchmarks/transcoder_response_smollm2.py --transcoders DIR [--prompts 4 --per-prompt 8]``
+(writes ``benchmarks/results/transcoder_response_smollm2.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from sparsecodes.circuits.tasks import ioi
+from sparsecodes.files import write_json
+from sparsecodes.graphs.io import open_transcoders
+from sparsecodes.models import load_model
+from sparsecodes.seeding import generator
+from sparsecodes.uses.steering import LatentEdit, intervening
+
+OUT = Path(__file__).parent / "results" / "transcoder_response_smollm2.json"
+
+
+def least_squares_maps(lm, layers: list[int], n_windows: int) -> dict[int, torch.Tensor]:
+    """Per layer, ``W`` ``[d, d]`` of the least-squares fit ``mlp_out ~ mlp_in @ W + c`` over the
+    first ``n_windows`` 128-token windows of the embedded corpus (ridge 1e-4 of the mean
+    variance)."""
+    from sparsecodes.data import batch_windows, load_texts, token_windows
+
+    wins = []
+    for w in token_windows(list(load_texts(None)), lm.tokenizer, 128):
+        wins.append(w)
+        if len(wins) == n_windows:
+            break
+    hooks = [h for i in layers for h in (f"blocks.{i}.mlp_in", f"blocks.{i}.mlp_out")]
+    d = lm.d_model
+    mom = {
+        i: [
+            0,
+            torch.zeros(d + 1, d + 1, dtype=torch.float64),
+            torch.zeros(d + 1, d, dtype=torch.float64),
+        ]
+        for i in layers
+    }
+    for ids, keep in batch_windows(wins, 8):
+        acts = lm.run(ids, hooks=hooks)
+        for i in layers:
+            x = acts[f"blocks.{i}.mlp_in"][keep].double()
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+            y = acts[f"blocks.{i}.mlp_out"][keep].double()
+            mom[i][1] += x.T @ x
+            mom[i][2] += x.T @ y
+    out = {}
+    for i, (_, xx, xy) in mom.items():
+        lam = 1e-4 * float(torch.diagonal(xx)[:d].mean())
+        reg = lam * torch.eye(d + 1, dtype=xx.dtype)
+        reg[d, d] = 0
+        out[i] = torch.linalg.solve(xx + reg, xy)[:d].float()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--transcoders", type=Path, required=True)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--per-prompt", type=int, default=8)
+    ap.add_argument("--max-layer", type=int, default=25, help="ablated features' last layer")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--ls-windows",
+        type=int,
+        default=0,
+        help="also score a plain least-squares linear map mlp_in -> mlp_out per layer, fitted on "
+        "this many 128-token windows of the embedded corpus (the MLP's average Jacobian)",
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    lm = load_model("smollm2-135m", device="cpu")
+    _, tcs = open_transcoders([a.transcoders], model="smollm2-135m")
+    by_layer = {int(tc.in_hook.split(".")[1]): tc for tc in tcs}
+    layers = sorted(by_layer)
+    hooks = [h for i in layers for h in (f"blocks.{i}.mlp_in", f"blocks.{i}.mlp_out")]
+    prompts = [p.text for p in ioi(lm.tokenizer, a.prompts, seed=1)]  # held out: seed 0 fits
+    g = generator(a.seed, "transcoder-response")
+    ls = least_squares_maps(lm, layers, a.ls_windows) if a.ls_windows else {}
+    # per layer: |real|^2, |lin - real|^2, |nl - real|^2, |lin|^2, |nl|^2, |ls - real|^2
+    sums = {i: torch.zeros(6, dtype=torch.float64) for i in layers}
+    draws = []
+    with torch.no_grad():
+        for text in prompts:
+            ids = lm.encode(text)[0]
+            T = ids.shape[1]
+            clean = lm.run(ids, hooks=hooks)
+            active = []  # (layer, pos, latent, code)
+            for i in layers:
+                if i > a.max_layer:
+                    continue
+                codes = by_layer[i].activate(by_layer[i].encode_pre(clean[f"blocks.{i}.mlp_in"][0]))
+                for p, j in (codes != 0).nonzero().tolist():
+                    if p > 0:  # not the first token (attention sink)
+                        active.append((i, p, j, float(codes[p, j])))
+            for n in torch.randperm(len(active), generator=g)[: a.per_prompt].tolist():
+                layer, pos, lat, code = active[n]
+                mask = torch.zeros(T, dtype=torch.bool)
+                mask[pos] = True
+                with intervening(lm, [LatentEdit(by_layer[layer], ablate=[lat], positions=mask)]):
+                    abl = lm.run(ids, hooks=hooks)
+                draws.append({"layer": layer, "pos": pos, "latent": lat, "code": code})
+                for m in layers:
+                    if m <= layer:
+                        continue
+                    tc = by_layer[m]
+                    x0, x1 = clean[f"blocks.{m}.mlp_in"][0], abl[f"blocks.{m}.mlp_in"][0]
+                    real = abl[f"blocks.{m}.mlp_out"][0] - clean[f"blocks.{m}.mlp_out"][0]
+                    pre0, pre1 = tc.encode_pre(x0), tc.encode_pre(x1)
+                    gate = (tc.activate(pre0) != 0).to(pre0.dtype)
+                    lin = (gate * (pre1 - pre0)) @ tc.W_dec_out
+                    if tc.W_skip is not None:
+                        lin = lin + (x1 - x0) @ tc.W_skip
+                    nl = tc.forward_out(x1) - tc.forward_out(x0)
+                    lsr = (x1 - x0) @ ls[m] if m in ls else torch.zeros_like(real)
+                    sums[m] += torch.tensor(
+                        [
+                            float(real.pow(2).sum()),
+                            float((lin - real).pow(2).sum()),
+                            float((nl - real).pow(2).sum()),
+                            float(lin.pow(2).sum()),
+                            float(nl.pow(2).sum()),
+                            float((lsr - real).pow(2).sum()),
+                        ],
+                        dtype=torch.float64,
+                    )
+    per_layer = {}
+    for m, s in sums.items():
+        if s[0] > 0:
+            per_layer[m] = {
+                "rel_err_linear": float((s[1] / s[0]).sqrt()),
+                "rel_err_nonlinear": float((s[2] / s[0]).sqrt()),
+                "norm_ratio_linear": float((s[3] / s[0]).sqrt()),
+                "norm_ratio_nonlinear": float((s[4] / s[0]).sqrt()),
+                **({"rel_err_least_squares": float((s[5] / s[0]).sqrt())} if ls else {}),
+            }
+    tot = sum(sums.values())
+    out = {
+        "what": "transcoder vs MLP response to the same input change, after ablating one active "
+        "feature (real model, error kept); 1.0 = no better than predicting no change",
+        "transcoders": str(a.transcoders),
+        "prompts": prompts,
+        "draws": draws,
+        "per_layer": per_layer,
+        "all_layers": {
+            "rel_err_linear": float((tot[1] / tot[0]).sqrt()),
+            "rel_err_nonlinear": float((tot[2] / tot[0]).sqrt()),
+            "norm_ratio_linear": float((tot[3] / tot[0]).sqrt()),
+            "norm_ratio_nonlinear": float((tot[4] / tot[0]).sqrt()),
+            **({"rel_err_least_squares": float((tot[5] / tot[0]).sqrt())} if ls else {}),
+        },
+        "seconds": time.perf_counter() - t0,
+        "command": "python benchmarks/transcoder_response_smollm2.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
+        "env": {"torch": torch.__version__, "threads": a.threads, "load": os.getloadavg()},
+    }
+    write_json(a.out, out)
+    print(json.dumps({"all_layers": out["all_layers"], "per_layer": per_layer}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
