@@ -37,6 +37,7 @@ __all__ = [
     "graph_scores",
     "influence",
     "normalise_rows",
+    "partial_influence",
     "prune",
     "threshold_for",
 ]
@@ -56,6 +57,29 @@ def influence(norm_adj: Tensor, weights: Tensor, max_iter: int = 10_000) -> Tens
         if not bool(cur.any()):
             return total
         cur = cur @ norm_adj
+        total += cur
+    raise RuntimeError(
+        f"influence did not vanish after {max_iter} steps: the adjacency matrix has a cycle"
+    )
+
+
+def partial_influence(
+    rows: Tensor, row_nodes: Tensor, weights: Tensor, max_iter: int = 10_000
+) -> Tensor:
+    """:func:`influence` on a graph of which only some rows are known (the others counted as
+    zero): ``rows`` ``[R, N]`` are the rows of nodes ``row_nodes`` ``[R]``; ``weights`` ``[N]``
+    must be zero outside ``row_nodes``. Returns ``[N]``; it equals
+    ``influence(normalise_rows(A), weights)`` with ``A`` the ``[N, N]`` matrix holding ``rows``
+    at ``row_nodes`` and zeros elsewhere, at the cost of ``R x N`` products per step.
+    """
+    norm = normalise_rows(rows)
+    cur = weights[row_nodes] @ norm
+    total = cur.clone()
+    for _ in range(max_iter):
+        cur = cur[row_nodes]
+        if not bool(cur.any()):
+            return total
+        cur = cur @ norm
         total += cur
     raise RuntimeError(
         f"influence did not vanish after {max_iter} steps: the adjacency matrix has a cycle"
