@@ -241,7 +241,7 @@ def test_replacement_change_is_the_real_change_when_the_mlps_are_their_transcode
 
 
 def test_a_capped_graphs_prediction_is_the_frozen_change_with_unvisited_features_held(lm, setup):
-    tcs, rm, run, graph, ids, tid, cid = setup
+    tcs, rm, run, graph, _, tid, cid = setup
     capped = attribute(rm, run, tid, cid, batch_size=8, max_feature_nodes=24)
     held = capped.features[~capped.visited]
     tol = 2e-6 * float(capped.adjacency[capped.target_index].abs().sum() + capped.bias.abs()[-1])

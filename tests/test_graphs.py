@@ -212,6 +212,17 @@ def test_graph_cli_writes_the_documented_json_and_page(lm, tmp_path):
     assert [x["kind"] for x in data["nodes"]].count("target") == 1
     assert "replacement score" in res.output and (out / "graph.html").is_file()
     assert [t["layer"] for t in data["transcoders"]] == list(LAYERS)
+    assert data["size"]["n_features_visited"] == data["size"]["n_features"]
+    # capped: the same nodes, incoming edges for 20 features only
+    capped = tmp_path / "capped"
+    cap = ["--max-feature-nodes", "20", "--out", str(capped)]
+    res = CliRunner().invoke(main, [*args, "--target", "M", "--contrast", "J", *cap])
+    assert res.exit_code == 0, res.output
+    small = json.loads((capped / "graph.json").read_text())
+    assert small["size"]["n_features_visited"] == 20 < data["size"]["n_features"]
+    assert small["size"]["n_nodes"] == data["size"]["n_nodes"]
+    assert small["size"]["n_edges"] < data["size"]["n_edges"]
+    assert "(20 with incoming edges)" in res.output
     # a multi-token target is refused with the fix
     res = CliRunner().invoke(main, [*args, "--target", " Mary", "--out", str(out)])
     assert res.exit_code != 0 and "single token" in res.output
