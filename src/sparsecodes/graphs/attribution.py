@@ -22,7 +22,7 @@ carried to it). Rows are computed by batched backward passes, one cotangent per 
 features): the target's row is computed first, then feature rows are computed in order of their
 *estimated* influence on the target, in rounds of ``update_interval * batch_size`` rows: before
 each round the influence of every node is recomputed on the partial graph (the rows computed so
-far, the others counted as zero; :func:`~sparsecodes.graphs.prune.partial_influence`), and the
+far, the others counted as zero; :func:`~sparsecodes.graphs.influence.partial_influence`), and the
 unvisited features of largest estimated influence are visited next, until ``N`` features have
 rows. Every active feature stays a node and a source (its column is complete), so:
 
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparsecodes.graphs.influence import partial_influence
 from sparsecodes.graphs.replacement import ReplacementModel, ReplacementRun
 
 __all__ = ["AttributionGraph", "attribute"]
@@ -135,8 +136,6 @@ def attribute(
     graph, every row computed.
     """
     import time
-
-    from sparsecodes.graphs.prune import partial_influence
 
     if max_feature_nodes is not None and max_feature_nodes < 0:
         raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
