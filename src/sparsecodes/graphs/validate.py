@@ -94,20 +94,24 @@ def predicted_change(graph: AttributionGraph, nodes: Sequence[int] | Tensor) -> 
     feature nodes ``nodes`` (indices into ``graph.features``) are set to 0 (see the module doc).
     """
     idx = _as_nodes(graph, nodes)
-    adj = graph.adjacency.double()
+    adj, nf = graph.adjacency, graph.n_features
     a = graph.activations.double()
-    r = torch.zeros(graph.n_nodes, dtype=torch.float64, device=adj.device)
-    removed = torch.zeros(graph.n_features, dtype=torch.bool, device=adj.device)
+    # only features move (errors and embeddings do not), so only their columns matter; rows are
+    # taken per layer in float64 (a capped graph's unvisited rows are zero: skipped)
+    r = torch.zeros(nf, dtype=torch.float64, device=adj.device)
+    removed = torch.zeros(nf, dtype=torch.bool, device=adj.device)
     removed[idx.to(adj.device)] = True
     layers = graph.features[:, 0]
     for layer in layers.unique().tolist():  # layer-major: edges into a layer come from below
         rows = (layers == layer).nonzero().squeeze(1)
         free = rows[~removed[rows]]
-        r[free] = (adj[free] @ r) / a[free]
+        if graph.visited is not None:
+            free = free[graph.visited[free]]
+        r[free] = (adj[free, :nf].double() @ r) / a[free]
         r[rows[removed[rows]]] = -1.0
     t = graph.target_index
-    total = float(adj[t] @ r)
-    direct = float(-adj[t, idx.to(adj.device)].sum())
+    total = float(adj[t, :nf].double() @ r)
+    direct = float(-adj[t, idx.to(adj.device)].double().sum())
     return total, direct
 
 
@@ -198,7 +202,8 @@ def partly_frozen_change(
 ) -> float:
     """The change of the target in the real model (real MLPs; ``features`` ``[k, 3]`` ablated
     through their transcoders as in :func:`real_change`) with ``run``'s attention patterns and/or
-    RMSNorm scales held. With neither held it is :func:`real_change`."""
+    RMSNorm scales held. With neither held it is :func:`real_change`. With norm scales held the
+    pass can overflow (inf/NaN; see the module doc)."""
     by_layer = _by_layer(features)
 
     def edit(layer: int, mlp_in: Tensor, mlp_out: Tensor) -> Tensor:
