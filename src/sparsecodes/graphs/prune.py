@@ -100,7 +100,8 @@ def prune(
     pruned[:, ~node_mask] = 0
     norm = normalise_rows(pruned)
     scores = norm * (influence(norm, w) + w)[:, None]
-    edge_mask = (scores >= threshold_for(scores, edge_threshold)) & (scores > 0)
+    positive = scores > 0  # zeros add nothing to the sum: sort only the nonzero scores
+    edge_mask = (scores >= threshold_for(scores[positive], edge_threshold)) & positive
     nf, inner = graph.n_features, graph.embed_slice.start  # features and errors: [0, inner)
     while True:
         before = node_mask.clone()

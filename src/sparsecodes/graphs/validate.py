@@ -340,9 +340,10 @@ def ablation_check(
     ``partly_frozen`` each set also gets the real model's change with attention patterns and/or
     norm scales held (:func:`partly_frozen_change`), which locates the gap. Every set gets the
     replacement model's change (:func:`replacement_change`). ``max_feature_nodes`` caps the graph
-    built here (see :func:`~sparsecodes.graphs.attribute`); with a capped graph the top and
-    random sets are drawn from its visited features, and the frozen column holds the unvisited
-    ones at their activations."""
+    built here (see :func:`~sparsecodes.graphs.attribute`); with a capped graph the top set is
+    drawn from its visited features, the random sets from all active features (an unvisited
+    feature's outgoing edges are complete, so ablating it is predicted like any other), and the
+    frozen column holds the unvisited features not ablated at their activations."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
@@ -358,13 +359,8 @@ def ablation_check(
         graph = attribute(
             rm, run, tid, cid, batch_size=batch_size, max_feature_nodes=max_feature_nodes
         )
-    pool = (
-        torch.arange(graph.n_features)
-        if graph.visited is None
-        else graph.visited.cpu().nonzero().squeeze(1)
-    )
-    if len(pool) < k:
-        raise ValueError(f"the graph has {len(pool)} (visited) active features, fewer than k={k}")
+    if graph.n_features < k:
+        raise ValueError(f"the graph has {graph.n_features} active features, fewer than k={k}")
     held = None if graph.visited is None else graph.features[~graph.visited]
 
     def result(kind: str, nodes: Tensor) -> AblationResult:
@@ -397,7 +393,7 @@ def ablation_check(
         return res
 
     g = generator(seed, "graph ablation random features")
-    draws = [pool[torch.randperm(len(pool), generator=g)[:k]] for _ in range(n_random)]
+    draws = [torch.randperm(graph.n_features, generator=g)[:k] for _ in range(n_random)]
     return AblationCheck(
         prompt,
         float(graph.node_input[graph.target_index]),
