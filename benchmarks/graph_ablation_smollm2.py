@@ -12,16 +12,22 @@ For held-out prompts of each ``--tasks`` task (IOI: correct name minus wrong nam
 the model's top later tens digit minus its top earlier one; prompts of another seed) it builds the
 attribution graph, ablates its top-``k`` features by influence and ``--n-random`` draws of ``k``
 random active features (``sparsecodes.graphs.ablation_check``), and records for each set the
-graph's prediction (direct and total), the frozen replacement model's change, the real model's
-change, and the real model's change with attention patterns and/or norm scales held (which
-locates the gap). Each set is judged against the tolerance fixed before the run
+graph's prediction (direct and total), the frozen replacement model's change, the replacement
+model run for real (error terms held, transcoder features recomputed, attention and norms
+recomputed), the real model's change, and the real model's change with attention patterns
+and/or norm scales held (which locate the gap; None where held norm scales made the pass
+overflow). ``--max-feature-nodes N`` caps each graph (incoming edges for the N features of
+largest estimated influence; sets are drawn from those). Per prompt it records the graph's size,
+attribution and pruning time. ``--time-caps 1024,4096,all`` then times attribution and pruning
+of the first prompt at each cap and compares each capped graph's top features with the full
+graph's. Each set is judged against the tolerance fixed before the run
 (``within_tolerance``): the real change has the predicted sign and
 ``|real - predicted| <= tol * |predicted| + floor * |target value|``, with ``tol`` the square
 root of the transcoders' mean held-out FVU of the MLP output (the share of each MLP's output the
 graph holds frozen as error, in norm) and ``floor`` = 2% of the logit difference explained.
 
 Run: ``python benchmarks/graph_ablation_smollm2.py [--transcoders DIR | --layers 0,5,10] [--k 5,20]
-[--tasks ioi,greater-than]``; writes ``benchmarks/results/graph_ablation_smollm2.json`` (``--out``).
+[--tasks ioi,greater-than] [--max-feature-nodes 4096] [--time-caps 1024,4096,all]``; writes ``benchmarks/results/graph_ablation_smollm2.json`` (``--out``).
 One torch thread unless ``--threads``.
 """
 
@@ -52,8 +58,10 @@ from sparsecodes.graphs import (
     fit_transcoder,
     graph_scores,
     head_scores,
+    predicted_change,
     prune,
     target_head_scores,
+    top_features,
 )
 from sparsecodes.graphs.io import open_transcoders
 from sparsecodes.metrics import fvu
@@ -86,6 +94,9 @@ def gap_parts(rows: list[dict]) -> dict:
         "median_abs_real_minus_frozen_attention": med("real", "real_frozen_attention"),
         "median_abs_real_minus_frozen_patterns": med("real", "real_frozen_patterns"),
         "median_abs_real_minus_frozen_norms": med("real", "real_frozen_norms"),
+        "median_abs_replacement_minus_predicted": med("replacement", "predicted"),
+        "median_abs_real_minus_replacement": med("real", "replacement"),
+        "n_diverged_frozen_norms": sum("real_frozen_norms" in r.get("diverged", []) for r in rows),
     }
 
 
@@ -115,7 +126,76 @@ def summary(rows: list[dict]) -> dict:
         else None,
         "correlation_predicted_real": corr,
         "max_abs_frozen_minus_predicted": float((frozen - pred).abs().max()),
+        "replacement_sign_agreement": float(
+            (pred[big].sign() == torch.tensor([r["replacement"] for r in rows])[big].sign())
+            .float()
+            .mean()
+        )
+        if bool(big.any())
+        else None,
     }
+
+
+def graph_size(graph, pr) -> dict:
+    """Nodes and nonzero edges of a graph, and of its pruned graph."""
+    return {
+        "n_nodes": graph.n_nodes,
+        "n_edges": int((graph.adjacency != 0).sum()),
+        "n_nodes_kept": int(pr.node_mask.sum()),
+        "n_features_kept": int(pr.node_mask[: graph.n_features].sum()),
+        "n_edges_kept": int(pr.edge_mask.sum()),
+    }
+
+
+def time_caps(rm, lm, text, tid, cid, caps: str, batch_size: int, ks: list[int]):
+    """Attribution and pruning time, size, scores and top-k features (``(layer, position,
+    latent)``, by influence) of one prompt's graph at each cap; returns the rows and the full
+    graph (None unless ``all`` is among the caps)."""
+    run = rm.run(lm.encode(text)[0][0])
+    out, full = [], None
+    for c in caps.split(","):
+        cap = None if c == "all" else int(c)
+        load = list(os.getloadavg())
+        g = attribute(rm, run, tid, cid, batch_size=batch_size, max_feature_nodes=cap)
+        pr = prune(g)
+        sc = graph_scores(g)
+        tops = {k: top_features(g, k) for k in ks}
+        out.append(
+            {
+                "max_feature_nodes": c,
+                "n_features": g.n_features,
+                "n_features_visited": g.n_features if g.visited is None else int(g.visited.sum()),
+                **graph_size(g, pr),
+                "attribution_seconds": round(g.seconds, 2),
+                "pruning_seconds": round(pr.seconds, 2),
+                "replacement_score": sc.replacement,
+                "completeness_score": sc.completeness,
+                "load_average_before": load,
+                "load_average_after": list(os.getloadavg()),
+                "top": {str(k): g.features[t].tolist() for k, t in tops.items()},
+                "predicted": {str(k): predicted_change(g, t)[0] for k, t in tops.items()},
+            }
+        )
+        print("cap", c, out[-1]["attribution_seconds"], out[-1]["pruning_seconds"], flush=True)
+        if cap is None:
+            full = g
+        del pr, g
+    return out, full
+
+
+def compare_with_full(rows: list[dict], full, ks: list[int]) -> None:
+    """Add to each row the share of its top-k features that are the full graph's top-k, and the
+    full graph's prediction for ablating its top-k set."""
+    index = {tuple(f): i for i, f in enumerate(full.features.tolist())}
+    for row in rows:
+        for k in ks:
+            ref = {tuple(f) for f in full.features[top_features(full, k)].tolist()}
+            mine = [tuple(f) for f in row["top"][str(k)]]
+            row.setdefault("top_overlap_with_full", {})[str(k)] = len(set(mine) & ref) / k
+            nodes = torch.tensor([index[f] for f in mine])
+            row.setdefault("full_graph_predicted_for_these", {})[str(k)] = predicted_change(
+                full, nodes
+            )[0]
 
 
 def held_out(lm, task: str, n: int, avoid: set[str]) -> list[tuple[str, int, int]]:
@@ -156,7 +236,18 @@ def main() -> None:
     ap.add_argument("--n-latents", type=int, default=512, help="least-squares mode only")
     ap.add_argument("--k-active", type=int, default=8, help="TopK (least-squares mode only)")
     ap.add_argument("--k", default="5,20", help="numbers of features ablated")
-    ap.add_argument("--n-random", type=int, default=5)
+    ap.add_argument("--n-random", type=int, default=4)
+    ap.add_argument(
+        "--max-feature-nodes",
+        type=int,
+        default=None,
+        help="cap each graph's feature rows (attribute(max_feature_nodes=)) [default: all]",
+    )
+    ap.add_argument(
+        "--time-caps",
+        default="",
+        help="e.g. 1024,4096,all: time attribution and pruning of the first prompt at each cap",
+    )
     ap.add_argument("--fit-texts", type=int, default=24)
     ap.add_argument("--fit-ioi", type=int, default=24)
     ap.add_argument("--fvu-texts", type=int, default=8, help="held-out texts for the FVU")
@@ -227,6 +318,7 @@ def main() -> None:
     per_prompt = []
     heads_kept = torch.zeros(lm.n_layers, lm.n_heads)
     heads_target = torch.zeros(lm.n_layers, lm.n_heads)
+    extra: dict = {}
 
     def report() -> tuple[dict, dict]:
         """Write the results so far to ``--out`` (after every prompt: a cut run keeps them)."""
@@ -298,7 +390,9 @@ def main() -> None:
             "n_random": a.n_random,
             "summary": summaries,
             "heads": heads,
+            "max_feature_nodes": a.max_feature_nodes,
             "prompts": per_prompt,
+            **extra,
             "wall_seconds": round(time.perf_counter() - t_start, 1),
             "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
             "shared 2-core machine under load from other jobs",
@@ -310,8 +404,12 @@ def main() -> None:
     for task in tasks:
         for n, (text, tid, cid) in enumerate(held_out(lm, task, a.prompts, set(fit_ioi))):
             run = rm.run(lm.encode(text)[0][0])
-            graph = attribute(rm, run, tid, cid, batch_size=a.batch_size)
+            load_before = list(os.getloadavg())
+            graph = attribute(
+                rm, run, tid, cid, batch_size=a.batch_size, max_feature_nodes=a.max_feature_nodes
+            )
             sc = graph_scores(graph)
+            pr = prune(graph)
             entry = {
                 "task": task,
                 "prompt": text,
@@ -319,13 +417,19 @@ def main() -> None:
                 "contrast": lm.tokenizer.decode([cid]),
                 "target_value": float(graph.node_input[-1]),
                 "n_features": graph.n_features,
+                "n_features_visited": graph.n_features
+                if graph.visited is None
+                else int(graph.visited.sum()),
+                **graph_size(graph, pr),
                 "attribution_seconds": round(graph.seconds, 2),
+                "pruning_seconds": round(pr.seconds, 2),
+                "load_average_before": load_before,
                 "replacement_score": sc.replacement,
                 "completeness_score": sc.completeness,
                 "by_k": {},
             }
             if task == "ioi":
-                hs = head_scores(rm, run, graph, prune(graph))
+                hs = head_scores(rm, run, graph, pr)
                 heads_kept += hs / hs.sum()
                 ht = target_head_scores(rm, run, graph)
                 heads_target += ht / ht.sum()
@@ -360,8 +464,29 @@ def main() -> None:
                 f"repl {sc.replacement:.3f} compl {sc.completeness:.3f}",
                 flush=True,
             )
-            del graph, run
+            del graph, run, pr
             report()
+    if a.time_caps:
+        text, tid, cid = held_out(lm, tasks[0], 1, set(fit_ioi))[0]
+        rows, full = time_caps(rm, lm, text, tid, cid, a.time_caps, a.batch_size, ks)
+        first = per_prompt[0]  # the same prompt, at the main run's cap
+        if a.max_feature_nodes is not None and first["prompt"] == text:
+            keys = ("n_features", "n_features_visited", "n_nodes", "n_edges", "n_nodes_kept")
+            keys += ("n_features_kept", "n_edges_kept", "attribution_seconds", "pruning_seconds")
+            keys += ("replacement_score", "completeness_score", "load_average_before")
+            rows.append(
+                {
+                    "max_feature_nodes": str(a.max_feature_nodes),
+                    "from": "the main run's graph of this prompt (above)",
+                    **{key: first[key] for key in keys},
+                    "top": {str(k): first["by_k"][str(k)]["top"]["features"] for k in ks},
+                    "predicted": {str(k): first["by_k"][str(k)]["top"]["predicted"] for k in ks},
+                }
+            )
+        if full is not None:
+            compare_with_full(rows, full, ks)
+            del full
+        extra["cap_cost"] = {"task": tasks[0], "prompt": text, "caps": rows}
     summaries, heads = report()
     print(json.dumps(summaries, indent=1))
     print(json.dumps({k: v for k, v in heads.items() if k != "reference"}))

@@ -15,6 +15,7 @@ from sparsecodes.graphs import (
     partly_frozen_change,
     predicted_change,
     real_change,
+    replacement_change,
     top_features,
 )
 from sparsecodes.models import load_model
@@ -154,3 +155,110 @@ def test_partly_frozen_change_of_a_last_layer_feature_with_norms_frozen_is_the_p
     held = partly_frozen_change(rm, run, graph.features[nodes], tid, cid, freeze_patterns=False)
     assert abs(pred) > 0.1
     assert held == pytest.approx(pred, abs=1e-5 * (1 + abs(pred)))
+
+
+def test_real_logits_with_only_norms_or_only_patterns_frozen_and_no_edit_are_the_clean_logits(
+    setup,
+):
+    """Holding the clean norm scales (or patterns) without any edit changes no arithmetic: the
+    logits are the model's to float32 rounding."""
+    _, rm, run, _, _, _, _ = setup
+    for kw in ({"freeze_norms": True}, {"freeze_patterns": True}):
+        out = rm.real_logits(run, **kw)
+        assert bool(out.isfinite().all())
+        assert (out - run.logits).abs().max() <= 1e-5 * (run.logits.abs().max() + 1)
+
+
+def test_a_diverged_partly_frozen_pass_is_reported_as_none_and_listed(lm, setup, monkeypatch):
+    """Held norm scales can make the real MLPs overflow (module doc of graphs.validate): such a
+    column is None, named in ``diverged``, and the JSON stays valid (no NaN)."""
+    import json
+
+    import sparsecodes.graphs.validate as validate
+
+    tcs, _, _, graph, _, _, _ = setup
+
+    def fake(rm, run, feats, tid, cid, *, freeze_patterns=True, freeze_norms=True):
+        return float("nan") if freeze_norms else 0.25
+
+    monkeypatch.setattr(validate, "partly_frozen_change", fake)
+    chk = ablation_check(
+        lm, tcs, HELD_OUT, "A", "T", k=3, n_random=1, graph=graph, partly_frozen=True
+    )
+    for r in (chk.top, *chk.random):
+        assert r.real_frozen_norms is None and r.real_frozen_attention is None
+        assert r.real_frozen_patterns == 0.25
+        assert r.diverged == ["real_frozen_attention", "real_frozen_norms"]
+    json.dumps(chk.to_json(), allow_nan=False)
+
+
+def test_replacement_model_run_for_real_reproduces_the_logits_without_an_edit(setup):
+    _, rm, run, _, _, _, _ = setup
+    out = rm.replacement_logits(run)
+    assert (out - run.logits).abs().max() <= 1e-5 * (run.logits.abs().max() + 1)
+
+
+class _TranscoderAsMLP(torch.nn.Module):
+    def __init__(self, tc):
+        super().__init__()
+        self.tc = tc
+
+    def forward(self, x):
+        return self.tc(x)
+
+
+def test_replacement_change_is_the_real_change_when_the_mlps_are_their_transcoders(lm, setup):
+    """A model whose every MLP *is* a transcoder has zero error terms, so the replacement model
+    run for real (features recomputed with their nonlinearity, attention and norms recomputed)
+    must equal the real model's change for any ablation, and differ from the linear prediction;
+    with the fitted (inexact) transcoders of ``setup`` it differs from the real change."""
+    tcs, rm, run, graph, ids, tid, cid = setup
+    rm0 = ReplacementModel(lm, [])
+    runs = [rm0.run(lm.encode(p)[0][0]) for p in PROMPTS]
+    x = torch.cat([r.mlp_in for r in runs], 1)
+    y = torch.cat([r.mlp_out for r in runs], 1)
+    exact = [fit_transcoder(x[i], y[i], i, 48, k=4, seed=i) for i in range(lm.n_layers)]
+    lm2 = load_model("tiny-llama", device="cpu")
+    for block, tc in zip(lm2.blocks, exact, strict=True):
+        block.mlp = _TranscoderAsMLP(tc)
+    rm2 = ReplacementModel(lm2, exact)
+    run2 = rm2.run(ids)
+    # zero error but at the BOS sink (no features there: its MLP outputs are constants)
+    assert run2.error[:, 1:].abs().max() <= 1e-5 * run2.mlp_out.abs().max()
+    g2 = attribute(rm2, run2, tid, cid, batch_size=32)
+    for nodes in (top_features(g2, 6), torch.arange(0, g2.n_features, 11)[:6]):
+        feats = g2.features[nodes]
+        rep = replacement_change(rm2, run2, feats, tid, cid)
+        real = partly_frozen_change(
+            rm2, run2, feats, tid, cid, freeze_patterns=False, freeze_norms=False
+        )
+        pred, _ = predicted_change(g2, nodes)
+        assert rep == pytest.approx(real, abs=1e-5 * (1 + abs(real)))
+        assert abs(rep - pred) > 1e-3
+    # the fitted transcoders are not their MLPs: replacement and real changes part
+    feats = graph.features[top_features(graph, 6)]
+    rep = replacement_change(rm, run, feats, tid, cid)
+    assert abs(rep - real_change(lm, tcs, ids, feats, tid, cid)) > 1e-3
+
+
+def test_a_capped_graphs_prediction_is_the_frozen_change_with_unvisited_features_held(lm, setup):
+    tcs, rm, run, graph, _, tid, cid = setup
+    capped = attribute(rm, run, tid, cid, batch_size=8, max_feature_nodes=24)
+    held = capped.features[~capped.visited]
+    tol = 2e-6 * float(capped.adjacency[capped.target_index].abs().sum() + capped.bias.abs()[-1])
+    nodes = top_features(capped, 6)
+    assert bool(capped.visited[nodes].all())
+    pred, _ = predicted_change(capped, nodes)
+    assert abs(pred - frozen_change(rm, run, capped.features[nodes], tid, cid, held=held)) <= tol
+    # letting the unvisited features follow their inputs is what the full graph predicts
+    full, _ = predicted_change(graph, nodes)
+    free = frozen_change(rm, run, capped.features[nodes], tid, cid)
+    assert abs(full - free) <= tol
+    assert abs(full - pred) > 20 * tol
+    # random sets come from all active features; ablating unvisited ones is predicted exactly too
+    chk = ablation_check(lm, tcs, HELD_OUT, "A", "T", k=4, n_random=2, graph=capped)
+    visited = {tuple(f) for f in capped.features[capped.visited].tolist()}
+    assert {tuple(f) for f in chk.top.features} <= visited
+    assert any(tuple(f) not in visited for r in chk.random for f in r.features)
+    for r in (chk.top, *chk.random):
+        assert r.frozen == pytest.approx(r.predicted, abs=tol)

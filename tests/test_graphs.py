@@ -215,6 +215,17 @@ def test_graph_cli_writes_the_documented_json_and_page(lm, tmp_path):
     assert [x["kind"] for x in data["nodes"]].count("target") == 1
     assert "replacement score" in res.output and (out / "graph.html").is_file()
     assert [t["layer"] for t in data["transcoders"]] == list(LAYERS)
+    assert data["size"]["n_features_visited"] == data["size"]["n_features"]
+    # capped: the same nodes, incoming edges for 20 features only
+    capped = tmp_path / "capped"
+    cap = ["--max-feature-nodes", "20", "--out", str(capped)]
+    res = CliRunner().invoke(main, [*args, "--target", "M", "--contrast", "J", *cap])
+    assert res.exit_code == 0, res.output
+    small = json.loads((capped / "graph.json").read_text())
+    assert small["size"]["n_features_visited"] == 20 < data["size"]["n_features"]
+    assert small["size"]["n_nodes"] == data["size"]["n_nodes"]
+    assert small["size"]["n_edges"] < data["size"]["n_edges"]
+    assert "(20 with incoming edges)" in res.output
     # a multi-token target is refused with the fix
     res = CliRunner().invoke(main, [*args, "--target", " Mary", "--out", str(out)])
     assert res.exit_code != 0 and "single token" in res.output
@@ -309,3 +320,80 @@ def test_trained_transcoders_are_read_through_sparsecodes_load(lm, tmp_path):
 
         SparseCoder(d, 16, "relu").save(tmp_path / "sae")
         load_transcoder(tmp_path / "sae")
+
+
+# ---------------------------------------------------------------- capped graphs
+
+
+def test_a_cap_at_or_above_the_feature_count_gives_the_full_graph(setup):
+    rm, run, graph, _ = setup
+    capped = attribute(
+        rm, run, graph.target_id, graph.contrast_id, batch_size=16, max_feature_nodes=10**6
+    )
+    assert capped.visited is None and graph.visited is None
+    assert torch.equal(capped.adjacency, graph.adjacency)
+    assert torch.equal(capped.bias, graph.bias)
+    assert torch.equal(capped.node_input.nan_to_num(7.0), graph.node_input.nan_to_num(7.0))
+
+
+def test_a_capped_graphs_visited_rows_are_the_full_graphs_rows(setup):
+    rm, run, graph, _ = setup
+    cap = 40
+    capped = attribute(
+        rm, run, graph.target_id, graph.contrast_id, batch_size=8, max_feature_nodes=cap
+    )
+    assert graph.n_features > 3 * cap
+    vis = capped.visited
+    assert int(vis.sum()) == cap
+    rows = torch.cat([vis.nonzero().squeeze(1), torch.tensor([graph.target_index])])
+    # the same backward passes in other batches: equal up to float32 rounding of the sums
+    scale = graph.adjacency[rows].abs().max()
+    assert (capped.adjacency[rows] - graph.adjacency[rows]).abs().max() <= 1e-5 * scale
+    assert torch.allclose(capped.bias[rows], graph.bias[rows], atol=1e-5)
+    # they reconstruct their inputs as in the full graph; unvisited rows are empty
+    err = (capped.reconstruction() - capped.node_input)[rows].abs()
+    assert (err / (capped.adjacency[rows].abs().sum(1) + capped.bias[rows].abs())).max() <= 1e-4
+    unvisited = (~vis).nonzero().squeeze(1)
+    assert capped.adjacency[unvisited].abs().max() == 0
+    # every node stays a source: the columns of unvisited features are filled in visited rows
+    assert capped.adjacency[rows][:, unvisited].abs().sum() > 0
+    assert torch.equal(capped.node_input[unvisited], graph.node_input[unvisited])
+
+
+def test_a_capped_graph_visits_features_greedily_by_partial_influence(setup):
+    """Visiting one feature per round, the i-th visited feature is the unvisited one of largest
+    influence on the target in the full graph restricted to the rows visited before it (target
+    row included): a reference computed here with ``influence`` on the full graph's rows."""
+    rm, run, graph, _ = setup
+    cap, nf = 9, graph.n_features  # 9: the greedy set differs from the top by direct effect
+    order = []
+    capped = attribute(
+        rm,
+        run,
+        graph.target_id,
+        graph.contrast_id,
+        batch_size=1,
+        update_interval=1,
+        max_feature_nodes=cap,
+        progress=lambda done, total: None,
+    )
+    w = torch.zeros(graph.n_nodes)
+    w[-1] = 1
+    known = [graph.target_index]
+    for _ in range(cap):
+        part = torch.zeros_like(graph.adjacency)
+        part[known] = graph.adjacency[known]
+        est = influence(normalise_rows(part), w)[:nf]
+        est[order] = -1
+        j = int(est.argmax())
+        order.append(j)
+        known.append(j)
+    assert set(capped.visited.nonzero().squeeze(1).tolist()) == set(order)
+    # not simply the top features by direct effect on the target
+    direct = graph.adjacency[-1, :nf].abs().topk(cap).indices.tolist()
+    assert set(direct) != set(order)
+    # and with one round, exactly the top features by direct effect
+    one = attribute(
+        rm, run, graph.target_id, graph.contrast_id, batch_size=cap, max_feature_nodes=cap
+    )
+    assert set(one.visited.nonzero().squeeze(1).tolist()) == set(direct)

@@ -44,6 +44,14 @@ completeness scores.
     "nodes link to DIR/latents/{i}.html. Repeatable.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--max-feature-nodes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Compute incoming edges for at most N features, visited in order of estimated "
+    "influence on the target; the others stay as sources with no incoming edges (exact and "
+    "approximate parts in docs/graphs.md) [default: all].",
+)
 @out_option("graph", "Output directory.")
 @device_option
 def graph(
@@ -56,6 +64,7 @@ def graph(
     edge_threshold: float,
     browsers: tuple[str, ...],
     batch_size: int,
+    max_feature_nodes: int | None,
     out: Path,
     device: str,
 ) -> None:
@@ -89,13 +98,15 @@ def graph(
         node_threshold=node_threshold,
         edge_threshold=edge_threshold,
         batch_size=batch_size,
+        max_feature_nodes=max_feature_nodes,
         feature_pages=pages,
     )
     write_graph(out / "graph.json", data)
     page = write_graph_page(data, out, sites=sites)
     size, sc, pr = data["size"], data["scores"], data["pruning"]
     click.echo(
-        f"{size['n_features']} active features, {size['n_nodes']} nodes, {size['n_edges']} "
+        f"{size['n_features']} active features ({size['n_features_visited']} with incoming "
+        f"edges), {size['n_nodes']} nodes, {size['n_edges']} "
         f"nonzero edges; kept {size['n_nodes_kept']} nodes ({size['n_features_kept']} features), "
         f"{size['n_edges_kept']} edges"
     )

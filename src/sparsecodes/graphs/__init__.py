@@ -20,6 +20,7 @@ from sparsecodes.graphs.validate import (
     partly_frozen_change,
     predicted_change,
     real_change,
+    replacement_change,
     top_features,
 )
 from sparsecodes.graphs.viewer import write_graph_page
@@ -48,6 +49,7 @@ __all__ = [
     "predicted_change",
     "prune",
     "real_change",
+    "replacement_change",
     "save_transcoder",
     "single_token",
     "target_head_scores",

@@ -21,6 +21,21 @@ carried to it). Rows are computed by batched backward passes, one cotangent per 
 The first ``rm.zero_positions`` positions (the BOS attention sink) have no feature nodes (see
 :mod:`sparsecodes.graphs.replacement`); their MLP outputs are constants of the prompt and are
 carried into ``bias``, so their error nodes have no edges.
+
+**Capped graphs** (``attribute(..., max_feature_nodes=N)`` with ``N`` below the number of active
+features): the target's row is computed first, then feature rows are computed in order of their
+*estimated* influence on the target, in rounds of ``update_interval * batch_size`` rows: before
+each round the influence of every node is recomputed on the partial graph (the rows computed so
+far, the others counted as zero; :func:`~sparsecodes.graphs.influence.partial_influence`), and the
+unvisited features of largest estimated influence are visited next, until ``N`` features have
+rows. Every active feature stays a node and a source (its column is complete), so:
+
+- exact: every visited feature's row and the target's row are the rows of the full graph (each
+  still reconstructs its node's input: sum of the row plus bias);
+- not exact: unvisited features have an all-zero row and zero bias (their inputs are not
+  reconstructed; ``visited`` marks them), so influence through them stops there; the prediction
+  of an ablation (:func:`~sparsecodes.graphs.predicted_change`) treats them as held at their
+  activations, and pruning and the scores see only the paths through visited features.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sparsecodes.graphs.influence import partial_influence
 from sparsecodes.graphs.replacement import ReplacementModel, ReplacementRun
 
 __all__ = ["AttributionGraph", "attribute"]
@@ -59,6 +75,9 @@ class AttributionGraph:
     target_id: int
     contrast_id: int | None = None
     seconds: float = 0.0
+    visited: Tensor | None = None
+    """``[n_features]`` bool: which feature rows were computed (a capped graph, see the module
+    doc); None when all were."""
 
     @property
     def n_pos(self) -> int:
@@ -107,12 +126,25 @@ def attribute(
     contrast_id: int | None = None,
     *,
     batch_size: int = 64,
+    max_feature_nodes: int | None = None,
+    update_interval: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> AttributionGraph:
-    """The full attribution graph of ``run`` for the logit of ``target_id`` at the last position
+    """The attribution graph of ``run`` for the logit of ``target_id`` at the last position
     (minus the logit of ``contrast_id`` when given). ``batch_size`` cotangents per backward pass;
-    ``progress(done, total)`` is called after each batch of rows."""
+    ``progress(done, total)`` is called after each batch of rows.
+
+    ``max_feature_nodes``: compute at most this many feature rows, chosen by estimated influence
+    on the target and re-ranked every ``update_interval`` batches (a capped graph: see the module
+    doc for what stays exact). None, or a cap at least the number of active features: the full
+    graph, every row computed.
+    """
     import time
+
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
+    if update_interval < 1:
+        raise ValueError(f"update_interval must be >= 1, got {update_interval}")
 
     t0 = time.perf_counter()
     L, T = rm.L, len(run.input_ids)
@@ -136,6 +168,7 @@ def attribute(
         rows = (features[:, 0] == layer).nonzero().squeeze(1)
         dec = rm.transcoders[layer].W_dec_out[features[rows, 2]]
         by_layer[layer] = (rows, features[rows, 1], dec)
+        node_input[rows] = run.pre[layer][features[rows, 1], features[rows, 2]]
 
     def fill(rows: Tensor, top: int, g_emb: Tensor, g_out: list, g_mid: list) -> None:
         vals = torch.zeros(len(rows), n, device=dev, dtype=dt)
@@ -179,20 +212,47 @@ def attribute(
         bias[tgt] += rm.b_U[target_id] - (rm.b_U[contrast_id] if contrast_id is not None else 0)
     done += 1
     # features: the gradient of each pre-activation at its layer's MLP input
-    for layer, (rows, pos, _) in by_layer.items():
-        w_enc, b_enc = rm.enc[layer]
-        for s in range(0, len(rows), batch_size):
-            r, p = rows[s : s + batch_size], pos[s : s + batch_size]
-            f = features[r, 2]
-            cot = torch.zeros(len(r), T, rm.d, device=dev, dtype=dt)
-            cot[torch.arange(len(r), device=dev), p] = w_enc[:, f].T
-            g_emb, g_out, g_mid = rm.backward(run, layer, at_mlp_in=cot)
-            fill(r, layer, g_emb, g_out, g_mid)
-            node_input[r] = run.pre[layer][p, f]
-            bias[r] += b_enc[f]
-            done += len(r)
-            if progress is not None:
-                progress(done, total)
+    w_enc_of = {layer: rm.enc[layer][0] for layer in by_layer}
+
+    def feature_rows(r: Tensor, layer: int) -> None:
+        p, f = features[r, 1], features[r, 2]
+        b_enc = rm.enc[layer][1]
+        cot = torch.zeros(len(r), T, rm.d, device=dev, dtype=dt)
+        cot[torch.arange(len(r), device=dev), p] = w_enc_of[layer][:, f].T
+        g_emb, g_out, g_mid = rm.backward(run, layer, at_mlp_in=cot)
+        fill(r, layer, g_emb, g_out, g_mid)
+        bias[r] += b_enc[f]
+
+    visited: Tensor | None = None
+    if max_feature_nodes is None or max_feature_nodes >= nf:
+        for layer, (rows, _, _) in by_layer.items():
+            for s in range(0, len(rows), batch_size):
+                feature_rows(rows[s : s + batch_size], layer)
+                done += len(rows[s : s + batch_size])
+                if progress is not None:
+                    progress(done, total)
+    else:
+        total = max_feature_nodes + 1
+        visited = torch.zeros(nf, dtype=torch.bool, device=dev)
+        known = [torch.tensor([tgt], device=dev)]  # node indices of the rows computed so far
+        weights = torch.zeros(n, device=dev, dtype=dt)
+        weights[tgt] = 1.0
+        while int(visited.sum()) < max_feature_nodes:
+            rows_known = torch.cat(known)
+            est = partial_influence(adj[rows_known], rows_known, weights)[:nf]
+            order = est.argsort(descending=True, stable=True)
+            room = max_feature_nodes - int(visited.sum())
+            queue = order[~visited[order]][: min(update_interval * batch_size, room)]
+            visited[queue] = True
+            layers = features[queue, 0]
+            for layer in layers.unique().tolist():
+                rows = queue[layers == layer].sort().values
+                for s in range(0, len(rows), batch_size):
+                    feature_rows(rows[s : s + batch_size], layer)
+                    done += len(rows[s : s + batch_size])
+                    if progress is not None:
+                        progress(done, total)
+            known.append(queue)
     return AttributionGraph(
         input_ids=[int(i) for i in run.input_ids],
         features=features,
@@ -204,4 +264,5 @@ def attribute(
         target_id=int(target_id),
         contrast_id=None if contrast_id is None else int(contrast_id),
         seconds=time.perf_counter() - t0,
+        visited=visited,
     )

@@ -49,6 +49,7 @@ def build_graph(
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
     batch_size: int = 64,
+    max_feature_nodes: int | None = None,
     all_nodes: bool = False,
     feature_pages: Mapping[int, str] | None = None,
     heads: bool = True,
@@ -60,14 +61,24 @@ def build_graph(
     ``feature_pages`` maps a layer to the URL prefix of its coder's feature-browser pages
     (``{prefix}{latent}.html``); its feature nodes then link there. With ``heads`` the JSON
     carries the graph's attention-head scores (:func:`~sparsecodes.graphs.head_scores`, and the
-    target's own term), each normalised to sum 1, as ``heads``.
+    target's own term), each normalised to sum 1, as ``heads``. ``max_feature_nodes`` caps the
+    feature rows computed (:func:`~sparsecodes.graphs.attribute`; what stays exact is in
+    docs/graphs.md).
     """
     tid = single_token(adapter, target)
     cid = single_token(adapter, contrast) if contrast is not None else None
     ids, _ = adapter.encode(prompt)
     rm = ReplacementModel(adapter, transcoders)
     run = rm.run(ids[0])
-    graph = attribute(rm, run, tid, cid, batch_size=batch_size, progress=progress)
+    graph = attribute(
+        rm,
+        run,
+        tid,
+        cid,
+        batch_size=batch_size,
+        max_feature_nodes=max_feature_nodes,
+        progress=progress,
+    )
     logger.info("attribution: %d features, %.2f s", graph.n_features, graph.seconds)
     pr = prune(graph, node_threshold, edge_threshold)
     data = graph_json(

@@ -237,6 +237,7 @@ def graph_json(
             "n_nodes_kept": int(pruned.node_mask.sum()),
             "n_features_kept": int(pruned.node_mask[:nf].sum()),
             "n_edges_kept": int(pruned.edge_mask.sum()),
+            "n_features_visited": nf if graph.visited is None else int(graph.visited.sum()),
         },
         "pruning": {
             "node_threshold": pruned.node_threshold,

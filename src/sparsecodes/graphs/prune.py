@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from sparsecodes.graphs.attribution import AttributionGraph
+from sparsecodes.graphs.influence import influence, normalise_rows, partial_influence
 
 __all__ = [
     "GraphScores",
@@ -37,29 +38,10 @@ __all__ = [
     "graph_scores",
     "influence",
     "normalise_rows",
+    "partial_influence",
     "prune",
     "threshold_for",
 ]
-
-
-def normalise_rows(adj: Tensor) -> Tensor:
-    """``|adj|`` with each row divided by its sum (zero rows stay zero): ``[N, N]``."""
-    a = adj.abs()
-    return a / a.sum(1, keepdim=True).clamp(min=1e-30)
-
-
-def influence(norm_adj: Tensor, weights: Tensor, max_iter: int = 10_000) -> Tensor:
-    """``w Â + w Â² + ...`` for ``weights`` ``[N]``: each node's total influence ``[N]``."""
-    cur = weights @ norm_adj
-    total = cur.clone()
-    for _ in range(max_iter):
-        if not bool(cur.any()):
-            return total
-        cur = cur @ norm_adj
-        total += cur
-    raise RuntimeError(
-        f"influence did not vanish after {max_iter} steps: the adjacency matrix has a cycle"
-    )
 
 
 def threshold_for(scores: Tensor, fraction: float) -> float:
@@ -118,7 +100,8 @@ def prune(
     pruned[:, ~node_mask] = 0
     norm = normalise_rows(pruned)
     scores = norm * (influence(norm, w) + w)[:, None]
-    edge_mask = (scores >= threshold_for(scores, edge_threshold)) & (scores > 0)
+    positive = scores > 0  # zeros add nothing to the sum: sort only the nonzero scores
+    edge_mask = (scores >= threshold_for(scores[positive], edge_threshold)) & positive
     nf, inner = graph.n_features, graph.embed_slice.start  # features and errors: [0, inner)
     while True:
         before = node_mask.clone()

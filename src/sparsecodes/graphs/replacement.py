@@ -181,6 +181,35 @@ class ReplacementModel:
             mlp_edit=mlp_edit,
         )[0]
 
+    @torch.no_grad()
+    def replacement_logits(
+        self,
+        run: ReplacementRun,
+        *,
+        code_edit: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Logits ``[T, V]`` of the *replacement* model run for real on ``run``'s prompt: every
+        MLP's output is its transcoder's output, with codes recomputed from the MLP input of this
+        pass (the full nonlinearity: active sets may change), plus the error term held at its
+        clean value from ``run`` (an MLP without a transcoder is its clean output); attention and
+        norms are recomputed. ``code_edit(layer, codes [T, n]) -> codes`` changes a layer's codes
+        (e.g. zeroes ablated features). No edit: the model's logits up to float rounding.
+        """
+        err = run.error if run.error is not None else run.mlp_out
+
+        def edit(layer: int, mlp_in: Tensor, mlp_out: Tensor) -> Tensor:
+            out = err[layer]
+            if layer in self.transcoders:
+                tc = self.transcoders[layer]
+                codes = tc.activate(tc.encode_pre(mlp_in))
+                codes[: self.zero_positions] = 0  # as in run(): no features at the sink
+                if code_edit is not None:
+                    codes = code_edit(layer, codes)
+                out = out + self.transcoder_output(layer, codes, mlp_in)
+            return out
+
+        return self._pass(run.input_ids, mlp_edit=edit)[0]
+
     def _pass(
         self,
         ids: Tensor,
@@ -272,6 +301,7 @@ class ReplacementModel:
         error: Tensor | None = None,
         biases: bool = True,
         gates: Mapping[int, Tensor] | None = None,
+        held: Mapping[int, Tensor] | None = None,
     ) -> Tensor:
         """Logits ``[T, V]`` of the frozen linear model from its sources.
 
@@ -282,7 +312,9 @@ class ReplacementModel:
         0/1 mask ``[T, n]``) makes that layer's features follow their inputs instead:
         ``codes = encode_pre(mlp_in) * gate`` with ``mlp_in`` recomputed in this pass (the
         linearisation of ReLU/TopK/JumpReLU with the active set frozen; a 0 gate removes a
-        feature and lets the change reach later features).
+        feature and lets the change reach later features). ``held`` (per gated layer a 0/1 mask
+        ``[T, n]``) keeps the features where it is 1 at their ``codes`` value instead (they do
+        not follow their inputs; what a capped graph assumes of its unvisited features).
         """
         codes = {**run.codes, **(codes or {})}
         x = run.embed if embed is None else embed
@@ -299,7 +331,12 @@ class ReplacementModel:
                 c = codes[layer]
                 if gates is not None and layer in gates:
                     w_enc, b_enc = self.enc[layer]
-                    c = (mi @ w_enc + b_enc) * gates[layer]
+                    follow = (mi @ w_enc + b_enc) * gates[layer]
+                    c = (
+                        follow
+                        if held is None or layer not in held
+                        else (torch.where(held[layer] != 0, c, follow))
+                    )
                 out = out + c @ tc.W_dec_out
                 if biases:
                     out = out + tc.b_dec_out

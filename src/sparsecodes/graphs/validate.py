@@ -22,7 +22,21 @@ For a set ``S`` of active features of an :class:`~sparsecodes.graphs.Attribution
   (real MLPs, the same ablation) with the prompt's attention patterns and/or RMSNorm scales held
   at their clean values. Between the frozen replacement model and the real model it splits the
   gap: frozen -> both frozen is what the MLPs' real response (error terms, gates) adds; both
-  frozen -> real is what recomputed attention and norms add.
+  frozen -> real is what recomputed attention and norms add. Holding the norm scales of a
+  real model is not always stable: when an ablation shrinks the stream at a position whose
+  scale is tiny (the first token, whose residual stream is huge in SmolLM2), the held scales no
+  longer bound the MLPs' inputs, the SwiGLU outputs grow layer after layer and overflow to
+  inf/NaN. Such a change is reported as None and the column is listed in ``diverged``.
+- **replacement model, run for real** (:func:`replacement_change`): ``S`` zeroed in the
+  replacement model with each error term held at its clean value, every transcoder recomputing
+  its features from its (changed) input with its own nonlinearity (active sets free), attention
+  and norms recomputed (what circuit-tracer's feature interventions do). Frozen -> replacement is
+  what linearisation misses (frozen attention, norms and gates); replacement -> real is how
+  differently the real MLPs respond than their transcoders (the error terms are not constant).
+
+With a capped graph (``attribute(..., max_feature_nodes=N)``) the prediction treats unvisited
+features as held at their activations; :func:`frozen_change` takes them as ``held`` and then
+still equals the prediction.
 
 :func:`ablation_check` does all three for the top-``k`` features of a prompt's graph (by influence
 on the target, :func:`~sparsecodes.graphs.prune.influence`) and for random active features of the
@@ -32,6 +46,7 @@ same count.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -56,6 +71,7 @@ __all__ = [
     "partly_frozen_change",
     "predicted_change",
     "real_change",
+    "replacement_change",
     "top_features",
 ]
 
@@ -78,20 +94,24 @@ def predicted_change(graph: AttributionGraph, nodes: Sequence[int] | Tensor) -> 
     feature nodes ``nodes`` (indices into ``graph.features``) are set to 0 (see the module doc).
     """
     idx = _as_nodes(graph, nodes)
-    adj = graph.adjacency.double()
+    adj, nf = graph.adjacency, graph.n_features
     a = graph.activations.double()
-    r = torch.zeros(graph.n_nodes, dtype=torch.float64, device=adj.device)
-    removed = torch.zeros(graph.n_features, dtype=torch.bool, device=adj.device)
+    # only features move (errors and embeddings do not), so only their columns matter; rows are
+    # taken per layer in float64 (a capped graph's unvisited rows are zero: skipped)
+    r = torch.zeros(nf, dtype=torch.float64, device=adj.device)
+    removed = torch.zeros(nf, dtype=torch.bool, device=adj.device)
     removed[idx.to(adj.device)] = True
     layers = graph.features[:, 0]
     for layer in layers.unique().tolist():  # layer-major: edges into a layer come from below
         rows = (layers == layer).nonzero().squeeze(1)
         free = rows[~removed[rows]]
-        r[free] = (adj[free] @ r) / a[free]
+        if graph.visited is not None:
+            free = free[graph.visited[free]]
+        r[free] = (adj[free, :nf].double() @ r) / a[free]
         r[rows[removed[rows]]] = -1.0
     t = graph.target_index
-    total = float(adj[t] @ r)
-    direct = float(-adj[t, idx.to(adj.device)].sum())
+    total = float(adj[t, :nf].double() @ r)
+    direct = float(-adj[t, idx.to(adj.device)].double().sum())
     return total, direct
 
 
@@ -114,18 +134,29 @@ def frozen_change(
     features: Tensor,
     target_id: int,
     contrast_id: int | None = None,
+    *,
+    held: Tensor | None = None,
 ) -> float:
     """The change of the target in the frozen replacement model (attention, norms, errors and
     every feature's gate frozen) when ``features`` ``[k, 3]`` ``(layer, position, latent)`` are
-    set to 0."""
+    set to 0. Features in ``held`` ``[m, 3]`` keep their activations instead of following their
+    inputs (a capped graph's unvisited features)."""
     gates = {layer: (c != 0).to(c.dtype) for layer, c in run.codes.items()}
-    base = rm.forward(run, gates=gates)
+    hold = None
+    if held is not None and len(held):
+        hold = {layer: torch.zeros_like(c) for layer, c in run.codes.items()}
+        for layer, items in _by_layer(held).items():
+            for pos, lat in items:
+                hold[layer][pos, lat] = 1
+    base = rm.forward(run, gates=gates, held=hold)
     for layer, items in _by_layer(features).items():
         g = gates[layer].clone()
         for pos, lat in items:
             g[pos, lat] = 0
+            if hold is not None:
+                hold[layer][pos, lat] = 0
         gates[layer] = g
-    out = rm.forward(run, gates=gates)
+    out = rm.forward(run, gates=gates, held=hold)
     return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
 
 
@@ -171,7 +202,8 @@ def partly_frozen_change(
 ) -> float:
     """The change of the target in the real model (real MLPs; ``features`` ``[k, 3]`` ablated
     through their transcoders as in :func:`real_change`) with ``run``'s attention patterns and/or
-    RMSNorm scales held. With neither held it is :func:`real_change`."""
+    RMSNorm scales held. With neither held it is :func:`real_change`. With norm scales held the
+    pass can overflow (inf/NaN; see the module doc)."""
     by_layer = _by_layer(features)
 
     def edit(layer: int, mlp_in: Tensor, mlp_out: Tensor) -> Tensor:
@@ -191,9 +223,44 @@ def partly_frozen_change(
     return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
 
 
+@torch.no_grad()
+def replacement_change(
+    rm: ReplacementModel,
+    run: ReplacementRun,
+    features: Tensor,
+    target_id: int,
+    contrast_id: int | None = None,
+) -> float:
+    """The change of the target in the replacement model run for real
+    (:meth:`ReplacementModel.replacement_logits`: error terms held, features recomputed by
+    their transcoders, attention and norms recomputed) when ``features`` ``[k, 3]`` are set to 0
+    at their positions."""
+    by_layer = _by_layer(features)
+
+    def edit(layer: int, codes: Tensor) -> Tensor:
+        items = by_layer.get(layer)
+        if not items:
+            return codes
+        codes = codes.clone()
+        pos = torch.tensor([p for p, _ in items], device=codes.device)
+        lat = torch.tensor([j for _, j in items], device=codes.device)
+        codes[pos, lat] = 0
+        return codes
+
+    base = rm.replacement_logits(run)
+    out = rm.replacement_logits(run, code_edit=edit)
+    return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
+
+
+_PARTLY = ("real_frozen_attention", "real_frozen_patterns", "real_frozen_norms")
+
+
 def top_features(graph: AttributionGraph, k: int) -> Tensor:
-    """Indices ``[k]`` of the ``k`` feature nodes of most influence on the target."""
+    """Indices ``[k]`` of the ``k`` feature nodes of most influence on the target (in a capped
+    graph, of its visited features)."""
     infl = influence(normalise_rows(graph.adjacency), target_weights(graph))[: graph.n_features]
+    if graph.visited is not None:
+        infl = infl.masked_fill(~graph.visited, -1.0)
     return infl.topk(min(k, graph.n_features)).indices
 
 
@@ -210,6 +277,8 @@ class AblationResult:
     predicted_direct: float
     frozen: float
     real: float
+    replacement: float | None = None
+    """The replacement model run for real (:func:`replacement_change`); None when not measured."""
     real_frozen_attention: float | None = None
     """Real model with the prompt's attention patterns and norm scales held
     (:func:`partly_frozen_change`); None when not measured."""
@@ -217,6 +286,8 @@ class AblationResult:
     """Real model with only the attention patterns held."""
     real_frozen_norms: float | None = None
     """Real model with only the RMSNorm scales held."""
+    diverged: list[str] = field(default_factory=list)
+    """Columns whose pass overflowed (inf/NaN; see the module doc); their value is None."""
 
     @property
     def relative_error(self) -> float:
@@ -260,13 +331,19 @@ def ablation_check(
     batch_size: int = 64,
     graph: AttributionGraph | None = None,
     partly_frozen: bool = False,
+    max_feature_nodes: int | None = None,
 ) -> AblationCheck:
     """Build ``prompt``'s graph (or take ``graph``), ablate its top-``k`` features by influence
     and ``n_random`` draws of ``k`` random active features (seeded by ``seed``); for each set the
     graph's prediction, the frozen replacement model's change and the real model's change.
     ``target``/``contrast`` are single tokens (text, e.g. ``" Mary"``, or token ids). With
     ``partly_frozen`` each set also gets the real model's change with attention patterns and/or
-    norm scales held (:func:`partly_frozen_change`), which locates the gap."""
+    norm scales held (:func:`partly_frozen_change`), which locates the gap. Every set gets the
+    replacement model's change (:func:`replacement_change`). ``max_feature_nodes`` caps the graph
+    built here (see :func:`~sparsecodes.graphs.attribute`); with a capped graph the top set is
+    drawn from its visited features, the random sets from all active features (an unvisited
+    feature's outgoing edges are complete, so ablating it is predicted like any other), and the
+    frozen column holds the unvisited features not ablated at their activations."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
@@ -279,9 +356,12 @@ def ablation_check(
     rm = ReplacementModel(adapter, transcoders)
     run = rm.run(ids)
     if graph is None:
-        graph = attribute(rm, run, tid, cid, batch_size=batch_size)
+        graph = attribute(
+            rm, run, tid, cid, batch_size=batch_size, max_feature_nodes=max_feature_nodes
+        )
     if graph.n_features < k:
         raise ValueError(f"the graph has {graph.n_features} active features, fewer than k={k}")
+    held = None if graph.visited is None else graph.features[~graph.visited]
 
     def result(kind: str, nodes: Tensor) -> AblationResult:
         feats = graph.features[nodes.to(graph.features.device)]
@@ -291,8 +371,9 @@ def ablation_check(
             feats.tolist(),
             pred,
             direct,
-            frozen_change(rm, run, feats, tid, cid),
+            frozen_change(rm, run, feats, tid, cid, held=held),
             real_change(adapter, transcoders, ids, feats, tid, cid),
+            replacement_change(rm, run, feats, tid, cid),
         )
         if partly_frozen:
             for attr, fp, fn in (
@@ -304,6 +385,11 @@ def ablation_check(
                     rm, run, feats, tid, cid, freeze_patterns=fp, freeze_norms=fn
                 )
                 setattr(res, attr, ch)
+        for attr in ("replacement", *_PARTLY):
+            v = getattr(res, attr)
+            if v is not None and not math.isfinite(v):
+                setattr(res, attr, None)
+                res.diverged.append(attr)
         return res
 
     g = generator(seed, "graph ablation random features")
