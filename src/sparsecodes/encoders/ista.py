@@ -12,7 +12,19 @@ One iteration is a gradient step of size ``1/L`` on the smooth part, with
 ``L = ||D||_2^2`` (largest singular value squared, computed once per call), followed by the
 proximal map of the L1 term: soft-thresholding by ``l1/L`` (and clamping at 0 when non-negative),
 which produces *exact* zeros. All rows are iterated together as two ``[batch, n] x [n, d]``
-matrix products per iteration.
+matrix products per iteration (through :func:`sparsecodes.kernels.gemm.matmul`).
+
+Working set: the iterates soon become sparse (a few dozen nonzeros of thousands of atoms), and
+an atom that is 0 and stays 0 contributes nothing. Once a share (3/4) of the rows have few
+*candidate* atoms (the current support plus atoms whose pre-threshold value is above 3/4 of the
+threshold; at most ``min(64, n // 4)``), those rows continue on their candidates ``S`` only,
+grouped by width: the gradient on ``S`` is ``y_S G_SS - c_S`` with the atoms' Gram
+``G = D D^T`` and ``c = r D^T``, ``O(|S|^2)`` per row and iteration instead of ``O(n d)``. The
+steps are the same as the full ones as long as no atom off ``S`` would enter, which one full
+gradient checks every 16 iterations and before a group stops; if one would, the group goes back
+to full iterations (which pick new candidates). The other rows keep full iterations and hand
+over later. Used for dictionaries of 256 to 4096 atoms; each group of rows stops on its own
+(the rule below, applied to the group), and ``last_n_iter`` is the largest count of a group.
 
 - ``ista``: plain proximal gradient. With step ``1/L`` every row's objective is non-increasing.
 - ``fista``: Nesterov momentum (Beck & Teboulle 2009) with per-row adaptive restart
@@ -21,8 +33,10 @@ matrix products per iteration.
   so every row's objective is non-increasing here too. ``restart=False`` gives plain FISTA.
 
 Stopping: after ``iters`` iterations, or earlier once ``max_rows ||z' - z||_2 / ||z'||_2 < tol``
-for the proposed step ``z -> z'`` (``tol=0`` disables early stopping). ``last_n_iter`` records how
-many iterations the last call ran. ``init`` (dense ``[batch, n_latents]`` or
+for the proposed step ``z -> z'`` (``tol=0`` disables early stopping). While some row's change is
+above ``10 tol`` the rule is evaluated on every 4th full iteration only, so a call may run up to 3
+iterations more (closer to the solution). ``last_n_iter`` records how many iterations the last
+call ran. ``init`` (dense ``[batch, n_latents]`` or
 :class:`~sparsecodes.codes.SparseCodes`) is the starting point (projected onto ``z >= 0`` when
 non-negative); without it the start is ``z = 0``.
 
@@ -82,7 +96,7 @@ _WS_GRAM_BLOCK = 2**24
 #: rows hand over in groups of candidate width up to these (and the cap)
 _WS_BUCKETS = (16, 32, 48)
 #: candidates: the support plus atoms whose pre-threshold value exceeds this share of the threshold
-_WS_MARGIN = 0.5
+_WS_MARGIN = 0.75
 #: a full gradient checks that no atom off the working set would enter this often (and at the end)
 _WS_CHECK_EVERY = 16
 
@@ -289,7 +303,7 @@ class ISTAEncoder(IterativeEncoder):
         p = _Run(r, W, Wt, inv_L, cfg.l1 * inv_L, width, None)  # type: ignore[attr-defined]
 
         z = self._start(init, r)
-        zD = matmul(z, W)
+        zD = r.new_zeros(r.shape) if init is None else matmul(z, W)
         F_z = self._objective_from(r, zD, z) if self._restart else None
         it = _Iterate(z, zD, z, zD, r.new_ones(r.shape[0], 1), F_z)
         # groups of rows still iterating: (rows, state, iterations so far, working-set
