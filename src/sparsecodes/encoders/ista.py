@@ -323,7 +323,7 @@ class ISTAEncoder(IterativeEncoder):
                 if not bool(fits.all()):  # rows with more candidates keep full iterations
                     todo.append(self._rows(q, state, (~fits).nonzero().squeeze(1), k, None))
                 # the others by width, so that narrow rows are not padded to the widest
-                lo = 0
+                lo = -1  # rows without candidates (all-zero ones) join the first group
                 for hi in (*(b for b in _WS_BUCKETS if b < q.ws_width), q.ws_width):
                     rows = ((width > lo) & (width <= hi)).nonzero().squeeze(1)
                     # [rows, s, s] Gram blocks: bounded memory per group
@@ -465,7 +465,7 @@ class ISTAEncoder(IterativeEncoder):
         restart = self._restart
         inv_L, thresh = p.inv_L, p.thresh
         n = G.shape[0]
-        s = int(cand.sum(dim=1, dtype=torch.int32).max())
+        s = max(1, int(cand.sum(dim=1, dtype=torch.int32).max()))
         S = torch.topk(cand.to(G.dtype), s, dim=1, sorted=False).indices.sort(dim=1).values
         GS = G.view(-1).take(S.unsqueeze(2) * n + S.unsqueeze(1))  # [B, s, s]
         cS = matmul(p.r, p.Wt).gather(1, S)  # c_S, c = r D^T
