@@ -153,6 +153,21 @@ def _power(W: Tensor, v: Tensor, iters: int) -> tuple[float, Tensor]:
     return float(est), v / v.norm().clamp_min(1e-30)
 
 
+def _gram_blocks(G: Tensor, S: Tensor, rows: int = 256) -> Tensor:
+    """``[B, s, s]`` blocks ``G[S_b][:, S_b]`` of the Gram ``G`` ``[n, n]`` for atom ids ``S``
+    ``[B, s]``: an ``index_select`` on the flat Gram with int32 ids, ``rows`` rows at a time (the
+    ids stay in cache; several times faster than ``take`` or advanced indexing on CPU)."""
+    B, s = S.shape
+    n = G.shape[0]
+    out = G.new_empty(B, s, s)
+    flat, ids = G.reshape(-1), S.to(torch.int32)
+    for i in range(0, B, rows):
+        part = ids[i : i + rows]
+        flat_ids = (part.unsqueeze(2) * n + part.unsqueeze(1)).view(-1)
+        torch.index_select(flat, 0, flat_ids, out=out[i : i + rows].view(-1))
+    return out
+
+
 def lipschitz_constant(W: Tensor, owner: nn.Module | None = None) -> float:
     """``L = ||W||_2^2``, the Lipschitz constant of ``z -> (z W - r) W^T`` for ``W`` ``[n, d]``.
 
@@ -422,8 +437,8 @@ class ISTAEncoder(IterativeEncoder):
                         z_new.index_copy_(0, rejected, z.index_select(0, rejected))
                     zD_acc = torch.where(bad, zD, z_newD)
                     F_z = torch.where(bad.squeeze(1), F_z, F_new)
-                    beta = torch.where(bad, 0.0, beta)
-                    t_new = torch.where(bad, 1.0, t_new)
+                    beta = beta.masked_fill(bad, 0.0)
+                    t_new = t_new.masked_fill(bad, 1.0)
                 else:
                     zD_acc = z_newD
                 # y = z_acc + beta (z_acc - z) = lerp(z_acc, z, -beta)
@@ -464,10 +479,9 @@ class ISTAEncoder(IterativeEncoder):
         nonneg = cfg.nonneg  # type: ignore[attr-defined]
         restart = self._restart
         inv_L, thresh = p.inv_L, p.thresh
-        n = G.shape[0]
         s = max(1, int(cand.sum(dim=1, dtype=torch.int32).max()))
         S = torch.topk(cand.to(G.dtype), s, dim=1, sorted=False).indices.sort(dim=1).values
-        GS = G.view(-1).take(S.unsqueeze(2) * n + S.unsqueeze(1))  # [B, s, s]
+        GS = _gram_blocks(G, S)  # [B, s, s]
         cS = matmul(p.r, p.Wt).gather(1, S)  # c_S, c = r D^T
 
         def gram(v: Tensor) -> Tensor:  # [B, s] -> v G_SS (row vector times G_SS: faster)
@@ -500,8 +514,8 @@ class ISTAEncoder(IterativeEncoder):
                     bad = (dF > 0).unsqueeze(1)
                     u_new = torch.where(bad, u, u_new)
                     Gu_new = torch.where(bad, Gu, Gu_new)
-                    beta = torch.where(bad, 0.0, beta)
-                    t_new = torch.where(bad, 1.0, t_new)
+                    beta = beta.masked_fill(bad, 0.0)
+                    t_new = t_new.masked_fill(bad, 1.0)
                 uy = torch.lerp(u_new, u, -beta)
                 Gy = torch.lerp(Gu_new, Gu, -beta)
                 u, Gu, t = u_new, Gu_new, t_new
