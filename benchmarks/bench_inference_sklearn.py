@@ -15,8 +15,15 @@ unit-norm Gaussian atoms in ``R^M``, codes with exactly ``K`` active ``|N(0,1)|`
 Reported per method: code MCC against the true codes (``sparsecodes.metrics.code_mcc`` when it
 exists, else the DESIGN.md definition computed here), wall time of each repeat, exact-support
 rate, mean nonzeros, FVU; and sklearn-time / our-time ratios. torch runs on ``--threads`` threads,
-sklearn with ``n_jobs=--threads``. The machine's load average is recorded before and after,
-because timings on a shared machine are noisy.
+sklearn with ``n_jobs=--threads``. The repeats are interleaved: round ``i`` runs every method once
+(ours, then sklearn's) before round ``i + 1``, so a change of machine load hits all methods
+alike; the 1-minute load average before each repeat is recorded, because timings on a shared
+machine are noisy.
+
+Our dense float32 CPU products go through :func:`sparsecodes.kernels.gemm.matmul` (numpy's
+OpenBLAS on AMD CPUs, where it beats the MKL inside torch's wheels; scikit-learn runs with its
+own BLAS). The JSON names the backend (``gemm_backend``), and when it is not ``torch`` our
+methods are also timed with ``SPARSECODES_GEMM=torch`` (result keys ``...,gemm=torch]``).
 
 ``--device cuda`` (or ``auto``) runs our encoders on the GPU unchanged (rows, dictionary and
 encoders on the device, one batched call, ``torch.cuda.synchronize`` before each clock read; the
@@ -114,38 +121,70 @@ MODE_DOC = {
 }
 
 
-def run_ours(name, m, n, enc_kw, x_t, dictionary, mode, threads, repeats, device="cpu"):
-    """Encode all rows with encoder ``name``; returns dense codes, times, warnings, encoders."""
+def prepare_ours(name, m, n, enc_kw, x_t, dictionary, mode, threads, device="cpu", gemm=None):
+    """A call that encodes all rows with encoder ``name`` (dense codes as numpy) and its encoders.
+
+    Each call sets the thread count of ``mode`` and the gemm backend (``gemm``; None: this
+    process's choice) itself and restores both, so calls of different methods can interleave."""
     from sparsecodes.devices import synchronize
+    from sparsecodes.kernels import gemm as gemm_mod
 
     x_t, dictionary = x_t.to(device), dictionary.to(device)
     if mode == "threads":
-        torch.set_num_threads(threads)
         encs = [make_encoder(name, m, n, **enc_kw).to(device)]
         chunks = [x_t]
     else:
-        torch.set_num_threads(1)
         encs = [make_encoder(name, m, n, **enc_kw).to(device) for _ in range(threads)]
         chunks = list(x_t.chunk(threads))
-    for e in encs:
-        e.encode(x_t[:64], dictionary)  # warm-up (first-call allocation), not timed
 
     def one(e, xs):
         return to_dense(e.encode(xs, dictionary))
 
     def call() -> np.ndarray:
-        synchronize(device)
-        if len(encs) == 1:
-            out = one(encs[0], chunks[0])
-        else:
-            with ThreadPoolExecutor(len(encs)) as ex:  # torch ops release the GIL
-                out = torch.cat(list(ex.map(one, encs, chunks)))
-        synchronize(device)
+        before = gemm_mod.gemm_backend()
+        if gemm is not None:
+            gemm_mod.set_gemm_backend(gemm)
+        torch.set_num_threads(threads if mode == "threads" else 1)
+        try:
+            synchronize(device)
+            if len(encs) == 1:
+                out = one(encs[0], chunks[0])
+            else:
+                with ThreadPoolExecutor(len(encs)) as ex:  # torch ops release the GIL
+                    out = torch.cat(list(ex.map(one, encs, chunks)))
+            synchronize(device)
+        finally:
+            torch.set_num_threads(threads)
+            gemm_mod.set_gemm_backend(before)
         return out.cpu().numpy()
 
-    codes, times, warns = timed(call, repeats)
-    torch.set_num_threads(threads)
-    return codes, times, warns, encs
+    for e in encs:  # warm-up (first-call allocation), not timed
+        e.encode(x_t[:64], dictionary)
+    return call, encs
+
+
+def run_interleaved(
+    calls: dict[str, Callable[[], np.ndarray]], repeats: dict[str, int], quiet: set[str]
+) -> dict[str, tuple[np.ndarray, list[float], dict[str, int], list[float]]]:
+    """Time every method ``repeats[name]`` times, round by round: round ``i`` runs each method
+    that has an ``i``-th repeat once before round ``i + 1`` starts, so a change of machine load
+    during the run hits every method alike. Per method: its output, wall times, warning counts
+    and the 1-minute load average before each repeat."""
+    out: dict[str, tuple] = {name: (None, [], {}, []) for name in calls}
+    for i in range(max(repeats.values())):
+        for name, fn in calls.items():
+            if i >= repeats[name]:
+                continue
+            load = os.getloadavg()[0]
+            codes, times, warns = timed(fn, 1, quiet=name in quiet)
+            _, all_times, all_warns, loads = out[name]
+            all_times.extend(times)
+            loads.append(load)
+            for key, v in warns.items():
+                all_warns[key] = all_warns.get(key, 0) + v
+            out[name] = (codes, all_times, all_warns, loads)
+            print(f"  round {i + 1}: {name:28s} {times[0]:7.2f} s  (load {load:.2f})", flush=True)
+    return out
 
 
 def summarise(name, codes, times, true, x, atoms, extra=None) -> dict:
@@ -213,8 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--fista-tol", type=float, default=1e-4)
     p.add_argument("--sk-max-iter", type=int, default=1000, help="sklearn transform_max_iter")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats of our methods")
-    p.add_argument("--sk-repeats", type=int, default=1, help="timed repeats of sklearn's")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats of our methods")
+    p.add_argument(
+        "--sk-repeats", type=int, default=3, help="timed repeats of sklearn's (interleaved)"
+    )
     p.add_argument(
         "--torch-parallel",
         default="threads,chunks",
@@ -247,42 +288,33 @@ def main(argv: list[str] | None = None) -> dict:
     x, true, atoms = x_t.numpy(), codes_t.numpy(), atoms_t.numpy()
     dictionary = Dictionary.from_atoms(atoms_t)
     load_before = os.getloadavg()
-    results: dict[str, dict] = {}
 
-    for mode in modes:
-        if "fista" in methods:
-            enc_kw = {"l1": args.l1, "iters": args.fista_iters, "tol": args.fista_tol}
-            codes, times, warns, encs = run_ours(
-                "fista", m, n, enc_kw, x_t, dictionary, mode, args.threads, args.repeats, device
-            )
-            results[f"fista[{mode}]"] = summarise(
-                f"sparsecodes fista (batched, restart, nonneg; {MODE_DOC[mode]})",
-                codes,
-                times,
-                true,
-                x,
-                atoms,
-                {
-                    "iterations_run": [e.last_n_iter for e in encs],
-                    "mean_objective": lasso_objective(x, codes, atoms, args.l1),
-                    "warnings": warns,
-                },
-            )
-        if "omp" in methods:
-            codes, times, warns, _ = run_ours(
-                "omp", m, n, {"k": k}, x_t, dictionary, mode, args.threads, args.repeats, device
-            )
-            results[f"omp[{mode}]"] = summarise(
-                f"sparsecodes omp (batched; {MODE_DOC[mode]})",
-                codes,
-                times,
-                true,
-                x,
-                atoms,
-                {"warnings": warns},
-            )
+    from sparsecodes.kernels.gemm import gemm_backend
+
+    backend = gemm_backend()
+    # our methods: (result key, encoder, encoder kwargs, mode, gemm backend or None)
+    ours: list[tuple[str, str, dict, str, str | None]] = []
+    fista_kw = {"l1": args.l1, "iters": args.fista_iters, "tol": args.fista_tol}
+    gemms: list[str | None] = [None]
+    if device.type == "cpu" and backend != "torch":
+        gemms.append("torch")  # also our figure with torch's own BLAS (MKL in the pip wheels)
+    for gemm in gemms:
+        tag = "" if gemm is None else f",gemm={gemm}"
+        for mode in modes:
+            if "fista" in methods:
+                ours.append((f"fista[{mode}{tag}]", "fista", fista_kw, mode, gemm))
+            if "omp" in methods:
+                ours.append((f"omp[{mode}{tag}]", "omp", {"k": k}, mode, gemm))
+    calls: dict[str, Callable[[], np.ndarray]] = {}
+    encoders: dict[str, list] = {}
+    repeats: dict[str, int] = {}
+    for key, name, kw, mode, gemm in ours:
+        calls[key], encoders[key] = prepare_ours(
+            name, m, n, kw, x_t, dictionary, mode, args.threads, device, gemm
+        )
+        repeats[key] = args.repeats
     if "lasso_cd" in methods:
-        sk = SkSparseCoder(
+        sk_cd = SkSparseCoder(
             dictionary=atoms,
             transform_algorithm="lasso_cd",
             transform_alpha=args.l1,
@@ -290,32 +322,43 @@ def main(argv: list[str] | None = None) -> dict:
             positive_code=True,
             n_jobs=args.threads,
         )
-        codes, times, warns = timed(lambda: sk.transform(x), args.sk_repeats, quiet=True)
-        results["lasso_cd"] = summarise(
-            "sklearn SparseCoder lasso_cd (positive_code)",
-            codes,
-            times,
-            true,
-            x,
-            atoms,
-            {"mean_objective": lasso_objective(x, codes, atoms, args.l1), "warnings": warns},
-        )
+        calls["lasso_cd"], repeats["lasso_cd"] = (lambda: sk_cd.transform(x)), args.sk_repeats
     if "sk_omp" in methods:
-        sk = SkSparseCoder(
+        sk_omp = SkSparseCoder(
             dictionary=atoms,
             transform_algorithm="omp",
             transform_n_nonzero_coefs=k,
             n_jobs=args.threads,
         )
-        codes, times, warns = timed(lambda: sk.transform(x), args.sk_repeats, quiet=True)
-        results["sk_omp"] = summarise(
-            "sklearn SparseCoder omp", codes, times, true, x, atoms, {"warnings": warns}
-        )
+        calls["sk_omp"], repeats["sk_omp"] = (lambda: sk_omp.transform(x)), args.sk_repeats
+    timings = run_interleaved(calls, repeats, quiet={"lasso_cd", "sk_omp"})
+
+    results: dict[str, dict] = {}
+    for key, name, _kw, mode, gemm in ours:
+        codes, times, warns, loads = timings[key]
+        label = f"sparsecodes {name} ({'batched, restart, nonneg; ' if name == 'fista' else 'batched; '}"
+        extra = {
+            "gemm_backend": gemm or backend,
+            "load_avg_1m_before_each": loads,
+            "warnings": warns,
+        }
+        if name == "fista":
+            extra["iterations_run"] = [e.last_n_iter for e in encoders[key]]
+            extra["mean_objective"] = lasso_objective(x, codes, atoms, args.l1)
+        results[key] = summarise(f"{label}{MODE_DOC[mode]})", codes, times, true, x, atoms, extra)
+    for key, label in (
+        ("lasso_cd", "sklearn SparseCoder lasso_cd (positive_code)"),
+        ("sk_omp", "sklearn SparseCoder omp"),
+    ):
+        if key in timings:
+            codes, times, warns, loads = timings[key]
+            extra = {"load_avg_1m_before_each": loads, "warnings": warns}
+            if key == "lasso_cd":
+                extra["mean_objective"] = lasso_objective(x, codes, atoms, args.l1)
+            results[key] = summarise(label, codes, times, true, x, atoms, extra)
 
     ratios = {}
-    pairs = [
-        (f"{o}[{mode}]", t) for mode in modes for o, t in (("fista", "lasso_cd"), ("omp", "sk_omp"))
-    ]
+    pairs = [(key, "lasso_cd" if name == "fista" else "sk_omp") for key, name, _kw, _m, _g in ours]
     for ours, theirs in pairs:
         if ours in results and theirs in results:
             ratios[f"{theirs}/{ours}"] = {
@@ -336,6 +379,13 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "device_name": device_name(device),
         "machine": machine_info(args.threads),
+        "gemm_backend": backend,
+        "gemm_note": "our dense float32 CPU products go through sparsecodes.kernels.gemm (backend "
+        "'openblas': numpy's OpenBLAS, 'torch': torch.mm, MKL in the pip wheels); rows "
+        "'[...,gemm=torch]' are ours with SPARSECODES_GEMM=torch. scikit-learn runs with its own "
+        "BLAS (numpy's OpenBLAS / scipy).",
+        "timing": "interleaved: round i runs every method once (ours, then sklearn) before round "
+        "i + 1, so load changes hit all methods alike",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "note": "shared 2-core machine; other jobs ran concurrently, so timings are noisy",
@@ -350,7 +400,10 @@ def main(argv: list[str] | None = None) -> dict:
             + (f" obj={r['mean_objective']:.4f}" if "mean_objective" in r else "")
         )
     for key, r in ratios.items():
-        print(f"{key}: speedup(min)={r['speedup_min']:.1f}x mcc_diff={r['mcc_diff']:+.4f}")
+        print(
+            f"{key}: speedup(min)={r['speedup_min']:.1f}x "
+            f"(median {r['speedup_median']:.1f}x) mcc_diff={r['mcc_diff']:+.4f}"
+        )
     print(f"wrote {args.out}")
     return report
 

@@ -54,6 +54,7 @@ from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
 from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.support_lstsq import solve_on_support
+from sparsecodes.kernels.gemm import matmul
 from sparsecodes.validation import check_k, check_positive
 
 
@@ -283,10 +284,10 @@ class OMPEncoder(_Pursuit):
         B, n = r.shape[0], self.n_latents
         rows = torch.arange(B, device=r.device)
         # Gram entries <d_a, d_b>: from the full [n, n] Gram when small, else from the atoms
-        full_gram = W @ p.Wt if n * n <= _FULL_GRAM_MAX else None
+        full_gram = matmul(W, p.Wt) if n * n <= _FULL_GRAM_MAX else None
         # with the full Gram, each step's correlations <res, d_j> = <r, d_j> - coef G[idx, j]
         # cost B k n (a sparse times dense product) instead of the B d n of res @ W^T
-        r_corr = r @ p.Wt if full_gram is not None and k < r.shape[1] else None
+        r_corr = matmul(r, p.Wt) if full_gram is not None and k < r.shape[1] else None
         corr = r.new_empty(B, n)  # each step's correlations, one buffer (no page faults)
 
         def gram(a: Tensor, b: Tensor) -> Tensor:  # a [B, s], b [B, t] atom ids -> [B, s, t]
@@ -319,7 +320,7 @@ class OMPEncoder(_Pursuit):
                 used = int(valid.any(dim=0).nonzero().max()) + 1 if bool(valid.any()) else 0
                 _gram_corr(r_corr, idx[:, :used], coef[:, :used], full_gram, out=corr)
             else:
-                torch.mm(res, p.Wt, out=corr)
+                matmul(res, p.Wt, out=corr)
             j, usable = self._pick(p, res, in_support if nonneg else None, corr)
             live = free.any(dim=1) & usable & (res.pow(2).sum(dim=1) > p.stop)
             if not nonneg:
