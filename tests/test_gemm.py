@@ -53,15 +53,39 @@ def test_small_or_grad_products_stay_in_torch(openblas):
     assert not gemm.uses_openblas(a.double(), b.double().detach())
 
 
-def test_openblas_threads_follow_torch(openblas):
-    a, b = _pair(256, 128, 192)
+def test_openblas_rows_split_over_torch_threads_single_threaded_blas(openblas, monkeypatch):
+    import threading
+
+    import numpy as np
+
+    ctl = gemm._numpy_openblas()
+    seen = []  # (thread id, rows, OpenBLAS threads during the call)
+
+    def spy(a, b, out):
+        seen.append((threading.get_ident(), a.shape[0], ctl.info()[0]["num_threads"]))
+        return real(a, b, out=out)
+
+    real = np.matmul
+    a, b = _pair(300, 128, 192)
+    ref = a.double() @ b.double()
+    bound = 128 * 1.2e-7 * (a.norm(dim=1)[:, None] * b.norm(dim=0)[None]).max()  # as above
+    before_blas = ctl.info()[0]["num_threads"]
     before = torch.get_num_threads()
+    monkeypatch.setattr(gemm.np, "matmul", spy)
     try:
-        torch.set_num_threads(1)
-        gemm.matmul(a, b)
-        assert {c.num_threads for c in gemm._numpy_openblas().lib_controllers} == {1}
+        for threads, blocks in ((1, [300]), (2, [150, 150]), (3, [100, 100, 100])):
+            seen.clear()
+            torch.set_num_threads(threads)
+            out = gemm.matmul(a, b)
+            assert sorted(r for _, r, _ in seen) == blocks
+            assert len({t for t, _, _ in seen}) == threads  # one block per thread
+            assert {n for _, _, n in seen} == {1}  # OpenBLAS itself single-threaded
+            assert threading.get_ident() in {t for t, _, _ in seen}  # the caller takes one
+            assert (out.double() - ref).abs().max() <= bound
     finally:
         torch.set_num_threads(before)
+    assert ctl.info()[0]["num_threads"] == before_blas  # restored for other numpy code
+    assert gemm.row_blocks(100, 4) == [(0, 100)]  # < 2 * MIN_ROWS_PER_THREAD rows: one block
 
 
 def test_backend_resolution(monkeypatch):

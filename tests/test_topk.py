@@ -295,3 +295,55 @@ def test_workspace_reuses_buffer_per_name_and_shape_and_caps_size(monkeypatch):
     assert sparse_affine.workspace("u", (4, 5), torch.float32, torch.device("cpu")) is not big
     sparse_affine.release_workspace()
     assert sparse_affine.workspace("t", (4, 6), torch.float32, torch.device("cpu")) is not b
+
+
+def test_squared_error_per_token_equals_mse_and_its_gradients():
+    from sparsecodes.encoders.base import mse_per_token
+    from sparsecodes.kernels.losses import squared_error_per_token
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 7, 33, generator=g).requires_grad_(True)  # tokens = 350
+    x_hat = (x.detach() + 0.1 * torch.randn(50, 7, 33, generator=g)).requires_grad_(True)
+    loss = squared_error_per_token(x, x_hat)
+    ref = mse_per_token(x.double(), x_hat.double())
+    assert abs(float(loss.detach()) - float(ref)) <= 1e-6 * float(ref)  # float32 sum, 11550 terms
+    (loss * 3).backward()
+    r = (x_hat - x).detach().double()
+    torch.testing.assert_close(x_hat.grad.double(), 3 * 2 * r / 350, rtol=1e-6, atol=0)
+    torch.testing.assert_close(x.grad.double(), -3 * 2 * r / 350, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="must match"):
+        squared_error_per_token(x, x_hat[:, :3])
+
+
+def test_fast_path_through_openblas_gemm_equals_eager():
+    """At a size whose encoder matmul goes to OpenBLAS (>= gemm.MIN_MACS), the fast step's
+    loss and gradients equal plain autograd's up to float32 rounding."""
+    from sparsecodes.kernels import gemm
+
+    if gemm._numpy_openblas() is None:
+        pytest.skip("numpy is not built with OpenBLAS here")
+    before = gemm.gemm_backend()
+    gemm.set_gemm_backend("openblas")
+    try:
+        d, n, batch = 64, 512, 256
+        assert batch * (d + 1) * n >= gemm.MIN_MACS
+        outs = {}
+        for fast in (True, False):
+            g = torch.Generator().manual_seed(0)
+            dic = Dictionary(d, n, generator=g)
+            enc = make_encoder("topk", d, n, generator=g, k=8, fast=fast, matmul_dtype="float32")
+            with torch.no_grad():
+                dic.b_dec.copy_(0.1 * torch.randn(d, generator=g))
+                enc.b_enc.copy_(0.1 * torch.randn(n, generator=g))
+            x = torch.randn(batch, d, generator=g)
+            out = enc.train_step(TrainStepInput(x, dic, 0, None))
+            out.loss.backward()
+            outs[fast] = (out, enc.W_enc.grad, enc.b_enc.grad, dic.b_dec.grad, dic.W_dec.grad)
+        (of, *gf), (oe, *ge) = outs[True], outs[False]
+        assert torch.equal(of.codes.to_dense() != 0, oe.codes.to_dense() != 0)  # same selection
+        torch.testing.assert_close(of.loss, oe.loss, rtol=1e-5, atol=0)
+        for a, b in zip(gf, ge, strict=True):
+            assert b.abs().sum() > 0
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    finally:
+        gemm.set_gemm_backend(before)

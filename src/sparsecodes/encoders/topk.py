@@ -49,6 +49,7 @@ from sparsecodes.encoders.base import (
 )
 from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.relu import LinearEncoderParams
+from sparsecodes.kernels.losses import squared_error_per_token
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_index, row_topk_with_aux
 from sparsecodes.kernels.sparse_affine import (
     MATMUL_DTYPES,
@@ -219,7 +220,10 @@ class TopKEncoder(LinearEncoderParams):
         n_dead = 0 if dead_idx is None else int(dead_idx.numel())
         codes, aux = self._train_codes(inp.x, inp.dictionary, dead_idx)
         x_hat = self._decode(codes, inp.dictionary)
-        mse = mse_per_token(inp.target_out, x_hat)
+        if self.config.fast:  # one autograd node, one-pass backward
+            mse = squared_error_per_token(inp.target_out, x_hat)
+        else:
+            mse = mse_per_token(inp.target_out, x_hat)
         auxk = self.auxk_loss(inp.target_out, x_hat, aux, inp.dictionary, n_dead)
         return TrainStepOutput(mse + auxk, x_hat, codes, {"mse": mse, "auxk": auxk})
 

@@ -7,8 +7,10 @@ AMD EPYC cores (AVX2, 2 threads) ``[4096, 576] @ [576, 4608]`` took 245-280 ms t
 once per process:
 
 - ``"torch"``: ``torch.mm`` (MKL in the pip wheels; the only backend off the CPU);
-- ``"openblas"``: ``numpy.matmul`` on zero-copy views of the tensors, with OpenBLAS limited to
-  ``torch.get_num_threads()`` threads (through ``threadpoolctl``);
+- ``"openblas"``: ``numpy.matmul`` on zero-copy views of the tensors. The rows of ``a`` are split
+  into ``torch.get_num_threads()`` blocks, each multiplied by single-threaded OpenBLAS in its own
+  Python thread (numpy releases the GIL): the calling thread takes the first block, a small
+  persistent pool the others (see "Threads" below);
 - ``"auto"`` (default): ``"openblas"`` on an AMD x86 CPU when numpy's BLAS is OpenBLAS, else
   ``"torch"``.
 
@@ -17,13 +19,26 @@ The choice comes from the environment variable ``SPARSECODES_GEMM`` (or
 numbers on one machine. The two backends agree to float32 rounding (different summation orders),
 not bit for bit. Products with fewer than :data:`MIN_MACS` multiply-adds, tensors that need a
 gradient, and anything but 2-D float32 CPU tensors always go through torch.
+
+Threads: torch's CPU ops run on OpenMP threads, OpenBLAS on its own pthreads, and both spin for a
+while after each call before they sleep. A multi-threaded OpenBLAS call between torch ops leaves
+its workers spinning on the cores torch's next op needs (and vice versa), which on two cores
+cost a good part of the gain. So OpenBLAS is held to one thread for the duration of the call
+(``threadpoolctl``; restored afterwards, so other numpy code in the process keeps its setting)
+and the parallelism comes from Python threads that block, not spin, when idle. This needs no
+environment variable set before start-up (``OMP_WAIT_POLICY``, ``OPENBLAS_THREAD_TIMEOUT``),
+which a library cannot rely on.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import platform
+import queue
+import threading
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -32,9 +47,12 @@ from torch import Tensor
 GEMM_BACKENDS: tuple[str, ...] = ("auto", "torch", "openblas")
 #: products smaller than this (``m * k * n``) stay in torch: the call overhead would dominate
 MIN_MACS = 1 << 22
+#: fewest rows of ``a`` per thread block (smaller products use fewer threads)
+MIN_ROWS_PER_THREAD = 64
 
 _chosen: str | None = None
-_blas_threads: int | None = None
+_pool: list[queue.SimpleQueue] = []
+_pool_lock = threading.Lock()
 
 
 def cpu_vendor() -> str:
@@ -97,12 +115,41 @@ def set_gemm_backend(spec: str | None) -> str:
     return _chosen
 
 
-def _limit_threads() -> None:
-    global _blas_threads
-    n = torch.get_num_threads()
-    if n != _blas_threads:
-        _numpy_openblas().limit(limits=n)
-        _blas_threads = n
+def _serve(jobs: queue.SimpleQueue) -> None:
+    while True:
+        fn, done = jobs.get()
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(fn())
+            except BaseException as e:  # handed to the caller, which re-raises it
+                done.set_exception(e)
+
+
+def _workers(n: int) -> list[queue.SimpleQueue]:
+    """The job queues of ``n`` daemon worker threads, one queue each (so block ``i`` always runs
+    on worker ``i``), kept for the process and grown on demand; idle workers block on their
+    queue."""
+    with _pool_lock:
+        while len(_pool) < n:
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            name = f"sparsecodes-gemm-{len(_pool)}"
+            threading.Thread(target=_serve, args=(jobs,), name=name, daemon=True).start()
+            _pool.append(jobs)
+        return _pool[:n]
+
+
+def _submit(jobs: queue.SimpleQueue, fn) -> Future:
+    done: Future = Future()
+    jobs.put((fn, done))
+    return done
+
+
+def row_blocks(m: int, threads: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: ``m`` rows in at most ``threads`` near-equal blocks of at least
+    :data:`MIN_ROWS_PER_THREAD` rows (one block when ``m`` is smaller)."""
+    parts = max(1, min(threads, m // MIN_ROWS_PER_THREAD))
+    edges = [m * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(edges))
 
 
 def uses_openblas(a: Tensor, b: Tensor) -> bool:
@@ -122,14 +169,32 @@ def uses_openblas(a: Tensor, b: Tensor) -> bool:
 
 def matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     """``a @ b`` for ``a`` ``[m, k]`` and ``b`` ``[k, n]`` -> ``[m, n]``, written into ``out``
-    (contiguous ``[m, n]``) when given. Transposed views are read in place (no copy)."""
+    (contiguous ``[m, n]``) when given. Transposed views are read in place (no copy). On the
+    OpenBLAS backend the rows run in ``torch.get_num_threads()`` blocks (module docstring)."""
     if not uses_openblas(a, b) or (out is not None and not out.is_contiguous()):
         return torch.mm(a, b, out=out) if out is not None else torch.mm(a, b)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not chain")
-    _limit_threads()
-    an, bn = a.detach().numpy(), b.detach().numpy()
+    if out is not None and out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(
+            f"matmul: out has shape {tuple(out.shape)}, expected {(a.shape[0], b.shape[1])}"
+        )
     if out is None:
-        return torch.from_numpy(np.matmul(an, bn))
-    np.matmul(an, bn, out=out.detach().numpy())
+        out = torch.empty(a.shape[0], b.shape[1])
+    an, bn, on = a.detach().numpy(), b.detach().numpy(), out.detach().numpy()
+    blocks = row_blocks(a.shape[0], torch.get_num_threads())
+    with _numpy_openblas().limit(limits=1):
+        pending = []
+        if len(blocks) > 1:
+            workers = _workers(len(blocks) - 1)
+            pending = [
+                _submit(w, functools.partial(np.matmul, an[i:j], bn, out=on[i:j]))
+                for w, (i, j) in zip(workers, blocks[1:], strict=True)
+            ]
+        i, j = blocks[0]
+        try:
+            np.matmul(an[i:j], bn, out=on[i:j])
+        finally:
+            for f in pending:
+                f.result()
     return out

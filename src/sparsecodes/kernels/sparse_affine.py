@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sparsecodes.kernels.gemm import matmul
 from sparsecodes.kernels.selection import row_index, row_topk_with_aux
 
 MatmulDType = Literal["auto", "float32", "bfloat16"]
@@ -112,8 +113,13 @@ def preacts(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype | None = None
 ) -> Tensor:
     """``[batch, n_latents]`` pre-activations without autograd, computed and returned in ``dtype``
-    (default: ``W_enc``'s dtype)."""
-    return _affine(x, W_enc, b_enc, b_dec, dtype or W_enc.dtype)
+    (default: ``W_enc``'s dtype); float32 CPU products go through :func:`~sparsecodes.kernels.
+    gemm.matmul` (its backend decides)."""
+    dtype = dtype or W_enc.dtype
+    if dtype == torch.float32 == W_enc.dtype == x.dtype and x.device.type == "cpu":
+        with torch.autocast(x.device.type, enabled=False):
+            return matmul(x - b_dec, W_enc).add_(b_enc)
+    return _affine(x, W_enc, b_enc, b_dec, dtype)
 
 
 def _coo(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -251,8 +257,10 @@ def folded_preacts(
 ) -> Tensor:
     """``[batch, n_latents]`` pre-activations ``(x - b_dec) @ W_enc + b_enc`` as one matmul with
     both biases folded in (``[x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``), in ``dtype``
-    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding. ``scratch=True``
-    computes into :func:`workspace` buffers (the result is overwritten by the next such call)."""
+    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding. The product goes
+    through :func:`~sparsecodes.kernels.gemm.matmul` (OpenBLAS or torch, by its backend).
+    ``scratch=True`` computes into :func:`workspace` buffers (the result is overwritten by the next
+    such call)."""
     dtype = dtype or W_enc.dtype
     with torch.autocast(x.device.type, enabled=False):
         (batch, d_in), n = x.shape, W_enc.shape[1]
@@ -269,7 +277,7 @@ def folded_preacts(
         x1[:, d_in] = 1
         w1[:d_in] = W_enc
         w1[d_in] = bias
-        return torch.mm(x1, w1, out=out)
+        return matmul(x1, w1, out=out)
 
 
 def encode_row_topk(

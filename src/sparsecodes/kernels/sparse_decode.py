@@ -73,8 +73,9 @@ class SparseDecode(torch.autograd.Function):
         indices = indices.contiguous()
         values = values.contiguous().to(W_dec.dtype)
         ctx.save_for_backward(indices, values, W_dec)
-        out = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
-        return out + b_dec
+        # detached: embedding_bag's forward-only kernel (no bag bookkeeping for its own backward)
+        out = F.embedding_bag(indices, W_dec.detach(), per_sample_weights=values, mode="sum")
+        return out.add_(b_dec)
 
     @staticmethod
     @once_differentiable
