@@ -347,3 +347,21 @@ def test_fast_path_through_openblas_gemm_equals_eager():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     finally:
         gemm.set_gemm_backend(before)
+
+
+def test_row_topk_blocks_give_the_topk_values_including_ties():
+    from sparsecodes.kernels.selection import row_topk, topk_blocks
+
+    g = torch.Generator().manual_seed(1)
+    assert topk_blocks(4608, 32) == 512 and topk_blocks(997, 8) == 0  # prime: plain topk
+    pre = torch.randn(300, 1152, generator=g)
+    pre[:100] = pre[:100].round()  # many ties at the k-th value
+    pre[100:150, :40] += 10  # the top k crowded into a few strided blocks
+    pre[150:200] = 0.0  # all tied
+    for k in (1, 8, 32):
+        assert topk_blocks(1152, k) > 0
+        vals, cols = row_topk(pre, k)
+        ref = pre.topk(k, dim=1).values
+        assert torch.equal(vals.sort(dim=1, descending=True).values, ref)
+        assert torch.equal(pre.gather(1, cols), vals)  # positions hold those values
+        assert (cols.sort(dim=1).values.diff(dim=1) > 0).all()  # k distinct columns per row

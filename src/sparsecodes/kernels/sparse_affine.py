@@ -42,7 +42,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from sparsecodes.kernels.gemm import matmul
-from sparsecodes.kernels.selection import row_index, row_topk_with_aux
+from sparsecodes.kernels.selection import row_index, row_topk, row_topk_with_aux
 
 MatmulDType = Literal["auto", "float32", "bfloat16"]
 MATMUL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -316,7 +316,7 @@ def encode_row_topk(
         return values.view(batch, width[0]), cols.view(batch, width[0]), width[0] - k
     with torch.no_grad():
         pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype, scratch=True)
-        vals, cols = pre.topk(k, dim=1, sorted=False)
+        vals, cols = row_topk(pre, k)
         k_aux = 0
         if dead_idx is not None and aux_k > 0 and dead_idx.numel() > 0:
             k_aux = min(aux_k, dead_idx.numel())

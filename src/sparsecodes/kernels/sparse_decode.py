@@ -74,7 +74,9 @@ class SparseDecode(torch.autograd.Function):
         values = values.contiguous().to(W_dec.dtype)
         ctx.save_for_backward(indices, values, W_dec)
         # detached: embedding_bag's forward-only kernel (no bag bookkeeping for its own backward)
-        out = F.embedding_bag(indices, W_dec.detach(), per_sample_weights=values, mode="sum")
+        out = F.embedding_bag(
+            indices, W_dec.detach(), per_sample_weights=values.detach(), mode="sum"
+        )
         return out.add_(b_dec)
 
     @staticmethod
