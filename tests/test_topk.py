@@ -305,7 +305,7 @@ def test_squared_error_per_token_equals_mse_and_its_gradients():
     x = torch.randn(50, 7, 33, generator=g).requires_grad_(True)  # tokens = 350
     x_hat = (x.detach() + 0.1 * torch.randn(50, 7, 33, generator=g)).requires_grad_(True)
     loss = squared_error_per_token(x, x_hat)
-    ref = mse_per_token(x.double(), x_hat.double())
+    ref = mse_per_token(x.detach().double(), x_hat.detach().double())
     assert abs(float(loss.detach()) - float(ref)) <= 1e-6 * float(ref)  # float32 sum, 11550 terms
     (loss * 3).backward()
     r = (x_hat - x).detach().double()
