@@ -225,11 +225,18 @@ def test_flops_are_stated():
     assert f["train_step"] > f["inference"] > 2 * 4096 * D_IN * N_LAT
 
 
-def test_sparse_decode_matches_embedding_bag():
+@pytest.mark.parametrize("threads,batch", [(1, 64), (2, 600), (3, 900)])
+def test_sparse_decode_matches_embedding_bag(threads, batch):
+    """Also with the value gradients computed in row blocks on several threads."""
+    from sparsecodes.kernels import gemm
+    from sparsecodes.kernels.sparse_decode import SAMPLED_MIN_ROWS
+
+    torch.set_num_threads(threads)  # the autouse fixture restores it
+    assert len(gemm.row_blocks(batch, threads, SAMPLED_MIN_ROWS)) == threads
     g = torch.Generator().manual_seed(2)
-    idx = torch.rand(64, N_LAT, generator=g).topk(K).indices
-    out_grad = torch.randn(64, D_IN, generator=g)
-    base = (torch.rand(64, K, generator=g), torch.randn(N_LAT, D_IN, generator=g))
+    idx = torch.rand(batch, N_LAT, generator=g).topk(K).indices
+    out_grad = torch.randn(batch, D_IN, generator=g)
+    base = (torch.rand(batch, K, generator=g), torch.randn(N_LAT, D_IN, generator=g))
     b = torch.randn(D_IN, generator=g)
     results = []
     for fast in (True, False):

@@ -38,11 +38,15 @@ import os
 import platform
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
+
+T = TypeVar("T")
 
 GEMM_BACKENDS: tuple[str, ...] = ("auto", "torch", "openblas")
 #: products smaller than this (``m * k * n``) stay in torch: the call overhead would dominate
@@ -144,12 +148,31 @@ def _submit(jobs: queue.SimpleQueue, fn) -> Future:
     return done
 
 
-def row_blocks(m: int, threads: int) -> list[tuple[int, int]]:
+def row_blocks(m: int, threads: int, min_rows: int = MIN_ROWS_PER_THREAD) -> list[tuple[int, int]]:
     """``[(start, stop), ...]``: ``m`` rows in at most ``threads`` near-equal blocks of at least
-    :data:`MIN_ROWS_PER_THREAD` rows (one block when ``m`` is smaller)."""
-    parts = max(1, min(threads, m // MIN_ROWS_PER_THREAD))
+    ``min_rows`` rows (one block when ``m`` is smaller)."""
+    parts = max(1, min(threads, m // max(1, min_rows)))
     edges = [m * i // parts for i in range(parts + 1)]
     return list(itertools.pairwise(edges))
+
+
+def run_row_blocks(
+    m: int, fn: Callable[[int, int], T], *, min_rows: int = MIN_ROWS_PER_THREAD
+) -> list[T]:
+    """``[fn(start, stop) for each block]`` over :func:`row_blocks` of ``m`` rows for
+    ``torch.get_num_threads()`` threads: the calling thread runs the first block, the process's
+    worker threads the others, in parallel where ``fn`` releases the GIL (numpy's BLAS, torch
+    ops). For work whose own kernel is single-threaded. Idle workers block, never spin."""
+    blocks = row_blocks(m, torch.get_num_threads(), min_rows)
+    pending = [
+        _submit(w, functools.partial(fn, i, j))
+        for w, (i, j) in zip(_workers(len(blocks) - 1), blocks[1:], strict=True)
+    ]
+    try:
+        first = fn(*blocks[0])
+    finally:
+        rest = [f.result() for f in pending]
+    return [first, *rest]
 
 
 def uses_openblas(a: Tensor, b: Tensor) -> bool:
@@ -182,19 +205,10 @@ def matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     if out is None:
         out = torch.empty(a.shape[0], b.shape[1])
     an, bn, on = a.detach().numpy(), b.detach().numpy(), out.detach().numpy()
-    blocks = row_blocks(a.shape[0], torch.get_num_threads())
+
+    def block(i: int, j: int) -> None:
+        np.matmul(an[i:j], bn, out=on[i:j])
+
     with _numpy_openblas().limit(limits=1):
-        pending = []
-        if len(blocks) > 1:
-            workers = _workers(len(blocks) - 1)
-            pending = [
-                _submit(w, functools.partial(np.matmul, an[i:j], bn, out=on[i:j]))
-                for w, (i, j) in zip(workers, blocks[1:], strict=True)
-            ]
-        i, j = blocks[0]
-        try:
-            np.matmul(an[i:j], bn, out=on[i:j])
-        finally:
-            for f in pending:
-                f.result()
+        run_row_blocks(a.shape[0], block)
     return out

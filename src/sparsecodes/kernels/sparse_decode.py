@@ -6,7 +6,8 @@ backward (a dense per-row scatter plus a per-entry dot product) costs several ti
 :class:`SparseDecode` computes, from the output gradient ``g`` ``[batch, d_in]``:
 
 - ``dvalues[b, j] = <g_b, W_dec[i_bj]>`` as a sampled dense-dense matmul
-  (``torch.sparse.sampled_addmm`` on the CSR pattern of the codes; no ``[batch * k, d_in]`` copy);
+  (``torch.sparse.sampled_addmm`` on the CSR pattern of the codes; no ``[batch * k, d_in]`` copy;
+  its CPU kernel is single-threaded, so the rows run in blocks on torch's thread count);
 - ``dW_dec = V^T g`` with ``V`` the ``[batch, n_latents]`` sparse matrix of the values (entries
   sorted by latent, one ``embedding_bag``: :func:`~sparsecodes.kernels.sparse_affine.sum_rows_by_col`);
 - ``db_dec = sum_b g_b``.
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sparsecodes.kernels.gemm import run_row_blocks
 from sparsecodes.kernels.sparse_affine import sum_rows_by_col
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,37 @@ def sparse_decode_supported(device: torch.device | str) -> bool:
     return decode_backend(device) != "embedding_bag"
 
 
+def _sampled_dots(indices: Tensor, g: Tensor, W_dec: Tensor) -> Tensor:
+    """``[batch, k]``: ``out[b, j] = <g[b], W_dec[indices[b, j]]>`` (``torch.sparse.sampled_addmm``
+    on the CSR pattern of ``indices``). Its CPU kernel is single-threaded, so on CPU the rows run
+    in blocks over torch's thread count (:func:`~sparsecodes.kernels.gemm.run_row_blocks`)."""
+    batch, k = indices.shape
+    n_latents = W_dec.shape[0]
+
+    def block(i: int, j: int) -> Tensor:
+        rows = j - i
+        crow = torch.arange(0, rows * k + 1, k, device=g.device)
+        with warnings.catch_warnings():  # "CSR support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            pattern = torch.sparse_csr_tensor(
+                crow,
+                indices[i:j].reshape(-1),
+                g.new_zeros(rows * k),
+                (rows, n_latents),
+                check_invariants=False,
+            )
+        return torch.sparse.sampled_addmm(pattern, g[i:j], W_dec.t(), beta=0.0).values()
+
+    if g.device.type != "cpu":
+        return block(0, batch).view(batch, k)
+    parts = run_row_blocks(batch, block, min_rows=SAMPLED_MIN_ROWS)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(batch, k)
+
+
+#: fewest rows per thread block of the sampled dot products (below: one block)
+SAMPLED_MIN_ROWS = 256
+
+
 class SparseDecode(torch.autograd.Function):
     """``forward(indices [B, k], values [B, k], W_dec [N, d], b_dec [d]) -> [B, d]``."""
 
@@ -88,18 +121,7 @@ class SparseDecode(torch.autograd.Function):
         g = g.contiguous()
         gv = gw = gb = None
         if ctx.needs_input_grad[1]:
-            crow = torch.arange(0, batch * k + 1, k, device=g.device)
-            with warnings.catch_warnings():  # "CSR support is in beta state"
-                warnings.simplefilter("ignore", UserWarning)
-                pattern = torch.sparse_csr_tensor(
-                    crow,
-                    indices.reshape(-1),
-                    values.new_zeros(batch * k),
-                    (batch, n_latents),
-                    check_invariants=False,
-                )
-            gv = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values()
-            gv = gv.view(batch, k)
+            gv = _sampled_dots(indices, g, W_dec)
         if ctx.needs_input_grad[2]:
             rows = torch.arange(batch, device=g.device).repeat_interleave(k)
             gw = sum_rows_by_col(rows, indices.reshape(-1), values.reshape(-1), g, n_latents)
