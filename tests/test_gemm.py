@@ -100,3 +100,30 @@ def test_backend_resolution(monkeypatch):
     monkeypatch.setattr(gemm, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.setattr(gemm.platform, "machine", lambda: "x86_64")
     assert gemm.resolve_gemm_backend("auto") == ("openblas" if have else "torch")
+
+
+@pytest.mark.slow  # three fresh interpreters importing torch
+def test_command_line_processes_default_openmp_threads_to_sleep_when_idle():
+    """`sparsecodes ...` / `python -m sparsecodes ...` set OMP_WAIT_POLICY=PASSIVE before torch
+    loads (unless already set); importing the library leaves the environment alone."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.argv[0] = {argv0!r}; import sparsecodes, os; "
+        "print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def policy(argv0: str, **extra: str) -> str:
+        code = probe.format(argv0=argv0)
+        run = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    assert policy("-m") == "PASSIVE"  # what `python -m sparsecodes` sees while importing it
+    assert policy("/usr/bin/sparsecodes", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert policy("-c") == "None"  # a library user's process
