@@ -372,3 +372,23 @@ def test_row_topk_blocks_give_the_topk_values_including_ties():
         assert torch.equal(vals.sort(dim=1, descending=True).values, ref)
         assert torch.equal(pre.gather(1, cols), vals)  # positions hold those values
         assert (cols.sort(dim=1).values.diff(dim=1) > 0).all()  # k distinct columns per row
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_topk_step_sorts_its_indices_by_latent_once_for_both_weight_gradients(
+    monkeypatch, with_dead
+):
+    import sparsecodes.kernels.sparse_affine as sa
+
+    calls = []
+    real = sa.group_by_col
+    monkeypatch.setattr(sa, "group_by_col", lambda *a: calls.append(1) or real(*a))
+    dead = None
+    if with_dead:  # patterns [k + k_aux] (encoder), [k] (decoder), [k_aux] (AuxK decoder)
+        dead = torch.zeros(N_LAT, dtype=torch.bool)
+        dead[::3] = True
+    _, g_f = _grads("topk", True, dead)
+    assert len(calls) == (3 if with_dead else 1)
+    _, g_e = _grads("topk", False, dead)
+    for key in ("W_enc", "W_dec"):
+        torch.testing.assert_close(g_f[key], g_e[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -32,7 +32,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from sparsecodes.kernels.gemm import run_row_blocks
-from sparsecodes.kernels.sparse_affine import sum_rows_by_col
+from sparsecodes.kernels.selection import row_index
+from sparsecodes.kernels.sparse_affine import SharedColumnGroups, sum_rows_by_col
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,20 @@ SAMPLED_MIN_ROWS = 256
 
 
 class SparseDecode(torch.autograd.Function):
-    """``forward(indices [B, k], values [B, k], W_dec [N, d], b_dec [d]) -> [B, d]``."""
+    """``forward(indices [B, k], values [B, k], W_dec [N, d], b_dec [d], groups=None) -> [B, d]``
+    (``groups``: see :func:`sparse_decode`)."""
 
     @staticmethod
-    def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx,
+        indices: Tensor,
+        values: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        groups: SharedColumnGroups | None = None,
+    ) -> Tensor:
         indices = indices.contiguous()
+        ctx.groups = groups
         values = values.contiguous().to(W_dec.dtype)
         ctx.save_for_backward(indices, values, W_dec)
         # detached: embedding_bag's forward-only kernel (no bag bookkeeping for its own backward)
@@ -123,19 +133,29 @@ class SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gv = _sampled_dots(indices, g, W_dec)
         if ctx.needs_input_grad[2]:
-            rows = torch.arange(batch, device=g.device).repeat_interleave(k)
-            gw = sum_rows_by_col(rows, indices.reshape(-1), values.reshape(-1), g, n_latents)
+            rows = row_index(batch, k, g.device)
+            cols = indices.reshape(-1)
+            shared = ctx.groups.get(cols, batch, n_latents) if ctx.groups is not None else None
+            gw = sum_rows_by_col(rows, cols, values.reshape(-1), g, n_latents, shared)
         if ctx.needs_input_grad[3]:
             gb = g.sum(dim=0)
-        return None, gv, gw, gb
+        return None, gv, gw, gb, None
 
 
-def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+def sparse_decode(
+    indices: Tensor,
+    values: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    groups: SharedColumnGroups | None = None,
+) -> Tensor:
     """``[batch, d_in]`` reconstruction: :class:`SparseDecode` on CPU, the Triton kernel on CUDA
-    where Triton is installed, ``embedding_bag`` elsewhere (:func:`decode_backend`)."""
+    where Triton is installed, ``embedding_bag`` elsewhere (:func:`decode_backend`). ``groups``
+    (CPU): the :class:`~sparsecodes.kernels.sparse_affine.SharedColumnGroups` the encoder of the
+    same step was given, so the two weight gradients sort the shared indices once."""
     backend = decode_backend(W_dec.device)
     if backend == "cpu_sparse":
-        return SparseDecode.apply(indices, values, W_dec, b_dec)
+        return SparseDecode.apply(indices, values, W_dec, b_dec, groups)
     if backend == "triton":
         from sparsecodes.kernels.triton_decode import TritonSparseDecode
 
