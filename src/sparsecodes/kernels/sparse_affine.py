@@ -23,8 +23,8 @@ this matmul), so an explicit ``"float32"`` stays exact even under autocast.
 Per-row top-k (:func:`encode_row_topk`, TopK's training and inference path) folds both biases into
 the matmul, ``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
 pre-activations are written once by the matmul (no broadcast copy of ``b_enc`` into them, no
-``x - b_dec`` pass), and takes the selected values from the selection itself (:func:`~sparsecodes.kernels.
-selection.row_topk`; no gather from ``pre``).
+``x - b_dec`` pass), and takes the selected values from the selection itself
+(:func:`~sparsecodes.kernels.selection.row_topk`; no gather from ``pre``).
 The values equal the plain affine map's up to float32 rounding. (Row-chunking the matmul so that
 each chunk's pre-activations stay in cache was measured and is slower on CPU: the matmul re-packs
 ``W_enc`` for every chunk.)
