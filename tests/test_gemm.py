@@ -127,3 +127,39 @@ def test_command_line_processes_default_openmp_threads_to_sleep_when_idle():
     assert policy("-m") == "PASSIVE"  # what `python -m sparsecodes` sees while importing it
     assert policy("/usr/bin/sparsecodes", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
     assert policy("-c") == "None"  # a library user's process
+
+
+def test_row_blocks_work_after_fork_and_when_nested():
+    """A forked child has none of the parent's worker threads: its first call starts its own
+    (instead of waiting forever on the parent's); a block that itself splits runs inline."""
+    import multiprocessing as mp
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert gemm.run_row_blocks(256, lambda i, j: j - i) == [128, 128]  # parent's workers
+        ctx = mp.get_context("fork")
+        child = ctx.Process(target=_child_splits_rows)
+        child.start()
+        child.join(60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+        assert not alive and child.exitcode == 0
+
+        def outer(i: int, j: int) -> list[tuple[int, int]]:
+            inner = gemm.run_row_blocks(j - i, lambda a, b: (a, b))
+            return [(threading.get_ident(), len(inner))]
+
+        parts = gemm.run_row_blocks(256, outer)
+        main = threading.get_ident()
+        assert [n for t, n in (p[0] for p in parts) if t != main] == [1]  # worker: inline
+    finally:
+        torch.set_num_threads(before)
+
+
+def _child_splits_rows() -> None:
+    torch.set_num_threads(2)
+    out = gemm.run_row_blocks(256, lambda i, j: j - i)
+    raise SystemExit(0 if out == [128, 128] else 1)

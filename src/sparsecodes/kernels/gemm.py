@@ -57,6 +57,15 @@ MIN_ROWS_PER_THREAD = 64
 _chosen: str | None = None
 _pool: list[queue.SimpleQueue] = []
 _pool_lock = threading.Lock()
+_in_worker = threading.local()
+
+
+def _forget_workers() -> None:  # a forked child has none of the parent's threads
+    global _pool, _pool_lock
+    _pool, _pool_lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def cpu_vendor() -> str:
@@ -120,6 +129,7 @@ def set_gemm_backend(spec: str | None) -> str:
 
 
 def _serve(jobs: queue.SimpleQueue) -> None:
+    _in_worker.active = True
     while True:
         fn, done = jobs.get()
         if done.set_running_or_notify_cancel():
@@ -162,8 +172,10 @@ def run_row_blocks(
     """``[fn(start, stop) for each block]`` over :func:`row_blocks` of ``m`` rows for
     ``torch.get_num_threads()`` threads: the calling thread runs the first block, the process's
     worker threads the others, in parallel where ``fn`` releases the GIL (numpy's BLAS, torch
-    ops). For work whose own kernel is single-threaded. Idle workers block, never spin."""
-    blocks = row_blocks(m, torch.get_num_threads(), min_rows)
+    ops). For work whose own kernel is single-threaded. Idle workers block, never spin. Called
+    from inside a block (nested), it runs its blocks in the calling thread."""
+    threads = 1 if getattr(_in_worker, "active", False) else torch.get_num_threads()
+    blocks = row_blocks(m, threads, min_rows)
     pending = [
         _submit(w, functools.partial(fn, i, j))
         for w, (i, j) in zip(_workers(len(blocks) - 1), blocks[1:], strict=True)
