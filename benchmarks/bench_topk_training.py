@@ -32,6 +32,12 @@ models live on the device, each timed step ends with ``torch.cuda.synchronize``,
 records the device name. sparsecodes then uses bf16 autocast (``TrainConfig.autocast="auto"``) in
 the ``sparsecodes`` row and fp32 in the ``-fp32`` rows; peers run in fp32 as configured here.
 
+CPU specifics, recorded in the JSON: our dense products go through
+``sparsecodes.kernels.gemm`` (numpy's OpenBLAS on AMD CPUs, torch's MKL elsewhere;
+``SPARSECODES_GEMM=torch`` forces torch for a like-for-like BLAS), peers use torch's own BLAS;
+all tools share the process's ``OMP_WAIT_POLICY`` (PASSIVE unless set: what our command line
+uses).
+
 The CPU may be shared: the tools' steps are interleaved batch by batch (``--sequential`` to run
 one tool after another), and the JSON records the load average before and after. Re-run on a
 quiet machine for publishable numbers::
@@ -50,6 +56,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+# Every tool runs in this one process under the OpenMP wait policy the `sparsecodes` command sets
+# (idle threads sleep; docs/training.md). It must be set before torch loads; an OMP_WAIT_POLICY
+# in the environment wins. The JSON records it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 import torch.nn.functional as F
@@ -326,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--steps must be >= 1 and --warmup >= 0")
     torch.set_num_threads(args.threads)
     from sparsecodes.devices import device_name, resolve_device
+    from sparsecodes.kernels.gemm import gemm_backend
 
     args.device = resolve_device(args.device)
 
@@ -398,6 +410,9 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_model": cpu_model(),
+            "gemm_backend": gemm_backend(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "platform": platform.platform(),
             "load_avg_before": load_before,
             "load_avg_after": os.getloadavg(),
@@ -413,6 +428,18 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``""`` where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def merge_into(path: Path, new: dict) -> dict:

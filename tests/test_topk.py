@@ -225,11 +225,18 @@ def test_flops_are_stated():
     assert f["train_step"] > f["inference"] > 2 * 4096 * D_IN * N_LAT
 
 
-def test_sparse_decode_matches_embedding_bag():
+@pytest.mark.parametrize("threads,batch", [(1, 64), (2, 600), (3, 900)])
+def test_sparse_decode_matches_embedding_bag(threads, batch):
+    """Also with the value gradients computed in row blocks on several threads."""
+    from sparsecodes.kernels import gemm
+    from sparsecodes.kernels.sparse_decode import SAMPLED_MIN_ROWS
+
+    torch.set_num_threads(threads)  # the autouse fixture restores it
+    assert len(gemm.row_blocks(batch, threads, SAMPLED_MIN_ROWS)) == threads
     g = torch.Generator().manual_seed(2)
-    idx = torch.rand(64, N_LAT, generator=g).topk(K).indices
-    out_grad = torch.randn(64, D_IN, generator=g)
-    base = (torch.rand(64, K, generator=g), torch.randn(N_LAT, D_IN, generator=g))
+    idx = torch.rand(batch, N_LAT, generator=g).topk(K).indices
+    out_grad = torch.randn(batch, D_IN, generator=g)
+    base = (torch.rand(batch, K, generator=g), torch.randn(N_LAT, D_IN, generator=g))
     b = torch.randn(D_IN, generator=g)
     results = []
     for fast in (True, False):
@@ -295,3 +302,93 @@ def test_workspace_reuses_buffer_per_name_and_shape_and_caps_size(monkeypatch):
     assert sparse_affine.workspace("u", (4, 5), torch.float32, torch.device("cpu")) is not big
     sparse_affine.release_workspace()
     assert sparse_affine.workspace("t", (4, 6), torch.float32, torch.device("cpu")) is not b
+
+
+def test_squared_error_per_token_equals_mse_and_its_gradients():
+    from sparsecodes.encoders.base import mse_per_token
+    from sparsecodes.kernels.losses import squared_error_per_token
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 7, 33, generator=g).requires_grad_(True)  # tokens = 350
+    x_hat = (x.detach() + 0.1 * torch.randn(50, 7, 33, generator=g)).requires_grad_(True)
+    loss = squared_error_per_token(x, x_hat)
+    ref = mse_per_token(x.detach().double(), x_hat.detach().double())
+    assert abs(float(loss.detach()) - float(ref)) <= 1e-6 * float(ref)  # float32 sum, 11550 terms
+    (loss * 3).backward()
+    r = (x_hat - x).detach().double()
+    torch.testing.assert_close(x_hat.grad.double(), 3 * 2 * r / 350, rtol=1e-6, atol=0)
+    torch.testing.assert_close(x.grad.double(), -3 * 2 * r / 350, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="must match"):
+        squared_error_per_token(x, x_hat[:, :3])
+
+
+def test_fast_path_through_openblas_gemm_equals_eager():
+    """At a size whose encoder matmul goes to OpenBLAS (>= gemm.MIN_MACS), the fast step's
+    loss and gradients equal plain autograd's up to float32 rounding."""
+    from sparsecodes.kernels import gemm
+
+    if gemm._numpy_openblas() is None:
+        pytest.skip("numpy is not built with OpenBLAS here")
+    before = gemm.gemm_backend()
+    gemm.set_gemm_backend("openblas")
+    try:
+        d, n, batch = 64, 512, 256
+        assert batch * (d + 1) * n >= gemm.MIN_MACS
+        outs = {}
+        for fast in (True, False):
+            g = torch.Generator().manual_seed(0)
+            dic = Dictionary(d, n, generator=g)
+            enc = make_encoder("topk", d, n, generator=g, k=8, fast=fast, matmul_dtype="float32")
+            with torch.no_grad():
+                dic.b_dec.copy_(0.1 * torch.randn(d, generator=g))
+                enc.b_enc.copy_(0.1 * torch.randn(n, generator=g))
+            x = torch.randn(batch, d, generator=g)
+            out = enc.train_step(TrainStepInput(x, dic, 0, None))
+            out.loss.backward()
+            outs[fast] = (out, enc.W_enc.grad, enc.b_enc.grad, dic.b_dec.grad, dic.W_dec.grad)
+        (of, *gf), (oe, *ge) = outs[True], outs[False]
+        assert torch.equal(of.codes.to_dense() != 0, oe.codes.to_dense() != 0)  # same selection
+        torch.testing.assert_close(of.loss, oe.loss, rtol=1e-5, atol=0)
+        for a, b in zip(gf, ge, strict=True):
+            assert b.abs().sum() > 0
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    finally:
+        gemm.set_gemm_backend(before)
+
+
+def test_row_topk_blocks_give_the_topk_values_including_ties():
+    from sparsecodes.kernels.selection import row_topk, topk_blocks
+
+    g = torch.Generator().manual_seed(1)
+    assert topk_blocks(4608, 32) == 512 and topk_blocks(997, 8) == 0  # prime: plain topk
+    pre = torch.randn(300, 1152, generator=g)
+    pre[:100] = pre[:100].round()  # many ties at the k-th value
+    pre[100:150, :40] += 10  # the top k crowded into a few strided blocks
+    pre[150:200] = 0.0  # all tied
+    for k in (1, 8, 32):
+        assert topk_blocks(1152, k) > 0
+        vals, cols = row_topk(pre, k)
+        ref = pre.topk(k, dim=1).values
+        assert torch.equal(vals.sort(dim=1, descending=True).values, ref)
+        assert torch.equal(pre.gather(1, cols), vals)  # positions hold those values
+        assert (cols.sort(dim=1).values.diff(dim=1) > 0).all()  # k distinct columns per row
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_topk_step_sorts_its_indices_by_latent_once_for_both_weight_gradients(
+    monkeypatch, with_dead
+):
+    import sparsecodes.kernels.sparse_affine as sa
+
+    calls = []
+    real = sa.group_by_col
+    monkeypatch.setattr(sa, "group_by_col", lambda *a: calls.append(1) or real(*a))
+    dead = None
+    if with_dead:  # patterns [k + k_aux] (encoder), [k] (decoder), [k_aux] (AuxK decoder)
+        dead = torch.zeros(N_LAT, dtype=torch.bool)
+        dead[::3] = True
+    _, g_f = _grads("topk", True, dead)
+    assert len(calls) == (3 if with_dead else 1)
+    _, g_e = _grads("topk", False, dead)
+    for key in ("W_enc", "W_dec"):
+        torch.testing.assert_close(g_f[key], g_e[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -49,9 +49,11 @@ from sparsecodes.encoders.base import (
 )
 from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.relu import LinearEncoderParams
+from sparsecodes.kernels.losses import squared_error_per_token
 from sparsecodes.kernels.selection import batch_topk_flat, pad_rows, row_index, row_topk_with_aux
 from sparsecodes.kernels.sparse_affine import (
     MATMUL_DTYPES,
+    SharedColumnGroups,
     encode_row_topk,
     encode_select,
     resolve_matmul_dtype,
@@ -153,9 +155,14 @@ class TopKEncoder(LinearEncoderParams):
         )
 
     def _row_topk(
-        self, x: Tensor, dictionary: Dictionary, dead_idx: Tensor | None
+        self,
+        x: Tensor,
+        dictionary: Dictionary,
+        dead_idx: Tensor | None,
+        groups: SharedColumnGroups | None = None,
     ) -> tuple[SparseCodes, SparseCodes | None]:
-        """Top-k codes ``[batch, k]`` and, with dead latents, AuxK codes ``[batch, k_aux]``."""
+        """Top-k codes ``[batch, k]`` and, with dead latents, AuxK codes ``[batch, k_aux]``
+        (``groups``: shared with the decode of the same step, see :meth:`train_step`)."""
         k = self.config.k
         values, cols, k_aux = encode_row_topk(
             x,
@@ -167,6 +174,7 @@ class TopKEncoder(LinearEncoderParams):
             aux_k=self.aux_k,
             matmul_dtype=self.matmul_dtype(x.shape[0]),
             fast=self.config.fast,
+            groups=groups,
         )
         values = torch.relu(values)
         codes = SparseCodes(cols[:, :k], values[:, :k], self.n_latents)
@@ -217,18 +225,29 @@ class TopKEncoder(LinearEncoderParams):
             return self.supervised_step(inp)
         dead_idx = self._dead_idx(inp.dead_mask)
         n_dead = 0 if dead_idx is None else int(dead_idx.numel())
-        codes, aux = self._train_codes(inp.x, inp.dictionary, dead_idx)
-        x_hat = self._decode(codes, inp.dictionary)
-        mse = mse_per_token(inp.target_out, x_hat)
+        # the encoder's and the decoder's weight gradients group the same indices by latent: once
+        groups = SharedColumnGroups() if self.config.fast else None
+        codes, aux = self._train_codes(inp.x, inp.dictionary, dead_idx, groups)
+        x_hat = self._decode(codes, inp.dictionary, groups)
+        if self.config.fast:  # one autograd node, one-pass backward
+            mse = squared_error_per_token(inp.target_out, x_hat)
+        else:
+            mse = mse_per_token(inp.target_out, x_hat)
         auxk = self.auxk_loss(inp.target_out, x_hat, aux, inp.dictionary, n_dead)
         return TrainStepOutput(mse + auxk, x_hat, codes, {"mse": mse, "auxk": auxk})
 
     def _train_codes(
-        self, x: Tensor, dictionary: Dictionary, dead_idx: Tensor | None
+        self,
+        x: Tensor,
+        dictionary: Dictionary,
+        dead_idx: Tensor | None,
+        groups: SharedColumnGroups | None = None,
     ) -> tuple[SparseCodes, SparseCodes | None]:
-        return self._row_topk(x, dictionary, dead_idx)
+        return self._row_topk(x, dictionary, dead_idx, groups)
 
-    def _decode(self, codes: SparseCodes, dictionary: Dictionary) -> Tensor:
+    def _decode(
+        self, codes: SparseCodes, dictionary: Dictionary, groups: SharedColumnGroups | None = None
+    ) -> Tensor:
         """Training decode: the sparse-backward kernel (CPU; CUDA with Triton) when the dictionary
         is a plain :class:`Dictionary` (its ``decode`` not overridden), else ``dictionary.decode``."""
         if (
@@ -236,7 +255,8 @@ class TopKEncoder(LinearEncoderParams):
             and type(dictionary).decode is Dictionary.decode
             and sparse_decode_supported(dictionary.W_dec.device)
         ):
-            return sparse_decode(codes.indices, codes.values, dictionary.W_dec, dictionary.b_dec)
+            W_dec, b_dec = dictionary.W_dec, dictionary.b_dec
+            return sparse_decode(codes.indices, codes.values, W_dec, b_dec, groups)
         return dictionary.decode(codes)
 
     # ------------------------------------------------------------------ FLOPs
@@ -298,10 +318,14 @@ class BatchTopKEncoder(TopKEncoder):
         return SparseCodes(idx, vals, self.n_latents)
 
     def _train_codes(
-        self, x: Tensor, dictionary: Dictionary, dead_idx: Tensor | None
+        self,
+        x: Tensor,
+        dictionary: Dictionary,
+        dead_idx: Tensor | None,
+        groups: SharedColumnGroups | None = None,
     ) -> tuple[SparseCodes, SparseCodes | None]:
         if not self.training:
-            return self._row_topk(x, dictionary, dead_idx)
+            return self._row_topk(x, dictionary, dead_idx, groups)
         return self._batch_topk(x, dictionary, dead_idx)
 
     def _batch_topk(

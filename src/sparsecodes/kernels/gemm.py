@@ -7,8 +7,10 @@ AMD EPYC cores (AVX2, 2 threads) ``[4096, 576] @ [576, 4608]`` took 245-280 ms t
 once per process:
 
 - ``"torch"``: ``torch.mm`` (MKL in the pip wheels; the only backend off the CPU);
-- ``"openblas"``: ``numpy.matmul`` on zero-copy views of the tensors, with OpenBLAS limited to
-  ``torch.get_num_threads()`` threads (through ``threadpoolctl``);
+- ``"openblas"``: ``numpy.matmul`` on zero-copy views of the tensors. The rows of ``a`` are split
+  into ``torch.get_num_threads()`` blocks, each multiplied by single-threaded OpenBLAS in its own
+  Python thread (numpy releases the GIL): the calling thread takes the first block, a small
+  persistent pool the others (see "Threads" below);
 - ``"auto"`` (default): ``"openblas"`` on an AMD x86 CPU when numpy's BLAS is OpenBLAS, else
   ``"torch"``.
 
@@ -17,24 +19,53 @@ The choice comes from the environment variable ``SPARSECODES_GEMM`` (or
 numbers on one machine. The two backends agree to float32 rounding (different summation orders),
 not bit for bit. Products with fewer than :data:`MIN_MACS` multiply-adds, tensors that need a
 gradient, and anything but 2-D float32 CPU tensors always go through torch.
+
+Threads: torch's CPU ops run on OpenMP threads, OpenBLAS on its own pthreads, and both spin for a
+while after each call before they sleep. A multi-threaded OpenBLAS call between torch ops leaves
+its workers spinning on the cores torch's next op needs (and vice versa), which on two cores
+cost a good part of the gain. So OpenBLAS is held to one thread for the duration of the call
+(``threadpoolctl``; restored afterwards, so other numpy code in the process keeps its setting)
+and the parallelism comes from Python threads that block, not spin, when idle. This needs no
+environment variable set before start-up (``OMP_WAIT_POLICY``, ``OPENBLAS_THREAD_TIMEOUT``),
+which a library cannot rely on.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import platform
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+T = TypeVar("T")
+
 GEMM_BACKENDS: tuple[str, ...] = ("auto", "torch", "openblas")
 #: products smaller than this (``m * k * n``) stay in torch: the call overhead would dominate
 MIN_MACS = 1 << 22
+#: fewest rows of ``a`` per thread block (smaller products use fewer threads)
+MIN_ROWS_PER_THREAD = 64
 
 _chosen: str | None = None
-_blas_threads: int | None = None
+_pool: list[queue.SimpleQueue] = []
+_pool_lock = threading.Lock()
+_in_worker = threading.local()
+
+
+def _forget_workers() -> None:  # a forked child has none of the parent's threads
+    global _pool, _pool_lock
+    _pool, _pool_lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def cpu_vendor() -> str:
@@ -97,12 +128,63 @@ def set_gemm_backend(spec: str | None) -> str:
     return _chosen
 
 
-def _limit_threads() -> None:
-    global _blas_threads
-    n = torch.get_num_threads()
-    if n != _blas_threads:
-        _numpy_openblas().limit(limits=n)
-        _blas_threads = n
+def _serve(jobs: queue.SimpleQueue) -> None:
+    _in_worker.active = True
+    while True:
+        fn, done = jobs.get()
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(fn())
+            except BaseException as e:  # handed to the caller, which re-raises it
+                done.set_exception(e)
+
+
+def _workers(n: int) -> list[queue.SimpleQueue]:
+    """The job queues of ``n`` daemon worker threads, one queue each (so block ``i`` always runs
+    on worker ``i``), kept for the process and grown on demand; idle workers block on their
+    queue."""
+    with _pool_lock:
+        while len(_pool) < n:
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            name = f"sparsecodes-gemm-{len(_pool)}"
+            threading.Thread(target=_serve, args=(jobs,), name=name, daemon=True).start()
+            _pool.append(jobs)
+        return _pool[:n]
+
+
+def _submit(jobs: queue.SimpleQueue, fn) -> Future:
+    done: Future = Future()
+    jobs.put((fn, done))
+    return done
+
+
+def row_blocks(m: int, threads: int, min_rows: int = MIN_ROWS_PER_THREAD) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: ``m`` rows in at most ``threads`` near-equal blocks of at least
+    ``min_rows`` rows (one block when ``m`` is smaller)."""
+    parts = max(1, min(threads, m // max(1, min_rows)))
+    edges = [m * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def run_row_blocks(
+    m: int, fn: Callable[[int, int], T], *, min_rows: int = MIN_ROWS_PER_THREAD
+) -> list[T]:
+    """``[fn(start, stop) for each block]`` over :func:`row_blocks` of ``m`` rows for
+    ``torch.get_num_threads()`` threads: the calling thread runs the first block, the process's
+    worker threads the others, in parallel where ``fn`` releases the GIL (numpy's BLAS, torch
+    ops). For work whose own kernel is single-threaded. Idle workers block, never spin. Called
+    from inside a block (nested), it runs its blocks in the calling thread."""
+    threads = 1 if getattr(_in_worker, "active", False) else torch.get_num_threads()
+    blocks = row_blocks(m, threads, min_rows)
+    pending = [
+        _submit(w, functools.partial(fn, i, j))
+        for w, (i, j) in zip(_workers(len(blocks) - 1), blocks[1:], strict=True)
+    ]
+    try:
+        first = fn(*blocks[0])
+    finally:
+        rest = [f.result() for f in pending]
+    return [first, *rest]
 
 
 def uses_openblas(a: Tensor, b: Tensor) -> bool:
@@ -122,14 +204,23 @@ def uses_openblas(a: Tensor, b: Tensor) -> bool:
 
 def matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     """``a @ b`` for ``a`` ``[m, k]`` and ``b`` ``[k, n]`` -> ``[m, n]``, written into ``out``
-    (contiguous ``[m, n]``) when given. Transposed views are read in place (no copy)."""
+    (contiguous ``[m, n]``) when given. Transposed views are read in place (no copy). On the
+    OpenBLAS backend the rows run in ``torch.get_num_threads()`` blocks (module docstring)."""
     if not uses_openblas(a, b) or (out is not None and not out.is_contiguous()):
         return torch.mm(a, b, out=out) if out is not None else torch.mm(a, b)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not chain")
-    _limit_threads()
-    an, bn = a.detach().numpy(), b.detach().numpy()
+    if out is not None and out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(
+            f"matmul: out has shape {tuple(out.shape)}, expected {(a.shape[0], b.shape[1])}"
+        )
     if out is None:
-        return torch.from_numpy(np.matmul(an, bn))
-    np.matmul(an, bn, out=out.detach().numpy())
+        out = torch.empty(a.shape[0], b.shape[1])
+    an, bn, on = a.detach().numpy(), b.detach().numpy(), out.detach().numpy()
+
+    def block(i: int, j: int) -> None:
+        np.matmul(an[i:j], bn, out=on[i:j])
+
+    with _numpy_openblas().limit(limits=1):
+        run_row_blocks(a.shape[0], block)
     return out

@@ -23,7 +23,8 @@ this matmul), so an explicit ``"float32"`` stays exact even under autocast.
 Per-row top-k (:func:`encode_row_topk`, TopK's training and inference path) folds both biases into
 the matmul, ``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
 pre-activations are written once by the matmul (no broadcast copy of ``b_enc`` into them, no
-``x - b_dec`` pass), and takes the selected values from ``topk`` itself (no gather from ``pre``).
+``x - b_dec`` pass), and takes the selected values from the selection itself
+(:func:`~sparsecodes.kernels.selection.row_topk`; no gather from ``pre``).
 The values equal the plain affine map's up to float32 rounding. (Row-chunking the matmul so that
 each chunk's pre-activations stay in cache was measured and is slower on CPU: the matmul re-packs
 ``W_enc`` for every chunk.)
@@ -41,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sparsecodes.kernels.selection import row_index, row_topk_with_aux
+from sparsecodes.kernels.gemm import matmul
+from sparsecodes.kernels.selection import row_index, row_topk, row_topk_with_aux
 
 MatmulDType = Literal["auto", "float32", "bfloat16"]
 MATMUL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -112,30 +114,70 @@ def preacts(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype | None = None
 ) -> Tensor:
     """``[batch, n_latents]`` pre-activations without autograd, computed and returned in ``dtype``
-    (default: ``W_enc``'s dtype)."""
-    return _affine(x, W_enc, b_enc, b_dec, dtype or W_enc.dtype)
+    (default: ``W_enc``'s dtype); float32 CPU products go through :func:`~sparsecodes.kernels.
+    gemm.matmul` (its backend decides)."""
+    dtype = dtype or W_enc.dtype
+    if dtype == torch.float32 == W_enc.dtype == x.dtype and x.device.type == "cpu":
+        with torch.autocast(x.device.type, enabled=False):
+            return matmul(x - b_dec, W_enc).add_(b_enc)
+    return _affine(x, W_enc, b_enc, b_dec, dtype)
 
 
 def _coo(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size, check_invariants=False)
 
 
-def sum_rows_by_col(
-    rows: Tensor, cols: Tensor, weights: Tensor, src: Tensor, n_cols: int
-) -> Tensor:
-    """``[n_cols, d]``: ``out[c] = sum_j weights[j] * src[rows[j]]`` over the ``j`` with ``cols[j] == c``.
-
-    ``rows``/``cols``/``weights`` ``[nnz]``, ``src`` ``[n_rows, d]``; i.e. ``G^T @ src`` for the
-    sparse ``[n_rows, n_cols]`` matrix ``G`` with entries ``weights`` at ``(rows, cols)`` (repeated
-    positions add up). One ``argsort`` of ``cols`` and one ``embedding_bag`` (a bag per column).
-    """
+def group_by_col(rows: Tensor, cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(order [nnz], rows[order] [nnz], offsets [n_cols])``: the entries sorted by column, their
+    rows, and where each column's run starts (the bags of :func:`sum_rows_by_col`)."""
     # int32 keys: torch's CPU sort of int64 is up to 100x slower on one thread
     keys = cols.to(torch.int32) if n_cols < 2**31 else cols
     order = torch.argsort(keys)
     counts = torch.bincount(cols, minlength=n_cols)
     offsets = torch.cumsum(counts, 0) - counts
+    return order, rows[order], offsets
+
+
+class SharedColumnGroups:
+    """:func:`group_by_col` of a row-major ``[batch, width]`` pattern (``rows = row_index(batch,
+    width)``), computed by the first backward pass that needs it and reused by the others of the
+    same step: TopK's encoder-weight gradient and its decoder-weight gradient group the same
+    ``[batch, k]`` latent indices. One object per step (it holds the indices, so their memory,
+    the cache key, cannot be reused while it lives; autograd refuses indices changed in place)."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int, int, int] | None = None
+        self._cols: Tensor | None = None
+        self._groups: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def get(self, cols: Tensor, batch: int, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The groups of ``cols`` (flat ``[batch * width]``, row-major), computed once."""
+        key = (cols.data_ptr(), cols.numel(), batch, n_cols)
+        if self._key != key or self._groups is None:
+            rows = row_index(batch, cols.numel() // max(1, batch), cols.device)
+            self._groups = group_by_col(rows, cols, n_cols)
+            self._key, self._cols = key, cols
+        return self._groups
+
+
+def sum_rows_by_col(
+    rows: Tensor,
+    cols: Tensor,
+    weights: Tensor,
+    src: Tensor,
+    n_cols: int,
+    groups: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
+    """``[n_cols, d]``: ``out[c] = sum_j weights[j] * src[rows[j]]`` over the ``j`` with ``cols[j] == c``.
+
+    ``rows``/``cols``/``weights`` ``[nnz]``, ``src`` ``[n_rows, d]``; i.e. ``G^T @ src`` for the
+    sparse ``[n_rows, n_cols]`` matrix ``G`` with entries ``weights`` at ``(rows, cols)`` (repeated
+    positions add up). One ``argsort`` of ``cols`` (or ``groups``, :func:`group_by_col` of the
+    same ``rows``/``cols`` computed earlier) and one ``embedding_bag`` (a bag per column).
+    """
+    order, rows_sorted, offsets = groups if groups is not None else group_by_col(rows, cols, n_cols)
     return F.embedding_bag(
-        rows[order], src, offsets, per_sample_weights=weights[order].to(src.dtype), mode="sum"
+        rows_sorted, src, offsets, per_sample_weights=weights[order].to(src.dtype), mode="sum"
     )
 
 
@@ -160,6 +202,7 @@ class GatherAffine(torch.autograd.Function):
         pre: Tensor,
     ) -> Tensor:
         ctx.save_for_backward(x, W_enc, b_dec, rows, cols)
+        ctx.groups = None
         return pre[rows, cols].to(W_enc.dtype)
 
     @staticmethod
@@ -176,17 +219,20 @@ class GatherAffine(torch.autograd.Function):
             gbdec = -(W_enc @ colsum) if need_bdec else None  # [d]
         if need_w:
             xc = (x - b_dec).to(W_enc.dtype)  # [B, d]
-            gw = sum_rows_by_col(rows, cols, g, xc, n_latents).t().contiguous()  # [d, N]
+            shared = ctx.groups.get(cols, batch, n_latents) if ctx.groups is not None else None
+            gw = sum_rows_by_col(rows, cols, g, xc, n_latents, shared).t().contiguous()  # [d, N]
         if need_x:
             gx = torch.sparse.mm(_coo(rows, cols, g, (batch, n_latents)), W_enc.t())  # [B, d]
             gx = gx.to(x.dtype)
-        return gx, gw, gb, gbdec, None, None, None
+        rest = (None,) * (len(ctx.needs_input_grad) - 4)
+        return gx, gw, gb, gbdec, *rest
 
 
 class SelectedAffine(GatherAffine):
     """:class:`GatherAffine` whose forward is handed the selected values ``[nnz]`` themselves
     (already computed, detached) instead of the full pre-activations: ``forward(x, W_enc, b_enc,
-    b_dec, rows, cols, values)``; same backward."""
+    b_dec, rows, cols, values, groups=None)``, with ``rows = row_index(batch, width)`` when
+    ``groups`` (a :class:`SharedColumnGroups`) is given; same backward."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -198,8 +244,10 @@ class SelectedAffine(GatherAffine):
         rows: Tensor,
         cols: Tensor,
         values: Tensor,
+        groups: SharedColumnGroups | None = None,
     ) -> Tensor:
         ctx.save_for_backward(x, W_enc, b_dec, rows, cols)
+        ctx.groups = groups
         return values.to(W_enc.dtype, copy=True)
 
 
@@ -251,8 +299,10 @@ def folded_preacts(
 ) -> Tensor:
     """``[batch, n_latents]`` pre-activations ``(x - b_dec) @ W_enc + b_enc`` as one matmul with
     both biases folded in (``[x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``), in ``dtype``
-    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding. ``scratch=True``
-    computes into :func:`workspace` buffers (the result is overwritten by the next such call)."""
+    (default ``W_enc``'s); equal to :func:`preacts` up to float32 rounding. The product goes
+    through :func:`~sparsecodes.kernels.gemm.matmul` (OpenBLAS or torch, by its backend).
+    ``scratch=True`` computes into :func:`workspace` buffers (the result is overwritten by the next
+    such call)."""
     dtype = dtype or W_enc.dtype
     with torch.autocast(x.device.type, enabled=False):
         (batch, d_in), n = x.shape, W_enc.shape[1]
@@ -269,7 +319,7 @@ def folded_preacts(
         x1[:, d_in] = 1
         w1[:d_in] = W_enc
         w1[d_in] = bias
-        return torch.mm(x1, w1, out=out)
+        return matmul(x1, w1, out=out)
 
 
 def encode_row_topk(
@@ -283,6 +333,7 @@ def encode_row_topk(
     aux_k: int = 0,
     matmul_dtype: torch.dtype = torch.float32,
     fast: bool = True,
+    groups: SharedColumnGroups | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Per-row top-``k`` of the pre-activations, plus (AuxK) the top-``k_aux`` among dead latents.
 
@@ -291,6 +342,8 @@ def encode_row_topk(
     no ReLU, in ``W_enc``'s dtype) carries gradient as in :func:`encode_select`, which
     ``fast=False`` (plain autograd, the reference) and unsupported devices use. The fast path
     folds the biases into the matmul and takes the values from ``topk`` (module docstring).
+    ``groups``: a :class:`SharedColumnGroups` the encoder-weight gradient shares with the decoder's
+    (:func:`~sparsecodes.kernels.sparse_decode.sparse_decode` given the same object).
     """
     batch = x.shape[0]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, W_enc, b_enc, b_dec))
@@ -308,7 +361,7 @@ def encode_row_topk(
         return values.view(batch, width[0]), cols.view(batch, width[0]), width[0] - k
     with torch.no_grad():
         pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype, scratch=True)
-        vals, cols = pre.topk(k, dim=1, sorted=False)
+        vals, cols = row_topk(pre, k)
         k_aux = 0
         if dead_idx is not None and aux_k > 0 and dead_idx.numel() > 0:
             k_aux = min(aux_k, dead_idx.numel())
@@ -319,7 +372,7 @@ def encode_row_topk(
     if needs_grad:
         rows = row_index(batch, width, x.device)
         values = SelectedAffine.apply(
-            x, W_enc, b_enc, b_dec, rows, cols.reshape(-1), vals.reshape(-1)
+            x, W_enc, b_enc, b_dec, rows, cols.reshape(-1), vals.reshape(-1), groups
         ).view(batch, width)
     else:
         values = vals.to(W_enc.dtype)

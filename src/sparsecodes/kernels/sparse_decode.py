@@ -6,7 +6,8 @@ backward (a dense per-row scatter plus a per-entry dot product) costs several ti
 :class:`SparseDecode` computes, from the output gradient ``g`` ``[batch, d_in]``:
 
 - ``dvalues[b, j] = <g_b, W_dec[i_bj]>`` as a sampled dense-dense matmul
-  (``torch.sparse.sampled_addmm`` on the CSR pattern of the codes; no ``[batch * k, d_in]`` copy);
+  (``torch.sparse.sampled_addmm`` on the CSR pattern of the codes; no ``[batch * k, d_in]`` copy;
+  its CPU kernel is single-threaded, so the rows run in blocks on torch's thread count);
 - ``dW_dec = V^T g`` with ``V`` the ``[batch, n_latents]`` sparse matrix of the values (entries
   sorted by latent, one ``embedding_bag``: :func:`~sparsecodes.kernels.sparse_affine.sum_rows_by_col`);
 - ``db_dec = sum_b g_b``.
@@ -30,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sparsecodes.kernels.sparse_affine import sum_rows_by_col
+from sparsecodes.kernels.gemm import run_row_blocks
+from sparsecodes.kernels.selection import row_index
+from sparsecodes.kernels.sparse_affine import SharedColumnGroups, sum_rows_by_col
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +68,59 @@ def sparse_decode_supported(device: torch.device | str) -> bool:
     return decode_backend(device) != "embedding_bag"
 
 
+def _sampled_dots(indices: Tensor, g: Tensor, W_dec: Tensor) -> Tensor:
+    """``[batch, k]``: ``out[b, j] = <g[b], W_dec[indices[b, j]]>`` (``torch.sparse.sampled_addmm``
+    on the CSR pattern of ``indices``). Its CPU kernel is single-threaded, so on CPU the rows run
+    in blocks over torch's thread count (:func:`~sparsecodes.kernels.gemm.run_row_blocks`)."""
+    batch, k = indices.shape
+    n_latents = W_dec.shape[0]
+
+    def block(i: int, j: int) -> Tensor:
+        rows = j - i
+        crow = torch.arange(0, rows * k + 1, k, device=g.device)
+        with warnings.catch_warnings():  # "CSR support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            pattern = torch.sparse_csr_tensor(
+                crow,
+                indices[i:j].reshape(-1),
+                g.new_zeros(rows * k),
+                (rows, n_latents),
+                check_invariants=False,
+            )
+        return torch.sparse.sampled_addmm(pattern, g[i:j], W_dec.t(), beta=0.0).values()
+
+    if g.device.type != "cpu":
+        return block(0, batch).view(batch, k)
+    parts = run_row_blocks(batch, block, min_rows=SAMPLED_MIN_ROWS)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(batch, k)
+
+
+#: fewest rows per thread block of the sampled dot products (below: one block)
+SAMPLED_MIN_ROWS = 256
+
+
 class SparseDecode(torch.autograd.Function):
-    """``forward(indices [B, k], values [B, k], W_dec [N, d], b_dec [d]) -> [B, d]``."""
+    """``forward(indices [B, k], values [B, k], W_dec [N, d], b_dec [d], groups=None) -> [B, d]``
+    (``groups``: see :func:`sparse_decode`)."""
 
     @staticmethod
-    def forward(ctx, indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx,
+        indices: Tensor,
+        values: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        groups: SharedColumnGroups | None = None,
+    ) -> Tensor:
         indices = indices.contiguous()
+        ctx.groups = groups
         values = values.contiguous().to(W_dec.dtype)
         ctx.save_for_backward(indices, values, W_dec)
-        out = F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
-        return out + b_dec
+        # detached: embedding_bag's forward-only kernel (no bag bookkeeping for its own backward)
+        out = F.embedding_bag(
+            indices, W_dec.detach(), per_sample_weights=values.detach(), mode="sum"
+        )
+        return out.add_(b_dec)
 
     @staticmethod
     @once_differentiable
@@ -85,32 +131,31 @@ class SparseDecode(torch.autograd.Function):
         g = g.contiguous()
         gv = gw = gb = None
         if ctx.needs_input_grad[1]:
-            crow = torch.arange(0, batch * k + 1, k, device=g.device)
-            with warnings.catch_warnings():  # "CSR support is in beta state"
-                warnings.simplefilter("ignore", UserWarning)
-                pattern = torch.sparse_csr_tensor(
-                    crow,
-                    indices.reshape(-1),
-                    values.new_zeros(batch * k),
-                    (batch, n_latents),
-                    check_invariants=False,
-                )
-            gv = torch.sparse.sampled_addmm(pattern, g, W_dec.t(), beta=0.0).values()
-            gv = gv.view(batch, k)
+            gv = _sampled_dots(indices, g, W_dec)
         if ctx.needs_input_grad[2]:
-            rows = torch.arange(batch, device=g.device).repeat_interleave(k)
-            gw = sum_rows_by_col(rows, indices.reshape(-1), values.reshape(-1), g, n_latents)
+            rows = row_index(batch, k, g.device)
+            cols = indices.reshape(-1)
+            shared = ctx.groups.get(cols, batch, n_latents) if ctx.groups is not None else None
+            gw = sum_rows_by_col(rows, cols, values.reshape(-1), g, n_latents, shared)
         if ctx.needs_input_grad[3]:
             gb = g.sum(dim=0)
-        return None, gv, gw, gb
+        return None, gv, gw, gb, None
 
 
-def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, b_dec: Tensor) -> Tensor:
+def sparse_decode(
+    indices: Tensor,
+    values: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    groups: SharedColumnGroups | None = None,
+) -> Tensor:
     """``[batch, d_in]`` reconstruction: :class:`SparseDecode` on CPU, the Triton kernel on CUDA
-    where Triton is installed, ``embedding_bag`` elsewhere (:func:`decode_backend`)."""
+    where Triton is installed, ``embedding_bag`` elsewhere (:func:`decode_backend`). ``groups``
+    (CPU): the :class:`~sparsecodes.kernels.sparse_affine.SharedColumnGroups` the encoder of the
+    same step was given, so the two weight gradients sort the shared indices once."""
     backend = decode_backend(W_dec.device)
     if backend == "cpu_sparse":
-        return SparseDecode.apply(indices, values, W_dec, b_dec)
+        return SparseDecode.apply(indices, values, W_dec, b_dec, groups)
     if backend == "triton":
         from sparsecodes.kernels.triton_decode import TritonSparseDecode
 
