@@ -162,8 +162,8 @@ class ModelAdapter:
                 f"hooks is empty; pass at least one hook name ({HOOK_PATTERN}), "
                 "or call logits() for a full forward pass"
             )
-        points = [parse_hook(n, self.n_layers) for n in names]
-        stop = max(points, key=lambda p: p.order)
+        for name in names:
+            parse_hook(name, self.n_layers)  # unknown names fail here, listing the valid ones
         if workers < 1:
             raise ValueError(f"workers={workers} must be >= 1")
         n = min(workers, int(input_ids.shape[0])) if isinstance(input_ids, Tensor) else 1
@@ -174,8 +174,20 @@ class ModelAdapter:
                     "for reading activations; use workers=1 with edits or grad=True"
                 )
             return self._run_split(input_ids, attention_mask, names, n)
+        return self._run_one(input_ids, attention_mask, names, edits or {}, grad)
+
+    def _run_one(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        names: list[str],
+        edits: Mapping[str, Edit],
+        grad: bool,
+    ) -> dict[str, Tensor]:
+        points = [parse_hook(n, self.n_layers) for n in names]
+        stop = max(points, key=lambda p: p.order)
         cache: dict[str, Tensor] = {}
-        self._forward(input_ids, attention_mask, points, cache, edits or {}, stop, grad)
+        self._forward(input_ids, attention_mask, points, cache, edits, stop, grad)
         return {n: cache[n] for n in names}
 
     def _run_split(
@@ -191,7 +203,7 @@ class ModelAdapter:
         def one(ids: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
             torch.set_num_threads(1)  # this thread's own setting (and the default of new ones)
             with torch.inference_mode(inference):
-                return self.run(ids, mask, names)
+                return self._run_one(ids, mask, names, {}, False)
 
         try:
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="adapter-run") as pool:
