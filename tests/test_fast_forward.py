@@ -229,3 +229,24 @@ def test_smollm2_layer12_split_and_gemm_forward_match_the_plain_forward():
     scale = float(ref.abs().max())
     torch.testing.assert_close(split, ref, atol=1e-5 * scale, rtol=0)
     torch.testing.assert_close(both, ref, atol=1e-5 * scale, rtol=0)
+
+
+def test_live_source_splits_its_forward_and_gives_the_rows_of_one_pass(lm):
+    from sparsecodes.activations.live import LiveModelSource
+
+    texts = [f"text {i}: " + "the quick brown fox " * (1 + i % 5) for i in range(30)]
+    kw = dict(context_size=16, windows_per_pass=4, seed=3)
+    one = LiveModelSource(lm, texts, HOOKS[:1], forward_workers=1, **kw)
+    two = LiveModelSource(lm, texts, HOOKS[:1], forward_workers=2, **kw)
+    workers: list[int] = []
+    real = lm.run
+    lm.run = lambda *a, **k: workers.append(k.get("workers", 1)) or real(*a, **k)
+    try:
+        rows_one = [one.pass_rows(i)[HOOKS[0]] for i in range(3)]
+        rows_two = [two.pass_rows(i)[HOOKS[0]] for i in range(3)]
+    finally:
+        del lm.run
+    assert workers == [1, 1, 1, 2, 2, 2]
+    for a, b in zip(rows_two, rows_one, strict=True):
+        assert a.shape == b.shape and a.shape[0] > 0
+        _close(a, b)
