@@ -11,7 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from sparsecodes.activations.cache import cache_activations, resolve_forward_workers
+from sparsecodes.activations.cache import (
+    cache_activations,
+    caching_forward,
+    resolve_forward_workers,
+)
 from sparsecodes.activations.store import read_manifest
 from sparsecodes.kernels import gemm
 from sparsecodes.models import ModelAdapter, load_model
@@ -250,3 +254,25 @@ def test_live_source_splits_its_forward_and_gives_the_rows_of_one_pass(lm):
     for a, b in zip(rows_two, rows_one, strict=True):
         assert a.shape == b.shape and a.shape[0] > 0
         _close(a, b)
+
+
+def test_caching_forward_uses_openblas_only_with_one_torch_thread_per_worker(
+    lm, batch, openblas, monkeypatch
+):
+    ids, mask = batch
+    calls = []
+    real = gemm.matmul
+    monkeypatch.setattr(gemm, "matmul", lambda a, b, **kw: calls.append(1) or real(a, b))
+    torch.set_num_threads(2)
+    ref = lm.run(ids, mask, HOOKS)
+    with torch.inference_mode():
+        split = caching_forward(lm, 2)(ids, mask, HOOKS)
+        assert len(calls) == 2 * 14  # each slice: 2 blocks x 7 Linear (q k v o gate up down)
+        calls.clear()
+        caching_forward(lm, 1)(ids, mask, HOOKS)  # 2 torch threads in one pass: torch's
+        assert calls == []
+        gemm.set_gemm_backend("torch")
+        caching_forward(lm, 2)(ids, mask, HOOKS)  # SPARSECODES_GEMM=torch: torch's
+        assert calls == []
+    for name in HOOKS:
+        _close(split[name], ref[name])
