@@ -27,7 +27,8 @@ process's torch thread count), and, where the process's GEMM backend is OpenBLAS
 (:mod:`sparsecodes.kernels.gemm`, AMD CPUs), the model's ``nn.Linear`` layers multiply through
 it (:func:`caching_forward`). Each worker computes its slice without waiting on torch's thread
 pool inside every operation. Rows equal an unsplit torch forward to float32 rounding (bit for
-bit with ``SPARSECODES_GEMM=torch`` and MKL). Measured by ``benchmarks/bench_cache.py``.
+bit on SmolLM2 with ``SPARSECODES_GEMM=torch``, not on every shape). Measured by
+``benchmarks/bench_cache.py``.
 """
 
 from __future__ import annotations

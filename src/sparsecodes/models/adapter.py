@@ -153,8 +153,9 @@ class ModelAdapter:
         ``workers > 1`` splits the batch into that many slices of rows, run at the same time in
         as many threads with one torch thread each (the caller's thread count is restored
         after), and concatenates the activations: the same values as one pass up to the
-        floating-point summation order of the kernels at the smaller batch (bit-identical with
-        MKL's matmuls). Not with ``edits`` or ``grad``.
+        floating-point summation order of the kernels at the smaller batch and one thread
+        (bit-identical on SmolLM2 with MKL's matmuls, not on every shape). Not with ``edits`` or
+        ``grad``.
         """
         names = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
         if not names:
