@@ -20,6 +20,15 @@ those shards straight into the store, recording each in ``parts/<world>-<rank>.j
 ranks are done, rank 0 writes the one ``manifest.json`` (shards in order) and removes ``parts/``:
 the store is byte-identical to one written by a single process. A killed job restarted with the
 same arguments (any number of ranks) skips every shard recorded in any part file.
+
+On the CPU each batch's forward is split into ``forward_workers`` slices of windows run at once
+in as many threads of one torch thread each (``ModelAdapter.run(..., workers=n)``; default: the
+process's torch thread count), and, where the process's GEMM backend is OpenBLAS
+(:mod:`sparsecodes.kernels.gemm`, AMD CPUs), the model's ``nn.Linear`` layers multiply through
+it (:func:`caching_forward`). Each worker computes its slice without waiting on torch's thread
+pool inside every operation. Rows equal an unsplit torch forward to float32 rounding (bit for
+bit on SmolLM2 with ``SPARSECODES_GEMM=torch``, not on every shape). Measured by
+``benchmarks/bench_cache.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -53,6 +63,9 @@ from sparsecodes.activations.store import (
     write_shard,
 )
 from sparsecodes.files import write_bytes, write_json
+from sparsecodes.kernels import gemm
+from sparsecodes.models.adapter import ModelAdapter
+from sparsecodes.models.linear import gemm_linears
 
 
 @dataclass
@@ -131,6 +144,50 @@ def _collate(
     return ids, attn, keep
 
 
+def resolve_forward_workers(model_adapter: Any, requested: int | None = None) -> int:
+    """How many threads :func:`cache_activations` splits each batch's forward over.
+
+    ``requested`` when given (>= 1); otherwise ``torch.get_num_threads()`` for a
+    :class:`~sparsecodes.models.ModelAdapter` on the CPU, and 1 on a GPU or for any other
+    adapter (whose ``run`` may not take ``workers``).
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"forward_workers={requested} must be >= 1 (or None for auto)")
+        return requested
+    if isinstance(model_adapter, ModelAdapter) and model_adapter.device.type == "cpu":
+        return torch.get_num_threads()
+    return 1
+
+
+def caching_forward(
+    model_adapter: Any, forward_workers: int | None = None
+) -> Callable[[Tensor, Tensor | None, list[str]], dict[str, Tensor]]:
+    """The forward :func:`cache_activations` (and ``LiveModelSource``) runs:
+    ``forward(ids [B, T], attention_mask [B, T] | None, hooks) -> {hook: [B, T, *shape]}``.
+
+    ``model_adapter.run`` split over :func:`resolve_forward_workers` threads; when each thread
+    then runs one torch thread (``workers > 1``, or a process with one torch thread) and the
+    process's GEMM backend is ``"openblas"`` (``sparsecodes.kernels.gemm``; ``SPARSECODES_GEMM``),
+    the model's ``nn.Linear`` layers multiply through OpenBLAS for the call
+    (``sparsecodes.models.linear.gemm_linears``; float32 rounding of torch's values).
+    """
+    workers = resolve_forward_workers(model_adapter, forward_workers)
+    kw: dict[str, Any] = {"workers": workers} if workers > 1 else {}
+    ours = isinstance(model_adapter, ModelAdapter) and model_adapter.device.type == "cpu"
+
+    def forward(ids: Tensor, attention_mask: Tensor | None, hooks: list[str]) -> dict[str, Tensor]:
+        one_thread_each = workers > 1 or torch.get_num_threads() == 1
+        if ours and one_thread_each and gemm.gemm_backend() == "openblas":
+            linears: Any = gemm_linears(model_adapter.model)
+        else:
+            linears = nullcontext()
+        with linears:
+            return model_adapter.run(ids, attention_mask=attention_mask, hooks=hooks, **kw)
+
+    return forward
+
+
 def _chunks(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
     while chunk := list(islice(it, n)):
         yield chunk
@@ -156,6 +213,7 @@ def cache_activations(
     rank: int | None = None,
     world_size: int | None = None,
     forward_dtype: str | None = None,
+    forward_workers: int | None = None,
 ) -> CacheResult:
     """Cache activations at ``hooks`` for the token windows of ``texts`` into ``out_dir``.
 
@@ -193,6 +251,8 @@ def cache_activations(
             Recorded in the manifest's ``info`` (and in each rank's part file); resuming a store
             begun with another forward dtype is refused (``StoreMismatchError``), since one store
             must not mix the two roundings. A store that records none (older) resumes as before.
+        forward_workers: threads each batch's forward is split over (module docstring);
+            None = :func:`resolve_forward_workers` (the torch thread count on a CPU, else 1).
     """
     if not hooks:
         raise ValueError("hooks is empty; give at least one hook, e.g. blocks.12.resid_post")
@@ -228,6 +288,7 @@ def cache_activations(
         info["forward_dtype"] = forward_dtype
         for h in hooks:  # before any writer opens the store: a refusal changes nothing
             check_forward_dtype(store_path(out_dir, name, h), forward_dtype)
+    forward = caching_forward(model_adapter, forward_workers)
     if world_size is None or rank is None:
         w = dist_ctx.world()
         rank, world_size = w.rank, w.size
@@ -257,6 +318,7 @@ def cache_activations(
             rank=rank,
             world_size=world_size,
             t_start=t_start,
+            forward=forward,
         )
     writers = {
         h: StoreWriter(
@@ -320,7 +382,7 @@ def cache_activations(
             ids, attn, keep = _collate(parts, pad_id)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                acts = model_adapter.run(ids.to(device), attention_mask=attn, hooks=hooks)
+                acts = forward(ids.to(device), attn, hooks)
             t1 = time.perf_counter()
             limit = n_keep if max_tokens is None else min(n_keep, max_tokens - row)
             keep_dev = keep.to(device)
@@ -410,6 +472,7 @@ def _cache_ranked(
     rank: int,
     world_size: int,
     t_start: float,
+    forward: Callable[[Tensor, Tensor | None, list[str]], dict[str, Tensor]],
 ) -> CacheResult:
     """This rank's shards of every hook's store, then (rank 0) the manifests; module docstring."""
     hooks = list(wanted)
@@ -465,7 +528,7 @@ def _cache_ranked(
             ids, attn, keep = _collate(parts, pad_id)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                acts = model_adapter.run(ids.to(device), attention_mask=attn, hooks=hooks)
+                acts = forward(ids.to(device), attn, hooks)
             t1 = time.perf_counter()
             keep_dev = keep.to(device)
             rows_h = {h: acts[h][keep_dev][:limit].cpu() for h in hooks}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparsecodes.activations.cache import caching_forward
 from sparsecodes.data import token_windows
 from sparsecodes.data.windows import batch_windows
 
@@ -35,6 +36,9 @@ class LiveModelSource:
         rank, world_size: data-parallel ranks: pass ``i`` of this rank is forward pass
             ``i * world_size + rank`` of the window stream, so ranks run the model on disjoint
             windows (each tokenises the whole stream, which is cheap).
+        forward_workers: threads each forward pass is split over (on a CPU: slices of windows
+            with one torch thread each); None = the torch thread count on a CPU, else 1. The
+            forward is ``activations.cache.caching_forward``'s, as when caching.
     """
 
     KEEP_PASSES = 2
@@ -50,6 +54,7 @@ class LiveModelSource:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        forward_workers: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
@@ -57,6 +62,7 @@ class LiveModelSource:
         if not hooks:
             raise ValueError("hooks is empty; name at least one hook point")
         self.adapter = adapter
+        self._forward = caching_forward(adapter, forward_workers)
         self._texts = texts
         self.hooks = list(hooks)
         self.context_size = context_size
@@ -95,7 +101,7 @@ class LiveModelSource:
             self._next_window_pass += 1
         ids, keep = next(self._windows)
         self._next_window_pass += 1
-        acts = self.adapter.run(ids.to(self.adapter.device), hooks=self.hooks)
+        acts = self._forward(ids.to(self.adapter.device), None, self.hooks)
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
         flat_keep = keep.reshape(-1)
         perm = torch.randperm(int(flat_keep.sum()), generator=g)
