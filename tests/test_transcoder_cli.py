@@ -22,7 +22,18 @@ from sparsecodes.training.jobs import NORMALISER_SAMPLE_ROWS
 from sparsecodes.transcoder import Transcoder
 
 
-def test_pair_source_rows_are_the_same_tokens():
+@pytest.fixture
+def torch_gemm():
+    """Every matmul through torch (bit-equality below needs the same BLAS calls)."""
+    from sparsecodes.kernels import gemm
+
+    before = gemm.gemm_backend()
+    gemm.set_gemm_backend("torch")
+    yield
+    gemm.set_gemm_backend(before)
+
+
+def test_pair_source_rows_are_the_same_tokens(torch_gemm):
     lm = load_model("tiny-llama", device="cpu")
     hooks = ["blocks.1.mlp_in", "blocks.1.mlp_out", "blocks.0.mlp_in", "blocks.0.mlp_out"]
     # one pass on this thread's torch threads, as mlp(x) below: bit-equality needs the same BLAS
