@@ -57,6 +57,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import SparseCoder as SkSparseCoder
 
 from sparsecodes.codes import to_dense
+from sparsecodes.devices import cpu_info
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders import make_encoder
 
@@ -229,14 +230,7 @@ def machine_info(threads: int) -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info["cpu_model"] = cpu_info("model name")
     return info
 
 

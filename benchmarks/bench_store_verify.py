@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sparsecodes.devices import cpu_info
+
 CHILD = r"""
 import json, sys, time
 t_import = time.perf_counter()
@@ -69,16 +71,6 @@ for i in range(n + 2):
     times.append(time.perf_counter() - t0)
 print(json.dumps({"step_ms_median": 1e3 * statistics.median(times[2:]), "steps": n}))
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def sha256_gbps(mb: int = 256) -> float:
@@ -219,7 +211,7 @@ def main() -> None:
             "verify_extra_pct_of_training_epoch": 100 * extra / (n_batches * live_step_s + off),
         },
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": cpu_info("model name") or platform.processor(),
             "cores": os.cpu_count(),
             "loadavg_1_5_15_at_start": load_start,
             "loadavg_1min_after_each_run": loads,

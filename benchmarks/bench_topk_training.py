@@ -65,6 +65,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 import torch.nn.functional as F
 
+from sparsecodes.devices import cpu_info
+
 RESULT = Path(__file__).parent / "results" / "topk_training.json"
 
 
@@ -410,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_model": cpu_model(),
+            "cpu_model": cpu_info("model name"),
             "gemm_backend": gemm_backend(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "platform": platform.platform(),
@@ -428,18 +430,6 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (``""`` where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def merge_into(path: Path, new: dict) -> dict:

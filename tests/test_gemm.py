@@ -163,3 +163,20 @@ def _child_splits_rows() -> None:
     torch.set_num_threads(2)
     out = gemm.run_row_blocks(256, lambda i, j: j - i)
     raise SystemExit(0 if out == [128, 128] else 1)
+
+
+def test_cpu_info_reads_proc_cpuinfo_fields(tmp_path, monkeypatch):
+    import builtins
+
+    from sparsecodes.devices import cpu_info
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n\n")
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins, "open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k)
+    )
+    assert cpu_info("model name") == "AMD EPYC 7B13"
+    assert cpu_info("vendor_id") == "AuthenticAMD"
+    assert cpu_info("no such field") == ""
+    assert gemm.cpu_vendor() == "AuthenticAMD"

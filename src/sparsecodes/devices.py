@@ -63,3 +63,17 @@ def native_bf16(device: str | torch.device) -> bool:
     except OSError:
         pass
     return False
+
+
+def cpu_info(field: str) -> str:
+    """A field of ``/proc/cpuinfo`` for the first CPU (``"vendor_id"``, ``"model name"``, ...),
+    or ``""`` where there is none (not Linux, or no such field)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""

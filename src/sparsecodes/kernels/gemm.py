@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparsecodes.devices import cpu_info
+
 T = TypeVar("T")
 
 GEMM_BACKENDS: tuple[str, ...] = ("auto", "torch", "openblas")
@@ -70,14 +72,7 @@ os.register_at_fork(after_in_child=_forget_workers)
 
 def cpu_vendor() -> str:
     """The CPU's vendor string (``"AuthenticAMD"``, ``"GenuineIntel"``, ...), or ``""``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return cpu_info("vendor_id") or platform.processor()
 
 
 @functools.cache
