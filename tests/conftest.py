@@ -127,3 +127,14 @@ WORDS = [
     "token",
     "model",
 ]
+
+
+class TranscoderMLP(torch.nn.Module):
+    """An MLP replaced by a transcoder: a model whose MLPs *are* their transcoders (zero error)."""
+
+    def __init__(self, tc):
+        super().__init__()
+        self.tc = tc
+
+    def forward(self, x):
+        return self.tc(x)

@@ -61,7 +61,8 @@ def test_split_run_equals_one_pass_and_uses_one_thread_per_slice(lm, batch):
     finally:
         h.remove()
     assert sorted(rows for _, rows, _ in seen) == [2, 3]  # 5 rows as slices of 3 and 2
-    assert len({t for t, _, _ in seen}) == 2 and threading.get_ident() not in {t for t, *_ in seen}
+    # two threads, the caller's and one of the process's sleeping workers (kernels.gemm)
+    assert len({t for t, _, _ in seen}) == 2
     assert [n for *_, n in seen] == [1, 1]  # each slice ran with one torch thread
     assert torch.get_num_threads() == 2  # the caller's setting is back
     for name in HOOKS:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TranscoderMLP
 from sparsecodes.graphs import (
     ReplacementModel,
     ablation_check,
@@ -198,15 +199,6 @@ def test_replacement_model_run_for_real_reproduces_the_logits_without_an_edit(se
     assert (out - run.logits).abs().max() <= 1e-5 * (run.logits.abs().max() + 1)
 
 
-class _TranscoderAsMLP(torch.nn.Module):
-    def __init__(self, tc):
-        super().__init__()
-        self.tc = tc
-
-    def forward(self, x):
-        return self.tc(x)
-
-
 def test_replacement_change_is_the_real_change_when_the_mlps_are_their_transcoders(lm, setup):
     """A model whose every MLP *is* a transcoder has zero error terms, so the replacement model
     run for real (features recomputed with their nonlinearity, attention and norms recomputed)
@@ -220,7 +212,7 @@ def test_replacement_change_is_the_real_change_when_the_mlps_are_their_transcode
     exact = [fit_transcoder(x[i], y[i], i, 48, k=4, seed=i) for i in range(lm.n_layers)]
     lm2 = load_model("tiny-llama", device="cpu")
     for block, tc in zip(lm2.blocks, exact, strict=True):
-        block.mlp = _TranscoderAsMLP(tc)
+        block.mlp = TranscoderMLP(tc)
     rm2 = ReplacementModel(lm2, exact)
     run2 = rm2.run(ids)
     # zero error but at the BOS sink (no features there: its MLP outputs are constants)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import require_model
+from conftest import TranscoderMLP, require_model
 from sparsecodes.graphs import (
     ReplacementModel,
     attribute,
@@ -157,15 +157,6 @@ def test_pruning_keeps_the_stated_fraction_of_influence(setup):
     # the kept edges carry at least the edge fraction of the edge scores
     p2 = prune(graph, 1.0, 0.5)
     assert int(p2.edge_mask.sum()) < int(pr.edge_mask.sum())
-
-
-class TranscoderMLP(torch.nn.Module):
-    def __init__(self, tc):
-        super().__init__()
-        self.tc = tc
-
-    def forward(self, x):
-        return self.tc(x)
 
 
 def test_scores_are_one_when_transcoders_are_exact_and_below_otherwise(lm, setup):

@@ -4,6 +4,8 @@ the scores and the capped attribution's visiting order; definitions in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
 
 __all__ = ["influence", "normalise_rows", "partial_influence"]
@@ -15,18 +17,23 @@ def normalise_rows(adj: Tensor) -> Tensor:
     return a / a.sum(1, keepdim=True).clamp(min=1e-30)
 
 
-def influence(norm_adj: Tensor, weights: Tensor, max_iter: int = 10_000) -> Tensor:
-    """``w Â + w Â² + ...`` for ``weights`` ``[N]``: each node's total influence ``[N]``."""
-    cur = weights @ norm_adj
-    total = cur.clone()
+def _series(first: Tensor, step: Callable[[Tensor], Tensor | None], max_iter: int) -> Tensor:
+    """``first + step(first) + step(step(first)) + ...`` until a term is all zero (``step`` may
+    return None for that); ``RuntimeError`` after ``max_iter`` terms (a cycle)."""
+    total, cur = first.clone(), first
     for _ in range(max_iter):
-        if not bool(cur.any()):
+        cur = step(cur)
+        if cur is None:
             return total
-        cur = cur @ norm_adj
         total += cur
     raise RuntimeError(
         f"influence did not vanish after {max_iter} steps: the adjacency matrix has a cycle"
     )
+
+
+def influence(norm_adj: Tensor, weights: Tensor, max_iter: int = 10_000) -> Tensor:
+    """``w Â + w Â² + ...`` for ``weights`` ``[N]``: each node's total influence ``[N]``."""
+    return _series(weights @ norm_adj, lambda c: c @ norm_adj if bool(c.any()) else None, max_iter)
 
 
 def partial_influence(
@@ -39,14 +46,9 @@ def partial_influence(
     at ``row_nodes`` and zeros elsewhere, at the cost of ``R x N`` products per step.
     """
     norm = normalise_rows(rows)
-    cur = weights[row_nodes] @ norm
-    total = cur.clone()
-    for _ in range(max_iter):
-        cur = cur[row_nodes]
-        if not bool(cur.any()):
-            return total
-        cur = cur @ norm
-        total += cur
-    raise RuntimeError(
-        f"influence did not vanish after {max_iter} steps: the adjacency matrix has a cycle"
-    )
+
+    def step(c: Tensor) -> Tensor | None:
+        c = c[row_nodes]
+        return c @ norm if bool(c.any()) else None
+
+    return _series(weights[row_nodes] @ norm, step, max_iter)

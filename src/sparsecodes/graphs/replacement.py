@@ -130,6 +130,15 @@ class ReplacementModel:
             at.o_proj.bias,
         )
 
+    def features(self, layer: int, mlp_in: Tensor) -> tuple[Tensor, Tensor]:
+        """``(pre-activations, codes)``, each ``[T, n]``, of ``layer``'s transcoder on ``mlp_in``
+        ``[T, d]``, with no features at the first ``zero_positions`` positions (module doc)."""
+        tc = self.transcoders[layer]
+        pre = tc.encode_pre(mlp_in)
+        codes = tc.activate(pre)
+        codes[: self.zero_positions] = 0
+        return pre, codes
+
     # ---------------------------------------------------------------- the clean run
     @torch.no_grad()
     def run(self, input_ids: Tensor) -> ReplacementRun:
@@ -149,10 +158,8 @@ class ReplacementModel:
             logits,
         )
         err = run.mlp_out.clone()
-        for layer, tc in self.transcoders.items():
-            pre = tc.encode_pre(run.mlp_in[layer])
-            codes = tc.activate(pre)
-            codes[: self.zero_positions] = 0  # no features at the sink (module doc)
+        for layer in self.transcoders:
+            pre, codes = self.features(layer, run.mlp_in[layer])
             run.pre[layer], run.codes[layer] = pre, codes
             err[layer] -= self.transcoder_output(layer, codes, run.mlp_in[layer])
         run.error = err
@@ -200,9 +207,7 @@ class ReplacementModel:
         def edit(layer: int, mlp_in: Tensor, mlp_out: Tensor) -> Tensor:
             out = err[layer]
             if layer in self.transcoders:
-                tc = self.transcoders[layer]
-                codes = tc.activate(tc.encode_pre(mlp_in))
-                codes[: self.zero_positions] = 0  # as in run(): no features at the sink
+                _, codes = self.features(layer, mlp_in)
                 if code_edit is not None:
                     codes = code_edit(layer, codes)
                 out = out + self.transcoder_output(layer, codes, mlp_in)

@@ -162,14 +162,21 @@ def row_blocks(m: int, threads: int, min_rows: int = MIN_ROWS_PER_THREAD) -> lis
 
 
 def run_row_blocks(
-    m: int, fn: Callable[[int, int], T], *, min_rows: int = MIN_ROWS_PER_THREAD
+    m: int,
+    fn: Callable[[int, int], T],
+    *,
+    min_rows: int = MIN_ROWS_PER_THREAD,
+    threads: int | None = None,
 ) -> list[T]:
-    """``[fn(start, stop) for each block]`` over :func:`row_blocks` of ``m`` rows for
-    ``torch.get_num_threads()`` threads: the calling thread runs the first block, the process's
-    worker threads the others, in parallel where ``fn`` releases the GIL (numpy's BLAS, torch
-    ops). For work whose own kernel is single-threaded. Idle workers block, never spin. Called
-    from inside a block (nested), it runs its blocks in the calling thread."""
-    threads = 1 if getattr(_in_worker, "active", False) else torch.get_num_threads()
+    """``[fn(start, stop) for each block]`` over :func:`row_blocks` of ``m`` rows for ``threads``
+    threads (default ``torch.get_num_threads()``): the calling thread runs the first block, the
+    process's worker threads the others, in parallel where ``fn`` releases the GIL (numpy's BLAS,
+    torch ops). For work whose own kernel is single-threaded. Idle workers block, never spin.
+    Called from inside a block (nested), it runs its blocks in the calling thread."""
+    if getattr(_in_worker, "active", False):
+        threads = 1
+    elif threads is None:
+        threads = torch.get_num_threads()
     blocks = row_blocks(m, threads, min_rows)
     pending = [
         _submit(w, functools.partial(fn, i, j))

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from sparsecodes.kernels.gemm import run_row_blocks
 from sparsecodes.models.architectures import Architecture, detect_architecture, find_blocks
 from sparsecodes.models.hooks import (
     HOOK_PATTERN,
@@ -196,19 +196,17 @@ class ModelAdapter:
     ) -> dict[str, Tensor]:
         """``run`` on ``n`` row slices in ``n`` threads of one torch thread each; concatenated."""
         self._check_ids(input_ids, attention_mask)  # bad input fails here, not in n threads
-        id_parts = input_ids.tensor_split(n)
-        mask_parts = attention_mask.tensor_split(n) if attention_mask is not None else [None] * n
         inference = torch.is_inference_mode_enabled()
         threads = torch.get_num_threads()
 
-        def one(ids: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
-            torch.set_num_threads(1)  # this thread's own setting (and the default of new ones)
+        def one(i: int, j: int) -> dict[str, Tensor]:
+            torch.set_num_threads(1)  # this thread's own setting
+            mask = attention_mask[i:j] if attention_mask is not None else None
             with torch.inference_mode(inference):
-                return self._run_one(ids, mask, names, {}, False)
+                return self._run_one(input_ids[i:j], mask, names, {}, False)
 
-        try:
-            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="adapter-run") as pool:
-                outs = list(pool.map(one, id_parts, mask_parts))
+        try:  # the caller's thread and the process's sleeping worker threads (kernels.gemm)
+            outs = run_row_blocks(int(input_ids.shape[0]), one, min_rows=1, threads=n)
         finally:
             torch.set_num_threads(threads)
         return {h: torch.cat([o[h] for o in outs]) for h in names}
