@@ -138,3 +138,51 @@ class TranscoderMLP(torch.nn.Module):
 
     def forward(self, x):
         return self.tc(x)
+
+
+def live_stream_windows(context_size: int, *rows: int) -> int:
+    """Windows a :class:`~sparsecodes.activations.live.LiveModelSource` over the embedded corpus
+    (tiny-llama's tokenizer, the default ``windows_per_pass``) runs through the model to deliver
+    each of ``rows`` from the stream's start: whole passes, each a batch of windows."""
+    import inspect
+
+    from sparsecodes.activations.live import LiveModelSource
+    from sparsecodes.data import batch_windows, load_texts, token_windows
+    from sparsecodes.models import load_model
+
+    per_pass = inspect.signature(LiveModelSource).parameters["windows_per_pass"].default
+    windows = token_windows(load_texts(None), load_model("tiny-llama").tokenizer, context_size)
+    passes = [
+        (int(ids.shape[0]), int(keep.sum())) for ids, keep in batch_windows(windows, per_pass)
+    ]
+    total = 0
+    for want in rows:
+        got = 0
+        for n_windows, n_rows in passes:
+            total, got = total + n_windows, got + n_rows
+            if got >= want:
+                break
+        else:
+            raise AssertionError(f"the corpus has fewer than {want} rows")
+    return total
+
+
+@pytest.fixture
+def embedded_windows():
+    """``[n]``: windows (rows of token ids) through any model's token embedding while the test
+    runs. A forward pass over B windows adds B however it is split over threads
+    (``ModelAdapter.run(workers=n)``), so n counts the work of the forward passes."""
+    import threading
+
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    seen, lock = [0], threading.Lock()
+
+    def count(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, torch.nn.Embedding):
+            with lock:
+                seen[0] += int(args[0].shape[0])
+
+    handle = register_module_forward_pre_hook(count)
+    yield seen
+    handle.remove()

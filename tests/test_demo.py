@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 from conftest import require
 from sparsecodes.activations import StoreSource
@@ -31,21 +29,7 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-@pytest.fixture
-def embedding_calls():
-    """Counts forward passes of any model (calls of an ``nn.Embedding``: one per forward)."""
-    calls = [0]
-
-    def count(module, _args):
-        if isinstance(module, nn.Embedding):
-            calls[0] += 1
-
-    handle = register_module_forward_pre_hook(count)
-    yield calls
-    handle.remove()
-
-
-def test_demo_pipeline_tiny_model(tmp_path, embedding_calls):
+def test_demo_pipeline_tiny_model(tmp_path, embedded_windows):
     cfg = DemoConfig(
         model="tiny-llama",
         hook="blocks.1.resid_post",
@@ -60,7 +44,7 @@ def test_demo_pipeline_tiny_model(tmp_path, embedding_calls):
         device="cpu",
     )
     result = run_demo(cfg, echo=lambda *_: None)
-    assert embedding_calls[0] > 0  # the model ran to fill the caches
+    assert embedded_windows[0] > 0  # the model ran to fill the caches
     methods = [r["method"] for r in result["rows"]]
     assert methods == ["topk (SAE encoder)", "omp k=4", "fista warm, 10 it"]
     sae_row, omp_row, fista_row = result["rows"]
@@ -91,9 +75,9 @@ def test_demo_pipeline_tiny_model(tmp_path, embedding_calls):
     kept = {k: v for k, v in kept.items() if not k.endswith("manifest.json")}
     assert sum(k.endswith(".npy") for k in kept) == 2 and any("trainer" in k for k in kept)
     weights = (demo / "sae" / "final" / "model.safetensors").read_bytes()
-    embedding_calls[0] = 0
+    embedded_windows[0] = 0
     again = run_demo(cfg, echo=lambda *_: None)
-    assert embedding_calls[0] == 0
+    assert embedded_windows[0] == 0
     now = {**_files(demo / "cache"), **_files(demo / "sae" / "checkpoint")}
     assert {k: now[k] for k in kept} == kept and len(now) == len(kept) + 2
     assert (demo / "sae" / "final" / "model.safetensors").read_bytes() == weights

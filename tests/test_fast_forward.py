@@ -107,6 +107,50 @@ def test_runs_from_two_threads_at_once_each_get_their_own_activations(lm, batch)
             torch.testing.assert_close(got[k][name], alone[k][name], atol=0, rtol=0)
 
 
+def test_a_half_registered_hook_seen_by_another_threads_forward_is_ignored(lm, batch):
+    """torch inserts a pre-hook before flagging it ``with_kwargs`` (and removes it in the same two
+    steps), so a forward on another thread in between calls it as ``hook(module, args)``. That
+    call must neither fail nor touch the other thread's activations."""
+    ids, mask = batch
+    heads = lm.arch.heads_module(lm.blocks[1])  # blocks.1.attn.heads is read by a pre-hook
+    alone = lm.run(ids[2:4], mask[2:4], HOOKS)
+    caller = threading.get_ident()
+    got: dict[str, dict[str, torch.Tensor]] = {}
+    failed: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            got["other"] = lm.run(ids[2:4], mask[2:4], HOOKS)
+        except BaseException as e:  # reported by the assertion below
+            failed.append(e)
+
+    def between_torchs_two_steps(_m, _args):  # the caller's run: its hooks are registered
+        if threading.get_ident() != caller:
+            return
+        flags = heads._forward_pre_hooks_with_kwargs
+        saved = dict(flags)
+        flags.clear()
+        try:
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+        finally:
+            flags.update(saved)
+
+    h = lm.blocks[0].register_forward_pre_hook(between_torchs_two_steps)
+    try:
+        mine = lm.run(ids[:2], mask[:2], HOOKS)
+    finally:
+        h.remove()
+    assert failed == []
+    for name in HOOKS:
+        torch.testing.assert_close(got["other"][name], alone[name], atol=0, rtol=0)
+    for name in HOOKS:  # the caller's own hooks still captured its rows
+        torch.testing.assert_close(
+            mine[name], lm.run(ids[:2], mask[:2], HOOKS)[name], atol=0, rtol=0
+        )
+
+
 def test_workers_with_edits_or_grad_or_zero_is_refused(lm, batch):
     ids, mask = batch
     with pytest.raises(ValueError, match="workers=1 with edits"):

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 import sparsecodes as sc
-from conftest import fake_store
-from sparsecodes.activations.live import LiveModelSource
+from conftest import fake_store, live_stream_windows
 from sparsecodes.cli import main
-from sparsecodes.data import batch_windows, load_texts, token_windows
-from sparsecodes.models import load_model
 from sparsecodes.training.jobs import NORMALISER_SAMPLE_ROWS
 
 
@@ -102,46 +96,22 @@ def test_resume_with_other_settings_refused(tmp_path):
     assert "encoder_config" in r.output and "new run dir" in r.output
 
 
-def _passes_for(rows: int, pass_rows: list[int]) -> int:
-    """Forward passes a stream needs to deliver ``rows`` rows (``pass_rows`` kept rows each)."""
-    total = 0
-    for p, r in enumerate(pass_rows, 1):
-        total += r
-        if total >= rows:
-            return p
-    raise AssertionError(f"the corpus has fewer than {rows} rows")
-
-
 @pytest.mark.slow
-def test_train_live_two_hooks_two_encoders_one_pass(tmp_path):
+def test_train_live_two_hooks_two_encoders_one_pass(tmp_path, embedded_windows):
     """Four coders (two hooks x two encoders) on one live stream cost the forward passes of one."""
     steps, batch, ctx = 40, 256, 128
-    tokenizer = load_model("tiny-llama").tokenizer
-    per_pass = inspect.signature(LiveModelSource).parameters["windows_per_pass"].default
-    windows = token_windows(load_texts(None), tokenizer, ctx)
-    pass_rows = [int(keep.sum()) for _, keep in batch_windows(windows, per_pass)]
     # the normaliser's sample (every hook at once), then the training batches
-    want = _passes_for(NORMALISER_SAMPLE_ROWS, pass_rows) + _passes_for(steps * batch, pass_rows)
-    assert _passes_for(2 * steps * batch, pass_rows) > _passes_for(steps * batch, pass_rows)
-
-    calls = [0]
-
-    def count(module, _args):  # one call of the token embedding per forward pass
-        calls[0] += isinstance(module, nn.Embedding)
-
+    want = live_stream_windows(ctx, NORMALISER_SAMPLE_ROWS, steps * batch)
+    assert live_stream_windows(ctx, 2 * steps * batch) > live_stream_windows(ctx, steps * batch)
     hooks = ("blocks.0.resid_post", "blocks.1.attn.heads")
     args = ["--model", "tiny-llama", "--hook", hooks[0], "--hook", hooks[1]]
     encs = ("topk", "batchtopk")
     args += ["--encoder", encs[0], "--encoder", encs[1], "--param", "k=4"]
     args += ["--n-latents", "64", "--steps", str(steps), "--batch-size", str(batch)]
     args += ["--context-size", str(ctx), "--device", "cpu", "--no-saelens"]
-    handle = register_module_forward_pre_hook(count)
-    try:
-        r = _train([*args, "--out", str(tmp_path / "live")])
-    finally:
-        handle.remove()
+    r = _train([*args, "--out", str(tmp_path / "live")])
     assert r.exit_code == 0, r.output
-    assert calls[0] == want
+    assert embedded_windows[0] == want
     for hook in hooks:  # both coders of a hook: one normaliser sample, so one scale
         a, b = (sc.SparseCoder.load(tmp_path / "live" / hook / e / "final") for e in encs)
         assert (a.encoder.name, b.encoder.name) == encs

@@ -3,20 +3,18 @@ layer and a crosscoder, and the rows of a pair being the same tokens on both sid
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
-from torch.nn.modules.module import register_module_forward_pre_hook
 
 import sparsecodes as sc
+from conftest import live_stream_windows
 from sparsecodes.activations.live import LiveModelSource
 from sparsecodes.cli import main
 from sparsecodes.cli.train import transcoder_pairs
-from sparsecodes.data import batch_windows, load_texts, token_windows
+from sparsecodes.data import load_texts
 from sparsecodes.models import load_model
 from sparsecodes.training.jobs import NORMALISER_SAMPLE_ROWS
 from sparsecodes.transcoder import Transcoder
@@ -63,41 +61,17 @@ def test_transcoder_pairs_expand_layers_and_crosscoder():
     assert outs == ("blocks.0.mlp_out", "blocks.1.mlp_out")
 
 
-def _passes_for(rows: int, pass_rows: list[int]) -> int:
-    total = 0
-    for p, r in enumerate(pass_rows, 1):
-        total += r
-        if total >= rows:
-            return p
-    raise AssertionError(f"the corpus has fewer than {rows} rows")
-
-
 @pytest.mark.slow
-def test_train_transcoders_for_two_layers_share_forward_passes(tmp_path):
+def test_train_transcoders_for_two_layers_share_forward_passes(tmp_path, embedded_windows):
     steps, batch, ctx = 30, 256, 128  # a batch spans at most two passes (LiveModelSource)
-    tokenizer = load_model("tiny-llama").tokenizer
-    per_pass = inspect.signature(LiveModelSource).parameters["windows_per_pass"].default
-    pass_rows = [
-        int(k.sum())
-        for _, k in batch_windows(token_windows(load_texts(None), tokenizer, ctx), per_pass)
-    ]
-    want = _passes_for(NORMALISER_SAMPLE_ROWS, pass_rows) + _passes_for(steps * batch, pass_rows)
-    calls = [0]
-
-    def count(module, _args):
-        calls[0] += isinstance(module, nn.Embedding)
-
+    want = live_stream_windows(ctx, NORMALISER_SAMPLE_ROWS, steps * batch)
     args = ["train", "--model", "tiny-llama", "--device", "cpu", "--context-size", str(ctx)]
     args += ["--transcoder", "blocks.{i}.mlp_in:blocks.{i}.mlp_out", "--layers", "0-1", "--skip"]
     args += ["--encoder", "batchtopk", "--param", "k=8", "--n-latents", "128"]
     args += ["--steps", str(steps), "--batch-size", str(batch), "--out", str(tmp_path / "tc")]
-    handle = register_module_forward_pre_hook(count)
-    try:
-        r = CliRunner().invoke(main, args, catch_exceptions=False)
-    finally:
-        handle.remove()
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert calls[0] == want  # two transcoders, the forward passes of one
+    assert embedded_windows[0] == want  # two transcoders, the forward passes of one
     for i in (0, 1):
         run = tmp_path / "tc" / f"blocks.{i}.mlp_in__blocks.{i}.mlp_out" / "batchtopk"
         tc = sc.load(run)

@@ -313,18 +313,20 @@ class ModelAdapter:
         """Attach ``fn(activation) -> replacement or None`` at hook point ``hp``; with ``thread``
         (a ``threading.get_ident()``) it acts only on forward passes run by that thread."""
         module = self._module(hp)
-        if thread is not None:
-            inner = fn
-
-            def fn(act: Tensor) -> Tensor | None:
-                return inner(act) if threading.get_ident() == thread else None
-
         heads = hp.kind == "attn.heads"
         shape = (self.n_heads, self.d_head)
 
-        if hp.kind in _PRE_KINDS:
+        def foreign() -> bool:
+            return thread is not None and threading.get_ident() != thread
 
-            def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> Any:
+        if hp.kind in _PRE_KINDS:
+            # ``kwargs`` may be missing: torch inserts a pre-hook before flagging it with_kwargs
+            # (and removes it in the same two steps), so a forward on another thread in between
+            # calls it as hook(module, args). Only another thread can see that: it returns first.
+            def pre_hook(_m: nn.Module, args: tuple, kwargs: dict | None = None) -> Any:
+                if foreign():
+                    return None
+                assert kwargs is not None  # this thread's own forward: the hook is complete
                 x = args[0] if args else kwargs["hidden_states"]
                 act = x.unflatten(-1, shape) if heads else x
                 new = fn(act)
@@ -339,6 +341,8 @@ class ModelAdapter:
         else:
 
             def fwd_hook(_m: nn.Module, _args: tuple, out: Any) -> Any:
+                if foreign():
+                    return None
                 new = fn(_first(out))
                 return None if new is None else _replace_first(out, new)
 
