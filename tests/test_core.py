@@ -21,11 +21,18 @@ def test_dictionary_atoms_unit_norm_after_training(small_problem):
 
 
 def test_remove_parallel_grad_leaves_orthogonal_component():
-    d = Dictionary(5, 7, generator=torch.Generator().manual_seed(1))
-    d.W_dec.grad = torch.randn(7, 5)
+    g = torch.Generator().manual_seed(1)
+    d = Dictionary(5, 7, generator=g)
+    with torch.no_grad():  # atoms of different norms: the projection divides by |w|^2
+        d.W_dec.mul_(torch.linspace(0.5, 3.0, 7)[:, None])
+    grad = torch.randn(7, 5, generator=g)
+    d.W_dec.grad = grad.clone()
     d.remove_parallel_grad_()
     dots = (d.W_dec.grad * d.W_dec).sum(dim=1)
     assert dots.abs().max() < 1e-5
+    w, g64 = d.W_dec.detach().double(), grad.double()
+    expected = g64 - ((g64 * w).sum(1) / (w * w).sum(1))[:, None] * w  # the tangent part kept
+    torch.testing.assert_close(d.W_dec.grad.double(), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_sparse_and_dense_decode_agree():

@@ -97,10 +97,9 @@ class Dictionary(nn.Module):
         if g.is_sparse:
             g = g.to_dense()
             self.W_dec.grad = g
-        parallel = (g * w).sum(dim=1, keepdim=True) / w.pow(2).sum(dim=1, keepdim=True).clamp_min(
-            1e-12
-        )
-        g.sub_(parallel * w)
+        # row dot products without [n_latents, d_in] temporaries; g -= (<g_i, w_i> / |w_i|^2) w_i
+        scale = torch.linalg.vecdot(g, w).div_(torch.linalg.vecdot(w, w).clamp_min_(1e-12))
+        g.addcmul_(w, scale.neg_().unsqueeze(1))
 
     def extra_repr(self) -> str:
         return f"n_latents={self.n_latents}, d_in={self.d_in}"

@@ -51,12 +51,12 @@ def row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if nb == 0:
         return pre.topk(k, dim=1, sorted=False)
     s = n // nb
-    block_max = pre.view(batch, s, nb).amax(dim=1)  # [batch, nb]
-    blocks = block_max.topk(k, dim=1, sorted=False).indices  # [batch, k]
-    offsets = torch.arange(0, n, nb, device=pre.device)  # [s]
-    cand = (blocks[:, None, :] + offsets[None, :, None]).view(batch, s * k)  # [batch, s k]
-    values, pos = pre.gather(1, cand).topk(k, dim=1, sorted=False)
-    return values, cand.gather(1, pos)
+    strided = pre.view(batch, s, nb)  # strided[b, m, j] = pre[b, m nb + j]: block j's m-th entry
+    blocks = strided.amax(dim=1).topk(k, dim=1, sorted=False).indices  # [batch, k]
+    # the chosen blocks' entries, [batch, s, k]; one [batch, k] index row serves all s strides
+    cand = strided.gather(2, blocks[:, None, :].expand(batch, s, k)).view(batch, s * k)
+    values, pos = cand.topk(k, dim=1, sorted=False)  # pos = m k + (which chosen block)
+    return values, blocks.gather(1, pos % k).add_(pos.div(k, rounding_mode="floor").mul_(nb))
 
 
 @torch.no_grad()
