@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsecodes.activations.cache import caching_forward
 from sparsecodes.kernels import gemm
-from sparsecodes.models import ModelAdapter, load_model
+from sparsecodes.models import ModelAdapter, load_model, tiny_llama
 from sparsecodes.models.fused import FusedWeights, fusable_modules, fused_layers
 from sparsecodes.models.hooks import all_hook_names
 
@@ -70,6 +70,31 @@ def test_fused_layers_give_the_eager_activations_at_every_hook_kind(lm, ids):
         assert got[name].shape == ref[name].shape
         _close(got[name], ref[name])
     assert all("forward" not in vars(m) for m in lm.model.modules())  # the model's own is back
+
+
+def test_fused_layers_add_the_biases_of_a_llama_with_biased_projections(ids):
+    model, tok = tiny_llama(seed=2, attention_bias=True, mlp_bias=True)
+    with torch.no_grad():  # the initialiser zeroes biases: give them values that matter
+        for m in model.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(m.out_features))
+    biased = ModelAdapter(model, tok, name="tiny-llama-biased")
+    ref = biased.run(ids, hooks=HOOKS)
+    with torch.inference_mode(), fused_layers(biased.model) as n:
+        got = biased.run(ids, hooks=HOOKS)
+    assert n == 17
+    biases = [m.bias for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
+    saved = [b.detach().clone() for b in biases]
+    with torch.no_grad():
+        for b in biases:
+            b.zero_()
+        unbiased = biased.run(ids, hooks=HOOKS)
+        for b, v in zip(biases, saved, strict=True):
+            b.copy_(v)
+    name = "blocks.2.resid_post"  # the biases change it: a fused path dropping them would fail
+    assert float((ref[name] - unbiased[name]).abs().max()) > 0.1 * float(ref[name].abs().max())
+    for name in HOOKS:
+        _close(got[name], ref[name])
 
 
 def test_fused_forward_is_deterministic(lm, ids):

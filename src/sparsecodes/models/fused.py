@@ -49,8 +49,15 @@ from sparsecodes.kernels import gemm
 _Key = tuple[tuple[int, int], ...]
 
 
+def _version(w: Tensor) -> int:
+    try:
+        return w._version
+    except RuntimeError:  # an inference tensor has no version counter (and cannot change)
+        return -1
+
+
 def _key(weights: list[Tensor | None]) -> _Key:
-    return tuple((-1, -1) if w is None else (w.data_ptr(), w._version) for w in weights)
+    return tuple((-1, -1) if w is None else (w.data_ptr(), _version(w)) for w in weights)
 
 
 class FusedWeights:
@@ -139,6 +146,7 @@ def _attention_forward(
             and kwargs.get("attention_mask") is None
             and kwargs.get("cache") is None
             and kwargs.get("past_key_values") is None
+            and kwargs.get("past_key_value") is None
             and not kwargs.get("output_attentions")
             and attn.config._attn_implementation == "sdpa"
             and not attn.training
