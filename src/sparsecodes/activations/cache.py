@@ -26,9 +26,9 @@ in as many threads of one torch thread each (``ModelAdapter.run(..., workers=n)`
 process's torch thread count), and, where the process's GEMM backend is OpenBLAS
 (:mod:`sparsecodes.kernels.gemm`, AMD CPUs), the model's ``nn.Linear`` layers multiply through
 it (:func:`caching_forward`). Each worker computes its slice without waiting on torch's thread
-pool inside every operation. Rows equal an unsplit torch forward to float32 rounding (bit for
-bit on SmolLM2 with ``SPARSECODES_GEMM=torch``, not on every shape). Measured by
-``benchmarks/bench_cache.py``.
+pool inside every operation. Llama-style layers run fused (:mod:`sparsecodes.models.fused`: one
+product for q|k|v, one for gate|up, element-wise work in place). Rows equal an unsplit eager
+forward to float32 rounding. Measured by ``benchmarks/bench_cache.py``.
 """
 
 from __future__ import annotations

@@ -17,18 +17,18 @@ tensor for every step (``rotate_half``'s ``neg`` and ``cat``, ``act(gate) * up``
   (``torch.nn.functional.rms_norm`` was no faster on the CPU).
 
 The products go through :func:`sparsecodes.kernels.gemm.matmul` (OpenBLAS where the process's
-backend is ``"openblas"``) or ``torch.mm`` (``gemm_products=False``). The modules' own hooks still fire (only their
-``forward`` is replaced, on the instances, for the duration of the block, and restored after,
-also on an exception). A layer falls back to its own forward for anything outside the fast
-case: gradients, an attention mask (padded windows), a KV cache, ``output_attentions``, an
-attention implementation other than ``sdpa``, an activation other than SiLU, a non-float32 or
-non-CPU layer, or a hook on one of the fused projections (``q/k/v_proj``, ``gate/up_proj``),
-which the fused product would skip. Values equal the eager forward to float32 rounding
-(different summation order in the fused products, an ``addcmul`` in the rotary embedding), not
-bit for bit.
+backend is ``"openblas"``) or ``torch.mm`` (``gemm_products=False``). The modules' own hooks
+still fire (only their ``forward`` is replaced, on the instances, for the duration of the
+block, and restored after, also on an exception). A layer falls back to its own forward for
+anything outside the fast case: gradients, an attention mask (padded windows), a KV cache,
+``output_attentions``, an attention implementation other than ``sdpa``, an activation other than
+SiLU, a non-float32 or non-CPU layer, or a hook on one of the fused projections (``q/k/v_proj``,
+``gate/up_proj``), which the fused product would skip. Values equal the eager forward to float32
+rounding (different summation order in the fused products, an ``addcmul`` in the rotary embedding),
+not bit for bit.
 
 The concatenated weights are built once per layer, on first use, and kept in a
-:class:`FusedWeights` (``caching_forward`` holds one for the adapter's life); they are rebuilt
+:class:`FusedWeights` (the function ``caching_forward`` returns holds one); they are rebuilt
 when a source weight is replaced or modified in place (its ``data_ptr`` or version counter
 changes). They cost one extra copy of the fused projections' weights of the layers run.
 """
