@@ -7,10 +7,11 @@ tensor for every step (``rotate_half``'s ``neg`` and ``cat``, ``act(gate) * up``
 ``pow``/``mean``/``rsqrt``/two ``mul``). Inside :func:`fused_layers`:
 
 - ``LlamaAttention`` computes ``q``, ``k``, ``v`` with one product against the concatenated
-  weight ``[(H + 2 H_kv) d_head, d_model]``, applies the rotary embedding with two ``addcmul_``
-  into one output, and calls ``scaled_dot_product_attention`` (``is_causal``, grouped-query
-  heads without repeating them) as the ``sdpa`` implementation does; ``o_proj`` is still called
-  as a module, so ``attn.heads`` hooks (pre-hooks on ``o_proj``) see its input;
+  weight ``[(H + 2 H_kv) d_head, d_model]``, applies the rotary embedding to ``q`` and ``k`` at
+  once with two ``addcmul_`` into one output, and calls ``scaled_dot_product_attention``
+  (``is_causal``, grouped-query heads without repeating them) as the ``sdpa`` implementation
+  does; ``o_proj`` is still called as a module, so ``attn.heads`` hooks (pre-hooks on
+  ``o_proj``) see its input;
 - ``LlamaMLP`` computes ``gate`` and ``up`` with one product against ``[2 I, d_model]`` and
   ``silu(gate) * up`` in place in that product's output; ``down_proj`` is called as a module;
 - ``LlamaRMSNorm`` does the same arithmetic with one temporary less, in place where it can
@@ -162,9 +163,10 @@ def _attention_forward(
         n_q = attn.q_proj.out_features // d
         n_kv = attn.k_proj.out_features // d
         qkv = _product(mm, hidden_states.reshape(-1, d_model), w, b).view(*lead, n_q + 2 * n_kv, d)
-        q, k, v = qkv.split([n_q, n_kv, n_kv], dim=-2)  # [B, T, heads, d] views
         cos, sin = (x.unsqueeze(-2) for x in pe)  # [B, T, 1, d]
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        qk = _rotate(qkv[..., : n_q + n_kv, :], cos, sin)  # q and k heads in one pass
+        q, k = qk.split([n_q, n_kv], dim=-2)  # [B, T, heads, d] views
+        v = qkv[..., n_q + n_kv :, :]
         z = F.scaled_dot_product_attention(
             q.transpose(-3, -2),
             k.transpose(-3, -2),
