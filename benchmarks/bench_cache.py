@@ -8,8 +8,11 @@ change of load on a shared machine hits all of them alike. Variants (``--modes``
   pass over the batch with ``--threads`` torch threads, ``SPARSECODES_GEMM=torch``;
 - ``split``: what ``cache_activations`` now runs (``activations.cache.caching_forward``): the
   batch split into ``--threads`` slices run at once in as many threads of one torch thread
-  each, the ``nn.Linear`` layers through ``kernels.gemm`` where the process's backend is
-  OpenBLAS (AMD CPUs);
+  each, the llama layers fused (``models.fused``: one product for q|k|v and one for gate|up,
+  element-wise work in place), the products through ``kernels.gemm`` where the process's
+  backend is OpenBLAS (AMD CPUs);
+- ``split_unfused``: ``split`` with the model's own layers (``caching_forward(fused=False)``;
+  not in the default list);
 - ``split_torch``: ``split`` with torch's matmuls (``SPARSECODES_GEMM=torch``);
 - ``openblas``: ``baseline`` with the Linear layers through OpenBLAS (``models.linear``).
   Not in the default list: its 2-thread OpenBLAS calls wake OpenBLAS's own thread pool, whose
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-MODES = ("baseline", "split", "split_torch", "openblas")
+MODES = ("baseline", "split", "split_unfused", "split_torch", "openblas")
 
 
 def main() -> None:
@@ -94,11 +97,12 @@ def main() -> None:
     tokens = sum(int(ids.numel()) for ids, _ in batches)
 
     cached = caching_forward(adapter)  # as cache_activations runs the model
+    unfused = caching_forward(adapter, fused=False)
 
     def forward(mode: str, ids: torch.Tensor) -> torch.Tensor:
-        if mode == "split":
+        if mode in ("split", "split_unfused"):
             gemm.set_gemm_backend(auto_gemm)
-            return cached(ids, None, [args.hook])[args.hook]
+            return (cached if mode == "split" else unfused)(ids, None, [args.hook])[args.hook]
         gemm.set_gemm_backend("openblas" if mode == "openblas" else "torch")
         linears = gemm_linears(adapter.model) if mode == "openblas" else contextlib.nullcontext()
         with linears:
@@ -147,7 +151,10 @@ def main() -> None:
         "interleaved": "per batch, each mode in turn, order rotating by batch",
         "gemm_backend": {
             "baseline": "torch",
-            "split": f"{auto_gemm} (the process's auto backend, Linear through kernels.gemm)",
+            "split": f"{auto_gemm} (the process's auto backend, fused products through "
+            "kernels.gemm)",
+            "split_unfused": f"{auto_gemm} (the process's auto backend, Linear through "
+            "kernels.gemm)",
             "split_torch": "torch",
             "openblas": "openblas (Linear through kernels.gemm.matmul)",
         },

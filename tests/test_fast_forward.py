@@ -311,7 +311,8 @@ def test_caching_forward_uses_openblas_only_with_one_torch_thread_per_worker(
     torch.set_num_threads(2)
     ref = lm.run(ids, mask, HOOKS)
     with torch.inference_mode():
-        split = caching_forward(lm, 2)(ids, mask, HOOKS)
+        # the model's own layers (the fused ones: tests/test_fused_forward.py)
+        split = caching_forward(lm, 2, fused=False)(ids, mask, HOOKS)
         assert len(calls) == 2 * 14  # each slice: 2 blocks x 7 Linear (q k v o gate up down)
         calls.clear()
         caching_forward(lm, 1)(ids, mask, HOOKS)  # 2 torch threads in one pass: torch's

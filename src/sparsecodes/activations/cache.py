@@ -26,9 +26,9 @@ in as many threads of one torch thread each (``ModelAdapter.run(..., workers=n)`
 process's torch thread count), and, where the process's GEMM backend is OpenBLAS
 (:mod:`sparsecodes.kernels.gemm`, AMD CPUs), the model's ``nn.Linear`` layers multiply through
 it (:func:`caching_forward`). Each worker computes its slice without waiting on torch's thread
-pool inside every operation. Rows equal an unsplit torch forward to float32 rounding (bit for
-bit on SmolLM2 with ``SPARSECODES_GEMM=torch``, not on every shape). Measured by
-``benchmarks/bench_cache.py``.
+pool inside every operation. Llama-style layers run fused (:mod:`sparsecodes.models.fused`: one
+product for q|k|v, one for gate|up, element-wise work in place). Rows equal an unsplit eager
+forward to float32 rounding. Measured by ``benchmarks/bench_cache.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from sparsecodes.activations.store import (
 from sparsecodes.files import write_bytes, write_json
 from sparsecodes.kernels import gemm
 from sparsecodes.models.adapter import ModelAdapter
+from sparsecodes.models.fused import FusedWeights, fused_layers
 from sparsecodes.models.linear import gemm_linears
 
 
@@ -161,7 +162,7 @@ def resolve_forward_workers(model_adapter: Any, requested: int | None = None) ->
 
 
 def caching_forward(
-    model_adapter: Any, forward_workers: int | None = None
+    model_adapter: Any, forward_workers: int | None = None, *, fused: bool = True
 ) -> Callable[[Tensor, Tensor | None, list[str]], dict[str, Tensor]]:
     """The forward :func:`cache_activations` (and ``LiveModelSource``) runs:
     ``forward(ids [B, T], attention_mask [B, T] | None, hooks) -> {hook: [B, T, *shape]}``.
@@ -170,19 +171,26 @@ def caching_forward(
     then runs one torch thread (``workers > 1``, or a process with one torch thread) and the
     process's GEMM backend is ``"openblas"`` (``sparsecodes.kernels.gemm``; ``SPARSECODES_GEMM``),
     the model's ``nn.Linear`` layers multiply through OpenBLAS for the call
-    (``sparsecodes.models.linear.gemm_linears``; float32 rounding of torch's values).
+    (``sparsecodes.models.linear.gemm_linears``; float32 rounding of torch's values). With
+    ``fused`` (default) a float32 llama-style model on the CPU also runs its attention, MLP and
+    RMSNorm layers fused (``sparsecodes.models.fused.fused_layers``: one product for ``q/k/v``,
+    one for ``gate/up``, element-wise work in place, through OpenBLAS under the same condition;
+    float32 rounding of the eager values; the concatenated weights are built once and kept with
+    the returned function). ``fused=False`` runs the model's own layers.
     """
     workers = resolve_forward_workers(model_adapter, forward_workers)
     kw: dict[str, Any] = {"workers": workers} if workers > 1 else {}
     ours = isinstance(model_adapter, ModelAdapter) and model_adapter.device.type == "cpu"
+    weights = FusedWeights()
 
     def forward(ids: Tensor, attention_mask: Tensor | None, hooks: list[str]) -> dict[str, Tensor]:
         one_thread_each = workers > 1 or torch.get_num_threads() == 1
-        if ours and one_thread_each and gemm.gemm_backend() == "openblas":
-            linears: Any = gemm_linears(model_adapter.model)
-        else:
-            linears = nullcontext()
-        with linears:
+        openblas = ours and one_thread_each and gemm.gemm_backend() == "openblas"
+        linears: Any = gemm_linears(model_adapter.model) if openblas else nullcontext()
+        layers: Any = nullcontext()
+        if ours and fused:
+            layers = fused_layers(model_adapter.model, weights, gemm_products=openblas)
+        with linears, layers:
             return model_adapter.run(ids, attention_mask=attention_mask, hooks=hooks, **kw)
 
     return forward

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sparsecodes.cli.options import device_option, out_option
+from sparsecodes.cli.options import device_option, forward_workers_option, out_option
 
 EPILOG = """
 \b
@@ -98,6 +98,7 @@ between N ranks (shard j on rank j mod N); the store is the same bytes as one pr
     help="Rows per shard file.",
 )
 @device_option
+@forward_workers_option
 @click.option(
     "--verify/--no-verify",
     default=False,
@@ -120,6 +121,7 @@ def cache(
     forward_dtype: str,
     shard_rows: int,
     device: str,
+    forward_workers: int | None,
     verify: bool,
     progress: bool,
 ) -> None:
@@ -164,6 +166,7 @@ def cache(
             verify=verify,
             progress=progress,
             forward_dtype=forward_dtype,
+            forward_workers=forward_workers,
         )
     except (ModelNotFoundError, StoreError, ValueError) as e:
         raise click.ClickException(str(e)) from e

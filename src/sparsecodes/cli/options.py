@@ -121,6 +121,16 @@ device_option = click.option(
 )
 
 
+forward_workers_option = click.option(
+    "--forward-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads each forward pass's batch is split over, each running one torch thread "
+    "(CPU caching forward). [default: the torch thread count on a CPU, 1 on a GPU]",
+)
+"""``--forward-workers N`` (None = auto), for the commands that run the caching forward."""
+
+
 def seed_option(help: str = "Random seed (fixes every random draw).") -> Callable[[F], F]:
     """``--seed`` (int, default 0)."""
     return click.option("--seed", type=int, default=0, show_default=True, help=help)
