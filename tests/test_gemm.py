@@ -180,3 +180,42 @@ def test_cpu_info_reads_proc_cpuinfo_fields(tmp_path, monkeypatch):
     assert cpu_info("vendor_id") == "AuthenticAMD"
     assert cpu_info("no such field") == ""
     assert gemm.cpu_vendor() == "AuthenticAMD"
+
+
+def test_one_openblas_thread_holds_until_the_last_concurrent_caller_leaves(monkeypatch):
+    """Two threads inside at once: the first to leave must not give the other OpenBLAS's full
+    thread count back, and the last to leave restores the process's setting."""
+    import threading
+
+    class Blas:  # stands in for threadpoolctl's controller (the real one is capped by the env)
+        threads = 4
+
+        def limit(self, limits: int):
+            saved, self.threads = self.threads, limits
+            blas = self
+
+            class Limiter:
+                def restore_original_limits(self) -> None:
+                    blas.threads = saved
+
+            return Limiter()
+
+    blas = Blas()
+    monkeypatch.setattr(gemm, "_numpy_openblas", lambda: blas)
+    first_in, first_out = threading.Event(), threading.Event()
+    during: list[int] = []
+
+    def second() -> None:
+        with gemm.one_openblas_thread():
+            first_in.set()
+            first_out.wait(30)
+            during.append(blas.threads)
+
+    with gemm.one_openblas_thread():
+        t = threading.Thread(target=second)
+        t.start()
+        first_in.wait(30)
+    first_out.set()  # this thread has left; the other is still inside
+    t.join(30)
+    assert during == [1]
+    assert blas.threads == 4

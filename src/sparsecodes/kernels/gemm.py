@@ -38,9 +38,10 @@ import os
 import platform
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -60,11 +61,15 @@ _chosen: str | None = None
 _pool: list[queue.SimpleQueue] = []
 _pool_lock = threading.Lock()
 _in_worker = threading.local()
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limiter: Any = None
 
 
 def _forget_workers() -> None:  # a forked child has none of the parent's threads
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _limit_lock, _limit_users, _limiter
     _pool, _pool_lock = [], threading.Lock()
+    _limit_lock, _limit_users, _limiter = threading.Lock(), 0, None
 
 
 os.register_at_fork(after_in_child=_forget_workers)
@@ -83,6 +88,29 @@ def _numpy_openblas():  # -> threadpoolctl controller of numpy's OpenBLAS, or No
         return None
     ctl = ThreadpoolController().select(internal_api="openblas")
     return ctl if ctl.lib_controllers else None
+
+
+@contextmanager
+def one_openblas_thread() -> Iterator[None]:
+    """numpy's OpenBLAS at one thread while any thread of the process is inside the block.
+
+    Counted across threads: the first caller in saves the setting, the last one out restores it.
+    (Each caller limiting and restoring on its own would let one that leaves early give another,
+    still multiplying, OpenBLAS's full thread count, and leave the process at one thread.)
+    """
+    global _limit_users, _limiter
+    with _limit_lock:
+        if _limit_users == 0:
+            _limiter = _numpy_openblas().limit(limits=1)
+        _limit_users += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                _limiter.restore_original_limits()
+                _limiter = None
 
 
 def resolve_gemm_backend(spec: str | None = None) -> str:
@@ -223,6 +251,6 @@ def matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     def block(i: int, j: int) -> None:
         np.matmul(an[i:j], bn, out=on[i:j])
 
-    with _numpy_openblas().limit(limits=1):
+    with one_openblas_thread():
         run_row_blocks(a.shape[0], block)
     return out
