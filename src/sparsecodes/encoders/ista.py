@@ -99,6 +99,8 @@ _WS_BUCKETS = (16, 32, 48)
 _WS_MARGIN = 0.75
 #: a full gradient checks that no atom off the working set would enter this often (and at the end)
 _WS_CHECK_EVERY = 16
+#: the first working sets (from ``z = 0`` or ``init``) take each row's this many top atoms
+_WS_START_WIDTH = 32
 
 
 @dataclass
@@ -114,11 +116,13 @@ class _Run:
     thresh: float
     ws_width: int
     rows: Tensor | None
+    c: Tensor | None = None
 
     def subset(self, rows: Tensor) -> _Run:
         """The same run for rows ``rows`` (indices into this run's rows)."""
         whole = rows if self.rows is None else self.rows[rows]
-        return _Run(self.r[rows], self.W, self.Wt, self.inv_L, self.thresh, self.ws_width, whole)
+        c = None if self.c is None else self.c[rows]
+        return _Run(self.r[rows], self.W, self.Wt, self.inv_L, self.thresh, self.ws_width, whole, c)
 
 
 @dataclass
@@ -321,39 +325,54 @@ class ISTAEncoder(IterativeEncoder):
         zD = r.new_zeros(r.shape) if init is None else matmul(z, W)
         F_z = self._objective_from(r, zD, z) if self._restart else None
         it = _Iterate(z, zD, z, zD, r.new_ones(r.shape[0], 1), F_z)
-        # groups of rows still iterating: (rows, state, iterations so far, working-set
-        # candidates or None for full iterations next)
-        todo: list[tuple[_Run, _Iterate, int, Tensor | None]] = [(p, it, 0, None)]
+        # groups of rows still iterating: full iterations (rows, state, iterations so far) and
+        # working sets (rows, atom ids S [rows, s], z on S [rows, s], iterations so far)
+        full: list[tuple[_Run, _Iterate, int]] = []
+        ws: list[tuple[_Run, Tensor, Tensor, int]] = []
+        if width:
+            # the first working sets: each row's top atoms by the first proximal step from z
+            p.c = matmul(r, Wt)  # c = r D^T, [B, n]
+            v = p.c if init is None else p.c - matmul(zD, Wt)  # -grad at z
+            v = torch.add(z, v, alpha=inv_L)
+            self._split(p, it, 0, *self._select(v, z != 0, p.thresh, width, True), full, ws)
+        else:
+            full.append((p, it, 0))
         G: Tensor | None = None
         n_iter = 0
-        while todo:
-            q, state, k, cand = todo.pop()
-            if cand is None:
+        while full or ws:
+            if full:
+                q, state, k = full.pop()
                 k, done, cand = self._dense_phase(q, state, k)
                 if done or cand is None or k >= cfg.iters:  # type: ignore[attr-defined]
                     n_iter = max(n_iter, self._finish(it, q, state, k))
                     continue
-                width = cand.sum(dim=1, dtype=torch.int32)
-                fits = width <= q.ws_width
-                if not bool(fits.all()):  # rows with more candidates keep full iterations
-                    todo.append(self._rows(q, state, (~fits).nonzero().squeeze(1), k, None))
-                # the others by width, so that narrow rows are not padded to the widest
-                lo = -1  # rows without candidates (all-zero ones) join the first group
-                for hi in (*(b for b in _WS_BUCKETS if b < q.ws_width), q.ws_width):
-                    rows = ((width > lo) & (width <= hi)).nonzero().squeeze(1)
-                    # [rows, s, s] Gram blocks: bounded memory per group
-                    for part in rows.split(max(1, _WS_GRAM_BLOCK // (hi * hi))):
-                        if part.numel():
-                            todo.append(self._rows(q, state, part, k, cand[part]))
-                    lo = hi
+                count = cand.sum(dim=1)
+                idx = torch.topk(cand.to(r.dtype), q.ws_width, dim=1).indices  # candidates first
+                self._split(q, state, k, idx, count, count > q.ws_width, full, ws)
                 continue
             if G is None:  # the atoms' Gram, once per call
                 G = matmul(W, Wt)
-            k, done = self._working_set_phase(q, state, cand, G, k)
-            if done or k >= cfg.iters:  # type: ignore[attr-defined]
-                n_iter = max(n_iter, self._finish(it, q, state, k))
-            else:  # an atom off the working set would enter: full iterations pick a new one
-                todo.append((q, state, k, None))
+            q, S, u, k = ws.pop()
+            k, finished, v, S, u, uD = self._working_set_phase(q, S, u, G, k)
+            n_iter = max(n_iter, k)
+            done = finished.nonzero().squeeze(1)
+            if done.numel():  # write the finished rows' codes into the output
+                assert q.rows is not None
+                rows = q.rows[done]
+                it.z.index_fill_(0, rows, 0.0)
+                it.z.index_put_((rows.unsqueeze(1), S[done]), u[done])
+                it.zD.index_copy_(0, rows, uD[done])
+            if done.numel() == finished.numel():
+                continue
+            # the other rows: an atom off their working set would enter (or they go on with
+            # it): new working sets, the support plus the atoms nearest to entering
+            assert v is not None
+            rest = (~finished).nonzero().squeeze(1)
+            q, S, u, v, uD = q.subset(rest), S[rest], u[rest], v[rest], uD[rest]
+            z = torch.zeros_like(v).scatter_(1, S, u)
+            F_z = self._objective_from(q.r, uD, z) if self._restart else None
+            state = _Iterate(z, uD, z, uD, z.new_ones(z.shape[0], 1), F_z)
+            self._split(q, state, k, *self._select(v, z != 0, q.thresh, width), full, ws)
         self.last_n_iter = n_iter
         self.last_refit_support = 0
         z = it.z
@@ -362,11 +381,52 @@ class ISTAEncoder(IterativeEncoder):
             z, self.last_refit_support = refit_support(z, r, W, nonneg=nonneg, zW=it.zD)
         return z
 
-    @staticmethod
-    def _rows(
-        q: _Run, state: _Iterate, rows: Tensor, k: int, cand: Tensor | None
-    ) -> tuple[_Run, _Iterate, int, Tensor | None]:
-        return q.subset(rows), state.subset(rows), k, cand
+    def _select(
+        self, v: Tensor, keep: Tensor, thresh: float, cap: int, start: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Working sets from the full proximal step's pre-threshold values ``v`` ``[B, n]``:
+        ``(idx [B, w], count [B], full [B] bool)``. Each row's atoms ``idx`` in order of
+        preference: its support ``keep`` ``[B, n]`` first, then by value; its first ``count``
+        atoms are its candidates (the support and the atoms nearest to entering, above
+        ``_WS_MARGIN`` of the threshold), at most ``w`` (``cap``; ``_WS_START_WIDTH`` for the
+        ``start``). Rows whose support takes more than half of ``cap`` get ``full`` (they go on
+        with full iterations)."""
+        score = v if self.config.nonneg else v.abs()  # type: ignore[attr-defined]
+        score = score.masked_fill(keep, float("inf"))
+        width = min(_WS_START_WIDTH if start else cap, cap, score.shape[1])
+        top = torch.topk(score, width, dim=1)  # sorted: candidates first
+        count = (top.values > _WS_MARGIN * thresh).sum(dim=1)
+        return top.indices, count, keep.sum(dim=1) > cap // 2
+
+    def _split(
+        self,
+        q: _Run,
+        state: _Iterate,
+        k: int,
+        idx: Tensor,
+        count: Tensor,
+        to_full: Tensor,
+        full: list[tuple[_Run, _Iterate, int]],
+        ws: list[tuple[_Run, Tensor, Tensor, int]],
+    ) -> None:
+        """Queue rows ``to_full`` ``[B]`` for full iterations and the others on their working
+        sets (the first ``count`` atoms of ``idx`` ``[B, w]``, see :meth:`_select`), grouped by
+        width (so narrow rows are not padded to the widest; a group's narrower rows are padded
+        with their next atoms in ``idx``) and split so that one group's ``[rows, s, s]`` Gram
+        blocks stay bounded."""
+        if bool(to_full.any()):
+            rows = to_full.nonzero().squeeze(1)
+            full.append((q.subset(rows), state.subset(rows), k))
+        width = count.masked_fill(to_full, -2)
+        zS = state.z.gather(1, idx)  # z on the atoms of idx
+        lo = -1  # rows without candidates (all-zero ones) join the first group
+        for hi in (*(b for b in _WS_BUCKETS if b < q.ws_width), q.ws_width):
+            rows = ((width > lo) & (width <= hi)).nonzero().squeeze(1)
+            for part in rows.split(max(1, _WS_GRAM_BLOCK // (hi * hi))):
+                if part.numel():
+                    s = max(1, int(width[part].max()))
+                    ws.append((q.subset(part), idx[part, :s], zS[part, :s], k))
+            lo = hi
 
     @staticmethod
     def _finish(out: _Iterate, q: _Run, state: _Iterate, k: int) -> int:
@@ -460,47 +520,66 @@ class ISTAEncoder(IterativeEncoder):
         return cand.logical_or_(z != 0)
 
     def _working_set_phase(
-        self, p: _Run, it: _Iterate, cand: Tensor, G: Tensor, n_iter: int
-    ) -> tuple[int, bool]:
-        """The same iterations restricted to each row's candidate atoms ``S`` (``[B, s]``).
+        self, p: _Run, S: Tensor, u: Tensor, G: Tensor, n_iter: int
+    ) -> tuple[int, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """Iterations on the lasso restricted to each row's working set ``S`` (``[B, s]`` atom
+        ids, distinct in each row; ``u`` ``[B, s]`` the start's values on them), then a full-gradient check of which rows' solutions are the full one's.
 
-        Off ``S`` the iterates stay 0, so as long as no atom off ``S`` would enter, each step
-        equals the full one: ``grad_S = y_S G_SS - c_S`` with the atoms' Gram ``G`` ``[n, n]`` and
-        ``c = r D^T`` ``[B, n]``, ``O(B s^2)`` per iteration instead of ``O(B n d)``. Every
-        ``_WS_CHECK_EVERY`` iterations and at convergence one full gradient at ``y`` checks that
-        no atom off ``S`` would enter; if one would, the state is handed back to the full
-        iterations (which pick a new ``S``). Restart compares the exact objective difference
-        ``F(z') - F(z) = (z' - z) . (0.5 (z + z') G - c) + l1 (|z'|_1 - |z|_1)`` (no cancellation of
-        large terms). Returns ``(n_iter, done)`` and leaves the dense state in ``it``.
+        Off ``S`` the iterates stay 0: the gradient on ``S`` is ``grad_S = y_S G_SS - c_S`` with
+        the atoms' Gram ``G`` ``[n, n]`` and ``c = r D^T`` ``[B, n]``, ``O(B s^2)`` per iteration
+        instead of ``O(B n d)``. The step is each row's own ``1 / L_S`` with ``L_S`` the smaller
+        of ``L`` and the Gershgorin bound ``max_i sum_j |G_ij|`` of ``G_SS`` (an upper bound on
+        its largest eigenvalue, so the step is safe; a few atoms are much better conditioned than
+        all of them, so this converges in far fewer iterations). Momentum starts afresh (``t =
+        1``, ``y = z``). Restart compares the exact objective difference ``F(z') - F(z) = (z' -
+        z) . (0.5 (z + z') G - c) + l1 (|z'|_1 - |z|_1)`` (no cancellation of large terms).
+
+        Every ``_WS_CHECK_EVERY`` iterations and once every row meets the stopping rule, one full
+        gradient at ``z`` checks each row's KKT condition off ``S``: whether the full proximal
+        step (step ``1/L``) would make an atom off ``S`` nonzero. Rows that meet the rule and
+        pass are finished (``z`` is the lasso solution: optimal on ``S``, and no other atom
+        enters); when some row fails, the phase stops and the unfinished rows get new working
+        sets from the check's values. Returns ``(n_iter, finished [B] bool, v, S, u, z D)``
+        with ``v`` ``[B, n]`` the full step's pre-threshold values at ``z`` (None when the
+        iteration budget ended the phase: every row is then finished), ``S`` sorted, ``z``'s
+        values ``u`` on it and ``z D`` ``[B, d]``.
         """
         cfg = self.config
         tol = cfg.tol  # type: ignore[attr-defined]
         l1 = cfg.l1  # type: ignore[attr-defined]
         nonneg = cfg.nonneg  # type: ignore[attr-defined]
         restart = self._restart
-        inv_L, thresh = p.inv_L, p.thresh
-        s = max(1, int(cand.sum(dim=1, dtype=torch.int32).max()))
-        S = torch.topk(cand.to(G.dtype), s, dim=1, sorted=False).indices.sort(dim=1).values
+        B = S.shape[0]
+        S, order = S.sort(dim=1)  # the Gram blocks' reads in memory order
+        u = u.gather(1, order)
         GS = _gram_blocks(G, S)  # [B, s, s]
-        cS = matmul(p.r, p.Wt).gather(1, S)  # c_S, c = r D^T
+        assert p.c is not None
+        cS = p.c.gather(1, S)  # c_S, c = r D^T
+        # per-row step 1 / L_S: Gershgorin bound on ||G_SS||_2, never above the global L
+        L_S = GS.abs().sum(dim=2).amax(dim=1, keepdim=True).clamp_(1e-30, 1.0 / p.inv_L)
+        inv_L = L_S.reciprocal_().clamp_(min=p.inv_L)  # [B, 1]
+        thresh = inv_L * l1
 
         def gram(v: Tensor) -> Tensor:  # [B, s] -> v G_SS (row vector times G_SS: faster)
             return torch.bmm(v.unsqueeze(1), GS).squeeze(1)
 
-        u = it.z.gather(1, S)
         Gu = gram(u)
-        uy, Gy = (u, Gu) if it.y is it.z else (it.y.gather(1, S), gram(it.y.gather(1, S)))
-        t = it.t
-        done, inner, viol = False, 0, False
+        uy, Gy = u, Gu
+        t = u.new_ones(B, 1)
+        inner = 0
+        finished = torch.zeros(B, dtype=torch.bool, device=u.device)
+        conv = finished
+        v: Tensor | None = None
+        zD: Tensor | None = None
         while n_iter < cfg.iters:  # type: ignore[attr-defined]
             n_iter += 1
             inner += 1
-            u_new = self._prox(torch.add(uy, Gy - cS, alpha=-inv_L), thresh)
+            u_new = self._prox(torch.addcmul(uy, Gy - cS, inv_L, value=-1.0), thresh)
             Gu_new = gram(u_new)
             if tol > 0:
                 change = torch.linalg.vector_norm(u_new - u, dim=1)
                 change /= torch.linalg.vector_norm(u_new, dim=1).clamp_min(1e-30)
-                done = bool((change < tol).all())
+                conv = change < tol
             if not self.momentum:
                 u, Gu = u_new, Gu_new
                 uy, Gy = u, Gu
@@ -519,31 +598,30 @@ class ISTAEncoder(IterativeEncoder):
                 uy = torch.lerp(u_new, u, -beta)
                 Gy = torch.lerp(Gu_new, Gu, -beta)
                 u, Gu, t = u_new, Gu_new, t_new
-            if done or inner % _WS_CHECK_EVERY == 0:
-                viol = self._enters_off_support(p, S, uy)
-                if viol or done:
+            all_conv = tol > 0 and bool(conv.all())
+            if all_conv or inner % _WS_CHECK_EVERY == 0:
+                v, zD, hit = self._full_step(p, S, u)
+                if all_conv or bool(hit.any()):
+                    finished = conv & ~hit
                     break
-        # back to dense [B, n] iterates
-        it.z = torch.zeros_like(it.z).scatter_(1, S, u)
-        it.zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
-        if self.momentum:
-            it.y = torch.zeros_like(it.z).scatter_(1, S, uy)
-            it.yD = F.embedding_bag(S, p.W, per_sample_weights=uy, mode="sum")
-        else:
-            it.y, it.yD = it.z, it.zD
-        it.t = t
-        if restart:
-            it.F = self._objective_from(p.r, it.zD, it.z)
-        return n_iter, done and not viol
+                v = zD = None
+        else:  # the iteration budget is spent: every row stops here
+            finished = torch.ones_like(finished)
+            v = None
+        if zD is None:
+            zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
+        return n_iter, finished, v, S, u, zD
 
-    def _enters_off_support(self, p: _Run, S: Tensor, uy: Tensor) -> bool:
-        """Whether the full proximal step from ``y`` (values ``uy`` ``[B, s]`` on ``S``) makes any
-        atom off ``S`` nonzero (one ``[B, d] x [d, n]`` product)."""
-        yD = F.embedding_bag(S, p.W, per_sample_weights=uy, mode="sum")
-        v = matmul((p.r - yD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]; y is 0 off S
-        v.scatter_(1, S, 0.0)
-        hit = v > p.thresh if self.config.nonneg else v.abs() > p.thresh  # type: ignore[attr-defined]
-        return bool(hit.any())
+    def _full_step(self, p: _Run, S: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The full proximal step from ``z`` (values ``u`` ``[B, s]`` on ``S``, 0 elsewhere):
+        ``(v, z D, hit)`` with ``v = z - grad / L`` ``[B, n]`` its pre-threshold values and
+        ``hit`` ``[B]`` whether it makes an atom off ``S`` nonzero (one ``[B, d] x [d, n]``
+        product)."""
+        zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
+        v = matmul((p.r - zD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]
+        off = v.scatter(1, S, 0.0)
+        hit = off > p.thresh if self.config.nonneg else off.abs() > p.thresh  # type: ignore[attr-defined]
+        return v.scatter_add_(1, S, u), zD, hit.any(dim=1)
 
     # ------------------------------------------------------------------ FLOPs
     def _iter_flops(self, b: int) -> int:
