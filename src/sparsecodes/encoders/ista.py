@@ -99,8 +99,10 @@ _WS_BUCKETS = (16, 32, 48)
 _WS_MARGIN = 0.75
 #: a full gradient checks that no atom off the working set would enter this often (and at the end)
 _WS_CHECK_EVERY = 16
-#: the first working sets (from ``z = 0`` or ``init``) take each row's this many top atoms
-_WS_START_WIDTH = 32
+_INF = float("inf")
+#: later working sets: at most this many times the support, and at least _WS_MIN_WIDTH atoms
+_WS_GROWTH = 2
+_WS_MIN_WIDTH = 16
 
 
 @dataclass
@@ -116,13 +118,20 @@ class _Run:
     thresh: float
     ws_width: int
     rows: Tensor | None
-    c: Tensor | None = None
+    c: Tensor | None = None  # c = r D^T [B, n] of the whole call (working sets only)
 
     def subset(self, rows: Tensor) -> _Run:
         """The same run for rows ``rows`` (indices into this run's rows)."""
         whole = rows if self.rows is None else self.rows[rows]
-        c = None if self.c is None else self.c[rows]
-        return _Run(self.r[rows], self.W, self.Wt, self.inv_L, self.thresh, self.ws_width, whole, c)
+        r = self.r[rows]
+        return _Run(r, self.W, self.Wt, self.inv_L, self.thresh, self.ws_width, whole, self.c)
+
+    def c_on(self, S: Tensor) -> Tensor:
+        """``c = r D^T`` of these rows on their atoms ``S`` ``[B, s]``."""
+        assert self.c is not None
+        if self.rows is None:
+            return self.c.gather(1, S)
+        return self.c[self.rows.unsqueeze(1), S]
 
 
 @dataclass
@@ -323,7 +332,7 @@ class ISTAEncoder(IterativeEncoder):
 
         z = self._start(init, r)
         zD = r.new_zeros(r.shape) if init is None else matmul(z, W)
-        F_z = self._objective_from(r, zD, z) if self._restart else None
+        F_z = self._objective_from(r, zD, z) if self._restart and not width else None
         it = _Iterate(z, zD, z, zD, r.new_ones(r.shape[0], 1), F_z)
         # groups of rows still iterating: full iterations (rows, state, iterations so far) and
         # working sets (rows, atom ids S [rows, s], z on S [rows, s], iterations so far)
@@ -332,9 +341,15 @@ class ISTAEncoder(IterativeEncoder):
         if width:
             # the first working sets: each row's top atoms by the first proximal step from z
             p.c = matmul(r, Wt)  # c = r D^T, [B, n]
-            v = p.c if init is None else p.c - matmul(zD, Wt)  # -grad at z
-            v = torch.add(z, v, alpha=inv_L)
-            self._split(p, it, 0, *self._select(v, z != 0, p.thresh, width, True), full, ws)
+            if init is None:  # the step's values are c / L: rank c against l1 * L / L
+                score = p.c if cfg.nonneg else p.c.abs()  # type: ignore[attr-defined]
+                sel = self._select(score, torch.zeros_like(r[:, 0], dtype=torch.int64), cfg.l1)  # type: ignore[attr-defined]
+            else:  # z - grad / L, the support first
+                score = torch.add(z, p.c - matmul(zD, Wt), alpha=inv_L)
+                score = score if cfg.nonneg else score.abs_()  # type: ignore[attr-defined]
+                keep = z != 0
+                sel = self._select(score.masked_fill_(keep, _INF), keep.sum(dim=1), p.thresh)
+            self._split(p, 0, *sel, z, zD, it, full, ws)
         else:
             full.append((p, it, 0))
         G: Tensor | None = None
@@ -348,7 +363,8 @@ class ISTAEncoder(IterativeEncoder):
                     continue
                 count = cand.sum(dim=1)
                 idx = torch.topk(cand.to(r.dtype), q.ws_width, dim=1).indices  # candidates first
-                self._split(q, state, k, idx, count, count > q.ws_width, full, ws)
+                sel = (idx, count, count > q.ws_width)
+                self._split(q, k, *sel, state.z, state.zD, state, full, ws)
                 continue
             if G is None:  # the atoms' Gram, once per call
                 G = matmul(W, Wt)
@@ -368,11 +384,12 @@ class ISTAEncoder(IterativeEncoder):
             # it): new working sets, the support plus the atoms nearest to entering
             assert v is not None
             rest = (~finished).nonzero().squeeze(1)
-            q, S, u, v, uD = q.subset(rest), S[rest], u[rest], v[rest], uD[rest]
-            z = torch.zeros_like(v).scatter_(1, S, u)
-            F_z = self._objective_from(q.r, uD, z) if self._restart else None
-            state = _Iterate(z, uD, z, uD, z.new_ones(z.shape[0], 1), F_z)
-            self._split(q, state, k, *self._select(v, z != 0, q.thresh, width), full, ws)
+            q, S, u, uD = q.subset(rest), S[rest], u[rest], uD[rest]
+            score = v[rest] if cfg.nonneg else v[rest].abs_()  # type: ignore[attr-defined]
+            score.scatter_(1, S, score.gather(1, S).masked_fill_(u != 0, _INF))
+            sel = self._select(score, torch.count_nonzero(u, dim=1), q.thresh)
+            z = torch.zeros_like(score).scatter_(1, S, u)
+            self._split(q, k, *sel, z, uD, None, full, ws)
         self.last_n_iter = n_iter
         self.last_refit_support = 0
         z = it.z
@@ -381,44 +398,52 @@ class ISTAEncoder(IterativeEncoder):
             z, self.last_refit_support = refit_support(z, r, W, nonneg=nonneg, zW=it.zD)
         return z
 
-    def _select(
-        self, v: Tensor, keep: Tensor, thresh: float, cap: int, start: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Working sets from the full proximal step's pre-threshold values ``v`` ``[B, n]``:
-        ``(idx [B, w], count [B], full [B] bool)``. Each row's atoms ``idx`` in order of
-        preference: its support ``keep`` ``[B, n]`` first, then by value; its first ``count``
-        atoms are its candidates (the support and the atoms nearest to entering, above
-        ``_WS_MARGIN`` of the threshold), at most ``w`` (``cap``; ``_WS_START_WIDTH`` for the
-        ``start``). Rows whose support takes more than half of ``cap`` get ``full`` (they go on
-        with full iterations)."""
-        score = v if self.config.nonneg else v.abs()  # type: ignore[attr-defined]
-        score = score.masked_fill(keep, float("inf"))
-        width = min(_WS_START_WIDTH if start else cap, cap, score.shape[1])
-        top = torch.topk(score, width, dim=1)  # sorted: candidates first
-        count = (top.values > _WS_MARGIN * thresh).sum(dim=1)
-        return top.indices, count, keep.sum(dim=1) > cap // 2
+    def _select(self, score: Tensor, supp: Tensor, thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Working sets from ``score`` ``[B, n]``, the full proximal step's pre-threshold values
+        (absolute values when signed) with each row's support set to infinity, and the support
+        sizes ``supp`` ``[B]``: ``(idx [B, w], count [B], full [B] bool)``. Each row's atoms
+        ``idx`` in order of preference (the support first, then by value); its first ``count``
+        atoms are its working set: the support and the atoms nearest to entering (above
+        ``_WS_MARGIN`` of the threshold ``thresh``), at most ``_WS_GROWTH`` times the support
+        (but ``_WS_MIN_WIDTH``) and the width cap. Rows whose support takes more than half of the
+        cap get ``full`` (they go on with full iterations)."""
+        cap = min(_WS_MAX_WIDTH, score.shape[1] // 4)
+        top = torch.topk(score, cap, dim=1)  # sorted: candidates first
+        count = torch.count_nonzero(top.values > _WS_MARGIN * thresh, dim=1)
+        count = torch.minimum(count, (supp * _WS_GROWTH).clamp_(min=_WS_MIN_WIDTH))
+        return top.indices, count, supp > cap // 2
 
     def _split(
         self,
         q: _Run,
-        state: _Iterate,
         k: int,
         idx: Tensor,
         count: Tensor,
         to_full: Tensor,
+        z: Tensor,
+        zD: Tensor,
+        state: _Iterate | None,
         full: list[tuple[_Run, _Iterate, int]],
         ws: list[tuple[_Run, Tensor, Tensor, int]],
     ) -> None:
-        """Queue rows ``to_full`` ``[B]`` for full iterations and the others on their working
+        """Queue rows ``to_full`` ``[B]`` for full iterations (from ``state``, or from ``z``
+        ``[B, n]`` and ``z D`` ``[B, d]`` with fresh momentum) and the others on their working
         sets (the first ``count`` atoms of ``idx`` ``[B, w]``, see :meth:`_select`), grouped by
         width (so narrow rows are not padded to the widest; a group's narrower rows are padded
         with their next atoms in ``idx``) and split so that one group's ``[rows, s, s]`` Gram
         blocks stay bounded."""
         if bool(to_full.any()):
             rows = to_full.nonzero().squeeze(1)
-            full.append((q.subset(rows), state.subset(rows), k))
+            if state is None:
+                zr, zDr = z[rows], zD[rows]
+                st = _Iterate(zr, zDr, zr, zDr, zr.new_ones(zr.shape[0], 1), None)
+            else:
+                st = state.subset(rows)
+            if self._restart and st.F is None:
+                st.F = self._objective_from(q.r[rows], st.zD, st.z)
+            full.append((q.subset(rows), st, k))
         width = count.masked_fill(to_full, -2)
-        zS = state.z.gather(1, idx)  # z on the atoms of idx
+        zS = z.gather(1, idx)  # z on the atoms of idx
         lo = -1  # rows without candidates (all-zero ones) join the first group
         for hi in (*(b for b in _WS_BUCKETS if b < q.ws_width), q.ws_width):
             rows = ((width > lo) & (width <= hi)).nonzero().squeeze(1)
@@ -553,8 +578,7 @@ class ISTAEncoder(IterativeEncoder):
         S, order = S.sort(dim=1)  # the Gram blocks' reads in memory order
         u = u.gather(1, order)
         GS = _gram_blocks(G, S)  # [B, s, s]
-        assert p.c is not None
-        cS = p.c.gather(1, S)  # c_S, c = r D^T
+        cS = p.c_on(S)  # c_S, c = r D^T
         # per-row step 1 / L_S: Gershgorin bound on ||G_SS||_2, never above the global L
         L_S = GS.abs().sum(dim=2).amax(dim=1, keepdim=True).clamp_(1e-30, 1.0 / p.inv_L)
         inv_L = L_S.reciprocal_().clamp_(min=p.inv_L)  # [B, 1]
@@ -618,10 +642,13 @@ class ISTAEncoder(IterativeEncoder):
         ``hit`` ``[B]`` whether it makes an atom off ``S`` nonzero (one ``[B, d] x [d, n]``
         product)."""
         zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
-        v = matmul((p.r - zD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]
-        off = v.scatter(1, S, 0.0)
-        hit = off > p.thresh if self.config.nonneg else off.abs() > p.thresh  # type: ignore[attr-defined]
-        return v.scatter_add_(1, S, u), zD, hit.any(dim=1)
+        v = matmul((p.r - zD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]; z is 0 off S
+        nonneg = self.config.nonneg  # type: ignore[attr-defined]
+        # atoms above the threshold, less those on S: an atom off S would enter
+        above = torch.count_nonzero(v > p.thresh if nonneg else v.abs() > p.thresh, dim=1)
+        vS = v.gather(1, S)
+        above_S = torch.count_nonzero(vS > p.thresh if nonneg else vS.abs() > p.thresh, dim=1)
+        return v.scatter_(1, S, vS.add_(u)), zD, above > above_S
 
     # ------------------------------------------------------------------ FLOPs
     def _iter_flops(self, b: int) -> int:
