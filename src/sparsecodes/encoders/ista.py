@@ -408,9 +408,9 @@ class ISTAEncoder(IterativeEncoder):
         (but ``_WS_MIN_WIDTH``) and the width cap. Rows whose support takes more than half of the
         cap get ``full`` (they go on with full iterations)."""
         cap = min(_WS_MAX_WIDTH, score.shape[1] // 4)
-        top = torch.topk(score, cap, dim=1)  # sorted: candidates first
-        count = torch.count_nonzero(top.values > _WS_MARGIN * thresh, dim=1)
-        count = torch.minimum(count, (supp * _WS_GROWTH).clamp_(min=_WS_MIN_WIDTH))
+        most = (supp * _WS_GROWTH).clamp_(min=_WS_MIN_WIDTH, max=cap)  # [B]
+        top = torch.topk(score, int(most.max()), dim=1)  # sorted: candidates first
+        count = torch.minimum((top.values > _WS_MARGIN * thresh).sum(dim=1), most)
         return top.indices, count, supp > cap // 2
 
     def _split(
@@ -643,12 +643,15 @@ class ISTAEncoder(IterativeEncoder):
         product)."""
         zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
         v = matmul((p.r - zD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]; z is 0 off S
-        nonneg = self.config.nonneg  # type: ignore[attr-defined]
-        # atoms above the threshold, less those on S: an atom off S would enter
-        above = torch.count_nonzero(v > p.thresh if nonneg else v.abs() > p.thresh, dim=1)
+        # an atom off S enters when its value passes the threshold: the largest value off S
+        # (S masked in place, then restored)
         vS = v.gather(1, S)
-        above_S = torch.count_nonzero(vS > p.thresh if nonneg else vS.abs() > p.thresh, dim=1)
-        return v.scatter_(1, S, vS.add_(u)), zD, above > above_S
+        if self.config.nonneg:  # type: ignore[attr-defined]
+            hit = v.scatter_(1, S, -_INF).amax(dim=1) > p.thresh
+        else:
+            v.scatter_(1, S, 0.0)
+            hit = (v.amax(dim=1) > p.thresh) | (v.amin(dim=1) < -p.thresh)
+        return v.scatter_(1, S, vS.add_(u)), zD, hit
 
     # ------------------------------------------------------------------ FLOPs
     def _iter_flops(self, b: int) -> int:
