@@ -14,17 +14,23 @@ proximal map of the L1 term: soft-thresholding by ``l1/L`` (and clamping at 0 wh
 which produces *exact* zeros. All rows are iterated together as two ``[batch, n] x [n, d]``
 matrix products per iteration (through :func:`sparsecodes.kernels.gemm.matmul`).
 
-Working set: the iterates soon become sparse (a few dozen nonzeros of thousands of atoms), and
-an atom that is 0 and stays 0 contributes nothing. Once a share (3/4) of the rows have few
-*candidate* atoms (the current support plus atoms whose pre-threshold value is above 3/4 of the
-threshold; at most ``min(64, n // 4)``), those rows continue on their candidates ``S`` only,
-grouped by width: the gradient on ``S`` is ``y_S G_SS - c_S`` with the atoms' Gram
-``G = D D^T`` and ``c = r D^T``, ``O(|S|^2)`` per row and iteration instead of ``O(n d)``. The
-steps are the same as the full ones as long as no atom off ``S`` would enter, which one full
-gradient checks every 16 iterations and before a group stops; if one would, the group goes back
-to full iterations (which pick new candidates). The other rows keep full iterations and hand
-over later. Used for dictionaries of 256 to 4096 atoms; each group of rows stops on its own
-(the rule below, applied to the group), and ``last_n_iter`` is the largest count of a group.
+Working sets (dictionaries of 256 to 4096 atoms): a lasso solution uses few atoms, and the
+iterations need not touch the others. Each row starts on a *working set* ``S`` of its top atoms
+by the first proximal step (``_WS_MIN_WIDTH``, 16) and solves the lasso restricted to ``S``: the
+gradient on ``S`` is ``z_S G_SS - c_S`` with the atoms' Gram ``G = D D^T`` (once per call) and
+``c = r D^T``, ``O(|S|^2)`` per row and iteration instead of ``O(n d)``, with the row's own step
+``1/L_S`` (``L_S`` a Gershgorin bound on ``||G_SS||_2``, at most ``L``: a few atoms are much
+better conditioned than all of them). Rows of similar width run together as ``[rows, s, s]``
+batched products. Every 16 iterations, and once the group meets the stopping rule, one full
+gradient checks the lasso's optimality condition off ``S``: whether the full proximal step
+(step ``1/L``) from ``z`` would make any atom off ``S`` nonzero. A row that meets the rule and
+passes is finished (it is then a fixed point of the full iteration, i.e. the lasso solution, to
+the same tolerance); a row that fails gets a new working set: its support plus the atoms
+nearest to entering (value above 3/4 of the threshold, the largest first), at most twice the
+support's size (``_WS_GROWTH``) and ``min(64, n // 4)``; its momentum starts afresh. Rows whose
+support exceeds half that cap continue with full iterations (which hand rows back to working
+sets once most rows' candidates fit). Each group of rows stops on its own (the rule below,
+applied to the group's last iteration), and ``last_n_iter`` is the largest count of a group.
 
 - ``ista``: plain proximal gradient. With step ``1/L`` every row's objective is non-increasing.
 - ``fista``: Nesterov momentum (Beck & Teboulle 2009) with per-row adaptive restart
@@ -84,25 +90,26 @@ _POWER_SAFETY = 1.02
 _FAR_EVERY = 4
 _FAR_TOL = 10.0
 #: working-set iterations (see the module docstring) for dictionaries with at least this many
-#: atoms whose Gram ``[n, n]`` has at most ``_WS_GRAM_MAX`` entries, once every row's candidate
-#: atoms fit in ``min(_WS_MAX_WIDTH, n // 4)``
+#: atoms whose Gram ``[n, n]`` has at most ``_WS_GRAM_MAX`` entries; working sets have at most
+#: ``min(_WS_MAX_WIDTH, n // 4)`` atoms
 _WS_MIN_LATENTS = 256
 _WS_GRAM_MAX = 2**24
 _WS_MAX_WIDTH = 64
-#: full iterations hand over once this share of the rows fits (the others go on in full)
+#: full iterations (rows with large supports) hand over once this share of the rows fits
 _WS_MIN_FRACTION = 0.75
 #: at most this many entries in one group's ``[rows, s, s]`` Gram blocks
 _WS_GRAM_BLOCK = 2**24
-#: rows hand over in groups of candidate width up to these (and the cap)
+#: rows run in groups of working-set width up to these (and the cap)
 _WS_BUCKETS = (16, 32, 48)
-#: candidates: the support plus atoms whose pre-threshold value exceeds this share of the threshold
+#: working sets: the support plus atoms whose pre-threshold value exceeds this share of the
+#: threshold (the largest first), at most _WS_GROWTH times the support and at least
+#: _WS_MIN_WIDTH atoms (the first working sets: _WS_MIN_WIDTH)
 _WS_MARGIN = 0.75
+_WS_GROWTH = 2
+_WS_MIN_WIDTH = 16
 #: a full gradient checks that no atom off the working set would enter this often (and at the end)
 _WS_CHECK_EVERY = 16
 _INF = float("inf")
-#: later working sets: at most this many times the support, and at least _WS_MIN_WIDTH atoms
-_WS_GROWTH = 2
-_WS_MIN_WIDTH = 16
 
 
 @dataclass
