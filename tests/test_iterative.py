@@ -272,6 +272,15 @@ def test_working_set_check_adds_atoms_that_would_enter(monkeypatch):
     assert _rel_gap(enc, x, wrong, ref, D).max() > 1e-2  # ...far above the optimum
 
 
+def test_working_set_path_is_deterministic(monkeypatch):
+    x, D = _wide_problem()
+    spy = _PhaseSpy(monkeypatch)
+    a = make_encoder("fista", 64, 512, l1=0.05, tol=1e-5).encode(x, D)
+    b = make_encoder("fista", 64, 512, l1=0.05, tol=1e-5).encode(x, D)
+    assert spy.phases >= 2 and spy.handbacks >= 1  # several rounds of working sets
+    assert torch.equal(a, b)
+
+
 def test_fista_reaches_sklearn_lasso_optimum_on_the_benchmark_problem(monkeypatch):
     """The benchmark's problem (1024 unit-norm atoms in R^256, 16 active per row, l1 0.1,
     non-negative, 200 iterations, tol 1e-4), 256 rows: the default (working-set) path returns
