@@ -281,6 +281,13 @@ def test_working_set_path_is_deterministic(monkeypatch):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", ["ista", "fista"])
+def test_empty_batch_gives_empty_codes(name):
+    x, D = _wide_problem()
+    z = make_encoder(name, 64, 512).encode(x[:0], D)
+    assert z.shape == (0, 512)
+
+
 def test_fista_reaches_sklearn_lasso_optimum_on_the_benchmark_problem(monkeypatch):
     """The benchmark's problem (1024 unit-norm atoms in R^256, 16 active per row, l1 0.1,
     non-negative, 200 iterations, tol 1e-4), 256 rows: the default (working-set) path returns

@@ -331,8 +331,11 @@ class ISTAEncoder(IterativeEncoder):
         W = dictionary.W_dec.detach()  # [n, d]
         Wt = W.T.contiguous()  # [d, n]
         r = x.detach().to(W.dtype) - dictionary.b_dec.detach()  # [B, d]
-        inv_L = 1.0 / max(lipschitz_constant(W, dictionary), 1e-30)
         n = self.n_latents
+        if r.shape[0] == 0:
+            self.last_n_iter = self.last_refit_support = 0
+            return r.new_zeros(0, n)
+        inv_L = 1.0 / max(lipschitz_constant(W, dictionary), 1e-30)
         use_ws = n >= _WS_MIN_LATENTS and n * n <= _WS_GRAM_MAX
         width = min(_WS_MAX_WIDTH, n // 4) if use_ws else 0
         p = _Run(r, W, Wt, inv_L, cfg.l1 * inv_L, width, None)  # type: ignore[attr-defined]
