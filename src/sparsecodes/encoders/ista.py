@@ -351,9 +351,10 @@ class ISTAEncoder(IterativeEncoder):
         if width:
             # the first working sets: each row's top atoms by the first proximal step from z
             p.c = matmul(r, Wt)  # c = r D^T, [B, n]
-            if init is None:  # the step's values are c / L: rank c against l1 * L / L
+            if init is None:  # the step's values are c / L: rank c, threshold l1 (= L * l1 / L)
                 score = p.c if cfg.nonneg else p.c.abs()  # type: ignore[attr-defined]
-                sel = self._select(score, torch.zeros_like(r[:, 0], dtype=torch.int64), cfg.l1)  # type: ignore[attr-defined]
+                no_support = r.new_zeros(r.shape[0], dtype=torch.int64)
+                sel = self._select(score, no_support, cfg.l1)  # type: ignore[attr-defined]
             else:  # z - grad / L, the support first
                 score = torch.add(z, p.c - matmul(zD, Wt), alpha=inv_L)
                 score = score if cfg.nonneg else score.abs_()  # type: ignore[attr-defined]
@@ -558,7 +559,8 @@ class ISTAEncoder(IterativeEncoder):
         self, p: _Run, S: Tensor, u: Tensor, G: Tensor, n_iter: int
     ) -> tuple[int, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
         """Iterations on the lasso restricted to each row's working set ``S`` (``[B, s]`` atom
-        ids, distinct in each row; ``u`` ``[B, s]`` the start's values on them), then a full-gradient check of which rows' solutions are the full one's.
+        ids, distinct in each row; ``u`` ``[B, s]`` the start's values on them), then a
+        full-gradient check of which rows' solutions are the full problem's.
 
         Off ``S`` the iterates stay 0: the gradient on ``S`` is ``grad_S = y_S G_SS - c_S`` with
         the atoms' Gram ``G`` ``[n, n]`` and ``c = r D^T`` ``[B, n]``, ``O(B s^2)`` per iteration
