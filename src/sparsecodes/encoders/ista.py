@@ -14,17 +14,23 @@ proximal map of the L1 term: soft-thresholding by ``l1/L`` (and clamping at 0 wh
 which produces *exact* zeros. All rows are iterated together as two ``[batch, n] x [n, d]``
 matrix products per iteration (through :func:`sparsecodes.kernels.gemm.matmul`).
 
-Working set: the iterates soon become sparse (a few dozen nonzeros of thousands of atoms), and
-an atom that is 0 and stays 0 contributes nothing. Once a share (3/4) of the rows have few
-*candidate* atoms (the current support plus atoms whose pre-threshold value is above 3/4 of the
-threshold; at most ``min(64, n // 4)``), those rows continue on their candidates ``S`` only,
-grouped by width: the gradient on ``S`` is ``y_S G_SS - c_S`` with the atoms' Gram
-``G = D D^T`` and ``c = r D^T``, ``O(|S|^2)`` per row and iteration instead of ``O(n d)``. The
-steps are the same as the full ones as long as no atom off ``S`` would enter, which one full
-gradient checks every 16 iterations and before a group stops; if one would, the group goes back
-to full iterations (which pick new candidates). The other rows keep full iterations and hand
-over later. Used for dictionaries of 256 to 4096 atoms; each group of rows stops on its own
-(the rule below, applied to the group), and ``last_n_iter`` is the largest count of a group.
+Working sets (dictionaries of 256 to 4096 atoms): a lasso solution uses few atoms, and the
+iterations need not touch the others. Each row starts on a *working set* ``S`` of its top atoms
+by the first proximal step (``_WS_MIN_WIDTH``, 16) and solves the lasso restricted to ``S``: the
+gradient on ``S`` is ``z_S G_SS - c_S`` with the atoms' Gram ``G = D D^T`` (once per call) and
+``c = r D^T``, ``O(|S|^2)`` per row and iteration instead of ``O(n d)``, with the row's own step
+``1/L_S`` (``L_S`` a Gershgorin bound on ``||G_SS||_2``, at most ``L``: a few atoms are much
+better conditioned than all of them). Rows of similar width run together as ``[rows, s, s]``
+batched products. Every 16 iterations, and once the group meets the stopping rule, one full
+gradient checks the lasso's optimality condition off ``S``: whether the full proximal step
+(step ``1/L``) from ``z`` would make any atom off ``S`` nonzero. A row that meets the rule and
+passes is finished (it is then a fixed point of the full iteration, i.e. the lasso solution, to
+the same tolerance); a row that fails gets a new working set: its support plus the atoms
+nearest to entering (value above 3/4 of the threshold, the largest first), at most twice the
+support's size (``_WS_GROWTH``) and ``min(64, n // 4)``; its momentum starts afresh. Rows whose
+support exceeds half that cap continue with full iterations (which hand rows back to working
+sets once most rows' candidates fit). Each group of rows stops on its own (the rule below,
+applied to the group's last iteration), and ``last_n_iter`` is the largest count of a group.
 
 - ``ista``: plain proximal gradient. With step ``1/L`` every row's objective is non-increasing.
 - ``fista``: Nesterov momentum (Beck & Teboulle 2009) with per-row adaptive restart
@@ -84,21 +90,26 @@ _POWER_SAFETY = 1.02
 _FAR_EVERY = 4
 _FAR_TOL = 10.0
 #: working-set iterations (see the module docstring) for dictionaries with at least this many
-#: atoms whose Gram ``[n, n]`` has at most ``_WS_GRAM_MAX`` entries, once every row's candidate
-#: atoms fit in ``min(_WS_MAX_WIDTH, n // 4)``
+#: atoms whose Gram ``[n, n]`` has at most ``_WS_GRAM_MAX`` entries; working sets have at most
+#: ``min(_WS_MAX_WIDTH, n // 4)`` atoms
 _WS_MIN_LATENTS = 256
 _WS_GRAM_MAX = 2**24
 _WS_MAX_WIDTH = 64
-#: full iterations hand over once this share of the rows fits (the others go on in full)
+#: full iterations (rows with large supports) hand over once this share of the rows fits
 _WS_MIN_FRACTION = 0.75
 #: at most this many entries in one group's ``[rows, s, s]`` Gram blocks
 _WS_GRAM_BLOCK = 2**24
-#: rows hand over in groups of candidate width up to these (and the cap)
+#: rows run in groups of working-set width up to these (and the cap)
 _WS_BUCKETS = (16, 32, 48)
-#: candidates: the support plus atoms whose pre-threshold value exceeds this share of the threshold
+#: working sets: the support plus atoms whose pre-threshold value exceeds this share of the
+#: threshold (the largest first), at most _WS_GROWTH times the support and at least
+#: _WS_MIN_WIDTH atoms (the first working sets: _WS_MIN_WIDTH)
 _WS_MARGIN = 0.75
+_WS_GROWTH = 2
+_WS_MIN_WIDTH = 16
 #: a full gradient checks that no atom off the working set would enter this often (and at the end)
 _WS_CHECK_EVERY = 16
+_INF = float("inf")
 
 
 @dataclass
@@ -114,11 +125,20 @@ class _Run:
     thresh: float
     ws_width: int
     rows: Tensor | None
+    c: Tensor | None = None  # c = r D^T [B, n] of the whole call (working sets only)
 
     def subset(self, rows: Tensor) -> _Run:
         """The same run for rows ``rows`` (indices into this run's rows)."""
         whole = rows if self.rows is None else self.rows[rows]
-        return _Run(self.r[rows], self.W, self.Wt, self.inv_L, self.thresh, self.ws_width, whole)
+        r = self.r[rows]
+        return _Run(r, self.W, self.Wt, self.inv_L, self.thresh, self.ws_width, whole, self.c)
+
+    def c_on(self, S: Tensor) -> Tensor:
+        """``c = r D^T`` of these rows on their atoms ``S`` ``[B, s]``."""
+        assert self.c is not None
+        if self.rows is None:
+            return self.c.gather(1, S)
+        return self.c[self.rows.unsqueeze(1), S]
 
 
 @dataclass
@@ -311,49 +331,76 @@ class ISTAEncoder(IterativeEncoder):
         W = dictionary.W_dec.detach()  # [n, d]
         Wt = W.T.contiguous()  # [d, n]
         r = x.detach().to(W.dtype) - dictionary.b_dec.detach()  # [B, d]
-        inv_L = 1.0 / max(lipschitz_constant(W, dictionary), 1e-30)
         n = self.n_latents
+        if r.shape[0] == 0:
+            self.last_n_iter = self.last_refit_support = 0
+            return r.new_zeros(0, n)
+        inv_L = 1.0 / max(lipschitz_constant(W, dictionary), 1e-30)
         use_ws = n >= _WS_MIN_LATENTS and n * n <= _WS_GRAM_MAX
         width = min(_WS_MAX_WIDTH, n // 4) if use_ws else 0
         p = _Run(r, W, Wt, inv_L, cfg.l1 * inv_L, width, None)  # type: ignore[attr-defined]
 
         z = self._start(init, r)
         zD = r.new_zeros(r.shape) if init is None else matmul(z, W)
-        F_z = self._objective_from(r, zD, z) if self._restart else None
+        F_z = self._objective_from(r, zD, z) if self._restart and not width else None
         it = _Iterate(z, zD, z, zD, r.new_ones(r.shape[0], 1), F_z)
-        # groups of rows still iterating: (rows, state, iterations so far, working-set
-        # candidates or None for full iterations next)
-        todo: list[tuple[_Run, _Iterate, int, Tensor | None]] = [(p, it, 0, None)]
+        # groups of rows still iterating: full iterations (rows, state, iterations so far) and
+        # working sets (rows, atom ids S [rows, s], z on S [rows, s], iterations so far)
+        full: list[tuple[_Run, _Iterate, int]] = []
+        ws: list[tuple[_Run, Tensor, Tensor, int]] = []
+        if width:
+            # the first working sets: each row's top atoms by the first proximal step from z
+            p.c = matmul(r, Wt)  # c = r D^T, [B, n]
+            if init is None:  # the step's values are c / L: rank c, threshold l1 (= L * l1 / L)
+                score = p.c if cfg.nonneg else p.c.abs()  # type: ignore[attr-defined]
+                no_support = r.new_zeros(r.shape[0], dtype=torch.int64)
+                sel = self._select(score, no_support, cfg.l1)  # type: ignore[attr-defined]
+            else:  # z - grad / L, the support first
+                score = torch.add(z, p.c - matmul(zD, Wt), alpha=inv_L)
+                score = score if cfg.nonneg else score.abs_()  # type: ignore[attr-defined]
+                keep = z != 0
+                sel = self._select(score.masked_fill_(keep, _INF), keep.sum(dim=1), p.thresh)
+            self._split(p, 0, *sel, z, zD, it, full, ws)
+        else:
+            full.append((p, it, 0))
         G: Tensor | None = None
         n_iter = 0
-        while todo:
-            q, state, k, cand = todo.pop()
-            if cand is None:
+        while full or ws:
+            if full:
+                q, state, k = full.pop()
                 k, done, cand = self._dense_phase(q, state, k)
                 if done or cand is None or k >= cfg.iters:  # type: ignore[attr-defined]
                     n_iter = max(n_iter, self._finish(it, q, state, k))
                     continue
-                width = cand.sum(dim=1, dtype=torch.int32)
-                fits = width <= q.ws_width
-                if not bool(fits.all()):  # rows with more candidates keep full iterations
-                    todo.append(self._rows(q, state, (~fits).nonzero().squeeze(1), k, None))
-                # the others by width, so that narrow rows are not padded to the widest
-                lo = -1  # rows without candidates (all-zero ones) join the first group
-                for hi in (*(b for b in _WS_BUCKETS if b < q.ws_width), q.ws_width):
-                    rows = ((width > lo) & (width <= hi)).nonzero().squeeze(1)
-                    # [rows, s, s] Gram blocks: bounded memory per group
-                    for part in rows.split(max(1, _WS_GRAM_BLOCK // (hi * hi))):
-                        if part.numel():
-                            todo.append(self._rows(q, state, part, k, cand[part]))
-                    lo = hi
+                count = cand.sum(dim=1)
+                idx = torch.topk(cand.to(r.dtype), q.ws_width, dim=1).indices  # candidates first
+                sel = (idx, count, count > q.ws_width)
+                self._split(q, k, *sel, state.z, state.zD, state, full, ws)
                 continue
             if G is None:  # the atoms' Gram, once per call
                 G = matmul(W, Wt)
-            k, done = self._working_set_phase(q, state, cand, G, k)
-            if done or k >= cfg.iters:  # type: ignore[attr-defined]
-                n_iter = max(n_iter, self._finish(it, q, state, k))
-            else:  # an atom off the working set would enter: full iterations pick a new one
-                todo.append((q, state, k, None))
+            q, S, u, k = ws.pop()
+            k, finished, v, S, u, uD = self._working_set_phase(q, S, u, G, k)
+            n_iter = max(n_iter, k)
+            done = finished.nonzero().squeeze(1)
+            if done.numel():  # write the finished rows' codes into the output
+                assert q.rows is not None
+                rows = q.rows[done]
+                it.z.index_fill_(0, rows, 0.0)
+                it.z.index_put_((rows.unsqueeze(1), S[done]), u[done])
+                it.zD.index_copy_(0, rows, uD[done])
+            if done.numel() == finished.numel():
+                continue
+            # the other rows: an atom off their working set would enter (or they go on with
+            # it): new working sets, the support plus the atoms nearest to entering
+            assert v is not None
+            rest = (~finished).nonzero().squeeze(1)
+            q, S, u, uD = q.subset(rest), S[rest], u[rest], uD[rest]
+            score = v[rest] if cfg.nonneg else v[rest].abs_()  # type: ignore[attr-defined]
+            score.scatter_(1, S, score.gather(1, S).masked_fill_(u != 0, _INF))
+            sel = self._select(score, torch.count_nonzero(u, dim=1), q.thresh)
+            z = torch.zeros_like(score).scatter_(1, S, u)
+            self._split(q, k, *sel, z, uD, None, full, ws)
         self.last_n_iter = n_iter
         self.last_refit_support = 0
         z = it.z
@@ -362,11 +409,60 @@ class ISTAEncoder(IterativeEncoder):
             z, self.last_refit_support = refit_support(z, r, W, nonneg=nonneg, zW=it.zD)
         return z
 
-    @staticmethod
-    def _rows(
-        q: _Run, state: _Iterate, rows: Tensor, k: int, cand: Tensor | None
-    ) -> tuple[_Run, _Iterate, int, Tensor | None]:
-        return q.subset(rows), state.subset(rows), k, cand
+    def _select(self, score: Tensor, supp: Tensor, thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Working sets from ``score`` ``[B, n]``, the full proximal step's pre-threshold values
+        (absolute values when signed) with each row's support set to infinity, and the support
+        sizes ``supp`` ``[B]``: ``(idx [B, w], count [B], full [B] bool)``. Each row's atoms
+        ``idx`` in order of preference (the support first, then by value); its first ``count``
+        atoms are its working set: the support and the atoms nearest to entering (above
+        ``_WS_MARGIN`` of the threshold ``thresh``), at most ``_WS_GROWTH`` times the support
+        (but ``_WS_MIN_WIDTH``) and the width cap. Rows whose support takes more than half of the
+        cap get ``full`` (they go on with full iterations)."""
+        cap = min(_WS_MAX_WIDTH, score.shape[1] // 4)
+        most = (supp * _WS_GROWTH).clamp_(min=_WS_MIN_WIDTH, max=cap)  # [B]
+        top = torch.topk(score, int(most.max()), dim=1)  # sorted: candidates first
+        count = torch.minimum((top.values > _WS_MARGIN * thresh).sum(dim=1), most)
+        return top.indices, count, supp > cap // 2
+
+    def _split(
+        self,
+        q: _Run,
+        k: int,
+        idx: Tensor,
+        count: Tensor,
+        to_full: Tensor,
+        z: Tensor,
+        zD: Tensor,
+        state: _Iterate | None,
+        full: list[tuple[_Run, _Iterate, int]],
+        ws: list[tuple[_Run, Tensor, Tensor, int]],
+    ) -> None:
+        """Queue rows ``to_full`` ``[B]`` for full iterations (from ``state``, or from ``z``
+        ``[B, n]`` and ``z D`` ``[B, d]`` with fresh momentum) and the others on their working
+        sets (the first ``count`` atoms of ``idx`` ``[B, w]``, see :meth:`_select`), grouped by
+        width (so narrow rows are not padded to the widest; a group's narrower rows are padded
+        with their next atoms in ``idx``) and split so that one group's ``[rows, s, s]`` Gram
+        blocks stay bounded."""
+        if bool(to_full.any()):
+            rows = to_full.nonzero().squeeze(1)
+            if state is None:
+                zr, zDr = z[rows], zD[rows]
+                st = _Iterate(zr, zDr, zr, zDr, zr.new_ones(zr.shape[0], 1), None)
+            else:
+                st = state.subset(rows)
+            if self._restart and st.F is None:
+                st.F = self._objective_from(q.r[rows], st.zD, st.z)
+            full.append((q.subset(rows), st, k))
+        width = count.masked_fill(to_full, -2)
+        zS = z.gather(1, idx)  # z on the atoms of idx
+        lo = -1  # rows without candidates (all-zero ones) join the first group
+        for hi in (*(b for b in _WS_BUCKETS if b < q.ws_width), q.ws_width):
+            rows = ((width > lo) & (width <= hi)).nonzero().squeeze(1)
+            for part in rows.split(max(1, _WS_GRAM_BLOCK // (hi * hi))):
+                if part.numel():
+                    s = max(1, int(width[part].max()))
+                    ws.append((q.subset(part), idx[part, :s], zS[part, :s], k))
+            lo = hi
 
     @staticmethod
     def _finish(out: _Iterate, q: _Run, state: _Iterate, k: int) -> int:
@@ -460,47 +556,66 @@ class ISTAEncoder(IterativeEncoder):
         return cand.logical_or_(z != 0)
 
     def _working_set_phase(
-        self, p: _Run, it: _Iterate, cand: Tensor, G: Tensor, n_iter: int
-    ) -> tuple[int, bool]:
-        """The same iterations restricted to each row's candidate atoms ``S`` (``[B, s]``).
+        self, p: _Run, S: Tensor, u: Tensor, G: Tensor, n_iter: int
+    ) -> tuple[int, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """Iterations on the lasso restricted to each row's working set ``S`` (``[B, s]`` atom
+        ids, distinct in each row; ``u`` ``[B, s]`` the start's values on them), then a
+        full-gradient check of which rows' solutions are the full problem's.
 
-        Off ``S`` the iterates stay 0, so as long as no atom off ``S`` would enter, each step
-        equals the full one: ``grad_S = y_S G_SS - c_S`` with the atoms' Gram ``G`` ``[n, n]`` and
-        ``c = r D^T`` ``[B, n]``, ``O(B s^2)`` per iteration instead of ``O(B n d)``. Every
-        ``_WS_CHECK_EVERY`` iterations and at convergence one full gradient at ``y`` checks that
-        no atom off ``S`` would enter; if one would, the state is handed back to the full
-        iterations (which pick a new ``S``). Restart compares the exact objective difference
-        ``F(z') - F(z) = (z' - z) . (0.5 (z + z') G - c) + l1 (|z'|_1 - |z|_1)`` (no cancellation of
-        large terms). Returns ``(n_iter, done)`` and leaves the dense state in ``it``.
+        Off ``S`` the iterates stay 0: the gradient on ``S`` is ``grad_S = y_S G_SS - c_S`` with
+        the atoms' Gram ``G`` ``[n, n]`` and ``c = r D^T`` ``[B, n]``, ``O(B s^2)`` per iteration
+        instead of ``O(B n d)``. The step is each row's own ``1 / L_S`` with ``L_S`` the smaller
+        of ``L`` and the Gershgorin bound ``max_i sum_j |G_ij|`` of ``G_SS`` (an upper bound on
+        its largest eigenvalue, so the step is safe; a few atoms are much better conditioned than
+        all of them, so this converges in far fewer iterations). Momentum starts afresh (``t =
+        1``, ``y = z``). Restart compares the exact objective difference ``F(z') - F(z) = (z' -
+        z) . (0.5 (z + z') G - c) + l1 (|z'|_1 - |z|_1)`` (no cancellation of large terms).
+
+        Every ``_WS_CHECK_EVERY`` iterations and once every row meets the stopping rule, one full
+        gradient at ``z`` checks each row's KKT condition off ``S``: whether the full proximal
+        step (step ``1/L``) would make an atom off ``S`` nonzero. Rows that meet the rule and
+        pass are finished (``z`` is the lasso solution: optimal on ``S``, and no other atom
+        enters); when some row fails, the phase stops and the unfinished rows get new working
+        sets from the check's values. Returns ``(n_iter, finished [B] bool, v, S, u, z D)``
+        with ``v`` ``[B, n]`` the full step's pre-threshold values at ``z`` (None when the
+        iteration budget ended the phase: every row is then finished), ``S`` sorted, ``z``'s
+        values ``u`` on it and ``z D`` ``[B, d]``.
         """
         cfg = self.config
         tol = cfg.tol  # type: ignore[attr-defined]
         l1 = cfg.l1  # type: ignore[attr-defined]
         nonneg = cfg.nonneg  # type: ignore[attr-defined]
         restart = self._restart
-        inv_L, thresh = p.inv_L, p.thresh
-        s = max(1, int(cand.sum(dim=1, dtype=torch.int32).max()))
-        S = torch.topk(cand.to(G.dtype), s, dim=1, sorted=False).indices.sort(dim=1).values
+        B = S.shape[0]
+        S, order = S.sort(dim=1)  # the Gram blocks' reads in memory order
+        u = u.gather(1, order)
         GS = _gram_blocks(G, S)  # [B, s, s]
-        cS = matmul(p.r, p.Wt).gather(1, S)  # c_S, c = r D^T
+        cS = p.c_on(S)  # c_S, c = r D^T
+        # per-row step 1 / L_S: Gershgorin bound on ||G_SS||_2, never above the global L
+        L_S = GS.abs().sum(dim=2).amax(dim=1, keepdim=True).clamp_(1e-30, 1.0 / p.inv_L)
+        inv_L = L_S.reciprocal_().clamp_(min=p.inv_L)  # [B, 1]
+        thresh = inv_L * l1
 
         def gram(v: Tensor) -> Tensor:  # [B, s] -> v G_SS (row vector times G_SS: faster)
             return torch.bmm(v.unsqueeze(1), GS).squeeze(1)
 
-        u = it.z.gather(1, S)
         Gu = gram(u)
-        uy, Gy = (u, Gu) if it.y is it.z else (it.y.gather(1, S), gram(it.y.gather(1, S)))
-        t = it.t
-        done, inner, viol = False, 0, False
+        uy, Gy = u, Gu
+        t = u.new_ones(B, 1)
+        inner = 0
+        finished = torch.zeros(B, dtype=torch.bool, device=u.device)
+        conv = finished
+        v: Tensor | None = None
+        zD: Tensor | None = None
         while n_iter < cfg.iters:  # type: ignore[attr-defined]
             n_iter += 1
             inner += 1
-            u_new = self._prox(torch.add(uy, Gy - cS, alpha=-inv_L), thresh)
+            u_new = self._prox(torch.addcmul(uy, Gy - cS, inv_L, value=-1.0), thresh)
             Gu_new = gram(u_new)
             if tol > 0:
                 change = torch.linalg.vector_norm(u_new - u, dim=1)
                 change /= torch.linalg.vector_norm(u_new, dim=1).clamp_min(1e-30)
-                done = bool((change < tol).all())
+                conv = change < tol
             if not self.momentum:
                 u, Gu = u_new, Gu_new
                 uy, Gy = u, Gu
@@ -519,31 +634,36 @@ class ISTAEncoder(IterativeEncoder):
                 uy = torch.lerp(u_new, u, -beta)
                 Gy = torch.lerp(Gu_new, Gu, -beta)
                 u, Gu, t = u_new, Gu_new, t_new
-            if done or inner % _WS_CHECK_EVERY == 0:
-                viol = self._enters_off_support(p, S, uy)
-                if viol or done:
+            all_conv = tol > 0 and bool(conv.all())
+            if all_conv or inner % _WS_CHECK_EVERY == 0:
+                v, zD, hit = self._full_step(p, S, u)
+                if all_conv or bool(hit.any()):
+                    finished = conv & ~hit
                     break
-        # back to dense [B, n] iterates
-        it.z = torch.zeros_like(it.z).scatter_(1, S, u)
-        it.zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
-        if self.momentum:
-            it.y = torch.zeros_like(it.z).scatter_(1, S, uy)
-            it.yD = F.embedding_bag(S, p.W, per_sample_weights=uy, mode="sum")
-        else:
-            it.y, it.yD = it.z, it.zD
-        it.t = t
-        if restart:
-            it.F = self._objective_from(p.r, it.zD, it.z)
-        return n_iter, done and not viol
+                v = zD = None
+        else:  # the iteration budget is spent: every row stops here
+            finished = torch.ones_like(finished)
+            v = None
+        if zD is None:
+            zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
+        return n_iter, finished, v, S, u, zD
 
-    def _enters_off_support(self, p: _Run, S: Tensor, uy: Tensor) -> bool:
-        """Whether the full proximal step from ``y`` (values ``uy`` ``[B, s]`` on ``S``) makes any
-        atom off ``S`` nonzero (one ``[B, d] x [d, n]`` product)."""
-        yD = F.embedding_bag(S, p.W, per_sample_weights=uy, mode="sum")
-        v = matmul((p.r - yD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]; y is 0 off S
-        v.scatter_(1, S, 0.0)
-        hit = v > p.thresh if self.config.nonneg else v.abs() > p.thresh  # type: ignore[attr-defined]
-        return bool(hit.any())
+    def _full_step(self, p: _Run, S: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The full proximal step from ``z`` (values ``u`` ``[B, s]`` on ``S``, 0 elsewhere):
+        ``(v, z D, hit)`` with ``v = z - grad / L`` ``[B, n]`` its pre-threshold values and
+        ``hit`` ``[B]`` whether it makes an atom off ``S`` nonzero (one ``[B, d] x [d, n]``
+        product)."""
+        zD = F.embedding_bag(S, p.W, per_sample_weights=u, mode="sum")
+        v = matmul((p.r - zD).mul_(p.inv_L), p.Wt)  # -grad / L, [B, n]; z is 0 off S
+        # an atom off S enters when its value passes the threshold: the largest value off S
+        # (S masked in place, then restored)
+        vS = v.gather(1, S)
+        if self.config.nonneg:  # type: ignore[attr-defined]
+            hit = v.scatter_(1, S, -_INF).amax(dim=1) > p.thresh
+        else:
+            v.scatter_(1, S, 0.0)
+            hit = (v.amax(dim=1) > p.thresh) | (v.amin(dim=1) < -p.thresh)
+        return v.scatter_(1, S, vS.add_(u)), zD, hit
 
     # ------------------------------------------------------------------ FLOPs
     def _iter_flops(self, b: int) -> int:
