@@ -186,3 +186,27 @@ def embedded_windows():
     handle = register_module_forward_pre_hook(count)
     yield seen
     handle.remove()
+
+
+@pytest.fixture
+def openblas():
+    """The process's GEMM backend set to ``"openblas"`` (``sparsecodes.kernels.gemm``) for the
+    test, restored after; skipped (failed under CI) where numpy is not built with OpenBLAS."""
+    from sparsecodes.kernels import gemm
+
+    try:
+        gemm.resolve_gemm_backend("openblas")
+    except ValueError:
+        missing("numpy is not built with OpenBLAS here")
+    before = gemm.gemm_backend()
+    gemm.set_gemm_backend("openblas")
+    yield
+    gemm.set_gemm_backend(before)
+
+
+@pytest.fixture
+def openblas_small(openblas, monkeypatch):
+    """:func:`openblas`, with every product sent there, however small (the tiny models')."""
+    from sparsecodes.kernels import gemm
+
+    monkeypatch.setattr(gemm, "MIN_MACS", 0)

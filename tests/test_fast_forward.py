@@ -169,20 +169,7 @@ def test_split_run_reports_bad_ids_once_in_the_caller(lm):
 # ------------------------------------------------------------------ Linear through kernels.gemm
 
 
-@pytest.fixture
-def openblas(monkeypatch):
-    try:
-        gemm.resolve_gemm_backend("openblas")
-    except ValueError:
-        pytest.skip("numpy is not built with OpenBLAS here")
-    before = gemm.gemm_backend()
-    gemm.set_gemm_backend("openblas")
-    monkeypatch.setattr(gemm, "MIN_MACS", 0)  # the tiny model's products are all small
-    yield
-    gemm.set_gemm_backend(before)
-
-
-def test_gemm_linears_match_torch_and_go_through_gemm(lm, batch, openblas, monkeypatch):
+def test_gemm_linears_match_torch_and_go_through_gemm(lm, batch, openblas_small, monkeypatch):
     ids, mask = batch
     ref = lm.run(ids, mask, HOOKS)
     calls = []
@@ -302,7 +289,7 @@ def test_live_source_splits_its_forward_and_gives_the_rows_of_one_pass(lm):
 
 
 def test_caching_forward_uses_openblas_only_with_one_torch_thread_per_worker(
-    lm, batch, openblas, monkeypatch
+    lm, batch, openblas_small, monkeypatch
 ):
     ids, mask = batch
     calls = []

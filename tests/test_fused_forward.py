@@ -167,35 +167,25 @@ def test_fused_layers_need_no_grad_and_restore_after_an_exception(lm, ids):
 
 
 def test_caching_forward_fused_products_go_through_gemm_only_for_one_thread_workers(
-    lm, ids, monkeypatch
+    lm, ids, openblas_small, monkeypatch
 ):
-    try:
-        gemm.resolve_gemm_backend("openblas")
-    except ValueError:
-        pytest.skip("numpy is not built with OpenBLAS here")
-    before = gemm.gemm_backend()
-    gemm.set_gemm_backend("openblas")
-    monkeypatch.setattr(gemm, "MIN_MACS", 0)  # the tiny model's products are all small
     calls: list[tuple[int, int]] = []
     real = gemm.matmul
     monkeypatch.setattr(gemm, "matmul", lambda a, b, **kw: calls.append(b.shape) or real(a, b))
     torch.set_num_threads(2)
     ref = lm.run(ids, hooks=HOOKS)
-    try:
-        with torch.inference_mode():
-            split = caching_forward(lm, 2)(ids, None, HOOKS)
-            # per slice and block: (q|k|v), o, (gate|up), down
-            d, i = lm.d_model, 4 * lm.d_model
-            per_block = [(d, (lm.n_heads + 2 * lm.n_kv_heads) * lm.d_head), (d, d), (d, 2 * i)]
-            per_block.append((i, d))
-            assert sorted(calls) == sorted(per_block * 3 * 2)
-            calls.clear()
-            caching_forward(lm, 1)(ids, None, HOOKS)  # 2 torch threads in one pass: torch.mm
-            assert calls == []
-            unfused = caching_forward(lm, 2, fused=False)(ids, None, HOOKS)
-            assert len(calls) == 2 * 3 * 7  # the model's 7 Linear per block, through gemm
-    finally:
-        gemm.set_gemm_backend(before)
+    with torch.inference_mode():
+        split = caching_forward(lm, 2)(ids, None, HOOKS)
+        # per slice and block: (q|k|v), o, (gate|up), down
+        d, i = lm.d_model, 4 * lm.d_model
+        per_block = [(d, (lm.n_heads + 2 * lm.n_kv_heads) * lm.d_head), (d, d), (d, 2 * i)]
+        per_block.append((i, d))
+        assert sorted(calls) == sorted(per_block * 3 * 2)
+        calls.clear()
+        caching_forward(lm, 1)(ids, None, HOOKS)  # 2 torch threads in one pass: torch.mm
+        assert calls == []
+        unfused = caching_forward(lm, 2, fused=False)(ids, None, HOOKS)
+        assert len(calls) == 2 * 3 * 7  # the model's 7 Linear per block, through gemm
     for name in HOOKS:
         _close(split[name], ref[name])
         _close(unfused[name], ref[name])

@@ -8,16 +8,6 @@ import torch
 from sparsecodes.kernels import gemm
 
 
-@pytest.fixture
-def openblas():
-    if gemm._numpy_openblas() is None:
-        pytest.skip("numpy is not built with OpenBLAS here")
-    before = gemm.gemm_backend()
-    gemm.set_gemm_backend("openblas")
-    yield
-    gemm.set_gemm_backend(before)
-
-
 def _pair(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
