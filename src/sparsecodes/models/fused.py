@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsecodes.kernels import gemm
+from sparsecodes.models.linear import swapped_forwards
 
 _Key = tuple[tuple[int, int], ...]
 
@@ -257,17 +258,14 @@ def fused_layers(
     weights = weights if weights is not None else FusedWeights()
     mm: Matmul = gemm.matmul if gemm_products else torch.mm
     attn_cls, mlp_cls, _ = _llama_classes() or (None, None, None)
-    patched = fusable_modules(model)
-    try:
-        for m in patched:
-            original = m.forward
-            if type(m) is attn_cls:
-                m.forward = _attention_forward(m, original, weights, mm)
-            elif type(m) is mlp_cls:
-                m.forward = _mlp_forward(m, original, weights, mm)
-            else:
-                m.forward = _norm_forward(m, original)
-        yield len(patched)
-    finally:
-        for m in patched:
-            vars(m).pop("forward", None)
+
+    def make(m: nn.Module) -> Callable:
+        original = m.forward
+        if type(m) is attn_cls:
+            return _attention_forward(m, original, weights, mm)
+        if type(m) is mlp_cls:
+            return _mlp_forward(m, original, weights, mm)
+        return _norm_forward(m, original)
+
+    with swapped_forwards(fusable_modules(model), make) as n:
+        yield n

@@ -12,7 +12,7 @@ Values match torch's to float32 rounding (a different summation order), not bit 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch.nn.functional as F
@@ -37,6 +37,24 @@ def _gemm_linear(module: nn.Linear):  # -> the replacement forward of one Linear
 
 
 @contextmanager
+def swapped_forwards(
+    modules: Sequence[nn.Module], make: Callable[[nn.Module], Callable[..., object]]
+) -> Iterator[int]:
+    """Inside the ``with`` block each of ``modules`` runs ``make(module)`` as its ``forward``
+    (set on the instance, so the module's hooks still fire); restored after, also on an
+    exception. Yields how many modules were switched. Modules whose ``forward`` is already
+    replaced on the instance are left alone."""
+    patched = [m for m in modules if "forward" not in vars(m)]
+    try:
+        for m in patched:
+            m.forward = make(m)
+        yield len(patched)
+    finally:
+        for m in patched:
+            vars(m).pop("forward", None)
+
+
+@contextmanager
 def gemm_linears(model: nn.Module) -> Iterator[int]:
     """Inside the ``with`` block every ``nn.Linear`` of ``model`` multiplies through
     :func:`~sparsecodes.kernels.gemm.matmul`; yields how many modules were switched.
@@ -44,11 +62,6 @@ def gemm_linears(model: nn.Module) -> Iterator[int]:
     ``Linear.forward(x [*, in]) -> [*, out]`` keeps its meaning; with the ``"torch"`` backend,
     a non-float32 model, a gradient or a small product it is exactly ``F.linear``.
     """
-    patched = [m for m in model.modules() if type(m) is nn.Linear and "forward" not in vars(m)]
-    try:
-        for m in patched:
-            m.forward = _gemm_linear(m)
-        yield len(patched)
-    finally:
-        for m in patched:
-            vars(m).pop("forward", None)
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    with swapped_forwards(linears, _gemm_linear) as n:
+        yield n
