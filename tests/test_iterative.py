@@ -382,6 +382,78 @@ def test_omp_gram_correlations_pick_the_same_atoms_as_residual_products(monkeypa
     torch.testing.assert_close(z_gram, z_res, rtol=1e-4, atol=1e-5)
 
 
+def _growing_systems(seed: int, batch: int = 256, slots: int = 12, d: int = 20, n: int = 80):
+    """Random OMP-like systems: each row's atom ids ``[batch, slots]``, Gram ``[batch, s, s]``
+    and right-hand sides ``[batch, s]`` of a random target, and per step the rows that add a
+    slot (a row that stops never resumes, as in OMP)."""
+    g = torch.Generator().manual_seed(seed)
+    W = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    r = torch.randn(batch, d, generator=g)
+    idx = torch.rand(batch, n, generator=g).argsort(dim=1)[:, :slots]
+    A = W[idx]
+    stop = torch.randint(1, slots + 1, (batch,), generator=g)  # row i adds slots 0..stop-1
+    return W, r, idx, A @ A.transpose(1, 2), (A @ r[:, :, None]).squeeze(2), stop
+
+
+def _grow(G_all, rhs_all, live_at, slots):
+    from sparsecodes.encoders.support_lstsq import GrowingSupport, solve_on_support
+
+    B = G_all.shape[0]
+    grow = GrowingSupport(B, slots, torch.float32, torch.device("cpu"))
+    valid = torch.zeros(B, slots, dtype=torch.bool)
+    for t in range(slots):
+        live = live_at(t)
+        valid[:, t] = live
+        pair = valid[:, :, None] & valid[:, None, :]
+        G, rhs = torch.where(pair, G_all, 0.0), torch.where(valid, rhs_all, 0.0)
+        yield grow.add(G, rhs, valid, live), solve_on_support(G, rhs, valid, nonneg=False)[0], grow
+
+
+def test_growing_support_matches_a_fresh_factorisation_at_every_step():
+    _, _, _, G_all, rhs_all, stop = _growing_systems(seed=0)
+    steps = list(_grow(G_all, rhs_all, lambda t: t < stop, 12))
+    for t, (grown, fresh, _) in enumerate(steps):
+        # float32 Cholesky of unit-norm atoms' Grams (condition ~1e2): 1e-4 of the largest coef
+        torch.testing.assert_close(grown, fresh, rtol=0, atol=1e-4 * float(fresh.abs().max()))
+        # rows that stopped keep their coefficients (identity rows, zero right-hand side)
+        assert (grown[:, t + 1 :] == 0).all()
+    # every row's last solution satisfies its normal equations on its support
+    grown = steps[-1][0]
+    residual_corr = rhs_all - (G_all @ grown[:, :, None]).squeeze(2)
+    on_support = torch.arange(12)[None, :] < stop[:, None]
+    assert residual_corr[on_support].abs().max() < 1e-4 * rhs_all.abs().max()
+    assert not steps[-1][2].singular.any()
+
+
+def test_growing_support_hands_a_collinear_atom_to_the_minimum_norm_solve():
+    _, _, _, G_all, rhs_all, _ = _growing_systems(seed=1, batch=8, slots=4)
+    # row 0's slot 2 repeats its slot 0: the bordered Gram is singular
+    G_all[0, 2, :] = G_all[0, 0, :]
+    G_all[0, :, 2] = G_all[0, :, 0]
+    G_all[0, 2, 2] = G_all[0, 0, 0]
+    rhs_all[0, 2] = rhs_all[0, 0]
+    steps = list(_grow(G_all, rhs_all, lambda t: torch.ones(8, dtype=torch.bool), 4))
+    grown, fresh, grow = steps[-1]
+    assert grow.singular.tolist() == [True] + [False] * 7
+    torch.testing.assert_close(grown, fresh, rtol=0, atol=1e-4 * float(fresh.abs().max()))
+    # the singular row still solves its normal equations
+    fit = (G_all[0] @ grown[0]) - rhs_all[0]
+    assert fit.abs().max() < 1e-3 * rhs_all[0].abs().max()
+
+
+def test_signed_omp_coefficients_are_least_squares_on_their_support():
+    x, _, atoms = sparse_problem(64, 24, 4, 256, seed=7)
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    D = Dictionary.from_atoms(atoms)
+    codes = make_encoder("omp", 24, 64, k=8).encode(x, D)
+    A = atoms[codes.indices]  # [B, 8, 24]
+    res = x - (codes.values[:, None, :] @ A).squeeze(1)
+    on = codes.values != 0
+    assert on.sum(dim=1).float().mean() > 7.5  # noise: rows use their 8 atoms
+    # the residual is orthogonal to every atom of its support (normal equations)
+    assert (A @ res[:, :, None]).squeeze(2)[on].abs().max() < 1e-4 * x.norm(dim=1).max()
+
+
 def test_omp_stops_on_exact_fit_and_tol():
     x, _, atoms = sparse_problem(32, 24, 3, 256, seed=2)
     D = Dictionary.from_atoms(atoms)

@@ -7,12 +7,14 @@ Per row, with ``r = x - b_dec`` and atoms ``d_j`` = rows of ``W_dec`` ``[n_laten
   largest in magnitude), adds ``<res, d_j> / ||d_j||^2`` to its coefficient and subtracts that
   multiple of ``d_j`` from the residual. An atom may be picked again.
 - **omp** picks atoms the same way (never one already in the support) and after each pick refits
-  all coefficients on the support by least squares, ``min_c ||r - c D_S||^2``: the ``[s, s]`` Gram
-  systems of every row are solved together with a batched Cholesky factorisation (pseudo-inverse
-  for the rare rows whose Gram is singular;
-  :func:`~sparsecodes.encoders.support_lstsq.solve_on_support`, shared with ISTA/FISTA's debiasing
-  refit). With ``nonneg=True`` atoms whose refitted coefficient is negative are dropped from the
-  support and the rest refitted (repeated until none is negative).
+  all coefficients on the support by least squares, ``min_c ||r - c D_S||^2``. Signed OMP from a
+  cold start adds slot ``t`` at step ``t``, so each row's inverse Cholesky factor is extended by
+  one row per step (:class:`~sparsecodes.encoders.support_lstsq.GrowingSupport`, ``O(k^2)`` per
+  row and step); otherwise the ``[s, s]`` Gram systems of every row are solved afresh with a
+  batched Cholesky factorisation (:func:`~sparsecodes.encoders.support_lstsq.solve_on_support`,
+  shared with ISTA/FISTA's debiasing refit; a pseudo-inverse for the rare rows whose Gram is
+  singular, which the growing factor hands to it). With ``nonneg=True`` atoms whose refitted coefficient is
+  negative are dropped from the support and the rest refitted (repeated until none is negative).
 
 Both give at most ``k`` nonzeros per row, exact zeros elsewhere, returned as
 :class:`~sparsecodes.codes.SparseCodes` ``[batch, k]`` (unused slots hold value 0). A row stops
@@ -53,7 +55,7 @@ from sparsecodes.codes import Codes, SparseCodes, to_sparse
 from sparsecodes.dictionary import Dictionary
 from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
 from sparsecodes.encoders.registry import register
-from sparsecodes.encoders.support_lstsq import solve_on_support
+from sparsecodes.encoders.support_lstsq import GrowingSupport, solve_on_support
 from sparsecodes.kernels.gemm import matmul
 from sparsecodes.validation import check_k, check_positive
 
@@ -167,12 +169,9 @@ class _Pursuit(IterativeEncoder):
         score = corr if p.inv_norms is None else corr * p.inv_norms.detach()
         if exclude is not None:
             score = score.masked_fill_(exclude, 0.0)  # picked atoms are never excluded ones
-        hi, j = score.max(dim=1)
-        best = hi
         if not self.config.nonneg:  # type: ignore[attr-defined]
-            lo, j_lo = score.min(dim=1)
-            neg = -lo > hi
-            j, best = torch.where(neg, j_lo, j), torch.where(neg, -lo, hi)
+            score = score.abs_()  # score is ours to overwrite; one pass less than max and min
+        best, j = score.max(dim=1)
         return j, best > 0
 
     # ------------------------------------------------------------------ FLOPs
@@ -311,7 +310,9 @@ class OMPEncoder(_Pursuit):
             res = r - self._decode(p, idx, coef)
         in_support = torch.zeros(B, n, dtype=torch.bool, device=r.device)
         in_support[rows[:, None].expand(B, k)[valid], idx[valid]] = True
-        for _ in range(k):
+        # signed OMP from a cold start fills slot t at step t: its refits extend one factorisation
+        growing = GrowingSupport(B, k, r.dtype, r.device) if init is None and not nonneg else None
+        for step in range(k):
             free = ~valid
             # the residual is orthogonal to the support, so signed OMP needs no mask: if its best
             # atom is already selected, the row is numerically done. Nonneg refits can leave a
@@ -330,6 +331,8 @@ class OMPEncoder(_Pursuit):
             # first free slot per row (nonneg refits may free earlier ones); rows not live
             # rewrite their current slot contents, a no-op
             slot = free.to(torch.int8).argmax(dim=1)
+            if growing is not None and bool((slot[live] != step).any()):
+                growing = None  # not filling in step order (cannot happen cold and signed)
             idx[rows, slot] = torch.where(live, j, idx[rows, slot])
             valid[rows, slot] |= live
             in_support[rows, j] |= live
@@ -337,26 +340,32 @@ class OMPEncoder(_Pursuit):
             g = torch.where(live[:, None], g, G[rows, slot, :])
             G[rows, slot, :] = g
             G[rows, :, slot] = g
-            rj = (W[j] * r).sum(dim=1)
+            rj = r_corr[rows, j] if r_corr is not None else (W[j] * r).sum(dim=1)
             rhs[rows, slot] = torch.where(live, rj, rhs[rows, slot])
-            coef, valid = solve_on_support(G, rhs, valid, nonneg=nonneg)
+            if growing is not None:
+                coef = growing.add(G, rhs, valid, live)
+            else:
+                coef, valid = solve_on_support(G, rhs, valid, nonneg=nonneg)
             res = r - self._decode(p, idx, coef)
         return SparseCodes(idx, coef, n)
 
     def inference_flops(self, batch: int = 1) -> int:
-        """``k * (C + 4 B N + 2 B k d + 4 B d + B k^3 / 3 + 7 B k^2 [+ 2 B k d]) + B d
-        [+ 2 N^2 d + 2 B N d]``, ``C = 2 B k N`` with the full Gram and ``k < d``, else
-        ``2 B N d``.
+        """``k * (C + 4 B N + 2 B k d + 4 B d + R [+ 2 B k d]) + B d [+ 2 N^2 d + 2 B N d]``,
+        ``C = 2 B k N`` with the full Gram and ``k < d``, else ``2 B N d``; ``R = 6 B k^2``
+        (signed) or ``B k^3 / 3 + 7 B k^2`` (``nonneg``).
 
         Per step: the correlations with the residual, ``C``: with the full ``[N, N]`` Gram (computed
         once, ``2 N^2 d``, when ``N^2 <= 2^26``) and ``k < d`` they are ``r W^T`` (once,
         ``2 B N d``) minus ``coef G[idx]`` (at most ``2 B k N``), else ``res W^T`` (``2 B N d``);
-        the max/min/gather over them (``~4 B N``), the right-hand side entry (``2 B d``), a
-        batched Cholesky of the ``[k, k]`` systems (``B k^3 / 3``) with its solve and masking
-        (``~7 B k^2``), the residual ``r - coef W[idx]`` (``2 B k d + B d``) and its norm
-        (``B d``). Without the full Gram its new entries come from the atoms at ``2 B k d`` per
-        step. Linear in ``k`` apart from the small ``k^2``/``k^3`` terms; a warm start's initial
-        refit and nonneg re-solves are not counted.
+        the pick over them (``~4 B N``), the right-hand side entry (``2 B d``), the refit ``R``, the
+        residual ``r - coef W[idx]`` (``2 B k d + B d``) and its norm (``B d``). Signed OMP from a
+        cold start extends each row's inverse Cholesky factor by one row per step
+        (:class:`~sparsecodes.encoders.support_lstsq.GrowingSupport`: three batched products of at
+        most ``k x k``, ``6 B k^2``); ``nonneg`` refits factorise afresh each step (a batched
+        Cholesky, ``B k^3 / 3``, with its solve and masking, ``~7 B k^2``). Without the full Gram
+        the new Gram entries come from the atoms at ``2 B k d`` per step. Linear in ``k`` apart
+        from the small ``k^2``/``k^3`` terms; a warm start's refits (full factorisations, as
+        ``nonneg``) and nonneg re-solves are not counted.
         """
         b, d, n, k = batch, self.d_in, self.n_latents, self.config.k  # type: ignore[attr-defined]
         full = n * n <= _FULL_GRAM_MAX
@@ -366,8 +375,7 @@ class OMPEncoder(_Pursuit):
             + 4 * b * n
             + 2 * b * k * d
             + 4 * b * d
-            + b * k**3 // 3
-            + 7 * b * k * k
+            + (b * k**3 // 3 + 7 * b * k * k if self.config.nonneg else 6 * b * k * k)  # type: ignore[attr-defined]
             + (0 if full else 2 * b * k * d)
         )
         once = (flops.matmul(n, d, n) if full else 0) + (flops.matmul(b, d, n) if gram_corr else 0)
