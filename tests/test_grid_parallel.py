@@ -63,6 +63,21 @@ def store_source(store: str, grid, stop_at: int | None = None):
     )
 
 
+def stopping_slice(grid, stop_at: int):
+    """Data rank ``d``'s part of every global batch of ``data()``; every rank raises
+    :class:`Stopped` when asked for batch ``stop_at``."""
+    from sparsecodes.distributed import RankSlice
+
+    class Stopping(RankSlice):
+        def batches(self, batch_size: int):
+            for i, item in enumerate(super().batches(batch_size)):
+                if i == stop_at:
+                    raise Stopped
+                yield item
+
+    return Stopping(TensorSource(data(), seed=1), grid.data_rank, grid.data_size)
+
+
 def grid_worker(rank: int, init_file: str, out: str, store: str) -> None:
     from sparsecodes.distributed import RankSlice, make_grid
     from sparsecodes.training.run import train_run
@@ -106,6 +121,16 @@ def grid_worker(rank: int, init_file: str, out: str, store: str) -> None:
             make_coder(), store_source(store, grid), config(), runs / "r", checkpoint_every=3, **kw
         )
         assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in plain.state_dict().items())
+        # interrupted after the step-3 checkpoint here; the test resumes it on another grid
+        with contextlib.suppress(Stopped):
+            train_run(
+                make_coder(),
+                stopping_slice(grid, 4),
+                config(),
+                runs / "x",
+                checkpoint_every=3,
+                **kw,
+            )
         every = [None] * WORLD if rank == 0 else None
         dist.gather_object((whole.state_dict(), whole.history), every, dst=0)
         if rank == 0:
@@ -126,6 +151,8 @@ def test_data_x_latent_training_equals_one_process_with_the_global_batch(tmp_pat
         nprocs=WORLD,
         join=True,
     )
+    from sparsecodes.training.run import train_run
+
     every = torch.load(tmp_path / "results.pt", weights_only=False)
     ref = Trainer(make_coder(), config())
     ref.fit(TensorSource(data(), seed=1))
@@ -146,6 +173,13 @@ def test_data_x_latent_training_equals_one_process_with_the_global_batch(tmp_pat
     blob = torch.load(tmp_path / "run" / "checkpoint" / "trainer.pt", weights_only=False)
     assert blob["state"]["tokens"] == 6 * 32
     assert torch.equal(blob["tokens_since_fired"], ref.tokens_since_fired)
+    # another grid: one process resumes the 2 x 2 run interrupted after its step-3 checkpoint
+    stopped = torch.load(tmp_path / "x" / "checkpoint" / "trainer.pt", weights_only=False)
+    assert stopped["state"]["step"] == 3 and not (tmp_path / "x" / "final").exists()
+    one = train_run(make_coder(), TensorSource(data(), seed=1), config(), tmp_path / "x")
+    assert one.history[-1]["step"] == 6.0
+    for name, value in want.items():
+        torch.testing.assert_close(one.state_dict()[name], value, atol=ATOL, rtol=0, msg=name)
 
 
 def _torchrun(n: int, args: list[str]) -> None:
