@@ -13,7 +13,7 @@
   backward; on CUDA the Triton kernels of :mod:`~sparsecodes.kernels.triton_decode` where Triton is installed.
 - :mod:`~sparsecodes.kernels.gemm`: large float32 CPU matmuls through numpy's OpenBLAS where it
   beats torch's MKL (AMD CPUs), chosen once per process (``SPARSECODES_GEMM``), rows split over
-  Python worker threads (:func:`run_row_blocks`, also used for single-threaded torch kernels).
+  Python worker threads (:func:`run_row_blocks`, also used by the split caching forward).
 - :mod:`~sparsecodes.kernels.selection`: per-row top-k (:func:`row_topk`, through strided block
   maxima), per-row top-k with an AuxK pass over dead latents, and an exact batch-wide top-k that
   avoids a slow flat ``topk`` over ``batch * n_latents`` entries.
