@@ -454,6 +454,29 @@ def test_signed_omp_coefficients_are_least_squares_on_their_support():
     assert (A @ res[:, :, None]).squeeze(2)[on].abs().max() < 1e-4 * x.norm(dim=1).max()
 
 
+@pytest.mark.parametrize("n,d,k,dup", [(64, 24, 6, False), (40, 16, 8, True), (200, 8, 12, False)])
+def test_omp_growing_refits_equal_fresh_factorisations(monkeypatch, n, d, k, dup):
+    """Cold signed OMP's refits extend a factor (GrowingSupport); with that disabled, every step
+    factorises afresh. Same supports and coefficients; with more atoms than dimensions (k > d,
+    rows fit exactly after d atoms, later picks are round-off) the same residuals."""
+    from sparsecodes.encoders import pursuit
+
+    g = torch.Generator().manual_seed(0)
+    atoms = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    if dup:  # repeated and opposite atoms: collinear candidates
+        atoms[1], atoms[3] = atoms[0], -atoms[2]
+    x = torch.randn(128, d, generator=g)
+    D = Dictionary.from_atoms(atoms)
+    grown = to_dense(make_encoder("omp", d, n, k=k).encode(x, D))
+    monkeypatch.setattr(pursuit, "GrowingSupport", lambda *a, **kw: None)
+    fresh = to_dense(make_encoder("omp", d, n, k=k).encode(x, D))
+    err = [(x - D.decode(z)).pow(2).sum(dim=1) for z in (grown, fresh)]
+    torch.testing.assert_close(err[0], err[1], rtol=0, atol=1e-5 * float(x.pow(2).sum(1).max()))
+    if k <= d:
+        assert torch.equal(grown != 0, fresh != 0)
+        torch.testing.assert_close(grown, fresh, rtol=0, atol=1e-4)
+
+
 def test_omp_stops_on_exact_fit_and_tol():
     x, _, atoms = sparse_problem(32, 24, 3, 256, seed=2)
     D = Dictionary.from_atoms(atoms)
