@@ -18,6 +18,12 @@ norms summed over prompts, draws and positions before the ratio; 1.0 = no better
 no change) and ``|linear| / |real|``. Run:
 ``python benchmarks/transcoder_response_smollm2.py --transcoders DIR [--prompts 4 --per-prompt 8]``
 (writes ``benchmarks/results/transcoder_response_smollm2.json``).
+
+``--candidate NAME=DIR`` (repeatable) scores other transcoders (e.g. a skip transcoder, or one
+trained longer) on the very same input changes: the ablations still go through ``--transcoders``,
+and every candidate transcoder of a scored layer gets the same three numbers under
+``candidates[NAME]``. ``--score-layers A-B`` scores only those layers (the model then runs only
+up to the last of them, and features are drawn below it), which makes such a comparison quick.
 """
 
 from __future__ import annotations
@@ -78,6 +84,32 @@ def least_squares_maps(lm, layers: list[int], n_windows: int) -> dict[int, torch
     return out
 
 
+def _response_sums(tc, x0, x1, real, lsr) -> torch.Tensor:
+    """``[6]`` float64: ``|real|^2, |lin - real|^2, |nl - real|^2, |lin|^2, |nl|^2, |ls - real|^2``
+    for one transcoder's linear (active set and gates held) and nonlinear responses to
+    ``x0 -> x1``, against the MLP's ``real`` change and the least-squares map's ``lsr``."""
+    pre0, pre1 = tc.encode_pre(x0), tc.encode_pre(x1)
+    gate = (tc.activate(pre0) != 0).to(pre0.dtype)
+    lin = (gate * (pre1 - pre0)) @ tc.W_dec_out
+    if tc.W_skip is not None:
+        lin = lin + (x1 - x0) @ tc.W_skip
+    nl = tc.forward_out(x1) - tc.forward_out(x0)
+    parts = [real, lin - real, nl - real, lin, nl, lsr - real]
+    return torch.tensor([float(t.pow(2).sum()) for t in parts], dtype=torch.float64)
+
+
+def _ratios(s: torch.Tensor, with_ls: bool) -> dict[str, float]:
+    out = {
+        "rel_err_linear": float((s[1] / s[0]).sqrt()),
+        "rel_err_nonlinear": float((s[2] / s[0]).sqrt()),
+        "norm_ratio_linear": float((s[3] / s[0]).sqrt()),
+        "norm_ratio_nonlinear": float((s[4] / s[0]).sqrt()),
+    }
+    if with_ls:
+        out["rel_err_least_squares"] = float((s[5] / s[0]).sqrt())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--transcoders", type=Path, required=True)
@@ -92,6 +124,14 @@ def main() -> None:
         help="also score a plain least-squares linear map mlp_in -> mlp_out per layer, fitted on "
         "this many 128-token windows of the embedded corpus (the MLP's average Jacobian)",
     )
+    ap.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also score the transcoders in DIR on the same input changes (repeatable)",
+    )
+    ap.add_argument("--score-layers", default=None, help="score only layers A-B (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
@@ -101,12 +141,29 @@ def main() -> None:
     _, tcs = open_transcoders([a.transcoders], model="smollm2-135m")
     by_layer = {int(tc.in_hook.split(".")[1]): tc for tc in tcs}
     layers = sorted(by_layer)
+    if a.score_layers:
+        lo, _, hi = a.score_layers.partition("-")
+        scored = [i for i in layers if int(lo) <= i <= int(hi or lo)]
+        layers = [i for i in layers if i <= scored[-1]]
+    else:
+        scored = layers
+    candidates = {}  # name -> {layer: transcoder}
+    for spec in a.candidate:
+        name, _, path = spec.partition("=")
+        _, extra = open_transcoders([Path(path)], model="smollm2-135m")
+        candidates[name] = {int(tc.in_hook.split(".")[1]): tc for tc in extra}
     hooks = [h for i in layers for h in (f"blocks.{i}.mlp_in", f"blocks.{i}.mlp_out")]
     prompts = [p.text for p in ioi(lm.tokenizer, a.prompts, seed=1)]  # held out: seed 0 fits
     g = generator(a.seed, "transcoder-response")
-    ls = least_squares_maps(lm, layers, a.ls_windows) if a.ls_windows else {}
+    ls = least_squares_maps(lm, scored, a.ls_windows) if a.ls_windows else {}
     # per layer: |real|^2, |lin - real|^2, |nl - real|^2, |lin|^2, |nl|^2, |ls - real|^2
-    sums = {i: torch.zeros(6, dtype=torch.float64) for i in layers}
+    sums = {i: torch.zeros(6, dtype=torch.float64) for i in scored}
+    cand_sums = {
+        (name, i): torch.zeros(6, dtype=torch.float64)
+        for name, tcs_ in candidates.items()
+        for i in tcs_
+        if i in scored
+    }
     draws = []
     with torch.no_grad():
         for text in prompts:
@@ -115,7 +172,7 @@ def main() -> None:
             clean = lm.run(ids, hooks=hooks)
             active = []  # (layer, pos, latent, code)
             for i in layers:
-                if i > a.max_layer:
+                if i > a.max_layer or i >= scored[-1]:
                     continue
                 codes = by_layer[i].activate(by_layer[i].encode_pre(clean[f"blocks.{i}.mlp_in"][0]))
                 for p, j in (codes != 0).nonzero().tolist():
@@ -128,40 +185,21 @@ def main() -> None:
                 with intervening(lm, [LatentEdit(by_layer[layer], ablate=[lat], positions=mask)]):
                     abl = lm.run(ids, hooks=hooks)
                 draws.append({"layer": layer, "pos": pos, "latent": lat, "code": code})
-                for m in layers:
+                for m in scored:
                     if m <= layer:
                         continue
-                    tc = by_layer[m]
                     x0, x1 = clean[f"blocks.{m}.mlp_in"][0], abl[f"blocks.{m}.mlp_in"][0]
                     real = abl[f"blocks.{m}.mlp_out"][0] - clean[f"blocks.{m}.mlp_out"][0]
-                    pre0, pre1 = tc.encode_pre(x0), tc.encode_pre(x1)
-                    gate = (tc.activate(pre0) != 0).to(pre0.dtype)
-                    lin = (gate * (pre1 - pre0)) @ tc.W_dec_out
-                    if tc.W_skip is not None:
-                        lin = lin + (x1 - x0) @ tc.W_skip
-                    nl = tc.forward_out(x1) - tc.forward_out(x0)
                     lsr = (x1 - x0) @ ls[m] if m in ls else torch.zeros_like(real)
-                    sums[m] += torch.tensor(
-                        [
-                            float(real.pow(2).sum()),
-                            float((lin - real).pow(2).sum()),
-                            float((nl - real).pow(2).sum()),
-                            float(lin.pow(2).sum()),
-                            float(nl.pow(2).sum()),
-                            float((lsr - real).pow(2).sum()),
-                        ],
-                        dtype=torch.float64,
-                    )
-    per_layer = {}
-    for m, s in sums.items():
+                    sums[m] += _response_sums(by_layer[m], x0, x1, real, lsr)
+                    for name, tcs_ in candidates.items():
+                        if m in tcs_:
+                            cand_sums[name, m] += _response_sums(tcs_[m], x0, x1, real, lsr)
+    per_layer = {m: _ratios(s, bool(ls)) for m, s in sums.items() if s[0] > 0}
+    by_candidate: dict[str, dict[int, dict[str, float]]] = {}
+    for (name, m), s in cand_sums.items():
         if s[0] > 0:
-            per_layer[m] = {
-                "rel_err_linear": float((s[1] / s[0]).sqrt()),
-                "rel_err_nonlinear": float((s[2] / s[0]).sqrt()),
-                "norm_ratio_linear": float((s[3] / s[0]).sqrt()),
-                "norm_ratio_nonlinear": float((s[4] / s[0]).sqrt()),
-                **({"rel_err_least_squares": float((s[5] / s[0]).sqrt())} if ls else {}),
-            }
+            by_candidate.setdefault(name, {})[m] = _ratios(s, bool(ls))
     tot = sum(sums.values())
     out = {
         "what": "transcoder vs MLP response to the same input change, after ablating one active "
@@ -170,6 +208,10 @@ def main() -> None:
         "prompts": prompts,
         "draws": draws,
         "per_layer": per_layer,
+        "candidates": {
+            name: {"dir": spec.partition("=")[2], "per_layer": by_candidate.get(name, {})}
+            for name, spec in zip(candidates, a.candidate, strict=True)
+        },
         "all_layers": {
             "rel_err_linear": float((tot[1] / tot[0]).sqrt()),
             "rel_err_nonlinear": float((tot[2] / tot[0]).sqrt()),
