@@ -13,8 +13,9 @@ Per row, with ``r = x - b_dec`` and atoms ``d_j`` = rows of ``W_dec`` ``[n_laten
   row and step); otherwise the ``[s, s]`` Gram systems of every row are solved afresh with a
   batched Cholesky factorisation (:func:`~sparsecodes.encoders.support_lstsq.solve_on_support`,
   shared with ISTA/FISTA's debiasing refit; a pseudo-inverse for the rare rows whose Gram is
-  singular, which the growing factor hands to it). With ``nonneg=True`` atoms whose refitted coefficient is
-  negative are dropped from the support and the rest refitted (repeated until none is negative).
+  singular, which the growing factor hands to it). With ``nonneg=True`` atoms whose refitted
+  coefficient is negative are dropped from the support and the rest refitted (repeated until none
+  is negative).
 
 Both give at most ``k`` nonzeros per row, exact zeros elsewhere, returned as
 :class:`~sparsecodes.codes.SparseCodes` ``[batch, k]`` (unused slots hold value 0). A row stops
