@@ -11,11 +11,14 @@ MLP's input ``dx_m`` (all positions):
 - ``real``: the MLP's change ``MLP(x + dx) - MLP(x)``;
 - ``linear``: the transcoder's response with its active set and gates held (the graph's edges),
   ``(gate * (pre(x + dx) - pre(x))) @ W_dec (+ dx @ W_skip)``;
-- ``nonlinear``: ``tc(x + dx) - tc(x)`` (active sets free).
+- ``nonlinear``: ``tc(x + dx) - tc(x)`` (active sets free);
+- ``mlp_jacobian``: the MLP's own Jacobian at the clean input times ``dx`` (``torch.func.jvp``):
+  what the best model linear in the MLP's input change could predict (the rest is the MLP's
+  curvature over a change of that size).
 
-Per layer it reports ``|linear - real| / |real|`` and ``|nonlinear - real| / |real|`` (squared
-norms summed over prompts, draws and positions before the ratio; 1.0 = no better than predicting
-no change) and ``|linear| / |real|``. Run:
+Per layer it reports ``|linear - real| / |real|``, ``|nonlinear - real| / |real|`` and
+``|mlp_jacobian - real| / |real|`` (squared norms summed over prompts, draws and positions before
+the ratio; 1.0 = no better than predicting no change) and ``|linear| / |real|``. Run:
 ``python benchmarks/transcoder_response_smollm2.py --transcoders DIR [--prompts 4 --per-prompt 8]``
 (writes ``benchmarks/results/transcoder_response_smollm2.json``).
 
@@ -158,6 +161,8 @@ def main() -> None:
     ls = least_squares_maps(lm, scored, a.ls_windows) if a.ls_windows else {}
     # per layer: |real|^2, |lin - real|^2, |nl - real|^2, |lin|^2, |nl|^2, |ls - real|^2
     sums = {i: torch.zeros(6, dtype=torch.float64) for i in scored}
+    # per scored layer: |real|^2 and |J dx - real|^2 for the MLP's own Jacobian at the clean input
+    jac_sums = {i: torch.zeros(2, dtype=torch.float64) for i in scored}
     cand_sums = {
         (name, i): torch.zeros(6, dtype=torch.float64)
         for name, tcs_ in candidates.items()
@@ -192,10 +197,19 @@ def main() -> None:
                     real = abl[f"blocks.{m}.mlp_out"][0] - clean[f"blocks.{m}.mlp_out"][0]
                     lsr = (x1 - x0) @ ls[m] if m in ls else torch.zeros_like(real)
                     sums[m] += _response_sums(by_layer[m], x0, x1, real, lsr)
+                    mlp = lm.model.model.layers[m].mlp
+                    jdx = torch.func.jvp(mlp, (x0,), (x1 - x0,))[1]
+                    jac_sums[m] += torch.tensor(
+                        [float(real.pow(2).sum()), float((jdx - real).pow(2).sum())],
+                        dtype=torch.float64,
+                    )
                     for name, tcs_ in candidates.items():
                         if m in tcs_:
                             cand_sums[name, m] += _response_sums(tcs_[m], x0, x1, real, lsr)
     per_layer = {m: _ratios(s, bool(ls)) for m, s in sums.items() if s[0] > 0}
+    for m, (real2, err2) in jac_sums.items():
+        if m in per_layer:  # the best a model linear in the MLP's input can do at this point
+            per_layer[m]["rel_err_mlp_jacobian"] = float((err2 / real2).sqrt())
     by_candidate: dict[str, dict[int, dict[str, float]]] = {}
     for (name, m), s in cand_sums.items():
         if s[0] > 0:

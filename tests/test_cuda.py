@@ -117,9 +117,9 @@ def test_triton_sparse_decode_on_the_gpu_equals_the_cpu_kernel():
     "name,kw",
     [
         ("fista", {"iters": 200, "l1": 0.05}),
-        ("omp", {"k": 6}),
-        ("omp", {"k": 6, "nonneg": True}),
-        ("mp", {"k": 6}),
+        ("omp", {"k": 4}),  # k = the true support: no picks among noise-level near-ties
+        ("omp", {"k": 4, "nonneg": True}),
+        ("mp", {"k": 4}),
     ],
 )
 def test_iterative_inference_on_the_device_equals_the_cpu(name, kw):
