@@ -215,6 +215,7 @@ def main() -> None:
         if s[0] > 0:
             by_candidate.setdefault(name, {})[m] = _ratios(s, bool(ls))
     tot = sum(sums.values())
+    jac_tot = sum(jac_sums.values())
     out = {
         "what": "transcoder vs MLP response to the same input change, after ablating one active "
         "feature (real model, error kept); 1.0 = no better than predicting no change",
@@ -232,6 +233,7 @@ def main() -> None:
             "norm_ratio_linear": float((tot[3] / tot[0]).sqrt()),
             "norm_ratio_nonlinear": float((tot[4] / tot[0]).sqrt()),
             **({"rel_err_least_squares": float((tot[5] / tot[0]).sqrt())} if ls else {}),
+            "rel_err_mlp_jacobian": float((jac_tot[1] / jac_tot[0]).sqrt()),
         },
         "seconds": time.perf_counter() - t0,
         "command": "python benchmarks/transcoder_response_smollm2.py "
