@@ -46,36 +46,36 @@ class Stopped(Exception):
     pass
 
 
-def store_source(store: str, grid, stop_at: int | None = None):
-    """Data rank ``d``'s shards of ``store``; every rank raises :class:`Stopped` (an interrupt)
-    when asked for batch ``stop_at``."""
-    from sparsecodes.activations.reader import StoreSource
+def stopping(base: type, stop_at: int | None) -> type:
+    """``base`` (an activation source class) whose ``batches`` raises :class:`Stopped` (an
+    interrupt) when asked for batch ``stop_at``."""
 
-    class Stopping(StoreSource):
+    class Stopping(base):
         def batches(self, batch_size: int):
             for i, item in enumerate(super().batches(batch_size)):
                 if i == stop_at:
                     raise Stopped
                 yield item
 
-    return Stopping(
+    return Stopping
+
+
+def store_source(store: str, grid, stop_at: int | None = None):
+    """Data rank ``d``'s shards of ``store``, interrupted at batch ``stop_at`` on every rank."""
+    from sparsecodes.activations.reader import StoreSource
+
+    return stopping(StoreSource, stop_at)(
         store, seed=2, rank=grid.data_rank, world_size=grid.data_size, group=grid.data_group
     )
 
 
 def stopping_slice(grid, stop_at: int):
-    """Data rank ``d``'s part of every global batch of ``data()``; every rank raises
-    :class:`Stopped` when asked for batch ``stop_at``."""
+    """Data rank ``d``'s part of every global batch of ``data()``, interrupted at batch
+    ``stop_at`` on every rank."""
     from sparsecodes.distributed import RankSlice
 
-    class Stopping(RankSlice):
-        def batches(self, batch_size: int):
-            for i, item in enumerate(super().batches(batch_size)):
-                if i == stop_at:
-                    raise Stopped
-                yield item
-
-    return Stopping(TensorSource(data(), seed=1), grid.data_rank, grid.data_size)
+    source = TensorSource(data(), seed=1)
+    return stopping(RankSlice, stop_at)(source, grid.data_rank, grid.data_size)
 
 
 def grid_worker(rank: int, init_file: str, out: str, store: str) -> None:

@@ -58,6 +58,7 @@ from sparsecodes.encoders.base import EncoderConfig, IterativeEncoder
 from sparsecodes.encoders.registry import register
 from sparsecodes.encoders.support_lstsq import GrowingSupport, solve_on_support
 from sparsecodes.kernels.gemm import matmul
+from sparsecodes.kernels.selection import rows_csr
 from sparsecodes.validation import check_k, check_positive
 
 
@@ -249,19 +250,11 @@ def _gram_corr(r_corr: Tensor, idx: Tensor, coef: Tensor, gram: Tensor, *, out: 
     """``out = r_corr - coef @ gram[idx]`` per row: ``[B, n]`` correlations of the residual
     ``r - coef D[idx]`` with every atom, from ``r_corr = r D^T`` ``[B, n]``, ``idx``/``coef``
     ``[B, s]`` and the full atom Gram ``[n, n]``; one sparse (CSR) times dense product, ``B s n``."""
-    B, s = idx.shape
-    if s == 0:
+    if idx.shape[1] == 0:
         return out.copy_(r_corr)
-    crow = torch.arange(0, B * s + 1, s, device=idx.device)
+    m = rows_csr(idx, coef.reshape(-1).to(gram.dtype), gram.shape[0])
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
-        m = torch.sparse_csr_tensor(
-            crow,
-            idx.reshape(-1),
-            coef.reshape(-1).to(gram.dtype),
-            (B, gram.shape[0]),
-            check_invariants=False,
-        )
         return torch.addmm(r_corr, m, gram, beta=1.0, alpha=-1.0, out=out)
 
 

@@ -9,12 +9,14 @@
 - :func:`batch_topk_flat`: the ``m`` largest entries of the whole batch (BatchTopK). A flat ``topk``
   over ``batch * n_latents`` entries is slow on CPU (~0.7 s at 4096 x 4608), so it takes per-row
   candidates first and widens only the rows whose candidates were all kept; the result is exact.
-- :func:`pad_rows`: ragged ``(rows, cols, values)`` -> padded ``[batch, width]`` (zeros pad).
+- :func:`pad_rows`: ragged ``(rows, cols, values)`` -> padded ``[batch, width]`` (zeros pad);
+  :func:`rows_csr`: a ``[batch, width]`` layout as a sparse CSR matrix.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import Tensor
@@ -23,6 +25,19 @@ from torch import Tensor
 def row_index(batch: int, width: int, device: torch.device) -> Tensor:
     """``[batch * width]`` row ids ``0,0,...,1,1,...`` for a row-major ``[batch, width]`` layout."""
     return torch.arange(batch, device=device).repeat_interleave(width)
+
+
+def rows_csr(cols: Tensor, values: Tensor, n_cols: int) -> Tensor:
+    """The ``[batch, n_cols]`` sparse CSR matrix with ``values`` (``[batch * width]``) at columns
+    ``cols`` (``[batch, width]`` int64, repeats allowed) of each row: a ``[batch, width]`` layout
+    of sparse codes as torch's sparse products take it (no copy of the indices)."""
+    batch, width = cols.shape
+    crow = torch.arange(0, batch * width + 1, width, device=cols.device)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, cols.reshape(-1), values, (batch, n_cols), check_invariants=False
+        )
 
 
 @functools.cache
