@@ -38,7 +38,12 @@ def test_bf16_forward_matches_fp32_activations_within_bf16_rounding(tmp_path):
     auto = _cache(tmp_path / "auto", "auto")  # this CPU: bf16 only with avx512_bf16/AMX
     from sparsecodes.devices import native_bf16
 
-    assert np.array_equal(auto, bf if native_bf16("cpu") else ref)
+    # "auto" is the bf16 forward where the CPU has bf16, else the fp32 one: equal to that run up
+    # to float32 rounding (bf16's differences above are 2^-9 and more). Not bit for bit: right
+    # after another test ran SmolLM2, the first fp32 cache run of a process was once seen to
+    # differ from later ones in the last bits (2e-6), an open determinism question.
+    want = bf if native_bf16("cpu") else ref
+    np.testing.assert_allclose(auto, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
 # ------------------------------------------------------- resuming with another forward dtype
