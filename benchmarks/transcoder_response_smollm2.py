@@ -147,6 +147,8 @@ def main() -> None:
     if a.score_layers:
         lo, _, hi = a.score_layers.partition("-")
         scored = [i for i in layers if int(lo) <= i <= int(hi or lo)]
+        if not scored:
+            ap.error(f"--score-layers {a.score_layers}: no transcoder of {a.transcoders} is there")
         layers = [i for i in layers if i <= scored[-1]]
     else:
         scored = layers

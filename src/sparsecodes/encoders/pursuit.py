@@ -43,7 +43,6 @@ holds ``k`` atoms its further steps only re-pick atoms already in the support.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -253,9 +252,7 @@ def _gram_corr(r_corr: Tensor, idx: Tensor, coef: Tensor, gram: Tensor, *, out: 
     if idx.shape[1] == 0:
         return out.copy_(r_corr)
     m = rows_csr(idx, coef.reshape(-1).to(gram.dtype), gram.shape[0])
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.addmm(r_corr, m, gram, beta=1.0, alpha=-1.0, out=out)
+    return torch.addmm(r_corr, m, gram, beta=1.0, alpha=-1.0, out=out)
 
 
 @register
