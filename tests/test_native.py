@@ -102,6 +102,18 @@ def test_kernels_give_the_same_bits_on_one_thread_and_on_two():
         assert torch.equal(a, b)
 
 
+# ------------------------------------------------------------------ grouping by column
+def test_group_by_col_is_a_stable_counting_sort_and_rejects_out_of_range_columns():
+    cols = torch.randint(0, 40, (999,), generator=torch.Generator().manual_seed(6))
+    cols[cols == 7] = 8  # an empty column
+    order, offsets = native.group_by_col(cols, 45)
+    assert torch.equal(order, torch.sort(cols, stable=True).indices)
+    assert torch.equal(offsets[1:] - offsets[:-1], torch.bincount(cols, minlength=45))
+    assert offsets[0] == 0 and offsets[-1] == 999
+    with pytest.raises(IndexError, match=r"outside \[0, 30\)"):
+        native.group_by_col(cols, 30)
+
+
 # ------------------------------------------------------------------ sums of weighted rows
 def _sparse_problem(seed: int, batch=96, width=6, n_cols=50, d=70):
     g = torch.Generator().manual_seed(seed)

@@ -18,6 +18,7 @@
 
 #define SC_LANES 16
 #define SC_NO_MEMORY 1 /* returned when a scratch buffer cannot be allocated */
+#define SC_BAD_INDEX 2 /* returned when an index is out of range */
 /* how many entries ahead the gathers prefetch their source rows */
 #ifndef SC_AHEAD
 #define SC_AHEAD 16
@@ -202,6 +203,26 @@ void sc_sampled_dots(const int64_t *idx, int64_t k, const float *g, const float 
         }
 }
 
+
+/* ------------------------------------------------------------------ grouping by column */
+
+/* A counting sort of the nnz entries by column (cols[e] in [0, n_cols)): off [n_cols + 1] where
+ * each column's run starts (off[n_cols] = nnz), order [nnz] the entries column by column, in
+ * increasing entry order within a column. Returns SC_BAD_INDEX (nothing usable written) when a
+ * column is out of range. Single-threaded: O(nnz + n_cols). */
+int sc_group_by_col(const int64_t *cols, int64_t nnz, int64_t n_cols, int64_t *order,
+                    int64_t *off) {
+    memset(off, 0, (size_t)(n_cols + 1) * sizeof(int64_t));
+    for (int64_t e = 0; e < nnz; e++) {
+        if (cols[e] < 0 || cols[e] >= n_cols) return SC_BAD_INDEX;
+        off[cols[e] + 1]++;
+    }
+    for (int64_t c = 0; c < n_cols; c++) off[c + 1] += off[c];
+    for (int64_t e = 0; e < nnz; e++) order[off[cols[e]]++] = e; /* off[c] moves to its end */
+    for (int64_t c = n_cols; c > 0; c--) off[c] = off[c - 1]; /* shift the ends back to starts */
+    off[0] = 0;
+    return 0;
+}
 
 /* ------------------------------------------------------------------ sums of weighted rows */
 

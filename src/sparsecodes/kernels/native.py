@@ -13,6 +13,8 @@ releases the GIL, so the rows are split over threads by
   with vector comparisons, then a branch-free quickselect), in place of two ``topk`` calls;
 - :func:`remove_parallel_` and :func:`unit_rows_`: the decoder's per-atom gradient projection and
   renormalisation, one pass each (torch's ``vecdot`` materialises the products);
+- :func:`group_by_col`: the entries of a sparse pattern grouped by column (a counting sort, in
+  place of ``argsort``, ``bincount`` and ``cumsum``);
 - :func:`sum_rows_by_col`: the column sums of a sparse matrix times dense rows, written as
   ``[n_cols, d]`` or directly as its transpose ``[d, n_cols]`` (the encoder weight's layout);
 - :func:`decode_backward`: a sparse decode's value and weight gradients in one pass over the
@@ -59,12 +61,14 @@ _SIGNATURES = {
     "sc_sum_rows_by_col": (_P, _P, _I, _P, _P, _P, _P, _I, _P, _I, _I, _I, _I),
     "sc_decode_backward": (_P, _I, _P, _P, _P, _P, _I, _P, _P, _I, _I),
     "sc_sampled_dots": (_P, _I, _P, _P, _I, _P, _I, _I),
+    "sc_group_by_col": (_P, _I, _I, _P, _P),
     "sc_remove_parallel": (_P, _P, _I, _I, _I),
     "sc_unit_rows": (_P, _I, _I, _I),
 }
 #: functions that return a status (0, or 1 when their scratch memory could not be allocated)
 _RETURNS = {
-    name: ctypes.c_int for name in ("sc_row_topk", "sc_sum_rows_by_col", "sc_decode_backward")
+    name: ctypes.c_int
+    for name in ("sc_row_topk", "sc_sum_rows_by_col", "sc_decode_backward", "sc_group_by_col")
 }
 
 
@@ -211,6 +215,21 @@ def sampled_dots(indices: Tensor, g: Tensor, W: Tensor) -> Tensor:
     args = (indices.data_ptr(), k, g.data_ptr(), W.data_ptr(), g.shape[1], out.data_ptr())
     run_row_blocks(batch, lambda r0, r1: lib.sc_sampled_dots(*args, r0, r1), min_rows=16)
     return out
+
+
+def group_by_col(cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
+    """``(order [nnz], offsets [n_cols + 1])`` for ``cols`` ``[nnz]`` (int64, each in
+    ``[0, n_cols)``): the entries column by column (increasing within a column; a counting sort)
+    and where each column's run starts (``offsets[-1] = nnz``)."""
+    nnz = cols.numel()
+    order = torch.empty(nnz, dtype=torch.int64)
+    offsets = torch.empty(n_cols + 1, dtype=torch.int64)
+    status = library().sc_group_by_col(
+        cols.data_ptr(), nnz, n_cols, order.data_ptr(), offsets.data_ptr()
+    )
+    if status:
+        raise IndexError(f"a column index is outside [0, {n_cols})")
+    return order, offsets
 
 
 def sum_rows_by_col(

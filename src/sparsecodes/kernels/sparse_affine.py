@@ -135,7 +135,11 @@ def _coo(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> T
 
 def group_by_col(cols: Tensor, n_cols: int) -> tuple[Tensor, Tensor]:
     """``(order [nnz], offsets [n_cols + 1])``: the entries sorted by column, and where each
-    column's run starts (``offsets[-1] = nnz``; the bags of :func:`sum_rows_by_col`)."""
+    column's run starts (``offsets[-1] = nnz``; the bags of :func:`sum_rows_by_col`). Within a
+    column the order is unspecified (increasing with the compiled kernels' counting sort)."""
+    cols = cols.reshape(-1)
+    if native.usable(cols) and cols.dtype == torch.int64:
+        return native.group_by_col(cols.contiguous(), n_cols)
     # int32 keys: torch's CPU sort of int64 is up to 100x slower on one thread
     keys = cols.to(torch.int32) if n_cols < 2**31 else cols
     order = torch.argsort(keys)
