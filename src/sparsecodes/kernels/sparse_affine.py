@@ -389,7 +389,7 @@ def encode_row_topk(
         if matmul_dtype == torch.float32 and native.usable(x, W_enc, b_enc, b_dec):
             # the kernel adds the folded bias while it selects: no [x, 1], [[W_enc], [bias]] copies
             bias = (b_enc - b_dec @ W_enc).contiguous()  # [N]
-            pre = workspace("pre", (batch, W_enc.shape[1]), torch.float32, x.device)
+            pre = workspace("folded_pre", (batch, W_enc.shape[1]), torch.float32, x.device)
             pre = matmul(x.contiguous(), W_enc, out=pre)
             vals, cols = native.row_topk(pre, k, bias)
         else:
