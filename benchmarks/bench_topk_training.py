@@ -6,7 +6,9 @@ Setting (defaults): d_in=576, n_latents=4608, k=32, batch 4096, fp32 master weig
 - sparsecodes: ``Trainer.step`` (TopK encode with the sparse-backward fast path, embedding_bag
   decode, backward, parallel-gradient removal, Adam, atom projection, dead-latent bookkeeping).
   Variants: ``fast`` (default config: ``matmul_dtype="auto"`` -> bf16 encoder matmul on CPUs with
-  native bf16), ``fast-fp32`` and ``eager-fp32`` (plain autograd).
+  native bf16), ``fast-fp32`` and ``eager-fp32`` (plain autograd); ``torch-ops`` (not in the
+  default list) is the default row with the compiled CPU kernels of
+  ``sparsecodes.kernels.native`` turned off, so one run shows what they give.
 - sae-lens 6: ``TopKTrainingSAE.training_forward_pass`` + backward + Adam.
 - sparsify: ``sparsify.SparseCoder.forward`` (fvu + auxk) + backward + parallel-gradient removal
   + Adam + decoder renormalisation.
@@ -90,28 +92,36 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------- the tools
 def sparsecodes_tool(args, variant: str):
     from sparsecodes import SparseCoder
+    from sparsecodes.kernels import native
     from sparsecodes.training.trainer import TrainConfig, Trainer
 
     params = {
         "fast": {"fast": True, "matmul_dtype": "auto"},
         "fast-fp32": {"fast": True, "matmul_dtype": "float32"},
         "eager-fp32": {"fast": False, "matmul_dtype": "float32"},
+        "torch-ops": {"fast": True, "matmul_dtype": "auto"},
     }[variant]
-    autocast = "auto" if variant == "fast" else "off"
+    autocast = "off" if variant in ("fast-fp32", "eager-fp32") else "auto"
     model = SparseCoder(args.d_in, args.n_latents, "topk", seed=args.seed, k=args.k, **params)
     model.to(args.device)
     cfg = TrainConfig(steps=10**9, lr=args.lr, batch_size=args.batch, autocast=autocast)
     trainer = Trainer(model, cfg)
     mm = model.encoder.matmul_dtype(args.batch)
+    kernels = variant != "torch-ops"  # torch-ops: the default row without the compiled kernels
 
     def step(x: torch.Tensor) -> None:
-        trainer.step(x, host_scalars=False)  # as the training loop's unlogged steps
+        native.set_native(kernels)
+        try:
+            trainer.step(x, host_scalars=False)  # as the training loop's unlogged steps
+        finally:
+            native.set_native(True)
 
     @torch.no_grad()
     def reconstruct(x: torch.Tensor) -> torch.Tensor:
         return model.reconstruct(x)
 
     info = {"matmul_dtype": str(mm).replace("torch.", ""), "autocast": autocast, **params}
+    info["native_kernels"] = kernels and native.library() is not None
     return step, reconstruct, info
 
 
@@ -353,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sparsecodes": lambda: sparsecodes_tool(args, "fast"),
         "sparsecodes-fast-fp32": lambda: sparsecodes_tool(args, "fast-fp32"),
         "sparsecodes-eager-fp32": lambda: sparsecodes_tool(args, "eager-fp32"),
+        "sparsecodes-torch-ops": lambda: sparsecodes_tool(args, "torch-ops"),
         "sparsify": lambda: sparsify_tool(args),
         "sae-lens": lambda: saelens_tool(args),
     }

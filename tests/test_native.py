@@ -195,14 +195,18 @@ def test_remove_parallel_and_unit_rows_match_their_formulas():
 
 
 def test_topk_training_step_with_the_kernels_gives_the_torch_paths_gradients(monkeypatch):
+    """With the kernels and with :func:`native.set_native` turned off (the torch path)."""
     from sparsecodes import SparseCoder
     from sparsecodes.encoders.base import TrainStepInput
 
     x = torch.randn(512, 48, generator=torch.Generator().manual_seed(5))
     grads, losses, indices = [], [], []
+    monkeypatch.setattr(native, "_enabled", True)  # restored after the test, whatever happens
+    calls = []
+    real = native.row_topk
+    monkeypatch.setattr(native, "row_topk", lambda *a: calls.append(1) or real(*a))
     for use in (True, False):
-        if not use:
-            monkeypatch.setattr(native, "usable", lambda *t: False)
+        native.set_native(use)
         coder = SparseCoder(48, 384, "topk", seed=0, k=12, fast=True, matmul_dtype="float32")
         dead = torch.zeros(384, dtype=torch.bool)
         dead[::5] = True  # AuxK too
@@ -212,6 +216,8 @@ def test_topk_training_step_with_the_kernels_gives_the_torch_paths_gradients(mon
         grads.append({n: p.grad.clone() for n, p in coder.named_parameters()})
         losses.append(float(out.loss.detach()))
         indices.append(out.codes.indices.sort(dim=1).values)
+    native.set_native(True)
+    assert len(calls) == 1  # the kernels ran in the first step only
     assert torch.equal(indices[0], indices[1])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for name in grads[1]:

@@ -174,9 +174,22 @@ def _checked(statuses: list[int]) -> None:
         raise MemoryError("the sparse CPU kernels could not allocate their scratch memory")
 
 
+_enabled = True
+
+
+def set_native(enabled: bool) -> None:
+    """Turn the kernels off (``False``: every caller takes the torch path) or back on (``True``:
+    as ``$SPARSECODES_NATIVE`` decides) for this process, e.g. to time or compare both paths in
+    one run."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
 def usable(*tensors: Tensor) -> bool:
     """Whether the kernels take these tensors: all on the CPU, contiguous, float32 or int64 (and
-    the library loads)."""
+    the library loads, and :func:`set_native` has not turned them off)."""
+    if not _enabled:
+        return False
     ok = all(
         t.device.type == "cpu" and t.is_contiguous() and t.dtype in (torch.float32, torch.int64)
         for t in tensors
