@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -358,6 +359,23 @@ def epochs_of(src: StoreSource, batch: int, n_epochs: int) -> tuple[list[np.ndar
     sizes = [x.shape[0] for x in xs]
     ids = torch.cat(xs)[:, 0].numpy()
     return [ids[e * n : (e + 1) * n] for e in range(n_epochs)], sizes
+
+
+def test_the_reader_threads_parse_npy_headers_one_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    # numpy parses .npy headers with ast.literal_eval, which two threads at once can break on
+    # CPython 3.11 ("AST constructor recursion depth mismatch", seen in CI)
+    real = np.lib.format.read_array_header_1_0
+    held = []
+    monkeypatch.setattr(
+        np.lib.format,
+        "read_array_header_1_0",
+        lambda f: held.append(store_mod._NPY_HEADER_LOCK.locked()) or real(f),
+    )
+    make_store(tmp_path / "s", id_rows(64), shard_rows=8)
+    src = StoreSource(tmp_path / "s", seed=0, shuffle_buffer_shards=4)
+    rows = torch.cat([x for x, _ in itertools.islice(src.batches(16), 4)])
+    assert sorted(rows[:, 0].tolist()) == list(range(64))  # one epoch, every row once
+    assert len(held) == 8 and all(held)  # every shard's header, each under the lock
 
 
 def test_reader_yields_every_row_once_per_epoch(tmp_path: Path) -> None:

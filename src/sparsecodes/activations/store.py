@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import shlex
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -314,6 +315,12 @@ def corrupt_message(path: Path, reason: str, manifest: Manifest | None = None) -
 #: process has already checked against their manifest checksum
 _VERIFIED: set[tuple[str, str, int, int, int]] = set()
 
+#: numpy parses a ``.npy`` header with ``ast.literal_eval``; on CPython 3.11 two threads in the AST
+#: constructor at once can fail with "SystemError: AST constructor recursion depth mismatch"
+#: (python/cpython#106905; seen in CI with the reader's shard threads). The reader's threads parse
+#: headers one at a time (a few microseconds each).
+_NPY_HEADER_LOCK = threading.Lock()
+
 
 def _file_key(path: Path, shard: ShardInfo, st: os.stat_result) -> tuple[str, str, int, int, int]:
     return (os.path.realpath(path), shard.sha256, st.st_size, st.st_mtime_ns, st.st_ino)
@@ -366,10 +373,11 @@ def read_shard(
         check = verify and key not in _VERIFIED
         try:
             version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            with _NPY_HEADER_LOCK:
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         except ValueError as e:
             raise CorruptShardError(
                 corrupt_message(path, f"unreadable .npy header ({e})", manifest)
