@@ -200,8 +200,8 @@ def usable(*tensors: Tensor) -> bool:
 def row_topk(pre: Tensor, k: int, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(values [batch, k], cols [batch, k])``, the ``k`` largest entries of each row of
     ``pre + bias`` (``pre`` ``[batch, n]`` float32, contiguous; ``bias`` ``[n]`` or None;
-    ``1 <= k <= n``), unsorted; among equal values the earlier column is kept. NaN entries are
-    never selected (a row with NaN gets ``k`` valid columns, which ones is unspecified)."""
+    ``1 <= k <= n``), unsorted; among equal values the earlier column is kept. A row holding
+    NaN gets ``k`` distinct valid columns, which ones is unspecified."""
     batch, n = pre.shape
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the row length {n}, got {k}")
