@@ -63,10 +63,9 @@ static float kth_largest(float *a, float *tmp, int64_t m, int64_t k) {
     }
 }
 
-/* Append to (cv, ci) the entries p[j] >= t of j in [j0, n), in column order; returns the count. */
-static int64_t collect_at_least(const float *p, int64_t j0, int64_t n, float t, float *cv,
-                                int64_t *ci, int64_t c) {
-    int64_t j = j0;
+/* Write to (cv, ci) the entries p[j] >= t, j < n, in column order; returns their count. */
+static int64_t collect_at_least(const float *p, int64_t n, float t, float *cv, int64_t *ci) {
+    int64_t j = 0, c = 0;
 #if defined(__AVX__)
     __m256 tv = _mm256_set1_ps(t);
     for (; j + 8 <= n; j += 8) {
@@ -132,7 +131,7 @@ int sc_row_topk(const float *pre, int64_t n, int64_t ld, int64_t k, int64_t nb,
         }
         for (int64_t j = body; j < n; j++) m[nm++] = p[j];
         float t0 = kth_largest(m, cs, nm, k);
-        int64_t c = collect_at_least(p, 0, n, t0, cv, ci, 0);
+        int64_t c = collect_at_least(p, n, t0, cv, ci);
         if (c < k) { /* only with NaN: any k valid columns */
             for (int64_t j = 0; j < k; j++) {
                 ov[j] = p[j];

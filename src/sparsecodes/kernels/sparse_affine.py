@@ -26,7 +26,8 @@ kernels (float32 CPU tensors), multiplies ``x @ W_enc`` into a reused buffer and
 :func:`~sparsecodes.kernels.native.row_topk` add the folded bias ``b_enc - b_dec @ W_enc`` while it
 selects; the encoder-weight gradient then takes ``x - b_dec`` row by row inside
 :func:`~sparsecodes.kernels.native.sum_rows_by_col` and writes the ``[d_in, n_latents]`` layout
-directly. Without them it folds both biases into the matmul, ``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
+directly. Without them it folds both biases into the matmul,
+``pre = [x, 1] @ [[W_enc], [b_enc - b_dec @ W_enc]]``, so the ``[batch, n_latents]``
 pre-activations are written once by the matmul (no broadcast copy of ``b_enc`` into them, no
 ``x - b_dec`` pass), and takes the selected values from the selection itself
 (:func:`~sparsecodes.kernels.selection.row_topk`; no gather from ``pre``).
@@ -389,6 +390,7 @@ def encode_row_topk(
         if matmul_dtype == torch.float32 and native.usable(x, W_enc, b_enc, b_dec):
             # the kernel adds the folded bias while it selects: no [x, 1], [[W_enc], [bias]] copies
             bias = (b_enc - b_dec @ W_enc).contiguous()  # [N]
+            # the same scratch buffer as folded_preacts' (one [batch, N] buffer per thread)
             pre = workspace("folded_pre", (batch, W_enc.shape[1]), torch.float32, x.device)
             pre = matmul(x.contiguous(), W_enc, out=pre)
             vals, cols = native.row_topk(pre, k, bias)
