@@ -16,7 +16,9 @@ graph's prediction (direct and total), the frozen replacement model's change, th
 model run for real (error terms held, transcoder features recomputed, attention and norms
 recomputed), the real model's change, and the real model's change with attention patterns
 and/or norm scales held (which locate the gap; None where held norm scales made the pass
-overflow). ``--max-feature-nodes N`` caps each graph (incoming edges for the N features of
+overflow), and the real model's first-order prediction (``sparsecodes.graphs.first_order_change``:
+the derivative of the target along the ablation through the real model, with everything
+recomputed and with attention and norms held). ``--max-feature-nodes N`` caps each graph (incoming edges for the N features of
 largest estimated influence; sets are drawn from those). Per prompt it records the graph's size,
 attribution and pruning time. ``--time-caps 1024,4096,all`` then times attribution and pruning
 of the first prompt at each cap and compares each capped graph's top features with the full
@@ -25,6 +27,8 @@ graph's. Each set is judged against the tolerance fixed before the run
 ``|real - predicted| <= tol * |predicted| + floor * |target value|``, with ``tol`` the square
 root of the transcoders' mean held-out FVU of the MLP output (the share of each MLP's output the
 graph holds frozen as error, in norm) and ``floor`` = 2% of the logit difference explained.
+``within_tolerance_of_first_order`` applies the same rule with the real model's first-order
+prediction in place of the graph's: whether any linear prediction could meet it.
 
 Run: ``python benchmarks/graph_ablation_smollm2.py [--transcoders DIR | --layers 0,5,10] [--k 5,20]
 [--tasks ioi,greater-than] [--max-feature-nodes 4096] [--time-caps 1024,4096,all]``; writes ``benchmarks/results/graph_ablation_smollm2.json`` (``--out``).
@@ -72,10 +76,11 @@ CIRCUITS = Path(__file__).parent / "results" / "circuits_smollm2.json"
 FLOOR = 0.02  # of |target value|: changes below this are not judged for their size
 
 
-def within(row: dict, tol: float, floor: float) -> bool:
+def within(row: dict, tol: float, floor: float, predicted: str = "predicted") -> bool:
     """The tolerance: the predicted sign (when the prediction exceeds the floor) and
-    ``|real - predicted| <= tol * |predicted| + floor``."""
-    pred, real = row["predicted"], row["real"]
+    ``|real - predicted| <= tol * |predicted| + floor``; ``predicted`` names the column taken
+    as the prediction (the graph's, or the real model's first order)."""
+    pred, real = row[predicted], row["real"]
     sign_ok = abs(pred) <= floor or math.copysign(1, pred) == math.copysign(1, real)
     return sign_ok and abs(real - pred) <= tol * abs(pred) + floor
 
@@ -96,6 +101,13 @@ def gap_parts(rows: list[dict]) -> dict:
         "median_abs_real_minus_frozen_norms": med("real", "real_frozen_norms"),
         "median_abs_replacement_minus_predicted": med("replacement", "predicted"),
         "median_abs_real_minus_replacement": med("real", "replacement"),
+        "median_abs_real_minus_first_order": med("real", "real_first_order"),
+        "median_abs_first_order_frozen_minus_predicted": med(
+            "real_first_order_frozen", "predicted"
+        ),
+        "median_abs_first_order_minus_first_order_frozen": med(
+            "real_first_order", "real_first_order_frozen"
+        ),
         "n_diverged_frozen_norms": sum("real_frozen_norms" in r.get("diverged", []) for r in rows),
     }
 
@@ -331,11 +343,17 @@ def main() -> None:
                     **summary(top),
                     **gap_parts(top),
                     "within_tolerance": sum(r["within_tolerance"] for r in top),
+                    "within_tolerance_of_first_order": sum(
+                        r["within_tolerance_of_first_order"] for r in top
+                    ),
                 },
                 "random": {
                     **summary(rnd),
                     **gap_parts(rnd),
                     "within_tolerance": sum(r["within_tolerance"] for r in rnd),
+                    "within_tolerance_of_first_order": sum(
+                        r["within_tolerance_of_first_order"] for r in rnd
+                    ),
                 },
             }
         heads = {
@@ -447,9 +465,12 @@ def main() -> None:
                     seed=n,
                     graph=graph,
                     partly_frozen=True,
+                    first_order=True,
                 ).to_json()
                 for r in [chk["top"], *chk["random"]]:
                     r["within_tolerance"] = within(r, tol, floor)
+                    # the same rule with the real model's linearisation as the prediction
+                    r["within_tolerance_of_first_order"] = within(r, tol, floor, "real_first_order")
                     r["floor"] = floor
                 chk["seconds"] = round(time.perf_counter() - t1, 2)
                 entry["by_k"][str(k)] = chk

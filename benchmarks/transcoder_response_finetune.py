@@ -11,7 +11,10 @@ Per step, on ``--batch-tokens`` tokens of the embedded corpus read live at ``blo
 - reconstruction: ``|tc(x) - y|^2 / |y - mean(y)|^2`` (the FVU of the batch);
 - response: for directions ``v`` scaled by ``--eps`` (``--directions tokens``: another token's
   input minus this one's, ``x[perm] - x``; ``gaussian``: isotropic Gaussian directions with each
-  row's norm), the MLP's change ``r = MLP(x + eps v) - MLP(x)`` (the model's own MLP
+  row's norm; ``upstream``: the decoder direction ``u`` of a random feature of the transcoders in
+  ``--upstream DIR`` below layer L, carried into this MLP's input through its RMSNorm at the row,
+  ``g * (u - (x_hat . u / d) x_hat)`` with ``x_hat = mlp_in / g``, i.e. the direct path by which
+  an upstream ablation moves the input; each direction scaled to the row's norm), the MLP's change ``r = MLP(x + eps v) - MLP(x)`` (the model's own MLP
   module, no gradient) against the transcoder's linear response with its active set held,
   ``lin = (gate * (pre(x + eps v) - pre(x))) @ W_dec_out (+ eps v @ W_skip)``, as the graph's
   edges use it: ``|lin - r|^2 / |r|^2``;
@@ -37,6 +40,7 @@ from pathlib import Path
 import torch
 
 from sparsecodes.data import batch_windows, load_texts, token_windows
+from sparsecodes.graphs.io import open_transcoders
 from sparsecodes.models import load_model
 from sparsecodes.transcoder import Transcoder
 
@@ -48,7 +52,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-tokens", type=int, default=512)
     ap.add_argument("--eps", type=float, default=0.1)
-    ap.add_argument("--directions", choices=["tokens", "gaussian"], default="tokens")
+    ap.add_argument("--directions", choices=["tokens", "gaussian", "upstream"], default="tokens")
+    ap.add_argument(
+        "--upstream",
+        type=Path,
+        default=None,
+        help="with --directions upstream: transcoders whose features below --layer give them",
+    )
     ap.add_argument("--weight", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
@@ -60,6 +70,16 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = load_model("smollm2-135m", device="cpu")
     mlp = lm.model.model.layers[a.layer].mlp
+    gain = lm.model.model.layers[a.layer].post_attention_layernorm.weight.detach()
+    if a.directions == "upstream":
+        if a.upstream is None:
+            ap.error("--directions upstream needs --upstream DIR")
+        _, ups = open_transcoders([a.upstream], model="smollm2-135m")
+        atoms = [tc.W_dec_out for tc in ups if int(tc.in_hook.split(".")[1]) < a.layer]
+        if not atoms:
+            ap.error(f"--upstream {a.upstream}: no transcoder below layer {a.layer}")
+        atoms = torch.cat(atoms).detach()
+        atoms = atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-12)
     tc = Transcoder.load(a.transcoder)
     tc.train()
     hooks = [f"blocks.{a.layer}.mlp_in", f"blocks.{a.layer}.mlp_out"]
@@ -74,8 +94,13 @@ def main() -> None:
             x, y = acts[hooks[0]][keep], acts[hooks[1]][keep]
             if a.directions == "tokens":
                 v = a.eps * (x[torch.randperm(len(x))] - x)
-            else:
+            elif a.directions == "gaussian":
                 g = torch.randn_like(x)
+                v = a.eps * g * (x.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True))
+            else:
+                u = atoms[torch.randint(len(atoms), (len(x),))]
+                x_hat = x / gain
+                g = gain * (u - (x_hat * u).sum(1, keepdim=True) / x.shape[1] * x_hat)
                 v = a.eps * g * (x.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True))
             r = mlp(x + v) - mlp(x)
         pre0, pre1 = tc.encode_pre(x), tc.encode_pre(x + v)

@@ -11,6 +11,7 @@ from sparsecodes.graphs import (
     ReplacementModel,
     ablation_check,
     attribute,
+    first_order_change,
     fit_transcoder,
     frozen_change,
     partly_frozen_change,
@@ -20,6 +21,7 @@ from sparsecodes.graphs import (
     top_features,
 )
 from sparsecodes.models import load_model
+from sparsecodes.uses.steering import LatentEdit, intervening
 
 PROMPTS = [
     "When John and Mary went to the store, John gave a drink to",
@@ -199,25 +201,35 @@ def test_replacement_model_run_for_real_reproduces_the_logits_without_an_edit(se
     assert (out - run.logits).abs().max() <= 1e-5 * (run.logits.abs().max() + 1)
 
 
-def test_replacement_change_is_the_real_change_when_the_mlps_are_their_transcoders(lm, setup):
+@pytest.fixture(scope="module")
+def exact(lm, setup):
+    """A model whose every MLP *is* its transcoder (zero error terms), with its replacement
+    model, the held-out prompt's run and its graph."""
+    _, _, _, _, ids, tid, cid = setup
+    rm0 = ReplacementModel(lm, [])
+    runs = [rm0.run(lm.encode(p)[0][0]) for p in PROMPTS]
+    x = torch.cat([r.mlp_in for r in runs], 1)
+    y = torch.cat([r.mlp_out for r in runs], 1)
+    tcs = [fit_transcoder(x[i], y[i], i, 48, k=4, seed=i) for i in range(lm.n_layers)]
+    lm2 = load_model("tiny-llama", device="cpu")
+    for block, tc in zip(lm2.blocks, tcs, strict=True):
+        block.mlp = TranscoderMLP(tc)
+    rm2 = ReplacementModel(lm2, tcs)
+    run2 = rm2.run(ids)
+    return rm2, run2, attribute(rm2, run2, tid, cid, batch_size=32)
+
+
+def test_replacement_change_is_the_real_change_when_the_mlps_are_their_transcoders(
+    lm, setup, exact
+):
     """A model whose every MLP *is* a transcoder has zero error terms, so the replacement model
     run for real (features recomputed with their nonlinearity, attention and norms recomputed)
     must equal the real model's change for any ablation, and differ from the linear prediction;
     with the fitted (inexact) transcoders of ``setup`` it differs from the real change."""
     tcs, rm, run, graph, ids, tid, cid = setup
-    rm0 = ReplacementModel(lm, [])
-    runs = [rm0.run(lm.encode(p)[0][0]) for p in PROMPTS]
-    x = torch.cat([r.mlp_in for r in runs], 1)
-    y = torch.cat([r.mlp_out for r in runs], 1)
-    exact = [fit_transcoder(x[i], y[i], i, 48, k=4, seed=i) for i in range(lm.n_layers)]
-    lm2 = load_model("tiny-llama", device="cpu")
-    for block, tc in zip(lm2.blocks, exact, strict=True):
-        block.mlp = TranscoderMLP(tc)
-    rm2 = ReplacementModel(lm2, exact)
-    run2 = rm2.run(ids)
+    rm2, run2, g2 = exact
     # zero error but at the BOS sink (no features there: its MLP outputs are constants)
     assert run2.error[:, 1:].abs().max() <= 1e-5 * run2.mlp_out.abs().max()
-    g2 = attribute(rm2, run2, tid, cid, batch_size=32)
     for nodes in (top_features(g2, 6), torch.arange(0, g2.n_features, 11)[:6]):
         feats = g2.features[nodes]
         rep = replacement_change(rm2, run2, feats, tid, cid)
@@ -254,3 +266,73 @@ def test_a_capped_graphs_prediction_is_the_frozen_change_with_unvisited_features
     assert any(tuple(f) not in visited for r in chk.random for f in r.features)
     for r in (chk.top, *chk.random):
         assert r.frozen == pytest.approx(r.predicted, abs=tol)
+
+
+def test_first_order_change_with_attention_and_norms_held_is_the_graph_prediction_when_the_mlps_are_their_transcoders(
+    setup, exact
+):
+    """With zero error terms, attention patterns and norm scales held, the real model's
+    derivative along an ablation runs through the transcoders' active sets exactly as the graph's
+    edges do: the first-order change is the graph's prediction (float32 rounding of the logits).
+    Recomputing attention and norms changes it."""
+    *_, tid, cid = setup
+    rm2, run2, g2 = exact
+    tol = 2e-6 * float(g2.adjacency[g2.target_index].abs().sum() + g2.bias.abs()[-1])
+    for i, nodes in enumerate((top_features(g2, 6), torch.arange(0, g2.n_features, 11)[:6])):
+        feats = g2.features[nodes]
+        pred, _ = predicted_change(g2, nodes)
+        held = first_order_change(
+            rm2, run2, feats, tid, cid, freeze_patterns=True, freeze_norms=True
+        )
+        assert abs(pred) > 1e-2
+        assert held == pytest.approx(pred, abs=tol)
+        if i == 0:  # the top features' changes reach the target through attention
+            assert abs(first_order_change(rm2, run2, feats, tid, cid) - pred) > 1e-3
+
+
+def test_first_order_change_is_the_slope_of_the_real_change_at_no_ablation(lm, setup):
+    """For one feature (nothing ablated upstream of it, so scaling it by ``1 - t`` is the same
+    path as ``first_order_change``'s), ``first_order_change`` is d(target)/dt of the real model:
+    against a central difference of real interventions (``LatentEdit`` scales) at ``t = +-eps``.
+    With eps = 1e-2 the difference's float32 rounding is a few ulps of the logits over 2 eps,
+    and its truncation error (eps^2 times the third derivative) is smaller here."""
+    tcs, rm, run, graph, ids, tid, cid = setup
+    feats = graph.features[top_features(graph, 1)]
+    by_layer = {int(tc.in_hook.split(".")[1]): tc for tc in tcs}
+
+    def target(scale: float) -> float:
+        at: dict[tuple[int, int], list[int]] = {}
+        for layer, pos, lat in feats.tolist():
+            at.setdefault((layer, pos), []).append(lat)
+        edits = []
+        for (layer, pos), lats in at.items():
+            mask = torch.zeros(len(ids), dtype=torch.bool)
+            mask[pos] = True
+            edits.append(
+                LatentEdit(by_layer[layer], scale=dict.fromkeys(lats, scale), positions=mask)
+            )
+        with intervening(lm, edits):
+            out = lm.logits(ids.view(1, -1))[0]
+        return float(out[-1, tid] - out[-1, cid])
+
+    eps = 1e-2
+    slope = (target(1 - eps) - target(1 + eps)) / (2 * eps)
+    first = first_order_change(rm, run, feats, tid, cid)
+    rounding = 8 * torch.finfo(torch.float32).eps * float(run.logits.abs().max()) / (2 * eps)
+    assert abs(first) > 0.05
+    assert first == pytest.approx(slope, abs=rounding)
+    # the whole ablation is not linear: its change is off the first-order prediction
+    assert abs(real_change(lm, tcs, ids, feats, tid, cid) - first) > 10 * rounding
+
+
+def test_ablation_check_records_first_order_columns_only_when_asked(lm, setup):
+    tcs, rm, run, graph, _, tid, cid = setup
+    kw = {"k": 3, "n_random": 1, "graph": graph}
+    plain = ablation_check(lm, tcs, HELD_OUT, "A", "T", **kw)
+    assert plain.top.real_first_order is None and plain.top.real_first_order_frozen is None
+    chk = ablation_check(lm, tcs, HELD_OUT, "A", "T", first_order=True, **kw)
+    feats = torch.tensor(chk.top.features)
+    assert chk.top.real_first_order == first_order_change(rm, run, feats, tid, cid)
+    frozen = first_order_change(rm, run, feats, tid, cid, freeze_patterns=True, freeze_norms=True)
+    assert chk.top.real_first_order_frozen == frozen
+    assert chk.top.real_first_order != chk.top.real_first_order_frozen

@@ -165,7 +165,6 @@ class ReplacementModel:
         run.error = err
         return run
 
-    @torch.no_grad()
     def real_logits(
         self,
         run: ReplacementRun,
@@ -173,20 +172,23 @@ class ReplacementModel:
         freeze_patterns: bool = False,
         freeze_norms: bool = False,
         mlp_edit: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+        grad: bool = False,
     ) -> Tensor:
         """Logits ``[T, V]`` of the model itself on ``run``'s prompt (real MLPs, recomputed
         attention and norms), with ``run``'s attention patterns (``freeze_patterns``) and/or
         RMSNorm scales (``freeze_norms``: all of them, the final one included) held instead.
         ``mlp_edit(layer, mlp_in [T, d], mlp_out [T, d]) -> mlp_out`` changes an MLP's output
         (e.g. an ablation through a transcoder). Nothing frozen and no edit: the model's logits.
+        Runs under ``torch.no_grad()`` unless ``grad`` is true.
         """
-        return self._pass(
-            run.input_ids,
-            frozen=run,
-            freeze_patterns=freeze_patterns,
-            freeze_norms=freeze_norms,
-            mlp_edit=mlp_edit,
-        )[0]
+        with torch.set_grad_enabled(grad):
+            return self._pass(
+                run.input_ids,
+                frozen=run,
+                freeze_patterns=freeze_patterns,
+                freeze_norms=freeze_norms,
+                mlp_edit=mlp_edit,
+            )[0]
 
     @torch.no_grad()
     def replacement_logits(

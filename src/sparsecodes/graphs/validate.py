@@ -27,6 +27,12 @@ For a set ``S`` of active features of an :class:`~sparsecodes.graphs.Attribution
   scale is tiny (the first token, whose residual stream is huge in SmolLM2), the held scales no
   longer bound the MLPs' inputs, the SwiGLU outputs grow layer after layer and overflow to
   inf/NaN. Such a change is reported as None and the column is listed in ``diverged``.
+- **the real model's first-order prediction** (:func:`first_order_change`): the derivative of
+  the target with respect to the size of the ablation, through the real model (every MLP,
+  attention pattern and norm scale linearised at the clean prompt, or attention and norms held).
+  A linear attribution through the real MLPs predicts this; its gap to the real change is the
+  ablation's nonlinearity, and its gap (with attention and norms held) to the graph's prediction
+  is what the transcoders' linearisations and frozen error terms miss.
 - **replacement model, run for real** (:func:`replacement_change`): ``S`` zeroed in the
   replacement model with each error term held at its clean value, every transcoder recomputing
   its features from its (changed) input with its own nonlinearity (active sets free), attention
@@ -47,7 +53,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,6 +73,7 @@ __all__ = [
     "AblationCheck",
     "AblationResult",
     "ablation_check",
+    "first_order_change",
     "frozen_change",
     "partly_frozen_change",
     "predicted_change",
@@ -204,6 +211,59 @@ def partly_frozen_change(
     through their transcoders as in :func:`real_change`) with ``run``'s attention patterns and/or
     RMSNorm scales held. With neither held it is :func:`real_change`. With norm scales held the
     pass can overflow (inf/NaN; see the module doc)."""
+    kw = {"freeze_patterns": freeze_patterns, "freeze_norms": freeze_norms}
+    base = rm.real_logits(run, **kw)
+    out = rm.real_logits(run, mlp_edit=_ablation_edit(rm, features), **kw)
+    return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
+
+
+def first_order_change(
+    rm: ReplacementModel,
+    run: ReplacementRun,
+    features: Tensor,
+    target_id: int,
+    contrast_id: int | None = None,
+    *,
+    freeze_patterns: bool = False,
+    freeze_norms: bool = False,
+) -> float:
+    """The real model's first-order (linear) prediction of :func:`partly_frozen_change`.
+
+    The ablation is taken along a straight path from the clean run (``t = 0``) to the ablated
+    one (``t = 1``): at each feature's layer and position the MLP output becomes ``mlp_out -
+    (a_j - (1 - t) a_j^clean) W_dec_out[j]``, with ``a_j`` read by the layer's transcoder from
+    the MLP input of this pass, so an ablated feature stops following its input exactly as the
+    graph's ``r_j = -1`` does. The result is ``d target / d t`` at ``t = 0``, by autograd through
+    the model's own modules: every MLP, attention pattern and norm scale linearised at the clean
+    prompt (or held, with ``freeze_patterns`` / ``freeze_norms``). It is what a linear
+    attribution through the *real* model predicts: its gap to the real change is the ablation's
+    nonlinearity, its gap (with attention and norms held) to the graph's prediction is what the
+    transcoders' linearisations and frozen error terms miss. Attention and norms held and every
+    MLP equal to its transcoder, it is :func:`predicted_change`.
+    """
+    t = torch.zeros((), dtype=run.logits.dtype, device=run.logits.device, requires_grad=True)
+    logits = rm.real_logits(
+        run,
+        freeze_patterns=freeze_patterns,
+        freeze_norms=freeze_norms,
+        mlp_edit=_ablation_edit(rm, features, run, t),
+        grad=True,
+    )
+    c = logits[-1, contrast_id] if contrast_id is not None else 0.0
+    (slope,) = torch.autograd.grad(logits[-1, target_id] - c, t)
+    return float(slope)
+
+
+def _ablation_edit(
+    rm: ReplacementModel,
+    features: Tensor,
+    clean: ReplacementRun | None = None,
+    t: Tensor | float = 1.0,
+) -> Callable[[int, Tensor, Tensor], Tensor]:
+    """``mlp_edit`` for :meth:`ReplacementModel.real_logits` that ablates ``features``
+    ``[k, 3]``: subtract ``(a_j - (1 - t) a_j^clean) W_dec_out[j]`` at each one's position, with
+    ``a_j`` read by the layer's transcoder from the MLP input of this pass and ``a_j^clean``
+    from ``clean``'s codes (needed only when ``t`` is not 1: at ``t = 1`` the whole ``a_j``)."""
     by_layer = _by_layer(features)
 
     def edit(layer: int, mlp_in: Tensor, mlp_out: Tensor) -> Tensor:
@@ -214,13 +274,12 @@ def partly_frozen_change(
         pos = torch.tensor([p for p, _ in items], device=mlp_in.device)
         lat = torch.tensor([j for _, j in items], device=mlp_in.device)
         codes = tc.activate(tc.encode_pre(mlp_in[pos]))  # [k, n] at the ablated positions
-        delta = codes[torch.arange(len(items)), lat, None] * tc.W_dec_out[lat]  # [k, d]
-        return mlp_out.index_add(0, pos, -delta.to(mlp_out.dtype))
+        a = codes[torch.arange(len(items)), lat]  # [k]
+        if clean is not None:
+            a = a - (1 - t) * clean.codes[layer][pos, lat]
+        return mlp_out.index_add(0, pos, -(a[:, None] * tc.W_dec_out[lat]).to(mlp_out.dtype))
 
-    kw = {"freeze_patterns": freeze_patterns, "freeze_norms": freeze_norms}
-    base = rm.real_logits(run, **kw)
-    out = rm.real_logits(run, mlp_edit=edit, **kw)
-    return _target_value(out, target_id, contrast_id) - _target_value(base, target_id, contrast_id)
+    return edit
 
 
 @torch.no_grad()
@@ -286,6 +345,12 @@ class AblationResult:
     """Real model with only the attention patterns held."""
     real_frozen_norms: float | None = None
     """Real model with only the RMSNorm scales held."""
+    real_first_order: float | None = None
+    """The real model's first-order prediction of ``real`` (:func:`first_order_change`); None
+    when not measured."""
+    real_first_order_frozen: float | None = None
+    """The same with attention patterns and norm scales held (first order of
+    ``real_frozen_attention``)."""
     diverged: list[str] = field(default_factory=list)
     """Columns whose pass overflowed (inf/NaN; see the module doc); their value is None."""
 
@@ -332,6 +397,7 @@ def ablation_check(
     graph: AttributionGraph | None = None,
     partly_frozen: bool = False,
     max_feature_nodes: int | None = None,
+    first_order: bool = False,
 ) -> AblationCheck:
     """Build ``prompt``'s graph (or take ``graph``), ablate its top-``k`` features by influence
     and ``n_random`` draws of ``k`` random active features (seeded by ``seed``); for each set the
@@ -343,7 +409,10 @@ def ablation_check(
     built here (see :func:`~sparsecodes.graphs.attribute`); with a capped graph the top set is
     drawn from its visited features, the random sets from all active features (an unvisited
     feature's outgoing edges are complete, so ablating it is predicted like any other), and the
-    frozen column holds the unvisited features not ablated at their activations."""
+    frozen column holds the unvisited features not ablated at their activations. With
+    ``first_order`` each set also gets the real model's first-order prediction
+    (:func:`first_order_change`), with everything recomputed (``real_first_order``) and with
+    attention patterns and norm scales held (``real_first_order_frozen``)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
@@ -385,6 +454,11 @@ def ablation_check(
                     rm, run, feats, tid, cid, freeze_patterns=fp, freeze_norms=fn
                 )
                 setattr(res, attr, ch)
+        if first_order:
+            res.real_first_order = first_order_change(rm, run, feats, tid, cid)
+            res.real_first_order_frozen = first_order_change(
+                rm, run, feats, tid, cid, freeze_patterns=True, freeze_norms=True
+            )
         for attr in ("replacement", *_PARTLY):
             v = getattr(res, attr)
             if v is not None and not math.isfinite(v):
