@@ -413,7 +413,7 @@ def main() -> None:
             **extra,
             "wall_seconds": round(time.perf_counter() - t_start, 1),
             "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
-            "shared 2-core machine under load from other jobs",
+            "the load average at the end is recorded beside it",
             "load_average_at_end": list(os.getloadavg()),
         }
         write_json(a.out, result)
