@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -159,8 +160,8 @@ def main() -> None:
         "replacement_logits_max_relative_error": logit_err,
         "graphs": prompts,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), "
-        "shared 2-core machine under load from other jobs",
+        "machine": f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s)",
+        "load_average_at_end": list(os.getloadavg()),
     }
     write_json(a.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "transcoders"}, indent=1))
