@@ -34,25 +34,10 @@ from pathlib import Path
 
 import torch
 
-from sparsecodes.data import batch_windows, load_texts, token_windows
+from sparsecodes.data import load_texts, token_windows
+from sparsecodes.evaluation.core import collect_rows_at
 from sparsecodes.models import load_model
 from sparsecodes.transcoder import Transcoder
-
-
-def collect(lm, layer: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` ``[n, d]`` at ``blocks.L.mlp_in`` and ``y`` ``[n, d]`` at ``blocks.L.mlp_out``."""
-    hooks = [f"blocks.{layer}.mlp_in", f"blocks.{layer}.mlp_out"]
-    xs, ys, n = [], [], 0
-    for ids, keep in batch_windows(token_windows(load_texts(None), lm.tokenizer, 128), 16):
-        acts = lm.run(ids, hooks=hooks, workers=torch.get_num_threads())
-        xs.append(acts[hooks[0]][keep])
-        ys.append(acts[hooks[1]][keep])
-        n += len(xs[-1])
-        if n >= tokens:
-            break
-    if n < tokens:
-        raise SystemExit(f"the embedded corpus gave {n} tokens, fewer than --tokens {tokens}")
-    return torch.cat(xs)[:tokens], torch.cat(ys)[:tokens]
 
 
 def main() -> None:
@@ -90,7 +75,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     lm = load_model("smollm2-135m", device="cpu")
-    x, y = collect(lm, a.layer, a.tokens + a.held_out)
+    hooks = [f"blocks.{a.layer}.mlp_in", f"blocks.{a.layer}.mlp_out"]
+    windows = token_windows(load_texts(None), lm.tokenizer, 128)
+    rows = collect_rows_at(lm, hooks, windows, a.tokens + a.held_out, workers=a.threads)
+    x, y = rows[hooks[0]], rows[hooks[1]]
+    if len(x) < a.tokens + a.held_out:
+        ap.error(f"the embedded corpus gave {len(x)} tokens, fewer than --tokens + --held-out")
     x_tr, y_tr, x_te, y_te = x[: a.tokens], y[: a.tokens], x[a.tokens :], y[a.tokens :]
     collect_s = time.perf_counter() - t0
     print(f"collected {len(x)} rows of layer {a.layer} in {collect_s:.0f} s", flush=True)
@@ -103,8 +93,8 @@ def main() -> None:
             width,
             "batchtopk",
             skip=a.skip,
-            in_hooks=f"blocks.{a.layer}.mlp_in",
-            out_hooks=f"blocks.{a.layer}.mlp_out",
+            in_hooks=hooks[0],
+            out_hooks=hooks[1],
             normalize="expected_norm",
             seed=a.seed,
             k=k,

@@ -14,8 +14,8 @@ Per step, on ``--batch-tokens`` tokens of the embedded corpus read live at ``blo
   row's norm; ``upstream``: the decoder direction ``u`` of a random feature of the transcoders in
   ``--upstream DIR`` below layer L, carried into this MLP's input through its RMSNorm at the row,
   ``g * (u - (x_hat . u / d) x_hat)`` with ``x_hat = mlp_in / g``, i.e. the direct path by which
-  an upstream ablation moves the input; each direction scaled to the row's norm), the MLP's change ``r = MLP(x + eps v) - MLP(x)`` (the model's own MLP
-  module, no gradient) against the transcoder's linear response with its active set held,
+  an upstream ablation moves the input; each direction scaled to the row's norm), the MLP's
+  change ``r = MLP(x + eps v) - MLP(x)`` (the model's own MLP module, no gradient) against the transcoder's linear response with its active set held,
   ``lin = (gate * (pre(x + eps v) - pre(x))) @ W_dec_out (+ eps v @ W_skip)``, as the graph's
   edges use it: ``|lin - r|^2 / |r|^2``;
 - loss = reconstruction + ``--weight`` x response; Adam at ``--lr``; decoder rows renormalised to
@@ -41,6 +41,7 @@ import torch
 
 from sparsecodes.data import batch_windows, load_texts, token_windows
 from sparsecodes.graphs.io import open_transcoders
+from sparsecodes.graphs.transcoder import hook_layer
 from sparsecodes.models import load_model
 from sparsecodes.transcoder import Transcoder
 
@@ -70,12 +71,12 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = load_model("smollm2-135m", device="cpu")
     mlp = lm.model.model.layers[a.layer].mlp
-    gain = lm.model.model.layers[a.layer].post_attention_layernorm.weight.detach()
     if a.directions == "upstream":
         if a.upstream is None:
             ap.error("--directions upstream needs --upstream DIR")
+        gain = lm.model.model.layers[a.layer].post_attention_layernorm.weight.detach()
         _, ups = open_transcoders([a.upstream], model="smollm2-135m")
-        atoms = [tc.W_dec_out for tc in ups if int(tc.in_hook.split(".")[1]) < a.layer]
+        atoms = [tc.W_dec_out for tc in ups if hook_layer(tc.in_hook, "mlp_in") < a.layer]
         if not atoms:
             ap.error(f"--upstream {a.upstream}: no transcoder below layer {a.layer}")
         atoms = torch.cat(atoms).detach()
@@ -94,13 +95,13 @@ def main() -> None:
             x, y = acts[hooks[0]][keep], acts[hooks[1]][keep]
             if a.directions == "tokens":
                 v = a.eps * (x[torch.randperm(len(x))] - x)
-            elif a.directions == "gaussian":
-                g = torch.randn_like(x)
-                v = a.eps * g * (x.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True))
-            else:
-                u = atoms[torch.randint(len(atoms), (len(x),))]
-                x_hat = x / gain
-                g = gain * (u - (x_hat * u).sum(1, keepdim=True) / x.shape[1] * x_hat)
+            else:  # a direction per row, scaled to the row's norm
+                if a.directions == "gaussian":
+                    g = torch.randn_like(x)
+                else:  # an upstream atom through this MLP's RMSNorm at the row
+                    u = atoms[torch.randint(len(atoms), (len(x),))]
+                    x_hat = x / gain
+                    g = gain * (u - (x_hat * u).sum(1, keepdim=True) / x.shape[1] * x_hat)
                 v = a.eps * g * (x.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True))
             r = mlp(x + v) - mlp(x)
         pre0, pre1 = tc.encode_pre(x), tc.encode_pre(x + v)

@@ -358,3 +358,20 @@ def test_gap_debias_variant_is_fista_with_refit():
     plain = measure(coder, Method("fista", params={**meth.params, "debias": False}), x)
     assert row.encoder == "fista" and row.l0 <= plain.l0
     assert row.fvu < plain.fvu and row.flops_per_token > plain.flops_per_token
+
+
+def test_collect_rows_at_reads_every_hook_at_the_same_tokens(lm, windows):
+    """An MLP's input and output rows collected together are the same tokens: the MLP applied to
+    each input row gives its output row; one hook alone gives the same rows as collect_rows."""
+    from sparsecodes.evaluation.core import collect_rows, collect_rows_at
+
+    hooks = ["blocks.0.mlp_in", "blocks.0.mlp_out"]
+    rows = collect_rows_at(lm, hooks, windows, 100, batch_size=4)
+    x, y = rows[hooks[0]], rows[hooks[1]]
+    assert x.shape[0] == y.shape[0] == 100
+    with torch.no_grad():
+        mlp_y = lm.blocks[0].mlp(x)
+    # float32 rounding of one MLP applied to a row instead of a batch of windows
+    assert torch.allclose(mlp_y, y, atol=1e-5 * float(y.abs().max()))
+    assert not torch.allclose(mlp_y[1:], y[:-1], atol=1e-3 * float(y.abs().max()))
+    assert torch.equal(collect_rows(lm, hooks[1], windows, 100, batch_size=4), y)

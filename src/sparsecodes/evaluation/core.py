@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,17 +219,36 @@ def _hook_acts(
 
 @torch.no_grad()
 def collect_rows(
-    adapter: Any, hook: str, windows: Sequence[Window], max_rows: int, *, batch_size: int = 16
+    adapter: Any, hook: str, windows: Iterable[Window], max_rows: int, *, batch_size: int = 16
 ) -> Tensor:
     """The first ``max_rows`` kept activation rows ``[n, d]`` (float32, CPU) of ``windows``."""
-    out: list[Tensor] = []
+    return collect_rows_at(adapter, [hook], windows, max_rows, batch_size=batch_size)[hook]
+
+
+@torch.no_grad()
+def collect_rows_at(
+    adapter: Any,
+    hooks: Sequence[str],
+    windows: Iterable[Window],
+    max_rows: int,
+    *,
+    batch_size: int = 16,
+    workers: int = 1,
+) -> dict[str, Tensor]:
+    """The first ``max_rows`` kept activation rows ``[n, d_h]`` (float32, CPU) at each of
+    ``hooks``, read in the same forward passes: row ``i`` is the same token at every hook (an
+    MLP's input and output for a transcoder). ``workers > 1`` splits each pass over that many
+    threads (``ModelAdapter.run``)."""
+    out: dict[str, list[Tensor]] = {h: [] for h in hooks}
+    kw = {"workers": workers} if workers > 1 else {}
     n = 0
     for ids, keep in batch_windows(windows, batch_size):
-        x = kept_rows(adapter.run(ids, hooks=[hook])[hook], keep).float().cpu()
-        out.append(x[: max_rows - n])
-        n += out[-1].shape[0]
+        acts = adapter.run(ids, hooks=list(hooks), **kw)
+        for h in hooks:
+            out[h].append(kept_rows(acts[h], keep).float().cpu()[: max_rows - n])
+        n += out[hooks[0]][-1].shape[0]
         if n >= max_rows:
             break
-    if not out or n == 0:
+    if n == 0:
         raise ValueError("no kept (non-special) tokens to collect activations from")
-    return torch.cat(out)
+    return {h: torch.cat(v) for h, v in out.items()}
